@@ -1,0 +1,156 @@
+//! ISO 4217 currencies with their minor-unit exponent.
+//!
+//! The exponent says how many minor units make a major unit: JPY 0 (no subunit),
+//! USD 2 (cents), BHD 3 (fils). `amount_minor / 10^exponent` is the major amount.
+//! The list is deliberately explicit: an unknown code is bad input, not a guess.
+
+use std::fmt;
+
+/// A currency paydedup accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency {
+    code: &'static str,
+    exponent: u8,
+}
+
+/// (code, minor-unit exponent), from ISO 4217.
+const CURRENCIES: &[(&str, u8)] = &[
+    ("AED", 2),
+    ("AUD", 2),
+    ("BHD", 3),
+    ("BRL", 2),
+    ("CAD", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("CZK", 2),
+    ("DKK", 2),
+    ("EUR", 2),
+    ("GBP", 2),
+    ("HKD", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("ISK", 0),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("NOK", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PHP", 2),
+    ("PLN", 2),
+    ("SAR", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("THB", 2),
+    ("TND", 3),
+    ("TRY", 2),
+    ("TWD", 2),
+    ("USD", 2),
+    ("VND", 0),
+    ("ZAR", 2),
+];
+
+/// The largest amount accepted, in major units of any currency. Anything above is
+/// treated as absurd input (`amount_too_large`): it also keeps every amount well inside
+/// BigQuery's NUMERIC(38, 9).
+pub const MAX_AMOUNT_MAJOR: i64 = 1_000_000_000;
+
+impl Currency {
+    /// Looks a code up; `None` for anything that is not an accepted ISO 4217 code.
+    pub fn from_code(code: &str) -> Option<Currency> {
+        CURRENCIES
+            .binary_search_by(|(c, _)| (*c).cmp(code))
+            .ok()
+            .map(|i| Currency {
+                code: CURRENCIES[i].0,
+                exponent: CURRENCIES[i].1,
+            })
+    }
+
+    /// Every accepted currency, sorted by code.
+    pub fn all() -> impl Iterator<Item = Currency> {
+        CURRENCIES
+            .iter()
+            .map(|&(code, exponent)| Currency { code, exponent })
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// Minor units per major unit, as a power of ten.
+    pub fn exponent(&self) -> u8 {
+        self.exponent
+    }
+
+    /// The largest accepted amount in minor units.
+    pub fn max_amount_minor(&self) -> i64 {
+        MAX_AMOUNT_MAJOR * 10_i64.pow(u32::from(self.exponent))
+    }
+
+    /// The amount as an exact decimal string in major units (`12345` USD → `"123.45"`).
+    /// Used for BigQuery NUMERIC columns; never goes through floating point.
+    pub fn format_major(&self, amount_minor: i64) -> String {
+        let exp = u32::from(self.exponent);
+        if exp == 0 {
+            return amount_minor.to_string();
+        }
+        let scale = 10_i64.pow(exp);
+        let sign = if amount_minor < 0 { "-" } else { "" };
+        let abs = amount_minor.unsigned_abs();
+        let scale = scale as u64;
+        format!(
+            "{sign}{}.{:0width$}",
+            abs / scale,
+            abs % scale,
+            width = exp as usize
+        )
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_for_binary_search() {
+        assert!(CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn exponents_follow_iso_4217() {
+        assert_eq!(Currency::from_code("JPY").map(|c| c.exponent()), Some(0));
+        assert_eq!(Currency::from_code("USD").map(|c| c.exponent()), Some(2));
+        assert_eq!(Currency::from_code("BHD").map(|c| c.exponent()), Some(3));
+        assert_eq!(Currency::from_code("XXX"), None);
+        assert_eq!(Currency::from_code("usd"), None);
+    }
+
+    #[test]
+    fn format_major_is_exact() {
+        let usd = Currency::from_code("USD").unwrap();
+        let jpy = Currency::from_code("JPY").unwrap();
+        let bhd = Currency::from_code("BHD").unwrap();
+        assert_eq!(usd.format_major(12345), "123.45");
+        assert_eq!(usd.format_major(5), "0.05");
+        assert_eq!(usd.format_major(-5), "-0.05");
+        assert_eq!(jpy.format_major(500), "500");
+        assert_eq!(bhd.format_major(1001), "1.001");
+        assert_eq!(
+            usd.format_major(usd.max_amount_minor()),
+            "1000000000.00"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Prometheus metrics, registered once, with bounded labels.
+//!
+//! The pipeline and the relay never touch a counter directly: they report named events
+//! (`BatchProcessed`, `RelayDelivered`, `SinkWriteError`, …) through [`Metrics`], which
+//! logs and counts them in one place.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::pipeline::BatchStats;
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    records: IntCounterVec,
+    invalid: IntCounterVec,
+    flagged: IntCounter,
+    key_mismatch: IntCounter,
+    windows_closed: IntCounter,
+    batches: IntCounter,
+    batch_seconds: Histogram,
+    commit_seconds: Histogram,
+    pub outbox_depth: IntGauge,
+    relay_rows: IntCounterVec,
+    relay_already_present: IntCounter,
+    sink_errors: IntCounterVec,
+    pub dead_letter_rows: IntCounter,
+    pub watermark: IntGaugeVec,
+    pub combined_watermark: IntGauge,
+    pub next_offset: IntGaugeVec,
+    pub lag: IntGaugeVec,
+    pub paused: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric names are valid");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric names are valid");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ]))
+    .expect("metric names are valid");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            records: counter_vec(&r, "paydedup_records_total", "Input records by outcome (unique, duplicate, conflict, late, invalid).", &["outcome"]),
+            invalid: counter_vec(&r, "paydedup_invalid_records_total", "Invalid input records by validation code.", &["code"]),
+            flagged: counter(&r, "paydedup_fraud_flagged_total", "Unique payments flagged by fraud scoring."),
+            key_mismatch: counter(&r, "paydedup_key_mismatch_total", "Records whose Kafka key is not their transaction_id (dedup is only per partition)."),
+            windows_closed: counter(&r, "paydedup_windows_closed_total", "Event-time windows closed and emitted to payment_metrics."),
+            batches: counter(&r, "paydedup_batches_total", "Batches processed and committed."),
+            batch_seconds: histogram(&r, "paydedup_batch_duration_seconds", "Time to process one batch, commit included."),
+            commit_seconds: histogram(&r, "paydedup_commit_duration_seconds", "Time of the atomic RocksDB commit (fsync included)."),
+            outbox_depth: gauge(&r, "paydedup_outbox_depth_rows", "Rows committed but not yet acknowledged by the sink."),
+            relay_rows: counter_vec(&r, "paydedup_relay_rows_total", "Rows delivered to the sink, by table.", &["table"]),
+            relay_already_present: counter(&r, "paydedup_relay_already_present_rows_total", "Rows resent after a restart that the sink already held."),
+            sink_errors: counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by kind (transient, gap, rejected, fatal).", &["kind"]),
+            dead_letter_rows: counter(&r, "paydedup_dead_letter_rows_total", "Rows the sink rejected as invalid, written to the dead-letter store."),
+            watermark: gauge_vec(&r, "paydedup_watermark_seconds", "Event-time watermark per partition (Unix seconds).", &["partition"]),
+            combined_watermark: gauge(&r, "paydedup_combined_watermark_seconds", "Minimum watermark over active partitions (Unix seconds)."),
+            next_offset: gauge_vec(&r, "paydedup_next_offset", "Checkpointed next Kafka offset per partition.", &["partition"]),
+            lag: gauge_vec(&r, "paydedup_consumer_lag_records", "High watermark minus checkpointed offset, per partition.", &["partition"]),
+            paused: gauge(&r, "paydedup_consumer_paused", "1 while consumption is paused by outbox backpressure."),
+            registry: r,
+        }
+    }
+
+    /// Event: a batch was processed and committed.
+    pub fn batch_processed(&self, s: &BatchStats, batch_secs: f64, commit_secs: f64) {
+        self.records.with_label_values(&["unique"]).inc_by(s.unique);
+        self.records.with_label_values(&["duplicate"]).inc_by(s.duplicates);
+        self.records.with_label_values(&["conflict"]).inc_by(s.conflicts);
+        self.records.with_label_values(&["late"]).inc_by(s.late);
+        self.records.with_label_values(&["invalid"]).inc_by(s.invalid);
+        for (code, n) in &s.invalid_by_code {
+            self.invalid.with_label_values(&[code]).inc_by(*n);
+        }
+        self.flagged.inc_by(s.flagged);
+        self.key_mismatch.inc_by(s.key_mismatch);
+        self.windows_closed.inc_by(s.windows_closed);
+        self.batches.inc();
+        self.batch_seconds.observe(batch_secs);
+        self.commit_seconds.observe(commit_secs);
+        if s.conflicts > 0 {
+            tracing::warn!(conflicts = s.conflicts, "Transaction ids reused with a different body.");
+        }
+        if s.key_mismatch > 0 {
+            tracing::warn!(records = s.key_mismatch, "Records keyed by something other than their transaction_id.");
+        }
+    }
+
+    /// Event: the relay delivered rows.
+    pub fn relay_delivered(&self, table: &str, written: usize, already_present: usize) {
+        self.relay_rows.with_label_values(&[table]).inc_by(written as u64);
+        self.relay_already_present.inc_by(already_present as u64);
+    }
+
+    /// Event: a sink call failed.
+    pub fn sink_error(&self, kind: &str) {
+        self.sink_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}

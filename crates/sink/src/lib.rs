@@ -1,0 +1,97 @@
+//! `paydedup-sink`: where delivered rows go.
+//!
+//! - [`Sink`]: the contract the relay relies on — ordered, idempotent on the sequence.
+//! - [`file`]: [`FileSink`], JSON lines, one file per table.
+//! - [`memory`]: [`MemorySink`], an in-memory test double for fast unit tests (the file
+//!   and BigQuery sinks are tested for real beside it, with the same conformance suite).
+//! - [`conformance`]: the suite every sink must pass.
+
+pub mod conformance;
+pub mod file;
+pub mod memory;
+
+pub use file::FileSink;
+pub use memory::MemorySink;
+pub use paydedup_state::Table;
+
+use thiserror::Error;
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppendOutcome {
+    /// Rows newly stored.
+    pub written: usize,
+    /// Rows the sink already held (a resend after a crash); acknowledged, not stored.
+    pub already_present: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum SinkError {
+    /// Worth retrying with backoff: network, unavailability, throttling.
+    #[error("transient sink error: {0}")]
+    Transient(String),
+    /// The sink expected an earlier sequence: rows would be skipped. Never retried
+    /// blindly; it means the outbox and the sink disagree.
+    #[error("sequence gap in {table} partition {partition}: sink expects {expected}, got {got}")]
+    Gap {
+        table: Table,
+        partition: i32,
+        expected: u64,
+        got: u64,
+    },
+    /// Rows the sink refuses as invalid (schema mismatch, …): dead-lettered, not retried.
+    #[error("{count} rows rejected by the sink: {reason}")]
+    Rejected { count: usize, reason: String },
+    /// Anything else that will not get better by retrying.
+    #[error("sink error: {0}")]
+    Fatal(String),
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Transient(_))
+    }
+}
+
+/// A destination for outbox rows.
+///
+/// The relay calls [`Sink::append`] with consecutive rows of one (table, partition),
+/// starting at `first_seq`. Rows of one (table, partition) arrive in sequence order, but
+/// after a crash the relay may resend rows the sink already stored. So a sink must be
+/// **idempotent on the sequence**: rows below its next expected sequence are
+/// acknowledged as `already_present` and not stored again; a `first_seq` *above* the
+/// next expected one is a [`SinkError::Gap`]. When `append` returns `Ok`, the rows are
+/// durable in the sink.
+pub trait Sink: Send {
+    fn append(
+        &mut self,
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        rows: &[Vec<u8>],
+    ) -> Result<AppendOutcome, SinkError>;
+
+    /// The next sequence the sink expects for (table, partition), if it knows.
+    fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError>;
+}
+
+/// Splits an append against the sink's next expected sequence: how many leading rows to
+/// skip as already present, or the gap error. Shared by every sink.
+pub fn plan_append(
+    table: Table,
+    partition: i32,
+    expected: u64,
+    first_seq: u64,
+    rows: usize,
+) -> Result<usize, SinkError> {
+    if first_seq > expected {
+        return Err(SinkError::Gap {
+            table,
+            partition,
+            expected,
+            got: first_seq,
+        });
+    }
+    let skip = (expected - first_seq).min(rows as u64) as usize;
+    Ok(skip)
+}

@@ -1,0 +1,102 @@
+//! [`StateBatch`]: everything one processed Kafka batch changes.
+//!
+//! The pipeline fills a batch with plain puts and deletes; nothing is visible until
+//! [`crate::StateStore::commit`] writes it as one RocksDB `WriteBatch`.
+
+use crate::cf;
+use crate::keys::{self, meta, DedupEntry};
+use crate::Table;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    Put {
+        cf: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        cf: &'static str,
+        key: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct StateBatch {
+    pub(crate) ops: Vec<Op>,
+    outbox_rows: u64,
+}
+
+impl StateBatch {
+    pub fn new() -> StateBatch {
+        StateBatch::default()
+    }
+
+    fn put(&mut self, cf: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put {
+            cf,
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    pub fn put_dedup(&mut self, key: [u8; 16], entry: &DedupEntry) {
+        self.put(cf::CF_DEDUP, key, entry.encode());
+    }
+
+    /// Fraud state; the value must start with its 8-byte big-endian last-seen time.
+    pub fn put_fraud(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.put(cf::CF_FRAUD, key, value);
+    }
+
+    pub fn put_window(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.put(cf::CF_WINDOW, key, value);
+    }
+
+    pub fn delete_window(&mut self, key: Vec<u8>) {
+        self.ops.push(Op::Delete {
+            cf: cf::CF_WINDOW,
+            key,
+        });
+    }
+
+    /// An output row with its sequence number (allocated by the caller, dense per
+    /// (table, partition)); [`StateBatch::set_next_seq`] must record the next one.
+    pub fn put_outbox(&mut self, table: Table, partition: i32, seq: u64, row: Vec<u8>) {
+        self.outbox_rows += 1;
+        self.put(cf::CF_OUTBOX, keys::outbox_key(table, partition, seq), row);
+    }
+
+    pub fn set_next_seq(&mut self, table: Table, partition: i32, next: u64) {
+        self.put(cf::CF_META, meta::next_seq(table, partition), next.to_be_bytes());
+    }
+
+    /// The checkpointed source position: offsets below `next` are fully processed.
+    pub fn set_next_offset(&mut self, partition: i32, next: i64) {
+        self.put(cf::CF_META, meta::next_offset(partition), next.to_be_bytes());
+    }
+
+    pub fn set_max_event_time(&mut self, partition: i32, micros: i64) {
+        self.put(cf::CF_META, meta::max_event_time(partition), micros.to_be_bytes());
+    }
+
+    /// The expiry horizon (minimum committed watermark) the compaction filter may use.
+    pub fn set_horizon(&mut self, micros: i64) {
+        self.put(cf::CF_META, meta::HORIZON.to_vec(), micros.to_be_bytes());
+    }
+
+    pub fn put_sink_meta(&mut self, table: Table, partition: i32, value: Vec<u8>) {
+        self.put(cf::CF_META, meta::sink(table, partition), value);
+    }
+
+    pub fn outbox_rows(&self) -> u64 {
+        self.outbox_rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}

@@ -1,0 +1,17 @@
+//! Column families. Each holds one kind of state, so each can have its own options
+//! (bloom filters for point lookups, a compaction filter for TTL) and its own size in
+//! the `state` report.
+
+/// `transaction_id` hash → [`crate::DedupEntry`]. Expired by the compaction filter.
+pub const CF_DEDUP: &str = "dedup";
+/// Fraud keyed state (per card, per customer). Values start with a last-seen time and
+/// expire like dedup keys, with their own TTL.
+pub const CF_FRAUD: &str = "fraud";
+/// Open event-time windows: (partition, window start, currency) → aggregate.
+pub const CF_WINDOW: &str = "window";
+/// Rows waiting for delivery: (table, partition, seq) → row bytes.
+pub const CF_OUTBOX: &str = "outbox";
+/// Small bookkeeping: next offsets, watermarks, sequence counters, sink positions.
+pub const CF_META: &str = "meta";
+
+pub const ALL: [&str; 5] = [CF_DEDUP, CF_FRAUD, CF_WINDOW, CF_OUTBOX, CF_META];

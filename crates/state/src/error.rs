@@ -1,0 +1,39 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("state directory {path} is locked by another process (is a processor already running on it?)")]
+    Locked { path: PathBuf },
+    #[error("state directory {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("no space left on the state volume: {0}")]
+    NoSpace(String),
+    #[error("RocksDB error: {0}")]
+    Rocks(String),
+    #[error("state value for {what} has an unexpected layout ({len} bytes)")]
+    BadValue { what: &'static str, len: usize },
+}
+
+impl StateError {
+    /// Maps a RocksDB error to the variant an operator can act on.
+    pub(crate) fn from_rocks(e: rocksdb::Error, path: &std::path::Path) -> StateError {
+        let msg = e.into_string();
+        let lower = msg.to_ascii_lowercase();
+        if lower.contains("lock") && (lower.contains("resource temporarily unavailable") || lower.contains("lock hold")) {
+            StateError::Locked {
+                path: path.to_owned(),
+            }
+        } else if lower.contains("corruption") {
+            StateError::Corrupt {
+                path: path.to_owned(),
+                detail: msg,
+            }
+        } else if lower.contains("no space") {
+            StateError::NoSpace(msg)
+        } else {
+            StateError::Rocks(msg)
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! `paydedup-state`: the processor's durable state in one RocksDB database.
+//!
+//! A tour of the crate:
+//! - [`cf`]: the column families and what each holds.
+//! - [`keys`]: byte layouts of keys and values (big-endian, so iteration is ordered).
+//! - [`table`]: the output tables rows are written for.
+//! - [`batch`]: [`StateBatch`], everything one processed batch changes.
+//! - [`store`]: [`StateStore`], whose single [`StateStore::commit`] makes a batch durable
+//!   atomically: the effects of offsets `[a, b)` and `next_offset = b` are on disk
+//!   together or not at all.
+//! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
+//! - [`error`]: [`StateError`].
+
+pub mod batch;
+pub mod cf;
+pub mod error;
+pub mod expiry;
+pub mod keys;
+pub mod store;
+pub mod table;
+
+pub use batch::StateBatch;
+pub use error::StateError;
+pub use expiry::ExpiryHorizon;
+pub use keys::DedupEntry;
+pub use store::{StateStats, StateStore, StoreOptions};
+pub use table::Table;

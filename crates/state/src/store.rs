@@ -1,0 +1,461 @@
+//! [`StateStore`]: one RocksDB database per processor instance.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+use serde::Serialize;
+
+use crate::batch::Op;
+use crate::cf::{self, CF_DEDUP, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
+use crate::expiry::{self, ExpiryHorizon};
+use crate::keys::{self, meta, DedupEntry};
+use crate::{StateBatch, StateError, Table};
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// fsync the WAL on every commit. On by default: the relay may only deliver rows of
+    /// commits that survive a power loss (see docs/exactly-once.md).
+    pub sync: bool,
+    /// Dedup keys live until `event_time + retention < watermark`.
+    pub dedup_retention_micros: i64,
+    /// Fraud keys live until `last_seen + ttl < watermark`.
+    pub fraud_ttl_micros: i64,
+    /// Shared block cache for the dedup and fraud column families.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: true,
+            dedup_retention_micros: 3_600 * 1_000_000,
+            fraud_ttl_micros: 7 * 24 * 3_600 * 1_000_000,
+            block_cache_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Sizes and positions, for the `state` subcommand and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateStats {
+    pub path: PathBuf,
+    /// Exact number of dedup keys (a full scan of the column family).
+    pub dedup_keys: u64,
+    /// Exact number of fraud keys.
+    pub fraud_keys: u64,
+    pub open_windows: u64,
+    /// SST + memtable bytes per column family.
+    pub bytes: BTreeMap<String, u64>,
+    pub total_bytes: u64,
+    pub next_offsets: BTreeMap<i32, i64>,
+    pub max_event_times: BTreeMap<i32, i64>,
+    /// Rows waiting for delivery, per table.
+    pub outbox_depth: BTreeMap<String, u64>,
+}
+
+pub struct StateStore {
+    db: DB,
+    path: PathBuf,
+    horizon: ExpiryHorizon,
+    write_options: WriteOptions,
+}
+
+fn cf_options(name: &str, opts: &StoreOptions, cache: &Cache, horizon: &ExpiryHorizon) -> Options {
+    let mut o = Options::default();
+    // NOTE: only LZ4 is compiled in (see Cargo.toml), to keep RocksDB's build short.
+    o.set_compression_type(DBCompressionType::Lz4);
+    match name {
+        CF_DEDUP | CF_FRAUD => {
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(cache);
+            // Most lookups are of new ids: a bloom filter answers "absent" without I/O.
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            o.set_block_based_table_factory(&table);
+            o.set_write_buffer_size(64 << 20);
+            let ttl = if name == CF_DEDUP {
+                opts.dedup_retention_micros
+            } else {
+                opts.fraud_ttl_micros
+            };
+            let filter_name = if name == CF_DEDUP { "dedup-ttl" } else { "fraud-ttl" };
+            o.set_compaction_filter(filter_name, expiry::ttl_filter(horizon.clone(), ttl));
+        }
+        CF_OUTBOX => {
+            // Written once, read once in order, deleted: small memtables flush rarely
+            // because rows are usually deleted before a flush.
+            o.set_write_buffer_size(64 << 20);
+        }
+        _ => {}
+    }
+    o
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state directory for read and write. Fails with
+    /// [`StateError::Locked`] if another process holds it.
+    pub fn open(path: &Path, opts: &StoreOptions) -> Result<StateStore, StateError> {
+        std::fs::create_dir_all(path).map_err(|e| StateError::Rocks(format!(
+            "creating state directory {}: {e}",
+            path.display()
+        )))?;
+        let horizon = ExpiryHorizon::default();
+        let cache = Cache::new_lru_cache(opts.block_cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        let cfs = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, opts, &cache, &horizon)));
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs)
+            .map_err(|e| StateError::from_rocks(e, path))?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(opts.sync);
+        let store = StateStore {
+            db,
+            path: path.to_owned(),
+            horizon,
+            write_options,
+        };
+        // Resume the compaction filter's horizon from the last commit.
+        if let Some(h) = store.committed_horizon()? {
+            store.horizon.advance(h);
+        }
+        Ok(store)
+    }
+
+    /// Opens a directory without taking its lock, for inspection while a processor runs.
+    pub fn open_read_only(path: &Path) -> Result<StateStore, StateError> {
+        if !path.join("CURRENT").is_file() {
+            return Err(StateError::Rocks(format!(
+                "{} is not a paydedup state directory (no CURRENT file)",
+                path.display()
+            )));
+        }
+        let opts = StoreOptions::default();
+        let horizon = ExpiryHorizon::default();
+        let cache = Cache::new_lru_cache(8 << 20);
+        let cfs = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &opts, &cache, &horizon)));
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
+            .map_err(|e| StateError::from_rocks(e, path))?;
+        Ok(StateStore {
+            db,
+            path: path.to_owned(),
+            horizon,
+            write_options: WriteOptions::default(),
+        })
+    }
+
+    /// The horizon stored by the last commit, if any.
+    pub fn committed_horizon(&self) -> Result<Option<i64>, StateError> {
+        let cf = self.cf(CF_META)?;
+        Ok(self
+            .db
+            .get_cf(&cf, meta::HORIZON)
+            .map_err(|e| self.rocks(e))?
+            .and_then(|v| keys::be_i64(&v)))
+    }
+
+    fn cf(&self, name: &str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StateError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("column family {name} is missing"),
+            })
+    }
+
+    fn rocks(&self, e: rocksdb::Error) -> StateError {
+        StateError::from_rocks(e, &self.path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The compaction filter's horizon; publish a watermark only after its commit.
+    pub fn horizon(&self) -> &ExpiryHorizon {
+        &self.horizon
+    }
+
+    /// Writes a batch atomically.
+    ///
+    /// Because a RocksDB `WriteBatch` is atomic, once written all its effects are visible
+    /// as if every other write happened either before or after it; with the WAL on, a
+    /// crash recovers either all of it or none. The processor puts the effects of Kafka
+    /// offsets `[a, b)` — dedup keys, fraud and window state, outbox rows — and
+    /// `next_offset = b` into one batch, so the source position can never disagree with
+    /// the state. With `sync`, the commit has reached the disk when this returns.
+    pub fn commit(&self, batch: StateBatch) -> Result<(), StateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wb = WriteBatch::default();
+        let handles: Vec<_> = cf::ALL
+            .iter()
+            .map(|n| self.cf(n))
+            .collect::<Result<_, _>>()?;
+        let handle = |name: &str| {
+            let i = cf::ALL.iter().position(|n| *n == name).unwrap_or(0);
+            &handles[i]
+        };
+        for op in batch.ops {
+            match op {
+                Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
+                Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
+            }
+        }
+        self.db
+            .write_opt(wb, &self.write_options)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Looks up many dedup keys at once (one `multi_get`, sorted internally by RocksDB).
+    pub fn get_dedup_many(&self, keys: &[[u8; 16]]) -> Result<Vec<Option<DedupEntry>>, StateError> {
+        let cf = self.cf(CF_DEDUP)?;
+        let results = self
+            .db
+            .batched_multi_get_cf(&cf, keys.iter(), false);
+        results
+            .into_iter()
+            .map(|r| match r.map_err(|e| self.rocks(e))? {
+                Some(v) => DedupEntry::decode(&v).map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let cf = self.cf(CF_FRAUD)?;
+        self.db.get_cf(&cf, key).map_err(|e| self.rocks(e))
+    }
+
+    /// Many fraud keys at once.
+    pub fn get_fraud_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let cf = self.cf(CF_FRAUD)?;
+        self.db
+            .batched_multi_get_cf(&cf, keys.iter(), false)
+            .into_iter()
+            .map(|r| {
+                r.map(|o| o.map(|s| s.to_vec()))
+                    .map_err(|e| self.rocks(e))
+            })
+            .collect()
+    }
+
+    fn scan_meta_i64(&self, prefix: &[u8]) -> Result<BTreeMap<i32, i64>, StateError> {
+        let cf = self.cf(CF_META)?;
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let p = i32::from_be_bytes(k[prefix.len()..].try_into().map_err(|_| {
+                StateError::BadValue {
+                    what: "meta key",
+                    len: k.len(),
+                }
+            })?);
+            let val = keys::be_i64(&v).ok_or(StateError::BadValue {
+                what: "meta value",
+                len: v.len(),
+            })?;
+            out.insert(p, val);
+        }
+        Ok(out)
+    }
+
+    /// The checkpointed next offset of every partition this store has seen.
+    pub fn next_offsets(&self) -> Result<BTreeMap<i32, i64>, StateError> {
+        self.scan_meta_i64(meta::NEXT_OFFSET_PREFIX)
+    }
+
+    /// The checkpointed max event time of every partition.
+    pub fn max_event_times(&self) -> Result<BTreeMap<i32, i64>, StateError> {
+        self.scan_meta_i64(meta::MAX_EVENT_TIME_PREFIX)
+    }
+
+    /// Next outbox sequence of every (table, partition) that has one.
+    pub fn next_seqs(&self) -> Result<BTreeMap<(Table, i32), u64>, StateError> {
+        let cf = self.cf(CF_META)?;
+        let prefix = meta::NEXT_SEQ_PREFIX;
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(&cf, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let bad = || StateError::BadValue {
+                what: "sequence key",
+                len: k.len(),
+            };
+            if rest.len() != 5 {
+                return Err(bad());
+            }
+            let table = Table::from_id(rest[0]).ok_or_else(bad)?;
+            let p = i32::from_be_bytes(rest[1..5].try_into().map_err(|_| bad())?);
+            let seq = keys::be_u64(&v).ok_or_else(bad)?;
+            out.insert((table, p), seq);
+        }
+        Ok(out)
+    }
+
+    pub fn get_sink_meta(&self, table: Table, partition: i32) -> Result<Option<Vec<u8>>, StateError> {
+        let cf = self.cf(CF_META)?;
+        self.db
+            .get_cf(&cf, meta::sink(table, partition))
+            .map_err(|e| self.rocks(e))
+    }
+
+    pub fn put_sink_meta(&self, table: Table, partition: i32, value: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(CF_META)?;
+        self.db
+            .put_cf_opt(&cf, meta::sink(table, partition), value, &self.write_options)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Up to `limit` outbox rows of one (table, partition), in sequence order.
+    pub fn outbox_rows(
+        &self,
+        table: Table,
+        partition: i32,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let prefix = keys::outbox_prefix(table, partition);
+        let mut ro = ReadOptions::default();
+        let mut upper = prefix.to_vec();
+        upper.extend_from_slice(&[0xff; 8]);
+        upper.push(0xff);
+        ro.set_iterate_upper_bound(upper);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(&cf, ro, IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let Some((_, _, seq)) = keys::parse_outbox_key(&k) else {
+                break;
+            };
+            out.push((seq, v.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes delivered rows `..= last_seq` of one (table, partition). Not synced: if
+    /// the delete is lost in a crash, the rows are sent again and the sink, idempotent
+    /// on the sequence, ignores them.
+    pub fn outbox_delete_through(&self, table: Table, partition: i32, last_seq: u64) -> Result<(), StateError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let from = keys::outbox_key(table, partition, 0);
+        let to = keys::outbox_key(table, partition, last_seq.saturating_add(1));
+        let mut wb = WriteBatch::default();
+        wb.delete_range_cf(&cf, from, to);
+        self.db.write(wb).map_err(|e| self.rocks(e))
+    }
+
+    /// Number of rows waiting, per (table, partition).
+    pub fn outbox_depths(&self) -> Result<BTreeMap<(Table, i32), u64>, StateError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let mut out = BTreeMap::new();
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.rocks(e))?;
+            if let Some((t, p, _)) = keys::parse_outbox_key(&k) {
+                *out.entry((t, p)).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// All open windows: key → value.
+    pub fn windows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let cf = self.cf(CF_WINDOW)?;
+        self.db
+            .iterator_cf(&cf, IteratorMode::Start)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| self.rocks(e))
+            })
+            .collect()
+    }
+
+    fn count_keys(&self, name: &str) -> Result<u64, StateError> {
+        let cf = self.cf(name)?;
+        let mut n = 0;
+        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+            item.map_err(|e| self.rocks(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Counts dedup keys that are logically alive under each partition's watermark
+    /// is the processor's job; this counts what is physically stored.
+    pub fn stats(&self) -> Result<StateStats, StateError> {
+        let mut bytes = BTreeMap::new();
+        for name in cf::ALL {
+            let cf = self.cf(name)?;
+            let prop = |p: &str| -> Result<u64, StateError> {
+                Ok(self
+                    .db
+                    .property_int_value_cf(&cf, p)
+                    .map_err(|e| self.rocks(e))?
+                    .unwrap_or(0))
+            };
+            bytes.insert(
+                name.to_owned(),
+                prop("rocksdb.total-sst-files-size")? + prop("rocksdb.size-all-mem-tables")?,
+            );
+        }
+        let mut outbox_depth = BTreeMap::new();
+        for ((t, _), n) in self.outbox_depths()? {
+            *outbox_depth.entry(t.name().to_owned()).or_insert(0) += n;
+        }
+        Ok(StateStats {
+            path: self.path.clone(),
+            dedup_keys: self.count_keys(CF_DEDUP)?,
+            fraud_keys: self.count_keys(CF_FRAUD)?,
+            open_windows: self.count_keys(CF_WINDOW)?,
+            total_bytes: bytes.values().sum(),
+            bytes,
+            next_offsets: self.next_offsets()?,
+            max_event_times: self.max_event_times()?,
+            outbox_depth,
+        })
+    }
+
+    /// Flushes memtables and compacts the TTL column families, running the compaction
+    /// filter over everything (tests and the `state --compact` command use it).
+    pub fn compact(&self) -> Result<(), StateError> {
+        for name in [CF_DEDUP, CF_FRAUD] {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(&cf).map_err(|e| self.rocks(e))?;
+            self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+use super::*;
+
+fn open(dir: &Path) -> StateStore {
+    StateStore::open(dir, &StoreOptions::default()).unwrap()
+}
+
+fn entry(t: i64) -> DedupEntry {
+    DedupEntry {
+        event_time_micros: t,
+        content_hash: 7,
+        partition: 0,
+        offset: t,
+    }
+}
+
+#[test]
+fn commit_is_visible_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let mut b = StateBatch::new();
+        b.put_dedup(keys::dedup_key("tx-1"), &entry(5));
+        b.put_outbox(Table::Payments, 0, 0, b"row0".to_vec());
+        b.set_next_seq(Table::Payments, 0, 1);
+        b.set_next_offset(0, 10);
+        b.set_max_event_time(0, 99);
+        s.commit(b).unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.get_dedup_many(&[keys::dedup_key("tx-1"), keys::dedup_key("tx-2")])
+            .unwrap(),
+        vec![Some(entry(5)), None]
+    );
+    assert_eq!(s.next_offsets().unwrap(), BTreeMap::from([(0, 10)]));
+    assert_eq!(s.max_event_times().unwrap(), BTreeMap::from([(0, 99)]));
+    assert_eq!(
+        s.next_seqs().unwrap(),
+        BTreeMap::from([((Table::Payments, 0), 1)])
+    );
+    assert_eq!(
+        s.outbox_rows(Table::Payments, 0, 10).unwrap(),
+        vec![(0, b"row0".to_vec())]
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    match StateStore::open(dir.path(), &StoreOptions::default()) {
+        Err(StateError::Locked { .. }) => {}
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second writer must be refused"),
+    }
+}
+
+#[test]
+fn corrupt_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    // Overwrite the CURRENT file (which names the manifest) with garbage.
+    std::fs::write(dir.path().join("CURRENT"), b"garbage\n").unwrap();
+    let err = StateStore::open(dir.path(), &StoreOptions::default())
+        .err()
+        .expect("a corrupt directory must not open");
+    let msg = err.to_string();
+    assert!(msg.contains(&dir.path().display().to_string()) || msg.contains("RocksDB"), "{msg}");
+}
+
+#[test]
+fn outbox_iterates_in_sequence_order_and_deletes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut b = StateBatch::new();
+    for seq in [3_u64, 1, 2, 0, 255, 256] {
+        b.put_outbox(Table::DedupAudit, 2, seq, seq.to_string().into_bytes());
+    }
+    b.put_outbox(Table::DedupAudit, 3, 0, b"other partition".to_vec());
+    s.commit(b).unwrap();
+    let rows = s.outbox_rows(Table::DedupAudit, 2, 100).unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 255, 256]);
+    s.outbox_delete_through(Table::DedupAudit, 2, 3).unwrap();
+    let seqs: Vec<u64> = s
+        .outbox_rows(Table::DedupAudit, 2, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(seqs, vec![255, 256]);
+    assert_eq!(s.outbox_rows(Table::DedupAudit, 3, 100).unwrap().len(), 1);
+    assert_eq!(
+        s.outbox_depths().unwrap(),
+        BTreeMap::from([((Table::DedupAudit, 2), 2), ((Table::DedupAudit, 3), 1)])
+    );
+}
+
+#[test]
+fn compaction_filter_removes_only_expired_dedup_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        dedup_retention_micros: 100,
+        ..StoreOptions::default()
+    };
+    let s = StateStore::open(dir.path(), &opts).unwrap();
+    let mut b = StateBatch::new();
+    for t in 0..1000_i64 {
+        b.put_dedup(keys::dedup_key(&format!("tx-{t}")), &entry(t));
+    }
+    s.commit(b).unwrap();
+    // Nothing is expired before a watermark is published.
+    s.compact().unwrap();
+    assert_eq!(s.stats().unwrap().dedup_keys, 1000);
+    // Watermark 600: keys with t + 100 < 600, i.e. t < 500, are gone; t = 500 stays.
+    s.horizon().advance(600);
+    s.compact().unwrap();
+    assert_eq!(s.stats().unwrap().dedup_keys, 500);
+    let got = s
+        .get_dedup_many(&[keys::dedup_key("tx-499"), keys::dedup_key("tx-500")])
+        .unwrap();
+    assert_eq!(got, vec![None, Some(entry(500))]);
+}
+
+#[test]
+fn stats_report_offsets_and_outbox_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut b = StateBatch::new();
+    b.put_outbox(Table::Payments, 0, 0, b"x".to_vec());
+    b.put_outbox(Table::LateEvents, 1, 0, b"y".to_vec());
+    b.set_next_offset(1, 7);
+    s.commit(b).unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!(st.outbox_depth.get("payments"), Some(&1));
+    assert_eq!(st.outbox_depth.get("late_events"), Some(&1));
+    assert_eq!(st.next_offsets, BTreeMap::from([(1, 7)]));
+    assert!(st.total_bytes > 0);
+}

@@ -1,0 +1,174 @@
+//! Test helpers that run the real components on free ports.
+//!
+//! - [`Broker`]: a real `tansu` Kafka-protocol broker with the SQLite storage engine, in
+//!   its own temporary folder, on a free 127.0.0.1 port; killed on drop.
+//! - [`binary`]: the path of a workspace binary (`paydedup-simulator`, …) built by the
+//!   same `cargo test` run.
+//!
+//! The broker binary comes from `PAYDEDUP_TANSU` or the cache that
+//! `scripts/install-tansu.sh` fills (`~/.cache/paydedup/tansu/bin/tansu`). Tests never use
+//! fixed ports, so they run side by side.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// The paydedup tool cache (`PAYDEDUP_CACHE`, default `~/.cache/paydedup`).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PAYDEDUP_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    Path::new(&home).join(".cache/paydedup")
+}
+
+/// The tansu binary, or an error that says how to install it.
+pub fn tansu_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PAYDEDUP_TANSU") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = cache_dir().join("tansu/bin/tansu");
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "the tansu broker is not installed at {}; run scripts/install-tansu.sh (or the README's test command)",
+        p.display()
+    )
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Path of a binary of this workspace, built next to the running test executable.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    // target/<profile>/deps/test-xxxx → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let p = dir.join(name);
+    if !p.is_file() {
+        bail!(
+            "{} is not built; run the tests with `cargo test --workspace` so binaries are built",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
+}
+
+/// A running tansu broker with SQLite storage.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> anyhow::Result<Broker> {
+        let dir = tempfile::Builder::new()
+            .prefix("paydedup-tansu-")
+            .tempdir()
+            .context("creating the broker's folder")?;
+        let port = free_port()?;
+        let mut broker = Broker {
+            child: None,
+            port,
+            dir,
+        };
+        broker.spawn()?;
+        Ok(broker)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .context("opening the broker log")?;
+        // NOTE: tansu reads generic variables (STORAGE_ENGINE, LISTENER_URL, …) and a
+        // `.env` in its working directory; a clean environment and a fresh folder keep
+        // them from overriding our flags. The SQLite URL must be relative (an absolute
+        // one is joined onto the working directory).
+        let child = Command::new(tansu_binary()?)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting tansu")?;
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(30))
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic through tansu's CLI (tansu does not auto-create topics).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        let status = Command::new(tansu_binary()?)
+            .args(["topic", "create", name])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .args(["--partitions", &partitions.to_string()])
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdout(Stdio::null())
+            .status()
+            .context("running `tansu topic create`")?;
+        if !status.success() {
+            bail!("`tansu topic create {name}` failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Kills the broker with SIGKILL and starts it again on the same port and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The main job, one command: install what is missing, start a tansu broker on
+# 127.0.0.1, create the topic, produce simulated payments (every kind of fault), run
+# the processor until it has caught up and delivered everything, then reconcile the
+# output against the simulator's manifest and print the table.
+#
+# Repeatable: every run starts from a fresh .run/ folder. Tunables (environment):
+#   COUNT (default 100000), PARTITIONS (4), SEED (42).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/env.sh"
+COUNT="${COUNT:-100000}"
+PARTITIONS="${PARTITIONS:-4}"
+SEED="${SEED:-42}"
+
+"$ROOT/scripts/setup.sh"
+echo "==> building (release; the first build compiles RocksDB and takes a while)" >&2
+cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" \
+  -p paydedup-simulator -p paydedup-processor >&2
+BIN="$CARGO_TARGET_DIR/release"
+
+RUN="$ROOT/.run"
+rm -rf "$RUN"
+mkdir -p "$RUN/tansu"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 300); do
+    if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))"; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
+}
+
+KAFKA_PORT="$(free_port)"
+echo "==> starting tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage in $RUN/tansu)" >&2
+# NOTE: tansu reads generic variables (STORAGE_ENGINE, LISTENER_URL, …) and a .env in
+# its working directory, so it gets a clean environment and a folder of its own; the
+# SQLite URL is relative because an absolute one is joined onto the working directory.
+(cd "$RUN/tansu" && exec env -i PATH="$PATH" RUST_LOG=warn "$PAYDEDUP_TANSU" broker \
+  --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --storage-engine sqlite://tansu.db >"$RUN/tansu.log" 2>&1) &
+PIDS+=($!)
+wait_port "$KAFKA_PORT"
+
+echo "==> simulating $COUNT payments into topic 'payments' ($PARTITIONS partitions)" >&2
+"$BIN/paydedup-simulator" --brokers "127.0.0.1:$KAFKA_PORT" --topic payments \
+  --create-partitions "$PARTITIONS" --count "$COUNT" --seed "$SEED" \
+  --manifest "$RUN/manifest.json"
+
+echo "==> processing until caught up" >&2
+START=$(date +%s.%N)
+"$BIN/paydedup-processor" run --brokers "127.0.0.1:$KAFKA_PORT" --topic payments \
+  --state-dir "$RUN/state" --sink "file:$RUN/output" --metrics-addr 127.0.0.1:0 \
+  --exit-when-caught-up --drain --log-format text 2>"$RUN/processor.log"
+END=$(date +%s.%N)
+python3 -c "import sys; d=$END-$START; print(f'processed {$COUNT} records in {d:.1f} s ({$COUNT/d:,.0f} records/s, start-up and final delivery included)')"
+
+echo "==> reconciling $RUN/output against the manifest" >&2
+"$BIN/paydedup-processor" reconcile --output "file:$RUN/output" --manifest "$RUN/manifest.json"
+"$BIN/paydedup-processor" state --state-dir "$RUN/state"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The full test suite: installs what is missing (libclang, tansu, the BigQuery
+# emulator), then runs every test, including those against a real tansu broker.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+source "$ROOT/scripts/env.sh"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+# Release profile: the same RocksDB build as the local run, and realistic speed for
+# the crash and retention tests. `integration` turns on the broker tests.
+cargo test --release --locked --workspace --all-targets --all-features -- --test-threads 2 "$@"
