@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
     Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::Serialize;
@@ -161,12 +161,12 @@ impl StateStore {
         let cf = self.cf(CF_META)?;
         Ok(self
             .db
-            .get_cf(&cf, meta::HORIZON)
+            .get_cf(cf, meta::HORIZON)
             .map_err(|e| self.rocks(e))?
             .and_then(|v| keys::be_i64(&v)))
     }
 
-    fn cf(&self, name: &str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StateError> {
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, StateError> {
         self.db
             .cf_handle(name)
             .ok_or_else(|| StateError::Corrupt {
@@ -207,7 +207,7 @@ impl StateStore {
             .collect::<Result<_, _>>()?;
         let handle = |name: &str| {
             let i = cf::ALL.iter().position(|n| *n == name).unwrap_or(0);
-            &handles[i]
+            handles[i]
         };
         for op in batch.ops {
             match op {
@@ -225,7 +225,7 @@ impl StateStore {
         let cf = self.cf(CF_DEDUP)?;
         let results = self
             .db
-            .batched_multi_get_cf(&cf, keys.iter(), false);
+            .batched_multi_get_cf(cf, keys.iter(), false);
         results
             .into_iter()
             .map(|r| match r.map_err(|e| self.rocks(e))? {
@@ -237,14 +237,14 @@ impl StateStore {
 
     pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let cf = self.cf(CF_FRAUD)?;
-        self.db.get_cf(&cf, key).map_err(|e| self.rocks(e))
+        self.db.get_cf(cf, key).map_err(|e| self.rocks(e))
     }
 
     /// Many fraud keys at once.
     pub fn get_fraud_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         let cf = self.cf(CF_FRAUD)?;
         self.db
-            .batched_multi_get_cf(&cf, keys.iter(), false)
+            .batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
             .map(|r| {
                 r.map(|o| o.map(|s| s.to_vec()))
@@ -258,7 +258,7 @@ impl StateStore {
         let mut out = BTreeMap::new();
         for item in self
             .db
-            .iterator_cf(&cf, IteratorMode::From(prefix, Direction::Forward))
+            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             if !k.starts_with(prefix) {
@@ -296,7 +296,7 @@ impl StateStore {
         let mut out = BTreeMap::new();
         for item in self
             .db
-            .iterator_cf(&cf, IteratorMode::From(prefix, Direction::Forward))
+            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             if !k.starts_with(prefix) {
@@ -321,14 +321,14 @@ impl StateStore {
     pub fn get_sink_meta(&self, table: Table, partition: i32) -> Result<Option<Vec<u8>>, StateError> {
         let cf = self.cf(CF_META)?;
         self.db
-            .get_cf(&cf, meta::sink(table, partition))
+            .get_cf(cf, meta::sink(table, partition))
             .map_err(|e| self.rocks(e))
     }
 
     pub fn put_sink_meta(&self, table: Table, partition: i32, value: &[u8]) -> Result<(), StateError> {
         let cf = self.cf(CF_META)?;
         self.db
-            .put_cf_opt(&cf, meta::sink(table, partition), value, &self.write_options)
+            .put_cf_opt(cf, meta::sink(table, partition), value, &self.write_options)
             .map_err(|e| self.rocks(e))
     }
 
@@ -349,7 +349,7 @@ impl StateStore {
         let mut out = Vec::new();
         for item in self
             .db
-            .iterator_cf_opt(&cf, ro, IteratorMode::From(&prefix, Direction::Forward))
+            .iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let Some((_, _, seq)) = keys::parse_outbox_key(&k) else {
@@ -371,7 +371,7 @@ impl StateStore {
         let from = keys::outbox_key(table, partition, 0);
         let to = keys::outbox_key(table, partition, last_seq.saturating_add(1));
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(&cf, from, to);
+        wb.delete_range_cf(cf, from, to);
         self.db.write(wb).map_err(|e| self.rocks(e))
     }
 
@@ -379,7 +379,7 @@ impl StateStore {
     pub fn outbox_depths(&self) -> Result<BTreeMap<(Table, i32), u64>, StateError> {
         let cf = self.cf(CF_OUTBOX)?;
         let mut out = BTreeMap::new();
-        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, _) = item.map_err(|e| self.rocks(e))?;
             if let Some((t, p, _)) = keys::parse_outbox_key(&k) {
                 *out.entry((t, p)).or_insert(0) += 1;
@@ -392,7 +392,7 @@ impl StateStore {
     pub fn windows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
         let cf = self.cf(CF_WINDOW)?;
         self.db
-            .iterator_cf(&cf, IteratorMode::Start)
+            .iterator_cf(cf, IteratorMode::Start)
             .map(|r| {
                 r.map(|(k, v)| (k.to_vec(), v.to_vec()))
                     .map_err(|e| self.rocks(e))
@@ -403,7 +403,7 @@ impl StateStore {
     fn count_keys(&self, name: &str) -> Result<u64, StateError> {
         let cf = self.cf(name)?;
         let mut n = 0;
-        for item in self.db.iterator_cf(&cf, IteratorMode::Start) {
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             item.map_err(|e| self.rocks(e))?;
             n += 1;
         }
@@ -419,7 +419,7 @@ impl StateStore {
             let prop = |p: &str| -> Result<u64, StateError> {
                 Ok(self
                     .db
-                    .property_int_value_cf(&cf, p)
+                    .property_int_value_cf(cf, p)
                     .map_err(|e| self.rocks(e))?
                     .unwrap_or(0))
             };
@@ -450,8 +450,8 @@ impl StateStore {
     pub fn compact(&self) -> Result<(), StateError> {
         for name in [CF_DEDUP, CF_FRAUD] {
             let cf = self.cf(name)?;
-            self.db.flush_cf(&cf).map_err(|e| self.rocks(e))?;
-            self.db.compact_range_cf(&cf, None::<&[u8]>, None::<&[u8]>);
+            self.db.flush_cf(cf).map_err(|e| self.rocks(e))?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         }
         Ok(())
     }

@@ -121,9 +121,11 @@ fn every_record_lands_in_exactly_one_table() {
     let metrics = &out[&(Table::PaymentMetrics, 0)];
     let first: serde_json::Value = serde_json::from_slice(&metrics[0].1).unwrap();
     assert_eq!(first["window_start"], "2026-11-23T10:00:00.000000Z");
-    assert_eq!(first["payment_count"], 1);
-    assert_eq!(first["amount_minor_sum"], 100);
+    // a (10:00:00) and b (10:00:30) share the window; the duplicate and the conflict too.
+    assert_eq!(first["payment_count"], 2);
+    assert_eq!(first["amount_minor_sum"], 300);
     assert_eq!(first["duplicate_count"], 1);
+    assert_eq!(first["conflict_count"], 1);
 }
 
 #[test]
