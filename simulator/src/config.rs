@@ -138,7 +138,10 @@ impl Config {
             return Err("--late-rate + --malformed-rate must leave room for payments".into());
         }
         if !(self.event_rate > 0.0 && self.event_rate.is_finite()) {
-            return Err(format!("--event-rate must be positive, got {}", self.event_rate));
+            return Err(format!(
+                "--event-rate must be positive, got {}",
+                self.event_rate
+            ));
         }
         if let Some(r) = self.rate {
             if !(r > 0.0 && r.is_finite()) {

@@ -117,7 +117,9 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
     };
 
     let started = Instant::now();
-    let deadline = config.duration_secs.map(|d| started + Duration::from_secs(d));
+    let deadline = config
+        .duration_secs
+        .map(|d| started + Duration::from_secs(d));
     let mut sent: u64 = 0;
     loop {
         match deadline {
@@ -143,9 +145,12 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
         )?;
         manifest.record(&record);
         sent += 1;
-        if sent % 1024 == 0 {
+        if sent.is_multiple_of(1024) {
             bar.set_position(sent);
-            let failed = sender.tracker().failed.load(std::sync::atomic::Ordering::Relaxed);
+            let failed = sender
+                .tracker()
+                .failed
+                .load(std::sync::atomic::Ordering::Relaxed);
             if failed > 0 {
                 break;
             }

@@ -101,7 +101,10 @@ impl Manifest {
                 *self.malformed_by_code.entry(code.to_owned()).or_default() += 1;
             }
             (Kind::Unique, Some(e)) => {
-                let c = self.by_currency.entry(e.currency.code().to_owned()).or_default();
+                let c = self
+                    .by_currency
+                    .entry(e.currency.code().to_owned())
+                    .or_default();
                 c.unique_count += 1;
                 c.unique_amount_minor += i128::from(e.amount_minor);
             }

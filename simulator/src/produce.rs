@@ -69,7 +69,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(brokers: &str, extra: &[(String, String)], partitions: usize) -> anyhow::Result<Sender> {
+    pub fn new(
+        brokers: &str,
+        extra: &[(String, String)],
+        partitions: usize,
+    ) -> anyhow::Result<Sender> {
         let tracker = DeliveryTracker {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -83,7 +87,14 @@ impl Sender {
     }
 
     /// Queues one record, waiting while librdkafka's queue is full.
-    pub fn send(&self, topic: &str, partition: i32, key: &str, payload: &[u8], timestamp_ms: i64) -> anyhow::Result<()> {
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> anyhow::Result<()> {
         let mut record = BaseRecord::to(topic)
             .partition(partition)
             .key(key)
@@ -107,7 +118,9 @@ impl Sender {
 
     /// Waits until every queued record is acknowledged or failed.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer.flush(timeout).context("flushing the producer")
+        self.producer
+            .flush(timeout)
+            .context("flushing the producer")
     }
 }
 
@@ -122,7 +135,9 @@ pub fn ensure_topic(
         return Ok(n);
     }
     let Some(partitions) = create_partitions else {
-        bail!("topic `{topic}` does not exist on {brokers}; create it or pass --create-partitions N");
+        bail!(
+            "topic `{topic}` does not exist on {brokers}; create it or pass --create-partitions N"
+        );
     };
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
@@ -166,7 +181,9 @@ fn partition_count(
     use rdkafka::consumer::Consumer;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("fetching metadata for `{topic}` from {brokers} (is the broker up?)"))?;
+        .with_context(|| {
+            format!("fetching metadata for `{topic}` from {brokers} (is the broker up?)")
+        })?;
     let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
     };

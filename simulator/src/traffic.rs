@@ -55,7 +55,7 @@ pub struct SimRecord {
 #[derive(Debug)]
 enum Scheduled {
     /// The same event again (retry, replay) or an altered one (conflict).
-    Resend(PaymentEvent, Resend),
+    Resend(Box<PaymentEvent>, Resend),
     /// A new payment by a given card (velocity bursts, impossible travel).
     Payment {
         card: usize,
@@ -109,7 +109,11 @@ impl Traffic {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let world = World::new(&mut rng, cfg.seed, cfg.merchants, cfg.cards);
         Traffic {
-            truth: Truth::new(cfg.partitions, cfg.allowed_lateness_secs, cfg.retention_secs),
+            truth: Truth::new(
+                cfg.partitions,
+                cfg.allowed_lateness_secs,
+                cfg.retention_secs,
+            ),
             clock_micros: cfg.start_time.timestamp_micros(),
             inter_arrival: Exp::new(cfg.event_rate).expect("event rate validated positive"),
             next_id: 0,
@@ -146,7 +150,7 @@ impl Traffic {
     /// The next record; the stream is unbounded.
     pub fn next_record(&mut self, wall_now: DateTime<Utc>) -> SimRecord {
         self.produced += 1;
-        if self.produced % 50_000 == 0 {
+        if self.produced.is_multiple_of(50_000) {
             self.truth.prune();
         }
         if let Some(&Reverse((due, seq))) = self.pending.peek() {
@@ -186,7 +190,13 @@ impl Traffic {
                 0 => {
                     for _ in 0..self.rng.gen_range(5..10) {
                         let due = self.clock_micros + self.secs(2.0, 120.0);
-                        self.schedule(due, Scheduled::Payment { card, ip_country: None });
+                        self.schedule(
+                            due,
+                            Scheduled::Payment {
+                                card,
+                                ip_country: None,
+                            },
+                        );
                     }
                 }
                 // Geo mismatch: IP from another country than the card's.
@@ -212,11 +222,17 @@ impl Traffic {
             .payment(&mut self.rng, id, at, card, merchant, ip_country);
         if self.rng.gen_bool(rates.duplicate) {
             let due = self.clock_micros + self.secs(1.0, 10.0);
-            self.schedule(due, Scheduled::Resend(event.clone(), Resend::Retry));
+            self.schedule(
+                due,
+                Scheduled::Resend(Box::new(event.clone()), Resend::Retry),
+            );
         }
         if self.rng.gen_bool(rates.replay) {
             let due = self.clock_micros + self.secs(30.0, 120.0);
-            self.schedule(due, Scheduled::Resend(event.clone(), Resend::Replay));
+            self.schedule(
+                due,
+                Scheduled::Resend(Box::new(event.clone()), Resend::Replay),
+            );
         }
         if self.rng.gen_bool(rates.conflict) {
             let mut altered = event.clone();
@@ -227,14 +243,14 @@ impl Traffic {
                 altered.amount_minor += 1;
             }
             let due = self.clock_micros + self.secs(1.0, 90.0);
-            self.schedule(due, Scheduled::Resend(altered, Resend::Other));
+            self.schedule(due, Scheduled::Resend(Box::new(altered), Resend::Other));
         }
         self.valid(event, Resend::Other)
     }
 
     fn emit_scheduled(&mut self, item: Scheduled, due: i64) -> SimRecord {
         match item {
-            Scheduled::Resend(event, resend) => self.valid(event, resend),
+            Scheduled::Resend(event, resend) => self.valid(*event, resend),
             Scheduled::Payment { card, ip_country } => {
                 let merchant = self.world.pick_merchant(&mut self.rng);
                 let id = self.fresh_id();
@@ -344,7 +360,8 @@ pub fn corrupt(
             v["card_fingerprint"] = Value::from("4111111111111111");
         }
         "id_too_long" => {
-            v["transaction_id"] = Value::from(format!("{}-{}", event.transaction_id, "x".repeat(80)));
+            v["transaction_id"] =
+                Value::from(format!("{}-{}", event.transaction_id, "x".repeat(80)));
         }
         "wrong_type" => v["amount_minor"] = Value::from(format!("{}", event.amount_minor)),
         "unsupported_schema_version" => v["schema_version"] = Value::from(2),
@@ -415,7 +432,11 @@ mod tests {
             }
             assert_eq!(r.partition, partition_of(&r.key, 4));
         }
-        assert_eq!(seen.len(), MALFORMED_KINDS.len(), "every malformed kind occurs");
+        assert_eq!(
+            seen.len(),
+            MALFORMED_KINDS.len(),
+            "every malformed kind occurs"
+        );
     }
 
     #[test]
@@ -438,8 +459,18 @@ mod tests {
                 assert!(e.amount_minor <= e.currency.max_amount_minor());
             }
         }
-        for k in ["unique", "duplicate", "replay", "conflict", "late", "malformed"] {
-            assert!(kinds.get(k).copied().unwrap_or(0) > 0, "{k} missing: {kinds:?}");
+        for k in [
+            "unique",
+            "duplicate",
+            "replay",
+            "conflict",
+            "late",
+            "malformed",
+        ] {
+            assert!(
+                kinds.get(k).copied().unwrap_or(0) > 0,
+                "{k} missing: {kinds:?}"
+            );
         }
         assert!(kinds["unique"] > 15_000);
     }
@@ -448,7 +479,10 @@ mod tests {
     fn truth_boundary_exactly_at_watermark_is_not_late() {
         let mut truth = Truth::new(1, 300, 3600);
         let mut t = Traffic::new(config(1));
-        let mut e = t.next_record(now()).event.unwrap_or_else(|| t.next_record(now()).event.unwrap());
+        let mut e = t
+            .next_record(now())
+            .event
+            .unwrap_or_else(|| t.next_record(now()).event.unwrap());
         let base = e.event_time;
         assert_eq!(truth.observe(0, &e, Resend::Other), Kind::Unique);
         let mut at_wm = e.clone();

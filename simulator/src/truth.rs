@@ -24,8 +24,12 @@ pub enum Kind {
     /// The same event again minutes later (same content).
     Replay,
     Conflict,
-    Late { key_known: bool },
-    Malformed { code: &'static str },
+    Late {
+        key_known: bool,
+    },
+    Malformed {
+        code: &'static str,
+    },
 }
 
 /// The intent of a re-sent record, used to split duplicates into retries and replays.

@@ -31,16 +31,16 @@ const MARKETS: &[(&str, &str, &str, u32)] = &[
 /// Merchant categories: (MCC, median amount in USD, log-normal sigma, weight).
 /// 7995 (gambling) and 6051 (quasi-cash/crypto) are the high-risk ones.
 const CATEGORIES: &[(u16, f64, f64, u32)] = &[
-    (5411, 45.0, 0.7, 30),  // grocery
-    (5812, 30.0, 0.6, 20),  // restaurants
-    (5541, 50.0, 0.4, 10),  // fuel
-    (5732, 250.0, 0.9, 8),  // electronics
-    (4511, 420.0, 0.7, 5),  // airlines
-    (7011, 180.0, 0.6, 6),  // hotels
-    (5816, 12.0, 0.9, 12),  // digital goods
-    (5999, 60.0, 1.0, 6),   // misc retail
-    (7995, 90.0, 1.2, 2),   // gambling (high risk)
-    (6051, 300.0, 1.1, 1),  // quasi-cash (high risk)
+    (5411, 45.0, 0.7, 30), // grocery
+    (5812, 30.0, 0.6, 20), // restaurants
+    (5541, 50.0, 0.4, 10), // fuel
+    (5732, 250.0, 0.9, 8), // electronics
+    (4511, 420.0, 0.7, 5), // airlines
+    (7011, 180.0, 0.6, 6), // hotels
+    (5816, 12.0, 0.9, 12), // digital goods
+    (5999, 60.0, 1.0, 6),  // misc retail
+    (7995, 90.0, 1.2, 2),  // gambling (high risk)
+    (6051, 300.0, 1.1, 1), // quasi-cash (high risk)
 ];
 
 /// Rough value of one major unit in USD, to scale category medians per currency.
@@ -100,7 +100,8 @@ impl World {
             .map(|i| {
                 let (_, currency, region, _) = *weighted(rng, MARKETS, |m| m.3);
                 let (mcc, median_usd, sigma, _) = *weighted(rng, CATEGORIES, |c| c.3);
-                let currency = Currency::from_code(currency).expect("market currencies are ISO 4217");
+                let currency =
+                    Currency::from_code(currency).expect("market currencies are ISO 4217");
                 let median = median_usd / usd_per_unit(currency.code());
                 Merchant {
                     id: format!("m-{i:05}"),
@@ -114,7 +115,10 @@ impl World {
         let customers = cards.div_ceil(2).max(1);
         let cards: Vec<Card> = (0..cards)
             .map(|i| Card {
-                fingerprint: format!("{:032x}", xxh3_128_with_seed(&(i as u64).to_le_bytes(), seed)),
+                fingerprint: format!(
+                    "{:032x}",
+                    xxh3_128_with_seed(&(i as u64).to_le_bytes(), seed)
+                ),
                 country: weighted(rng, MARKETS, |m| m.3).0,
                 customer: i % customers,
             })

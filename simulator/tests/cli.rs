@@ -45,7 +45,10 @@ fn bad_flags_give_a_clear_error() {
     let cases: [(&[&str], &str); 5] = [
         (&["--count", "many"], "invalid value 'many'"),
         (&["--no-such-flag"], "unexpected argument"),
-        (&["--duplicate-rate", "1.5"], "--duplicate-rate must be between 0 and 1"),
+        (
+            &["--duplicate-rate", "1.5"],
+            "--duplicate-rate must be between 0 and 1",
+        ),
         (&["--kafka", "novalue"], "expected KEY=VALUE"),
         (&["--count", "5", "--duration", "3"], "cannot be used with"),
     ];

@@ -74,7 +74,11 @@ fn consumer_reads_back_exactly_what_the_manifest_says() {
         };
         let msg = msg.unwrap();
         let p = msg.partition() as usize;
-        assert_eq!(msg.offset(), next_offset[p], "offsets are dense and in order");
+        assert_eq!(
+            msg.offset(),
+            next_offset[p],
+            "offsets are dense and in order"
+        );
         next_offset[p] += 1;
         let key = std::str::from_utf8(msg.key().unwrap()).unwrap();
         let ts = Utc
@@ -107,9 +111,8 @@ fn consumer_reads_back_exactly_what_the_manifest_says() {
     }
     assert_eq!(read, 20_000, "every produced record was read back");
 
-    for p in 0..PARTITIONS as usize {
+    for (p, got) in counts.iter().enumerate() {
         let expected = &manifest.by_partition[p];
-        let got = &counts[p];
         assert_eq!(got.records, expected.records, "partition {p} records");
         assert_eq!(got.unique, expected.unique, "partition {p} unique");
         assert_eq!(

@@ -148,9 +148,6 @@ mod tests {
         assert_eq!(usd.format_major(-5), "-0.05");
         assert_eq!(jpy.format_major(500), "500");
         assert_eq!(bhd.format_major(1001), "1.001");
-        assert_eq!(
-            usd.format_major(usd.max_amount_minor()),
-            "1000000000.00"
-        );
+        assert_eq!(usd.format_major(usd.max_amount_minor()), "1000000000.00");
     }
 }

@@ -369,7 +369,8 @@ fn merchant_category(s: &str) -> Result<u16, ValidationError> {
     if s.len() != 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ValidationError::InvalidMerchantCategory);
     }
-    s.parse().map_err(|_| ValidationError::InvalidMerchantCategory)
+    s.parse()
+        .map_err(|_| ValidationError::InvalidMerchantCategory)
 }
 
 fn card_fingerprint(s: &str) -> Result<String, ValidationError> {
@@ -383,7 +384,9 @@ fn card_fingerprint(s: &str) -> Result<String, ValidationError> {
         });
     }
     if !(16..=128).contains(&s.len())
-        || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return Err(ValidationError::InvalidCardFingerprint);
     }
@@ -420,7 +423,7 @@ fn looks_like_pan(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]

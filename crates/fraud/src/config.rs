@@ -104,10 +104,14 @@ impl FraudConfig {
 
     pub fn validate(&self) -> Result<(), FraudConfigError> {
         if self.velocity_10m == 0 || self.velocity_1h == 0 {
-            return Err(FraudConfigError::Invalid("velocity thresholds must be positive".into()));
+            return Err(FraudConfigError::Invalid(
+                "velocity thresholds must be positive".into(),
+            ));
         }
         if !(self.amount_zscore > 0.0 && self.amount_zscore.is_finite()) {
-            return Err(FraudConfigError::Invalid("amount_zscore must be positive".into()));
+            return Err(FraudConfigError::Invalid(
+                "amount_zscore must be positive".into(),
+            ));
         }
         if self.impossible_travel_secs <= 0 {
             return Err(FraudConfigError::Invalid(
@@ -115,7 +119,9 @@ impl FraudConfig {
             ));
         }
         if self.flag_threshold == 0 || self.flag_threshold > 100 {
-            return Err(FraudConfigError::Invalid("flag_threshold must be 1..=100".into()));
+            return Err(FraudConfigError::Invalid(
+                "flag_threshold must be 1..=100".into(),
+            ));
         }
         Ok(())
     }
@@ -127,7 +133,8 @@ mod tests {
 
     #[test]
     fn partial_toml_keeps_defaults() {
-        let cfg = FraudConfig::from_toml("velocity_10m = 3\n[weights]\nnew_device = 5\n", "t").unwrap();
+        let cfg =
+            FraudConfig::from_toml("velocity_10m = 3\n[weights]\nnew_device = 5\n", "t").unwrap();
         assert_eq!(cfg.velocity_10m, 3);
         assert_eq!(cfg.weights.new_device, 5);
         assert_eq!(cfg.velocity_1h, FraudConfig::default().velocity_1h);

@@ -2,7 +2,9 @@
 
 use paydedup_event::PaymentEvent;
 
-use crate::state::{AmountStats, CardState, CustomerState, MAX_CURRENCIES, MAX_DEVICES, MAX_RECENT};
+use crate::state::{
+    AmountStats, CardState, CustomerState, MAX_CURRENCIES, MAX_DEVICES, MAX_RECENT,
+};
 use crate::FraudConfig;
 
 const MINUTE: i64 = 60_000_000;
@@ -57,7 +59,8 @@ pub fn assess(
 
     // Velocity: payments within the window ending at this one (by event time, so a
     // replay of old traffic scores as it would have live).
-    let in_window = |w: i64| card.recent.iter().filter(|&&x| x > t - w && x <= t).count() as u32 + 1;
+    let in_window =
+        |w: i64| card.recent.iter().filter(|&&x| x > t - w && x <= t).count() as u32 + 1;
     let count_10m = in_window(10 * MINUTE);
     let count_1h = in_window(60 * MINUTE);
     if count_10m >= cfg.velocity_10m {
@@ -222,7 +225,12 @@ mod tests {
         travel_later.ip_country = "DE".into();
         travel_later.card_country = "DE".into();
         let cases = vec![
-            Case { name: "first payment is clean", history: vec![], event: event("a", 0), expect: vec![] },
+            Case {
+                name: "first payment is clean",
+                history: vec![],
+                event: event("a", 0),
+                expect: vec![],
+            },
             Case {
                 name: "five in ten minutes is velocity",
                 history: (0..4).map(|i| event(&format!("v{i}"), i)).collect(),
@@ -265,7 +273,12 @@ mod tests {
                 event: new_device,
                 expect: vec![Reason::NewDevice],
             },
-            Case { name: "high-risk MCC", history: vec![], event: gambling, expect: vec![Reason::HighRiskMcc] },
+            Case {
+                name: "high-risk MCC",
+                history: vec![],
+                event: gambling,
+                expect: vec![Reason::HighRiskMcc],
+            },
         ];
         for case in cases {
             let (mut card, mut cust) = (CardState::default(), CustomerState::default());

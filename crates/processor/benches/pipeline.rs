@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use chrono::{Duration, TimeZone, Utc};
-use paydedup_event::{encode_json, Currency, DecodeLimits, PaymentEvent, PaymentMethod, TransactionId};
+use paydedup_event::{
+    encode_json, Currency, DecodeLimits, PaymentEvent, PaymentMethod, TransactionId,
+};
 use paydedup_fraud::FraudConfig;
 use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_state::{StateStore, StoreOptions};
@@ -27,7 +29,14 @@ fn events(n: usize) -> Vec<(String, Vec<u8>)> {
         // 10 % re-send an earlier id (duplicates; 1 in 10 of those with a new amount).
         let (id, amount) = if i > 1000 && r % 10 == 0 {
             let back = (r >> 8) as usize % 1000 + 1;
-            (i - back, if r % 100 == 0 { 999 } else { ((i - back) % 9000 + 100) as i64 })
+            (
+                i - back,
+                if r % 100 == 0 {
+                    999
+                } else {
+                    ((i - back) % 9000 + 100) as i64
+                },
+            )
         } else {
             (i, (i % 9000 + 100) as i64)
         };
@@ -55,7 +64,14 @@ fn events(n: usize) -> Vec<(String, Vec<u8>)> {
 
 fn run(input: &[(String, Vec<u8>)], batch: usize, sync: bool) -> (f64, f64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = StateStore::open(dir.path(), &StoreOptions { sync, ..StoreOptions::default() }).unwrap();
+    let store = StateStore::open(
+        dir.path(),
+        &StoreOptions {
+            sync,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
     let cfg = PipelineConfig {
         allowed_lateness_micros: 300_000_000,
         retention_micros: 3_600_000_000,
@@ -64,7 +80,11 @@ fn run(input: &[(String, Vec<u8>)], batch: usize, sync: bool) -> (f64, f64, u64)
         fraud: FraudConfig::default(),
     };
     let mut p = Pipeline::load(cfg, &store).unwrap();
-    let ts = Some(Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0).unwrap().timestamp_millis());
+    let ts = Some(
+        Utc.with_ymd_and_hms(2026, 11, 24, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis(),
+    );
     let mut latencies = Vec::new();
     let started = Instant::now();
     for (b, chunk) in input.chunks(batch).enumerate() {
@@ -99,7 +119,10 @@ fn main() {
         .unwrap_or(500_000);
     let input = events(n);
     println!("processor core, {n} events (10 % duplicates), one partition, one thread");
-    println!("{:>8} {:>6} {:>14} {:>16} {:>14}", "batch", "sync", "events/s", "p99 batch (ms)", "state bytes");
+    println!(
+        "{:>8} {:>6} {:>14} {:>16} {:>14}",
+        "batch", "sync", "events/s", "p99 batch (ms)", "state bytes"
+    );
     for (batch, sync) in [(1000, true), (5000, true), (5000, false), (20000, true)] {
         let (rate, p99, bytes) = run(&input, batch, sync);
         println!("{batch:>8} {sync:>6} {rate:>14.0} {p99:>16.1} {bytes:>14}");

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "paydedup-processor", version, about = "Exactly-once payment deduplication: Kafka in, deduplicated and fraud-enriched payments out.")]
+#[command(
+    name = "paydedup-processor",
+    version,
+    about = "Exactly-once payment deduplication: Kafka in, deduplicated and fraud-enriched payments out."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -219,7 +223,10 @@ impl Settings {
         };
         macro_rules! pick {
             ($field:ident, $default:expr) => {
-                args.$field.clone().or(file.$field.clone()).unwrap_or_else(|| $default)
+                args.$field
+                    .clone()
+                    .or(file.$field.clone())
+                    .unwrap_or_else(|| $default)
             };
         }
         let mut kafka = file.kafka.clone();
@@ -258,7 +265,10 @@ impl Settings {
 
     fn validate(&self) -> anyhow::Result<()> {
         if self.instance_count < 1 {
-            bail!("--instance-count must be at least 1, got {}", self.instance_count);
+            bail!(
+                "--instance-count must be at least 1, got {}",
+                self.instance_count
+            );
         }
         if !(0..self.instance_count).contains(&self.instance_index) {
             bail!(
@@ -287,7 +297,9 @@ impl Settings {
         }
         for key in ["enable.auto.commit", "enable.auto.offset.store"] {
             if self.kafka.contains_key(key) {
-                bail!("kafka property {key} is managed by paydedup (offsets live in the state store)");
+                bail!(
+                    "kafka property {key} is managed by paydedup (offsets live in the state store)"
+                );
             }
         }
         Ok(())
@@ -308,7 +320,11 @@ mod tests {
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
-        std::fs::write(&path, "topic = \"from-file\"\nbatch_size = 7\n[kafka]\n\"fetch.min.bytes\" = \"1\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "topic = \"from-file\"\nbatch_size = 7\n[kafka]\n\"fetch.min.bytes\" = \"1\"\n",
+        )
+        .unwrap();
         let args = RunArgs {
             config: Some(path),
             batch_size: Some(9),
@@ -319,20 +335,44 @@ mod tests {
         assert_eq!(s.topic, "from-file");
         assert_eq!(s.batch_size, 9);
         assert_eq!(s.retention_secs, 3600);
-        assert_eq!(s.kafka.get("fetch.min.bytes").map(String::as_str), Some("1"));
+        assert_eq!(
+            s.kafka.get("fetch.min.bytes").map(String::as_str),
+            Some("1")
+        );
         assert_eq!(s.kafka.get("client.id").map(String::as_str), Some("x"));
     }
 
     #[test]
     fn bad_values_are_clear_errors() {
         let bad = |args: RunArgs| Settings::resolve(&args).unwrap_err().to_string();
-        assert!(bad(RunArgs { instance_index: Some(2), instance_count: Some(2), ..RunArgs::default() }).contains("--instance-index"));
-        assert!(bad(RunArgs { retention_secs: Some(10), ..RunArgs::default() }).contains("--retention-secs"));
-        assert!(bad(RunArgs { sink: Some("s3:bucket".into()), ..RunArgs::default() }).contains("unknown sink"));
-        assert!(bad(RunArgs { kafka: vec![("enable.auto.commit".into(), "true".into())], ..RunArgs::default() }).contains("managed by paydedup"));
+        assert!(bad(RunArgs {
+            instance_index: Some(2),
+            instance_count: Some(2),
+            ..RunArgs::default()
+        })
+        .contains("--instance-index"));
+        assert!(bad(RunArgs {
+            retention_secs: Some(10),
+            ..RunArgs::default()
+        })
+        .contains("--retention-secs"));
+        assert!(bad(RunArgs {
+            sink: Some("s3:bucket".into()),
+            ..RunArgs::default()
+        })
+        .contains("unknown sink"));
+        assert!(bad(RunArgs {
+            kafka: vec![("enable.auto.commit".into(), "true".into())],
+            ..RunArgs::default()
+        })
+        .contains("managed by paydedup"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
-        assert!(bad(RunArgs { config: Some(path), ..RunArgs::default() }).contains("parsing config file"));
+        assert!(bad(RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        })
+        .contains("parsing config file"));
     }
 }

@@ -54,32 +54,56 @@ fn consumer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
 
 /// The partitions this instance owns: p with p mod count = index.
 pub fn owned_partitions(partition_count: i32, index: i32, count: i32) -> Vec<i32> {
-    (0..partition_count).filter(|p| p % count == index).collect()
+    (0..partition_count)
+        .filter(|p| p % count == index)
+        .collect()
 }
 
 fn topic_partitions(consumer: &BaseConsumer, settings: &Settings) -> anyhow::Result<i32> {
     let md = consumer
         .fetch_metadata(Some(&settings.topic), Duration::from_secs(15))
-        .with_context(|| format!("cannot reach Kafka at {} (fetching metadata)", settings.brokers))?;
+        .with_context(|| {
+            format!(
+                "cannot reach Kafka at {} (fetching metadata)",
+                settings.brokers
+            )
+        })?;
     let topic = md
         .topics()
         .iter()
         .find(|t| t.name() == settings.topic)
-        .ok_or_else(|| anyhow!("topic `{}` not found on {}", settings.topic, settings.brokers))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "topic `{}` not found on {}",
+                settings.topic,
+                settings.brokers
+            )
+        })?;
     if let Some(err) = topic.error() {
-        bail!("topic `{}` is not available on {}: {:?}", settings.topic, settings.brokers, err);
+        bail!(
+            "topic `{}` is not available on {}: {:?}",
+            settings.topic,
+            settings.brokers,
+            err
+        );
     }
     if topic.partitions().is_empty() {
-        bail!("topic `{}` does not exist on {}", settings.topic, settings.brokers);
+        bail!(
+            "topic `{}` does not exist on {}",
+            settings.topic,
+            settings.brokers
+        );
     }
     Ok(topic.partitions().len() as i32)
 }
 
 fn open_sink(spec: &SinkSpec) -> anyhow::Result<Box<dyn Sink>> {
     match spec {
-        SinkSpec::File(dir) => Ok(Box::new(
-            FileSink::open(dir).with_context(|| format!("opening the file sink at {}", dir.display()))?,
-        )),
+        SinkSpec::File(dir) => {
+            Ok(Box::new(FileSink::open(dir).with_context(|| {
+                format!("opening the file sink at {}", dir.display())
+            })?))
+        }
     }
 }
 
@@ -93,7 +117,12 @@ fn is_fatal(e: &KafkaError) -> bool {
     )
 }
 
-pub fn run(settings: &Settings, metrics: Metrics, ready: Readiness, shutdown: Shutdown) -> anyhow::Result<Exit> {
+pub fn run(
+    settings: &Settings,
+    metrics: Metrics,
+    ready: Readiness,
+    shutdown: Shutdown,
+) -> anyhow::Result<Exit> {
     let fraud = match &settings.fraud_config {
         Some(p) => FraudConfig::load(p)?,
         None => FraudConfig::default(),
@@ -103,11 +132,16 @@ pub fn run(settings: &Settings, metrics: Metrics, ready: Readiness, shutdown: Sh
             &settings.state_dir,
             &StoreOptions {
                 sync: settings.sync,
-                dedup_retention_micros: settings.retention_secs * SEC,
+                dedup_retention_micros: Some(settings.retention_secs * SEC),
                 ..StoreOptions::default()
             },
         )
-        .with_context(|| format!("opening the state store at {}", settings.state_dir.display()))?,
+        .with_context(|| {
+            format!(
+                "opening the state store at {}",
+                settings.state_dir.display()
+            )
+        })?,
     );
     let mut pipeline = Pipeline::load(
         PipelineConfig {
@@ -125,7 +159,11 @@ pub fn run(settings: &Settings, metrics: Metrics, ready: Readiness, shutdown: Sh
 
     let consumer = consumer(settings)?;
     let partition_count = topic_partitions(&consumer, settings)?;
-    let owned = owned_partitions(partition_count, settings.instance_index, settings.instance_count);
+    let owned = owned_partitions(
+        partition_count,
+        settings.instance_index,
+        settings.instance_count,
+    );
     if owned.is_empty() {
         bail!(
             "instance {} of {} owns no partitions of `{}` ({} partitions)",
@@ -137,7 +175,9 @@ pub fn run(settings: &Settings, metrics: Metrics, ready: Readiness, shutdown: Sh
     }
     let mut tpl = TopicPartitionList::new();
     for &p in &owned {
-        let offset = pipeline.next_offset(p).map_or(Offset::Beginning, Offset::Offset);
+        let offset = pipeline
+            .next_offset(p)
+            .map_or(Offset::Beginning, Offset::Offset);
         tpl.add_partition_offset(&settings.topic, p, offset)?;
     }
     consumer.assign(&tpl).context("assigning partitions")?;
@@ -158,7 +198,16 @@ pub fn run(settings: &Settings, metrics: Metrics, ready: Readiness, shutdown: Sh
     spawn_ttl_compaction(store.clone(), settings.ttl_compaction_secs);
     ready.set(true);
 
-    let result = consume(settings, &consumer, &store, &mut pipeline, &relay, &owned, &metrics, &shutdown);
+    let result = consume(
+        settings,
+        &consumer,
+        &store,
+        &mut pipeline,
+        &relay,
+        &owned,
+        &metrics,
+        &shutdown,
+    );
     ready.set(false);
     let result = result.and_then(|exit| {
         // Deliver what is committed before exiting; a later start would anyway.
@@ -184,7 +233,8 @@ fn consume(
 ) -> anyhow::Result<Exit> {
     let batch_timeout = Duration::from_millis(settings.batch_timeout_ms);
     let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
-    let mut last_record: HashMap<i32, Instant> = owned.iter().map(|&p| (p, Instant::now())).collect();
+    let mut last_record: HashMap<i32, Instant> =
+        owned.iter().map(|&p| (p, Instant::now())).collect();
     let mut paused = false;
     let mut last_group_commit = Instant::now();
     let mut last_caught_up_check = Instant::now();
@@ -205,12 +255,19 @@ fn consume(
             consumer.pause(&assignment(settings, owned)?)?;
             paused = true;
             metrics.paused.set(1);
-            tracing::warn!(outbox_depth = depth, bound = settings.outbox_bound, "Outbox full; pausing consumption.");
+            tracing::warn!(
+                outbox_depth = depth,
+                bound = settings.outbox_bound,
+                "Outbox full; pausing consumption."
+            );
         } else if paused && depth < settings.outbox_bound / 2 {
             consumer.resume(&assignment(settings, owned)?)?;
             paused = false;
             metrics.paused.set(0);
-            tracing::info!(outbox_depth = depth, "Outbox drained; resuming consumption.");
+            tracing::info!(
+                outbox_depth = depth,
+                "Outbox drained; resuming consumption."
+            );
         }
 
         // Fill a batch, bounded by count and time.
@@ -246,7 +303,10 @@ fn consume(
                         store.commit(batch)?;
                         relay.committed(rows);
                         drained = true;
-                        tracing::info!(windows = closed, "Drained open windows at the end of the input.");
+                        tracing::info!(
+                            windows = closed,
+                            "Drained open windows at the end of the input."
+                        );
                     }
                     if relay.depth() == 0 {
                         tracing::info!("Caught up and delivered; exiting.");
@@ -279,7 +339,9 @@ fn consume(
         }
         let rows = batch.outbox_rows();
         let commit_started = Instant::now();
-        store.commit(batch).context("committing the batch to the state store")?;
+        store
+            .commit(batch)
+            .context("committing the batch to the state store")?;
         let commit_secs = commit_started.elapsed().as_secs_f64();
         if let Some(h) = horizon {
             store.horizon().advance(h);
@@ -323,7 +385,9 @@ fn combined_watermark(
     idle_timeout: Duration,
 ) -> Option<i64> {
     watermark::combined(owned.iter().map(|p| {
-        let idle = last_record.get(p).is_none_or(|t| t.elapsed() >= idle_timeout);
+        let idle = last_record
+            .get(p)
+            .is_none_or(|t| t.elapsed() >= idle_timeout);
         (pipeline.watermark(*p), idle)
     }))
 }
@@ -337,10 +401,16 @@ fn publish_watermarks(
 ) {
     for &p in owned {
         if let Some(wm) = pipeline.watermark(p) {
-            metrics.watermark.with_label_values(&[&p.to_string()]).set(wm / SEC);
+            metrics
+                .watermark
+                .with_label_values(&[&p.to_string()])
+                .set(wm / SEC);
         }
         if let Some(o) = pipeline.next_offset(p) {
-            metrics.next_offset.with_label_values(&[&p.to_string()]).set(o);
+            metrics
+                .next_offset
+                .with_label_values(&[&p.to_string()])
+                .set(o);
         }
     }
     if let Some(wm) = combined_watermark(pipeline, owned, last_record, idle_timeout) {
@@ -358,13 +428,14 @@ fn update_lag(
 ) -> anyhow::Result<bool> {
     let mut caught_up = true;
     for &p in owned {
-        let (low, high) = match consumer.fetch_watermarks(&settings.topic, p, Duration::from_secs(5)) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "Could not fetch watermarks.");
-                return Ok(false);
-            }
-        };
+        let (low, high) =
+            match consumer.fetch_watermarks(&settings.topic, p, Duration::from_secs(5)) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "Could not fetch watermarks.");
+                    return Ok(false);
+                }
+            };
         let next = pipeline.next_offset(p).unwrap_or(low);
         let lag = (high - next).max(0);
         metrics.lag.with_label_values(&[&p.to_string()]).set(lag);
@@ -381,15 +452,17 @@ fn spawn_ttl_compaction(store: Arc<StateStore>, every_secs: u64) {
     if every_secs == 0 {
         return;
     }
-    let _ = std::thread::Builder::new().name("ttl-compaction".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(every_secs));
-        if Arc::strong_count(&store) == 1 {
-            return;
-        }
-        if let Err(e) = store.compact() {
-            tracing::warn!(error = %e, "TTL compaction failed.");
-        }
-    });
+    let _ = std::thread::Builder::new()
+        .name("ttl-compaction".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(every_secs));
+            if Arc::strong_count(&store) == 1 {
+                return;
+            }
+            if let Err(e) = store.compact() {
+                tracing::warn!(error = %e, "TTL compaction failed.");
+            }
+        });
 }
 
 #[cfg(test)]

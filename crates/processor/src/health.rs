@@ -28,7 +28,8 @@ impl Readiness {
 
 /// Binds and serves in a background thread; returns the bound address.
 pub fn serve(addr: SocketAddr, metrics: Metrics, ready: Readiness) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new()
         .name("http".into())
@@ -50,7 +51,11 @@ fn handle(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) -> std::i
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         "/healthz" => ("200 OK", "text/plain", b"ok\n".to_vec()),
         "/readyz" if ready.get() => ("200 OK", "text/plain", b"ready\n".to_vec()),
-        "/readyz" => ("503 Service Unavailable", "text/plain", b"not ready\n".to_vec()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            b"not ready\n".to_vec(),
+        ),
         _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
     };
     write!(

@@ -102,10 +102,16 @@ impl Metrics {
     /// Event: a batch was processed and committed.
     pub fn batch_processed(&self, s: &BatchStats, batch_secs: f64, commit_secs: f64) {
         self.records.with_label_values(&["unique"]).inc_by(s.unique);
-        self.records.with_label_values(&["duplicate"]).inc_by(s.duplicates);
-        self.records.with_label_values(&["conflict"]).inc_by(s.conflicts);
+        self.records
+            .with_label_values(&["duplicate"])
+            .inc_by(s.duplicates);
+        self.records
+            .with_label_values(&["conflict"])
+            .inc_by(s.conflicts);
         self.records.with_label_values(&["late"]).inc_by(s.late);
-        self.records.with_label_values(&["invalid"]).inc_by(s.invalid);
+        self.records
+            .with_label_values(&["invalid"])
+            .inc_by(s.invalid);
         for (code, n) in &s.invalid_by_code {
             self.invalid.with_label_values(&[code]).inc_by(*n);
         }
@@ -116,16 +122,24 @@ impl Metrics {
         self.batch_seconds.observe(batch_secs);
         self.commit_seconds.observe(commit_secs);
         if s.conflicts > 0 {
-            tracing::warn!(conflicts = s.conflicts, "Transaction ids reused with a different body.");
+            tracing::warn!(
+                conflicts = s.conflicts,
+                "Transaction ids reused with a different body."
+            );
         }
         if s.key_mismatch > 0 {
-            tracing::warn!(records = s.key_mismatch, "Records keyed by something other than their transaction_id.");
+            tracing::warn!(
+                records = s.key_mismatch,
+                "Records keyed by something other than their transaction_id."
+            );
         }
     }
 
     /// Event: the relay delivered rows.
     pub fn relay_delivered(&self, table: &str, written: usize, already_present: usize) {
-        self.relay_rows.with_label_values(&[table]).inc_by(written as u64);
+        self.relay_rows
+            .with_label_values(&[table])
+            .inc_by(written as u64);
         self.relay_already_present.inc_by(already_present as u64);
     }
 

@@ -61,7 +61,9 @@ fn read_rows(dir: &Path, table: &str) -> anyhow::Result<Vec<Value>> {
     };
     text.lines()
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -77,7 +79,11 @@ fn micros(v: &Value) -> i64 {
 }
 
 /// All checks over a file sink's output.
-pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -> anyhow::Result<Vec<Check>> {
+pub fn reconcile_files(
+    dir: &Path,
+    manifest: Option<&Value>,
+    window_secs: i64,
+) -> anyhow::Result<Vec<Check>> {
     let payments = read_rows(dir, "payments")?;
     let audit = read_rows(dir, "dedup_audit")?;
     let late = read_rows(dir, "late_events")?;
@@ -85,15 +91,25 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
     let metrics = read_rows(dir, "payment_metrics")?;
     let mut checks = Vec::new();
 
-    let mut ids: Vec<&str> = payments.iter().filter_map(|r| r["transaction_id"].as_str()).collect();
+    let mut ids: Vec<&str> = payments
+        .iter()
+        .filter_map(|r| r["transaction_id"].as_str())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
-    checks.push(check("exactly_once: payments rows = distinct ids", ids.len(), payments.len()));
+    checks.push(check(
+        "exactly_once: payments rows = distinct ids",
+        ids.len(),
+        payments.len(),
+    ));
 
     // Source accounting per partition.
     let mut offsets: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for r in payments.iter().chain(&audit).chain(&late).chain(&errors) {
-        offsets.entry(i(&r["source_partition"])).or_default().push(i(&r["source_offset"]));
+        offsets
+            .entry(i(&r["source_partition"]))
+            .or_default()
+            .push(i(&r["source_offset"]));
     }
     for (p, offs) in offsets.iter_mut() {
         offs.sort_unstable();
@@ -103,7 +119,9 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
         let mut distinct = offs.clone();
         distinct.dedup();
         checks.push(check(
-            format!("source_accounting: partition {p} offsets {first}..={last} contiguous, once each"),
+            format!(
+                "source_accounting: partition {p} offsets {first}..={last} contiguous, once each"
+            ),
             format!("{span} records"),
             format!("{} records, {} distinct", offs.len(), distinct.len()),
         ));
@@ -118,10 +136,18 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
     }
 
     // Sequence density per (table, partition).
-    for (name, rows) in [("payments", &payments), ("dedup_audit", &audit), ("late_events", &late), ("processing_errors", &errors), ("payment_metrics", &metrics)] {
+    for (name, rows) in [
+        ("payments", &payments),
+        ("dedup_audit", &audit),
+        ("late_events", &late),
+        ("processing_errors", &errors),
+        ("payment_metrics", &metrics),
+    ] {
         let mut per: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         for r in rows.iter() {
-            per.entry(i(&r["source_partition"])).or_default().push(i(&r["outbox_seq"]));
+            per.entry(i(&r["source_partition"]))
+                .or_default()
+                .push(i(&r["outbox_seq"]));
         }
         let mut bad = Vec::new();
         for (p, mut seqs) in per {
@@ -130,7 +156,15 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
                 bad.push(p);
             }
         }
-        checks.push(check(format!("sequence_density: {name}"), "no gap, no repeat", if bad.is_empty() { "no gap, no repeat".to_owned() } else { format!("broken in partitions {bad:?}") }));
+        checks.push(check(
+            format!("sequence_density: {name}"),
+            "no gap, no repeat",
+            if bad.is_empty() {
+                "no gap, no repeat".to_owned()
+            } else {
+                format!("broken in partitions {bad:?}")
+            },
+        ));
     }
 
     // Amounts per (partition, window, currency).
@@ -138,13 +172,25 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
     let mut from_payments: BTreeMap<(i64, i64, String), (i64, i128)> = BTreeMap::new();
     for r in &payments {
         let start = micros(&r["event_time"]).div_euclid(window) * window;
-        let e = from_payments.entry((i(&r["source_partition"]), start, r["currency"].as_str().unwrap_or("").to_owned())).or_default();
+        let e = from_payments
+            .entry((
+                i(&r["source_partition"]),
+                start,
+                r["currency"].as_str().unwrap_or("").to_owned(),
+            ))
+            .or_default();
         e.0 += 1;
         e.1 += i128::from(i(&r["amount_minor"]));
     }
     let mut from_metrics: BTreeMap<(i64, i64, String), (i64, i128)> = BTreeMap::new();
     for r in &metrics {
-        let e = from_metrics.entry((i(&r["source_partition"]), micros(&r["window_start"]), r["currency"].as_str().unwrap_or("").to_owned())).or_default();
+        let e = from_metrics
+            .entry((
+                i(&r["source_partition"]),
+                micros(&r["window_start"]),
+                r["currency"].as_str().unwrap_or("").to_owned(),
+            ))
+            .or_default();
         e.0 += i(&r["payment_count"]);
         e.1 += i128::from(i(&r["amount_minor_sum"]));
     }
@@ -154,25 +200,58 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
         .iter()
         .filter(|(k, v)| from_metrics.get(*k) != Some(*v))
         .count()
-        + from_metrics.keys().filter(|k| !from_payments.contains_key(*k)).count();
-    checks.push(check("amounts: windows where payments sum != metrics sum", 0, mismatched));
+        + from_metrics
+            .keys()
+            .filter(|k| !from_payments.contains_key(*k))
+            .count();
+    checks.push(check(
+        "amounts: windows where payments sum != metrics sum",
+        0,
+        mismatched,
+    ));
 
     if let Some(m) = manifest {
         let t = &m["totals"];
         let dups = audit.iter().filter(|r| r["kind"] == "duplicate").count();
         let conflicts = audit.iter().filter(|r| r["kind"] == "conflict").count();
-        checks.push(check("manifest_unique: payments", i(&t["unique"]), payments.len()));
-        checks.push(check("manifest_duplicates: dedup_audit kind=duplicate", i(&t["duplicate"]) + i(&t["replay"]), dups));
-        checks.push(check("manifest_conflicts: dedup_audit kind=conflict", i(&t["conflict"]), conflicts));
-        checks.push(check("manifest_late: late_events", i(&t["late"]), late.len()));
-        checks.push(check("manifest_invalid: processing_errors", i(&t["malformed"]), errors.len()));
+        checks.push(check(
+            "manifest_unique: payments",
+            i(&t["unique"]),
+            payments.len(),
+        ));
+        checks.push(check(
+            "manifest_duplicates: dedup_audit kind=duplicate",
+            i(&t["duplicate"]) + i(&t["replay"]),
+            dups,
+        ));
+        checks.push(check(
+            "manifest_conflicts: dedup_audit kind=conflict",
+            i(&t["conflict"]),
+            conflicts,
+        ));
+        checks.push(check(
+            "manifest_late: late_events",
+            i(&t["late"]),
+            late.len(),
+        ));
+        checks.push(check(
+            "manifest_invalid: processing_errors",
+            i(&t["malformed"]),
+            errors.len(),
+        ));
         let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
         for e in &errors {
-            *by_code.entry(e["error_code"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+            *by_code
+                .entry(e["error_code"].as_str().unwrap_or("").to_owned())
+                .or_default() += 1;
         }
         if let Some(expected) = m["malformed_by_code"].as_object() {
             for (code, n) in expected {
-                checks.push(check(format!("manifest_invalid: code {code}"), i(n), by_code.get(code).copied().unwrap_or(0)));
+                checks.push(check(
+                    format!("manifest_invalid: code {code}"),
+                    i(n),
+                    by_code.get(code).copied().unwrap_or(0),
+                ));
             }
         }
         let mut records: BTreeMap<i64, usize> = BTreeMap::new();
@@ -181,17 +260,27 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
         }
         if let Some(parts) = m["by_partition"].as_array() {
             for (p, c) in parts.iter().enumerate() {
-                checks.push(check(format!("manifest_records: partition {p}"), i(&c["records"]), records.get(&(p as i64)).copied().unwrap_or(0)));
+                checks.push(check(
+                    format!("manifest_records: partition {p}"),
+                    i(&c["records"]),
+                    records.get(&(p as i64)).copied().unwrap_or(0),
+                ));
             }
         }
         let mut sums: BTreeMap<String, i128> = BTreeMap::new();
         for r in &payments {
-            *sums.entry(r["currency"].as_str().unwrap_or("").to_owned()).or_default() += i128::from(i(&r["amount_minor"]));
+            *sums
+                .entry(r["currency"].as_str().unwrap_or("").to_owned())
+                .or_default() += i128::from(i(&r["amount_minor"]));
         }
         if let Some(cur) = m["by_currency"].as_object() {
             for (c, v) in cur {
                 let expected: i128 = v["unique_amount_minor"].to_string().parse().unwrap_or(-1);
-                checks.push(check(format!("manifest_amount: {c} minor units"), expected, sums.get(c).copied().unwrap_or(0)));
+                checks.push(check(
+                    format!("manifest_amount: {c} minor units"),
+                    expected,
+                    sums.get(c).copied().unwrap_or(0),
+                ));
             }
         }
     }
@@ -200,8 +289,16 @@ pub fn reconcile_files(dir: &Path, manifest: Option<&Value>, window_secs: i64) -
 
 /// Formats the table; returns (text, all passed).
 pub fn render(checks: &[Check]) -> (String, bool) {
-    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(10).max(5);
-    let mut out = format!("{:<width$}  {:>22}  {:>22}  RESULT\n", "CHECK", "EXPECTED", "ACTUAL");
+    let width = checks
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(10)
+        .max(5);
+    let mut out = format!(
+        "{:<width$}  {:>22}  {:>22}  RESULT\n",
+        "CHECK", "EXPECTED", "ACTUAL"
+    );
     let mut all = true;
     for c in checks {
         all &= c.pass;
@@ -225,13 +322,17 @@ pub fn render(checks: &[Check]) -> (String, bool) {
 pub fn run(args: &ReconcileArgs) -> anyhow::Result<(String, bool)> {
     let manifest = match &args.manifest {
         Some(p) => Some(
-            serde_json::from_slice::<Value>(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-                .with_context(|| format!("parsing manifest {}", p.display()))?,
+            serde_json::from_slice::<Value>(
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("parsing manifest {}", p.display()))?,
         ),
         None => None,
     };
     let checks = match args.output.split_once(':') {
-        Some(("file", dir)) => reconcile_files(Path::new(dir), manifest.as_ref(), args.window_secs)?,
+        Some(("file", dir)) => {
+            reconcile_files(Path::new(dir), manifest.as_ref(), args.window_secs)?
+        }
         _ => bail!("unknown output `{}`: expected file:DIR", args.output),
     };
     Ok(render(&checks))

@@ -67,7 +67,13 @@ impl OutboxRelay {
         let handle = std::thread::Builder::new()
             .name("outbox-relay".into())
             .spawn(move || {
-                let mut worker = Worker { store, sink, cfg, metrics, shared: s.clone() };
+                let mut worker = Worker {
+                    store,
+                    sink,
+                    cfg,
+                    metrics,
+                    shared: s.clone(),
+                };
                 if let Err(e) = worker.run() {
                     tracing::error!(error = %e, "Outbox relay stopped.");
                     if let Ok(mut f) = s.failure.lock() {
@@ -75,7 +81,10 @@ impl OutboxRelay {
                     }
                 }
             })?;
-        Ok(OutboxRelay { shared, handle: Some(handle) })
+        Ok(OutboxRelay {
+            shared,
+            handle: Some(handle),
+        })
     }
 
     /// Rows committed but not yet acknowledged by the sink.
@@ -113,7 +122,10 @@ impl OutboxRelay {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!("{} rows still undelivered after {timeout:?}", self.depth()));
+                return Err(format!(
+                    "{} rows still undelivered after {timeout:?}",
+                    self.depth()
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -169,7 +181,12 @@ impl Worker {
         Ok(())
     }
 
-    fn deliver(&mut self, table: Table, partition: i32, rows: Vec<(u64, Vec<u8>)>) -> Result<(), String> {
+    fn deliver(
+        &mut self,
+        table: Table,
+        partition: i32,
+        rows: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), String> {
         let first_seq = rows[0].0;
         let last_seq = rows[rows.len() - 1].0;
         if last_seq - first_seq + 1 != rows.len() as u64 {
@@ -183,7 +200,8 @@ impl Worker {
         loop {
             match self.sink.append(table, partition, first_seq, &payload) {
                 Ok(out) => {
-                    self.metrics.relay_delivered(table.name(), out.written, out.already_present);
+                    self.metrics
+                        .relay_delivered(table.name(), out.written, out.already_present);
                     break;
                 }
                 Err(SinkError::Rejected { count, reason }) => {
@@ -215,7 +233,9 @@ impl Worker {
                         SinkError::Gap { .. } => "gap",
                         _ => "fatal",
                     });
-                    return Err(format!("delivering {table} partition {partition} from seq {first_seq}: {e}"));
+                    return Err(format!(
+                        "delivering {table} partition {partition} from seq {first_seq}: {e}"
+                    ));
                 }
             }
         }
@@ -226,16 +246,28 @@ impl Worker {
         let prev = self
             .shared
             .depth
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| Some(d.saturating_sub(n)))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                Some(d.saturating_sub(n))
+            })
             .unwrap_or(0);
         self.metrics.outbox_depth.set(prev.saturating_sub(n) as i64);
         self.shared.delivered.fetch_add(n, Ordering::AcqRel);
         Ok(())
     }
 
-    fn dead_letter(&self, table: Table, partition: i32, first_seq: u64, rows: &[Vec<u8>], reason: &str) -> Result<(), String> {
+    fn dead_letter(
+        &self,
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        rows: &[Vec<u8>],
+        reason: &str,
+    ) -> Result<(), String> {
         std::fs::create_dir_all(&self.cfg.dead_letter_dir).map_err(|e| e.to_string())?;
-        let path = self.cfg.dead_letter_dir.join(format!("{}.jsonl", table.name()));
+        let path = self
+            .cfg
+            .dead_letter_dir
+            .join(format!("{}.jsonl", table.name()));
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -266,7 +298,13 @@ mod tests {
     struct Shared(Arc<Mutex<MemorySink>>);
 
     impl Sink for Shared {
-        fn append(&mut self, t: Table, p: i32, s: u64, r: &[Vec<u8>]) -> Result<paydedup_sink::AppendOutcome, SinkError> {
+        fn append(
+            &mut self,
+            t: Table,
+            p: i32,
+            s: u64,
+            r: &[Vec<u8>],
+        ) -> Result<paydedup_sink::AppendOutcome, SinkError> {
             self.0.lock().unwrap().append(t, p, s, r)
         }
         fn next_seq(&mut self, t: Table, p: i32) -> Result<Option<u64>, SinkError> {
@@ -287,34 +325,59 @@ mod tests {
     #[test]
     fn delivers_in_order_retries_transient_errors_and_empties_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap());
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
+        );
         let mut b = StateBatch::new();
         for s in 0..10 {
             b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
         }
         b.set_next_seq(Table::Payments, 0, 10);
         store.commit(b).unwrap();
-        let sink = Arc::new(Mutex::new(MemorySink { fail_next: 3, ..MemorySink::default() }));
-        let relay = OutboxRelay::spawn(store.clone(), Box::new(Shared(sink.clone())), cfg(dir.path()), Metrics::new()).unwrap();
+        let sink = Arc::new(Mutex::new(MemorySink {
+            fail_next: 3,
+            ..MemorySink::default()
+        }));
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(Shared(sink.clone())),
+            cfg(dir.path()),
+            Metrics::new(),
+        )
+        .unwrap();
         relay.flush(Duration::from_secs(10)).unwrap();
         relay.stop();
         let rows = sink.lock().unwrap().rows[&(Table::Payments, 0)].clone();
-        assert_eq!(rows, (0..10).map(|s| format!("row{s}").into_bytes()).collect::<Vec<_>>());
-        assert!(store.outbox_rows(Table::Payments, 0, 100).unwrap().is_empty());
+        assert_eq!(
+            rows,
+            (0..10)
+                .map(|s| format!("row{s}").into_bytes())
+                .collect::<Vec<_>>()
+        );
+        assert!(store
+            .outbox_rows(Table::Payments, 0, 100)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn a_sink_that_never_recovers_stops_the_relay_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap());
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
+        );
         let mut b = StateBatch::new();
         b.put_outbox(Table::Payments, 0, 0, b"row".to_vec());
         b.set_next_seq(Table::Payments, 0, 1);
         store.commit(b).unwrap();
-        let sink = Arc::new(Mutex::new(MemorySink { fail_next: usize::MAX, ..MemorySink::default() }));
+        let sink = Arc::new(Mutex::new(MemorySink {
+            fail_next: usize::MAX,
+            ..MemorySink::default()
+        }));
         let mut c = cfg(dir.path());
         c.give_up_after = Duration::from_millis(50);
-        let relay = OutboxRelay::spawn(store.clone(), Box::new(Shared(sink)), c, Metrics::new()).unwrap();
+        let relay =
+            OutboxRelay::spawn(store.clone(), Box::new(Shared(sink)), c, Metrics::new()).unwrap();
         let err = relay.flush(Duration::from_secs(10)).unwrap_err();
         assert!(err.contains("sink unavailable"), "{err}");
         relay.stop();

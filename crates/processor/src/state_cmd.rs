@@ -7,8 +7,19 @@ use crate::config::StateArgs;
 use crate::pipeline::rows::ts;
 
 pub fn run(args: &StateArgs) -> anyhow::Result<String> {
+    if !args.state_dir.join("CURRENT").is_file() {
+        anyhow::bail!(
+            "{} is not a paydedup state directory",
+            args.state_dir.display()
+        );
+    }
     let store = if args.compact {
-        let s = StateStore::open(&args.state_dir, &StoreOptions::default())
+        // `None`: expire with the retention the processor stored in the directory.
+        let opts = StoreOptions {
+            dedup_retention_micros: None,
+            ..StoreOptions::default()
+        };
+        let s = StateStore::open(&args.state_dir, &opts)
             .with_context(|| format!("opening {} for compaction", args.state_dir.display()))?;
         s.compact()?;
         s
@@ -32,7 +43,11 @@ pub fn run(args: &StateArgs) -> anyhow::Result<String> {
     }
     let _ = writeln!(out, "partitions (next offset, max event time):");
     for (p, o) in &stats.next_offsets {
-        let max = stats.max_event_times.get(p).map(|m| ts(*m)).unwrap_or_else(|| "-".into());
+        let max = stats
+            .max_event_times
+            .get(p)
+            .map(|m| ts(*m))
+            .unwrap_or_else(|| "-".into());
         let _ = writeln!(out, "  {p:<4} {o:<12} {max}");
     }
     let _ = writeln!(out, "outbox depth:");

@@ -27,28 +27,76 @@ const CROSS_PARTITION_COLUMNS: [&str; 6] = [
 fn sigkill_at_random_moments_changes_nothing() {
     let broker = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = simulate(&broker, "payments", 3, 40_000, 5, &[], dir.path());
+    let manifest = simulate(&broker, "payments", 3, 150_000, 5, &[], dir.path());
     // Small batches and relay appends: many commits, many moments to die in.
-    let tuning = ["--batch-size", "500", "--relay-batch", "700", "--batch-timeout-ms", "20"];
+    let tuning = [
+        "--batch-size",
+        "200",
+        "--relay-batch",
+        "300",
+        "--batch-timeout-ms",
+        "20",
+    ];
 
     let reference = dir.path().join("reference");
-    process_to_end(&broker, "payments", &dir.path().join("state-ref"), &reference, &tuning);
+    process_to_end(
+        &broker,
+        "payments",
+        &dir.path().join("state-ref"),
+        &reference,
+        &tuning,
+    );
     assert_matches_manifest(&reference, &manifest);
 
     let crashed = dir.path().join("crashed");
     let state = dir.path().join("state-crash");
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    let mut kills = 0;
-    for _ in 0..12 {
+    let total = manifest["totals"]["records"].as_i64().unwrap();
+    let (mut mid_stream, mut mid_relay) = (0, 0);
+    // Kill until the stream is consumed (at most 40 times), then once more after.
+    for _ in 0..40 {
         let mut child = spawn_processor(&broker, "payments", &state, &crashed, &tuning);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(150..1200)));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(250..700)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the processor exited on its own"
+        );
+        child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        // Where did it die? The state subcommand reads the directory read-only.
+        let out =
+            std::process::Command::new(paydedup_testkit::binary("paydedup-processor").unwrap())
+                .args(["state", "--json", "--state-dir"])
+                .arg(&state)
+                .output()
+                .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let consumed: i64 = stats["next_offsets"]
+            .as_object()
+            .map(|o| o.values().filter_map(|v| v.as_i64()).sum())
+            .unwrap_or(0);
+        let outbox: u64 = stats["outbox_depth"]
+            .as_object()
+            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        eprintln!("killed at {consumed}/{total} records consumed, {outbox} rows undelivered");
+        if outbox > 0 {
+            mid_relay += 1;
+        }
+        if consumed < total {
+            mid_stream += 1;
+        } else {
+            break;
+        }
     }
-    assert!(kills >= 10, "only {kills} kills landed while the processor ran");
+    assert!(
+        mid_stream >= 10,
+        "only {mid_stream} kills landed mid-stream"
+    );
+    assert!(
+        mid_relay >= 3,
+        "only {mid_relay} kills landed with rows undelivered"
+    );
     process_to_end(&broker, "payments", &state, &crashed, &tuning);
 
     assert_matches_manifest(&crashed, &manifest);

@@ -23,7 +23,11 @@ fn unreachable_broker() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("cannot reach Kafka"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("cannot reach Kafka"),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(!stderr_of(&out).contains("panicked"));
 }
 
@@ -31,11 +35,21 @@ fn unreachable_broker() {
 fn unknown_topic_locked_and_corrupt_state() {
     let broker = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let out = processor_command(&broker, "no-such-topic", &dir.path().join("s1"), &dir.path().join("o"), &[])
-        .output()
-        .unwrap();
+    let out = processor_command(
+        &broker,
+        "no-such-topic",
+        &dir.path().join("s1"),
+        &dir.path().join("o"),
+        &[],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("no-such-topic"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("no-such-topic"),
+        "{}",
+        stderr_of(&out)
+    );
 
     simulate(&broker, "payments", 1, 100, 1, &[], dir.path());
     let state = dir.path().join("s2");
@@ -54,7 +68,11 @@ fn unknown_topic_locked_and_corrupt_state() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("state store"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("state store"),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(!stderr_of(&out).contains("panicked"));
 }
 
@@ -68,7 +86,10 @@ fn sigterm_finishes_the_batch_and_exits_zero() {
     let mut child = spawn_processor(&broker, "payments", &state, &output, &[]);
     std::thread::sleep(Duration::from_millis(2500));
     let pid = child.id().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "SIGTERM must exit 0, got {exit}");

@@ -10,7 +10,15 @@ use paydedup_testkit::Broker;
 fn output_matches_the_manifest() {
     let broker = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = simulate(&broker, "payments", 4, 30_000, 11, &["--late-rate", "0.01", "--malformed-rate", "0.02"], dir.path());
+    let manifest = simulate(
+        &broker,
+        "payments",
+        4,
+        30_000,
+        11,
+        &["--late-rate", "0.01", "--malformed-rate", "0.02"],
+        dir.path(),
+    );
     let output = dir.path().join("out");
     process_to_end(&broker, "payments", &dir.path().join("state"), &output, &[]);
     assert_matches_manifest(&output, &manifest);
@@ -33,7 +41,11 @@ fn reconcile_passes_on_real_output_and_fails_naming_the_broken_check() {
     let manifest = dir.path().join("manifest-payments.json");
     let reconcile = || {
         Command::new(binary("paydedup-processor").unwrap())
-            .args(["reconcile", "--output", &format!("file:{}", output.display())])
+            .args([
+                "reconcile",
+                "--output",
+                &format!("file:{}", output.display()),
+            ])
             .arg("--manifest")
             .arg(&manifest)
             .output()
@@ -53,5 +65,8 @@ fn reconcile_passes_on_real_output_and_fails_naming_the_broken_check() {
     let table = String::from_utf8_lossy(&bad.stdout);
     assert!(!bad.status.success());
     let failing: Vec<&str> = table.lines().filter(|l| l.ends_with("FAIL")).collect();
-    assert!(failing.iter().any(|l| l.starts_with("exactly_once")), "{table}");
+    assert!(
+        failing.iter().any(|l| l.starts_with("exactly_once")),
+        "{table}"
+    );
 }

@@ -22,7 +22,14 @@ fn stored_keys_stay_bounded_by_the_retention_window() {
         2,
         40_000,
         3,
-        &["--event-rate", "20", "--allowed-lateness-secs", "180", "--retention-secs", "180"],
+        &[
+            "--event-rate",
+            "20",
+            "--allowed-lateness-secs",
+            "180",
+            "--retention-secs",
+            "180",
+        ],
         dir.path(),
     );
     let state = dir.path().join("state");
@@ -42,13 +49,24 @@ fn stored_keys_stay_bounded_by_the_retention_window() {
         .arg(&state)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys = stats["dedup_keys"].as_u64().unwrap();
     let unique = manifest["totals"]["unique"].as_u64().unwrap();
+    eprintln!(
+        "{keys} dedup keys stored for {unique} unique ids; {} bytes of state",
+        stats["total_bytes"]
+    );
     // Alive: ids with event_time >= watermark - retention, about (lateness + retention)
     // × 20/s = 7200 of ~37k; allow slack for the per-partition watermark spread.
-    assert!(keys < unique / 3, "{keys} dedup keys stored for {unique} unique ids");
+    assert!(
+        keys < unique / 3,
+        "{keys} dedup keys stored for {unique} unique ids"
+    );
     assert!(keys > 1000, "suspiciously few keys kept: {keys}");
     assert_eq!(stats["outbox_depth"].as_object().map(|o| o.len()), Some(0));
 }

@@ -28,7 +28,11 @@ pub fn run<S: Sink>(mut fresh: impl FnMut() -> S) {
 
     // A gap is refused.
     match s.append(Table::Payments, 0, 7, &rows(7..8)) {
-        Err(SinkError::Gap { expected: 5, got: 7, .. }) => {}
+        Err(SinkError::Gap {
+            expected: 5,
+            got: 7,
+            ..
+        }) => {}
         other => panic!("expected a gap error, got {other:?}"),
     }
 

@@ -105,8 +105,10 @@ impl FileSink {
         drop(reader);
         let len = file.metadata().map_err(|e| io("reading", &path, e))?.len();
         if len != good_len {
-            file.set_len(good_len).map_err(|e| io("truncating", &path, e))?;
-            file.seek(SeekFrom::End(0)).map_err(|e| io("seeking", &path, e))?;
+            file.set_len(good_len)
+                .map_err(|e| io("truncating", &path, e))?;
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| io("seeking", &path, e))?;
         }
         self.files.insert(table, file);
         Ok(())
@@ -151,7 +153,9 @@ impl Sink for FileSink {
     }
 
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError> {
-        Ok(Some(self.next.get(&(table, partition)).copied().unwrap_or(0)))
+        Ok(Some(
+            self.next.get(&(table, partition)).copied().unwrap_or(0),
+        ))
     }
 }
 
@@ -179,7 +183,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let mut s = FileSink::open(d.path()).unwrap();
-            s.append(Table::Payments, 0, 0, &[row(0, 0), row(0, 1)]).unwrap();
+            s.append(Table::Payments, 0, 0, &[row(0, 0), row(0, 1)])
+                .unwrap();
             s.append(Table::Payments, 3, 0, &[row(3, 0)]).unwrap();
         }
         // A crash mid-write leaves half a line.

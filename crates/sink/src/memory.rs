@@ -36,7 +36,9 @@ impl Sink for MemorySink {
 
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError> {
         Ok(Some(
-            self.rows.get(&(table, partition)).map_or(0, |r| r.len() as u64),
+            self.rows
+                .get(&(table, partition))
+                .map_or(0, |r| r.len() as u64),
         ))
     }
 }
@@ -47,6 +49,6 @@ mod tests {
 
     #[test]
     fn conformance() {
-        crate::conformance::run(|| MemorySink::default());
+        crate::conformance::run(MemorySink::default);
     }
 }

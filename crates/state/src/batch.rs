@@ -67,16 +67,28 @@ impl StateBatch {
     }
 
     pub fn set_next_seq(&mut self, table: Table, partition: i32, next: u64) {
-        self.put(cf::CF_META, meta::next_seq(table, partition), next.to_be_bytes());
+        self.put(
+            cf::CF_META,
+            meta::next_seq(table, partition),
+            next.to_be_bytes(),
+        );
     }
 
     /// The checkpointed source position: offsets below `next` are fully processed.
     pub fn set_next_offset(&mut self, partition: i32, next: i64) {
-        self.put(cf::CF_META, meta::next_offset(partition), next.to_be_bytes());
+        self.put(
+            cf::CF_META,
+            meta::next_offset(partition),
+            next.to_be_bytes(),
+        );
     }
 
     pub fn set_max_event_time(&mut self, partition: i32, micros: i64) {
-        self.put(cf::CF_META, meta::max_event_time(partition), micros.to_be_bytes());
+        self.put(
+            cf::CF_META,
+            meta::max_event_time(partition),
+            micros.to_be_bytes(),
+        );
     }
 
     /// The expiry horizon (minimum committed watermark) the compaction filter may use.

@@ -21,7 +21,9 @@ impl StateError {
     pub(crate) fn from_rocks(e: rocksdb::Error, path: &std::path::Path) -> StateError {
         let msg = e.into_string();
         let lower = msg.to_ascii_lowercase();
-        if lower.contains("lock") && (lower.contains("resource temporarily unavailable") || lower.contains("lock hold")) {
+        if lower.contains("lock")
+            && (lower.contains("resource temporarily unavailable") || lower.contains("lock hold"))
+        {
             StateError::Locked {
                 path: path.to_owned(),
             }

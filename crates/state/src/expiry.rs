@@ -48,13 +48,14 @@ pub fn is_expired(time_micros: i64, ttl_micros: i64, horizon: i64) -> bool {
 /// big-endian time. Values too short to carry one are kept.
 pub fn ttl_filter(
     horizon: ExpiryHorizon,
-    ttl_micros: i64,
+    ttl_micros: Arc<AtomicI64>,
 ) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
     move |_level, _key, value| {
         let Some(time) = value.get(..8).and_then(|b| b.try_into().ok()) else {
             return Decision::Keep;
         };
-        if is_expired(i64::from_be_bytes(time), ttl_micros, horizon.get()) {
+        let ttl = ttl_micros.load(Ordering::Acquire);
+        if is_expired(i64::from_be_bytes(time), ttl, horizon.get()) {
             Decision::Remove
         } else {
             Decision::Keep

@@ -117,6 +117,9 @@ pub mod meta {
 
     pub const NEXT_SEQ_PREFIX: &[u8] = b"seq/";
 
+    /// The dedup retention (µs) the processor runs with.
+    pub const RETENTION: &[u8] = b"retention";
+
     /// The committed expiry horizon (see `expiry`).
     pub const HORIZON: &[u8] = b"horizon";
 
@@ -157,7 +160,6 @@ pub fn be_i64(b: &[u8]) -> Option<i64> {
 pub fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@
 //!   atomically: the effects of offsets `[a, b)` and `next_offset = b` are on disk
 //!   together or not at all.
 //! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
-//! - [`error`]: [`StateError`].
+//! - [`error`]: the error type, [`StateError`].
 
 pub mod batch;
 pub mod cf;

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::Serialize;
 
@@ -20,8 +22,9 @@ pub struct StoreOptions {
     /// fsync the WAL on every commit. On by default: the relay may only deliver rows of
     /// commits that survive a power loss (see docs/exactly-once.md).
     pub sync: bool,
-    /// Dedup keys live until `event_time + retention < watermark`.
-    pub dedup_retention_micros: i64,
+    /// Dedup keys live until `event_time + retention < watermark`. `None` uses the
+    /// retention the processor stored in the directory (for inspection tools).
+    pub dedup_retention_micros: Option<i64>,
     /// Fraud keys live until `last_seen + ttl < watermark`.
     pub fraud_ttl_micros: i64,
     /// Shared block cache for the dedup and fraud column families.
@@ -32,7 +35,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             sync: true,
-            dedup_retention_micros: 3_600 * 1_000_000,
+            dedup_retention_micros: Some(3_600 * 1_000_000),
             fraud_ttl_micros: 7 * 24 * 3_600 * 1_000_000,
             block_cache_bytes: 128 << 20,
         }
@@ -57,14 +60,25 @@ pub struct StateStats {
     pub outbox_depth: BTreeMap<String, u64>,
 }
 
+/// A raw key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 pub struct StateStore {
     db: DB,
     path: PathBuf,
     horizon: ExpiryHorizon,
+    /// The dedup retention the compaction filter applies (µs).
+    retention: Arc<AtomicI64>,
     write_options: WriteOptions,
 }
 
-fn cf_options(name: &str, opts: &StoreOptions, cache: &Cache, horizon: &ExpiryHorizon) -> Options {
+fn cf_options(
+    name: &str,
+    opts: &StoreOptions,
+    cache: &Cache,
+    horizon: &ExpiryHorizon,
+    retention: &Arc<AtomicI64>,
+) -> Options {
     let mut o = Options::default();
     // NOTE: only LZ4 is compiled in (see Cargo.toml), to keep RocksDB's build short.
     o.set_compression_type(DBCompressionType::Lz4);
@@ -79,11 +93,15 @@ fn cf_options(name: &str, opts: &StoreOptions, cache: &Cache, horizon: &ExpiryHo
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(64 << 20);
             let ttl = if name == CF_DEDUP {
-                opts.dedup_retention_micros
+                retention.clone()
             } else {
-                opts.fraud_ttl_micros
+                Arc::new(AtomicI64::new(opts.fraud_ttl_micros))
             };
-            let filter_name = if name == CF_DEDUP { "dedup-ttl" } else { "fraud-ttl" };
+            let filter_name = if name == CF_DEDUP {
+                "dedup-ttl"
+            } else {
+                "fraud-ttl"
+            };
             o.set_compaction_filter(filter_name, expiry::ttl_filter(horizon.clone(), ttl));
         }
         CF_OUTBOX => {
@@ -100,11 +118,12 @@ impl StateStore {
     /// Opens (creating if needed) the state directory for read and write. Fails with
     /// [`StateError::Locked`] if another process holds it.
     pub fn open(path: &Path, opts: &StoreOptions) -> Result<StateStore, StateError> {
-        std::fs::create_dir_all(path).map_err(|e| StateError::Rocks(format!(
-            "creating state directory {}: {e}",
-            path.display()
-        )))?;
+        std::fs::create_dir_all(path).map_err(|e| {
+            StateError::Rocks(format!("creating state directory {}: {e}", path.display()))
+        })?;
         let horizon = ExpiryHorizon::default();
+        // Until the retention is known, the filter keeps everything.
+        let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -112,9 +131,9 @@ impl StateStore {
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
-        let cfs = cf::ALL
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, opts, &cache, &horizon)));
+        let cfs = cf::ALL.iter().map(|name| {
+            ColumnFamilyDescriptor::new(*name, cf_options(name, opts, &cache, &horizon, &retention))
+        });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| StateError::from_rocks(e, path))?;
         let mut write_options = WriteOptions::default();
@@ -123,11 +142,33 @@ impl StateStore {
             db,
             path: path.to_owned(),
             horizon,
+            retention,
             write_options,
         };
         // Resume the compaction filter's horizon from the last commit.
         if let Some(h) = store.committed_horizon()? {
             store.horizon.advance(h);
+        }
+        // The retention is stored so that inspection tools expire keys the same way.
+        let cf = store.cf(CF_META)?;
+        match opts.dedup_retention_micros {
+            Some(r) => {
+                store
+                    .db
+                    .put_cf_opt(cf, meta::RETENTION, r.to_be_bytes(), &store.write_options)
+                    .map_err(|e| store.rocks(e))?;
+                store.retention.store(r, Ordering::Release);
+            }
+            None => {
+                if let Some(r) = store
+                    .db
+                    .get_cf(cf, meta::RETENTION)
+                    .map_err(|e| store.rocks(e))?
+                    .and_then(|v| keys::be_i64(&v))
+                {
+                    store.retention.store(r, Ordering::Release);
+                }
+            }
         }
         Ok(store)
     }
@@ -142,16 +183,21 @@ impl StateStore {
         }
         let opts = StoreOptions::default();
         let horizon = ExpiryHorizon::default();
+        let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(8 << 20);
-        let cfs = cf::ALL
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, &opts, &cache, &horizon)));
+        let cfs = cf::ALL.iter().map(|name| {
+            ColumnFamilyDescriptor::new(
+                *name,
+                cf_options(name, &opts, &cache, &horizon, &retention),
+            )
+        });
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
             .map_err(|e| StateError::from_rocks(e, path))?;
         Ok(StateStore {
             db,
             path: path.to_owned(),
             horizon,
+            retention,
             write_options: WriteOptions::default(),
         })
     }
@@ -167,12 +213,10 @@ impl StateStore {
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StateError> {
-        self.db
-            .cf_handle(name)
-            .ok_or_else(|| StateError::Corrupt {
-                path: self.path.clone(),
-                detail: format!("column family {name} is missing"),
-            })
+        self.db.cf_handle(name).ok_or_else(|| StateError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("column family {name} is missing"),
+        })
     }
 
     fn rocks(&self, e: rocksdb::Error) -> StateError {
@@ -223,9 +267,7 @@ impl StateStore {
     /// Looks up many dedup keys at once (one `multi_get`, sorted internally by RocksDB).
     pub fn get_dedup_many(&self, keys: &[[u8; 16]]) -> Result<Vec<Option<DedupEntry>>, StateError> {
         let cf = self.cf(CF_DEDUP)?;
-        let results = self
-            .db
-            .batched_multi_get_cf(cf, keys.iter(), false);
+        let results = self.db.batched_multi_get_cf(cf, keys.iter(), false);
         results
             .into_iter()
             .map(|r| match r.map_err(|e| self.rocks(e))? {
@@ -246,10 +288,7 @@ impl StateStore {
         self.db
             .batched_multi_get_cf(cf, keys.iter(), false)
             .into_iter()
-            .map(|r| {
-                r.map(|o| o.map(|s| s.to_vec()))
-                    .map_err(|e| self.rocks(e))
-            })
+            .map(|r| r.map(|o| o.map(|s| s.to_vec())).map_err(|e| self.rocks(e)))
             .collect()
     }
 
@@ -318,14 +357,23 @@ impl StateStore {
         Ok(out)
     }
 
-    pub fn get_sink_meta(&self, table: Table, partition: i32) -> Result<Option<Vec<u8>>, StateError> {
+    pub fn get_sink_meta(
+        &self,
+        table: Table,
+        partition: i32,
+    ) -> Result<Option<Vec<u8>>, StateError> {
         let cf = self.cf(CF_META)?;
         self.db
             .get_cf(cf, meta::sink(table, partition))
             .map_err(|e| self.rocks(e))
     }
 
-    pub fn put_sink_meta(&self, table: Table, partition: i32, value: &[u8]) -> Result<(), StateError> {
+    pub fn put_sink_meta(
+        &self,
+        table: Table,
+        partition: i32,
+        value: &[u8],
+    ) -> Result<(), StateError> {
         let cf = self.cf(CF_META)?;
         self.db
             .put_cf_opt(cf, meta::sink(table, partition), value, &self.write_options)
@@ -366,7 +414,12 @@ impl StateStore {
     /// Deletes delivered rows `..= last_seq` of one (table, partition). Not synced: if
     /// the delete is lost in a crash, the rows are sent again and the sink, idempotent
     /// on the sequence, ignores them.
-    pub fn outbox_delete_through(&self, table: Table, partition: i32, last_seq: u64) -> Result<(), StateError> {
+    pub fn outbox_delete_through(
+        &self,
+        table: Table,
+        partition: i32,
+        last_seq: u64,
+    ) -> Result<(), StateError> {
         let cf = self.cf(CF_OUTBOX)?;
         let from = keys::outbox_key(table, partition, 0);
         let to = keys::outbox_key(table, partition, last_seq.saturating_add(1));
@@ -389,7 +442,7 @@ impl StateStore {
     }
 
     /// All open windows: key → value.
-    pub fn windows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn windows(&self) -> Result<Vec<KeyValue>, StateError> {
         let cf = self.cf(CF_WINDOW)?;
         self.db
             .iterator_cf(cf, IteratorMode::Start)

@@ -111,7 +111,13 @@ impl Broker {
         // them from overriding our flags. The SQLite URL must be relative (an absolute
         // one is joined onto the working directory).
         let child = Command::new(tansu_binary()?)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(self.dir.path())
             .env_clear()

@@ -153,7 +153,10 @@ fn id_rules() {
 
 #[test]
 fn timestamp_rules() {
-    assert_eq!(code_with("event_time", json!("yesterday")), "invalid_timestamp");
+    assert_eq!(
+        code_with("event_time", json!("yesterday")),
+        "invalid_timestamp"
+    );
     assert_eq!(
         code_with("event_time", json!("1999-12-31T23:59:59Z")),
         "event_time_too_old"
@@ -178,7 +181,10 @@ fn timestamp_rules() {
 fn money_rules() {
     assert_eq!(code_with("currency", json!("XYZ")), "unknown_currency");
     assert_eq!(code_with("amount_minor", json!(0)), "non_positive_amount");
-    assert_eq!(code_with("amount_minor", json!(-500)), "non_positive_amount");
+    assert_eq!(
+        code_with("amount_minor", json!(-500)),
+        "non_positive_amount"
+    );
     assert_eq!(
         code_with("amount_minor", json!(100_000_000_001_i64)),
         "amount_too_large"
@@ -229,7 +235,10 @@ fn card_rules_never_echo_the_number() {
 fn country_ip_method_and_text_rules() {
     assert_eq!(code_with("card_country", json!("usa")), "invalid_country");
     assert_eq!(code_with("ip_country", json!("u")), "invalid_country");
-    assert_eq!(code_with("ip_address", json!("999.1.1.1")), "invalid_ip_address");
+    assert_eq!(
+        code_with("ip_address", json!("999.1.1.1")),
+        "invalid_ip_address"
+    );
     assert!(decode_value(&{
         let mut v = valid();
         v["ip_address"] = json!("2001:db8::1");
@@ -293,7 +302,15 @@ fn arb_event() -> impl Strategy<Value = PaymentEvent> {
         prop::sample::select(PaymentMethod::ALL.to_vec()),
     )
         .prop_map(
-            |(id, micros, amount, currency, (merchant, mcc, card, cc), (cust, ip, ipc, dev, region), method)| {
+            |(
+                id,
+                micros,
+                amount,
+                currency,
+                (merchant, mcc, card, cc),
+                (cust, ip, ipc, dev, region),
+                method,
+            )| {
                 PaymentEvent {
                     transaction_id: TransactionId::new_unchecked(id),
                     event_time: Utc.timestamp_micros(micros).unwrap(),

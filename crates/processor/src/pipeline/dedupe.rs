@@ -61,17 +61,29 @@ mod tests {
     fn decisions() {
         assert_eq!(decide(None, 1, Some(0), 100), DedupDecision::Unique);
         let e = entry(50, 1);
-        assert_eq!(decide(Some(e), 1, Some(100), 100), DedupDecision::Duplicate { first: e });
-        assert_eq!(decide(Some(e), 2, Some(100), 100), DedupDecision::Conflict { first: e });
+        assert_eq!(
+            decide(Some(e), 1, Some(100), 100),
+            DedupDecision::Duplicate { first: e }
+        );
+        assert_eq!(
+            decide(Some(e), 2, Some(100), 100),
+            DedupDecision::Conflict { first: e }
+        );
     }
 
     #[test]
     fn expiry_is_enforced_at_lookup() {
         let e = entry(50, 1);
         // 50 + 100 == 150: still alive at watermark 150, gone at 151.
-        assert_eq!(decide(Some(e), 1, Some(150), 100), DedupDecision::Duplicate { first: e });
+        assert_eq!(
+            decide(Some(e), 1, Some(150), 100),
+            DedupDecision::Duplicate { first: e }
+        );
         assert_eq!(decide(Some(e), 1, Some(151), 100), DedupDecision::Unique);
         // Without a watermark nothing expires.
-        assert_eq!(decide(Some(e), 1, None, 100), DedupDecision::Duplicate { first: e });
+        assert_eq!(
+            decide(Some(e), 1, None, 100),
+            DedupDecision::Duplicate { first: e }
+        );
     }
 }

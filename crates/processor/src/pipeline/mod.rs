@@ -105,10 +105,15 @@ impl Pipeline {
         let mut windows = BTreeMap::new();
         for (k, v) in store.windows()? {
             let Some((p, start, currency)) = parse_window_key(&k) else {
-                return Err(StateError::BadValue { what: "window key", len: k.len() });
+                return Err(StateError::BadValue {
+                    what: "window key",
+                    len: k.len(),
+                });
             };
-            let agg: WindowAgg = serde_json::from_slice(&v)
-                .map_err(|_| StateError::BadValue { what: "window value", len: v.len() })?;
+            let agg: WindowAgg = serde_json::from_slice(&v).map_err(|_| StateError::BadValue {
+                what: "window value",
+                len: v.len(),
+            })?;
             windows.insert((p, start, currency), agg);
         }
         Ok(Pipeline {
@@ -127,7 +132,9 @@ impl Pipeline {
     /// A partition's current watermark.
     pub fn watermark(&self, partition: i32) -> Option<i64> {
         watermark::watermark(
-            self.partitions.get(&partition).and_then(|p| p.max_event_micros),
+            self.partitions
+                .get(&partition)
+                .and_then(|p| p.max_event_micros),
             self.cfg.allowed_lateness_micros,
         )
     }
@@ -208,7 +215,8 @@ impl Pipeline {
             let kafka_ts = r.timestamp_ms.map(|ms| ts(ms.saturating_mul(1000)));
             let progress = self.partitions.entry(r.partition).or_default();
             progress.next_offset = Some(r.offset + 1);
-            let wm = watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
+            let wm =
+                watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
             let (table, row) = match d {
                 Err(e) => {
                     stats.invalid += 1;
@@ -220,7 +228,9 @@ impl Pipeline {
                     };
                     let seq = self.seq(Table::ProcessingErrors, r.partition);
                     let key = r.key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| {
-                        k.len() <= 256 && !(e.code() == "card_number_detected" && rows::redact_pans(k.as_bytes()).1)
+                        k.len() <= 256
+                            && !(e.code() == "card_number_detected"
+                                && rows::redact_pans(k.as_bytes()).1)
                     });
                     let row = ProcessingErrorRow {
                         error_code: e.code(),
@@ -246,7 +256,8 @@ impl Pipeline {
                     let existing = dedup.get(&key).copied().flatten();
                     if watermark::is_late(t, wm) {
                         stats.late += 1;
-                        let known = dedupe::alive(existing, wm, self.cfg.retention_micros).is_some();
+                        let known =
+                            dedupe::alive(existing, wm, self.cfg.retention_micros).is_some();
                         let wm = wm.unwrap_or(t);
                         let seq = self.seq(Table::LateEvents, r.partition);
                         let row = LateEventRow {
@@ -266,9 +277,11 @@ impl Pipeline {
                         (Table::LateEvents, enc(&row))
                     } else {
                         let hash = content_hash(event).0;
-                        let decision = dedupe::decide(existing, hash, wm, self.cfg.retention_micros);
+                        let decision =
+                            dedupe::decide(existing, hash, wm, self.cfg.retention_micros);
                         let progress = self.partitions.entry(r.partition).or_default();
-                        progress.max_event_micros = watermark::advance(progress.max_event_micros, t);
+                        progress.max_event_micros =
+                            watermark::advance(progress.max_event_micros, t);
                         let wkey = (
                             r.partition,
                             window::window_start(t, self.cfg.window_micros),
@@ -330,7 +343,8 @@ impl Pipeline {
                                 };
                                 (Table::Payments, enc(&row))
                             }
-                            DedupDecision::Duplicate { first } | DedupDecision::Conflict { first } => {
+                            DedupDecision::Duplicate { first }
+                            | DedupDecision::Conflict { first } => {
                                 let kind = if matches!(decision, DedupDecision::Duplicate { .. }) {
                                     stats.duplicates += 1;
                                     agg.duplicate_count += 1;
@@ -373,11 +387,15 @@ impl Pipeline {
         let closed: Vec<(i32, i64, String)> = self
             .windows
             .keys()
-            .filter(|(p, start, _)| window::is_closed(*start, self.cfg.window_micros, self.watermark(*p)))
+            .filter(|(p, start, _)| {
+                window::is_closed(*start, self.cfg.window_micros, self.watermark(*p))
+            })
             .cloned()
             .collect();
         for key in closed {
-            let Some(agg) = self.windows.remove(&key) else { continue };
+            let Some(agg) = self.windows.remove(&key) else {
+                continue;
+            };
             self.emit_window(&key, &agg, &mut batch);
             touched_seq.push((Table::PaymentMetrics, key.0));
             batch.delete_window(window_key(key.0, key.1, &key.2));
@@ -468,7 +486,9 @@ impl Pipeline {
         let mut closed = 0;
         let mut touched: Vec<i32> = Vec::new();
         for key in keys {
-            let Some(agg) = self.windows.remove(&key) else { continue };
+            let Some(agg) = self.windows.remove(&key) else {
+                continue;
+            };
             self.emit_window(&key, &agg, &mut batch);
             batch.delete_window(window_key(key.0, key.1, &key.2));
             // Move the max event time past the window so nothing can reopen it.
@@ -481,7 +501,11 @@ impl Pipeline {
         touched.sort_unstable();
         touched.dedup();
         for p in touched {
-            batch.set_next_seq(Table::PaymentMetrics, p, self.next_seq[&(Table::PaymentMetrics, p)]);
+            batch.set_next_seq(
+                Table::PaymentMetrics,
+                p,
+                self.next_seq[&(Table::PaymentMetrics, p)],
+            );
             if let Some(m) = self.partitions[&p].max_event_micros {
                 batch.set_max_event_time(p, m);
             }

@@ -126,7 +126,9 @@ pub fn redact_pans(payload: &[u8]) -> (Vec<u8>, bool) {
             let start = i;
             let mut digits = 0;
             let mut end = i;
-            while i < payload.len() && (payload[i].is_ascii_digit() || payload[i] == b' ' || payload[i] == b'-') {
+            while i < payload.len()
+                && (payload[i].is_ascii_digit() || payload[i] == b' ' || payload[i] == b'-')
+            {
                 if payload[i].is_ascii_digit() {
                     digits += 1;
                     end = i + 1;
@@ -154,9 +156,13 @@ mod tests {
 
     #[test]
     fn redaction_removes_card_numbers_only() {
-        let (out, r) = redact_pans(br#"{"card_fingerprint":"4111111111111111","amount_minor":1999}"#);
+        let (out, r) =
+            redact_pans(br#"{"card_fingerprint":"4111111111111111","amount_minor":1999}"#);
         assert!(r);
-        assert_eq!(out, br#"{"card_fingerprint":"[REDACTED]","amount_minor":1999}"#.to_vec());
+        assert_eq!(
+            out,
+            br#"{"card_fingerprint":"[REDACTED]","amount_minor":1999}"#.to_vec()
+        );
         let (out, r) = redact_pans(b"4111 1111 1111 1111");
         assert!(r);
         assert_eq!(out, b"[REDACTED]".to_vec());

@@ -40,7 +40,11 @@ fn event(id: &str, minute_offset_secs: i64, amount: i64) -> Vec<u8> {
 }
 
 fn ts_ms() -> Option<i64> {
-    Some(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap().timestamp_millis())
+    Some(
+        Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+            .unwrap()
+            .timestamp_millis(),
+    )
 }
 
 /// (key, payload) per offset on partition 0.
@@ -57,12 +61,17 @@ fn stream() -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-fn run(batches: &[std::ops::Range<usize>]) -> (BTreeMap<(Table, i32), Vec<(u64, Vec<u8>)>>, BatchStats) {
+/// Outbox rows per (table, partition).
+type Outbox = BTreeMap<(Table, i32), Vec<(u64, Vec<u8>)>>;
+
+/// Runs the stream cut into batches [start, end).
+fn run(batches: &[(usize, usize)]) -> (Outbox, BatchStats) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
     let input = stream();
     let mut total = BatchStats::default();
-    for range in batches {
+    for &(start, end) in batches {
+        let range = start..end;
         // A fresh pipeline per batch also proves it reloads its state from the store.
         let mut p = Pipeline::load(cfg(), &store).unwrap();
         let records: Vec<InputRecord<'_>> = input[range.clone()]
@@ -99,9 +108,15 @@ fn run(batches: &[std::ops::Range<usize>]) -> (BTreeMap<(Table, i32), Vec<(u64, 
 
 #[test]
 fn every_record_lands_in_exactly_one_table() {
-    let (out, stats) = run(&[0..8]);
+    let (out, stats) = run(&[(0, 8)]);
     assert_eq!(
-        (stats.unique, stats.duplicates, stats.conflicts, stats.late, stats.invalid),
+        (
+            stats.unique,
+            stats.duplicates,
+            stats.conflicts,
+            stats.late,
+            stats.invalid
+        ),
         (4, 1, 1, 1, 1)
     );
     let count = |t| out.get(&(t, 0)).map_or(0, |r: &Vec<_>| r.len());
@@ -110,11 +125,20 @@ fn every_record_lands_in_exactly_one_table() {
     assert_eq!(count(Table::LateEvents), 1);
     assert_eq!(count(Table::ProcessingErrors), 1);
     // The source offsets across the four tables are exactly 0..8, each once.
-    let mut offsets: Vec<i64> = [Table::Payments, Table::DedupAudit, Table::LateEvents, Table::ProcessingErrors]
-        .iter()
-        .flat_map(|t| out.get(&(*t, 0)).cloned().unwrap_or_default())
-        .map(|(_, row)| serde_json::from_slice::<serde_json::Value>(&row).unwrap()["source_offset"].as_i64().unwrap())
-        .collect();
+    let mut offsets: Vec<i64> = [
+        Table::Payments,
+        Table::DedupAudit,
+        Table::LateEvents,
+        Table::ProcessingErrors,
+    ]
+    .iter()
+    .flat_map(|t| out.get(&(*t, 0)).cloned().unwrap_or_default())
+    .map(|(_, row)| {
+        serde_json::from_slice::<serde_json::Value>(&row).unwrap()["source_offset"]
+            .as_i64()
+            .unwrap()
+    })
+    .collect();
     offsets.sort_unstable();
     assert_eq!(offsets, (0..8).collect::<Vec<_>>());
     // Windows 10:00 (a, b) closed when the watermark reached 10:10; sums match payments.
@@ -130,16 +154,16 @@ fn every_record_lands_in_exactly_one_table() {
 
 #[test]
 fn batch_boundaries_do_not_change_the_output() {
-    let (whole, _) = run(&[0..8]);
-    let (split, _) = run(&[0..1, 1..4, 4..5, 5..8]);
-    let (singles, _) = run(&(0..8).map(|i| i..i + 1).collect::<Vec<_>>());
+    let (whole, _) = run(&[(0, 8)]);
+    let (split, _) = run(&[(0, 1), (1, 4), (4, 5), (5, 8)]);
+    let (singles, _) = run(&(0..8).map(|i| (i, i + 1)).collect::<Vec<_>>());
     assert_eq!(whole, split);
     assert_eq!(whole, singles);
 }
 
 #[test]
 fn sequences_are_dense_per_table_and_partition() {
-    let (out, _) = run(&[0..3, 3..8]);
+    let (out, _) = run(&[(0, 3), (3, 8)]);
     for rows in out.values() {
         let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
         assert_eq!(seqs, (0..rows.len() as u64).collect::<Vec<_>>());
@@ -158,7 +182,13 @@ fn a_card_number_in_bad_input_never_reaches_a_row() {
     let mut v: serde_json::Value = serde_json::from_slice(&event("p", 0, 100)).unwrap();
     v["card_fingerprint"] = "4111111111111111".into();
     let payload = serde_json::to_vec(&v).unwrap();
-    let rec = InputRecord { partition: 0, offset: 0, key: Some(b"p"), payload: &payload, timestamp_ms: ts_ms() };
+    let rec = InputRecord {
+        partition: 0,
+        offset: 0,
+        key: Some(b"p"),
+        payload: &payload,
+        timestamp_ms: ts_ms(),
+    };
     let (batch, stats) = p.process(&[rec], &store).unwrap();
     assert_eq!(stats.invalid_by_code.get("card_number_detected"), Some(&1));
     store.commit(batch).unwrap();
@@ -179,7 +209,13 @@ fn drain_closes_every_window_and_later_events_for_them_are_late() {
     let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
     let mut p = Pipeline::load(cfg(), &store).unwrap();
     let a = event("a", 0, 100);
-    let rec = InputRecord { partition: 0, offset: 0, key: Some(b"a"), payload: &a, timestamp_ms: ts_ms() };
+    let rec = InputRecord {
+        partition: 0,
+        offset: 0,
+        key: Some(b"a"),
+        payload: &a,
+        timestamp_ms: ts_ms(),
+    };
     let (batch, _) = p.process(&[rec], &store).unwrap();
     store.commit(batch).unwrap();
     assert_eq!(p.open_windows(), 1);
@@ -187,7 +223,13 @@ fn drain_closes_every_window_and_later_events_for_them_are_late() {
     store.commit(batch).unwrap();
     assert_eq!((closed, p.open_windows()), (1, 0));
     let b = event("b", 10, 100);
-    let rec = InputRecord { partition: 0, offset: 1, key: Some(b"b"), payload: &b, timestamp_ms: ts_ms() };
+    let rec = InputRecord {
+        partition: 0,
+        offset: 1,
+        key: Some(b"b"),
+        payload: &b,
+        timestamp_ms: ts_ms(),
+    };
     let (_, stats) = p.process(&[rec], &store).unwrap();
     assert_eq!(stats.late, 1);
 }

@@ -9,25 +9,55 @@ use std::process::{Child, Command, Output, Stdio};
 use paydedup_testkit::{binary, free_port, Broker};
 use serde_json::Value;
 
-pub const TABLES: [&str; 5] = ["payments", "dedup_audit", "late_events", "processing_errors", "payment_metrics"];
+pub const TABLES: [&str; 5] = [
+    "payments",
+    "dedup_audit",
+    "late_events",
+    "processing_errors",
+    "payment_metrics",
+];
 
 /// Produces `count` records with `seed` (plus extra flags) and returns the manifest.
-pub fn simulate(broker: &Broker, topic: &str, partitions: i32, count: u64, seed: u64, extra: &[&str], dir: &Path) -> Value {
+pub fn simulate(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    count: u64,
+    seed: u64,
+    extra: &[&str],
+    dir: &Path,
+) -> Value {
     let manifest = dir.join(format!("manifest-{topic}.json"));
     let out = Command::new(binary("paydedup-simulator").unwrap())
         .args(["--brokers", &broker.bootstrap(), "--topic", topic])
         .args(["--create-partitions", &partitions.to_string()])
-        .args(["--count", &count.to_string(), "--seed", &seed.to_string(), "--quiet"])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--quiet",
+        ])
         .args(extra)
         .arg("--manifest")
         .arg(&manifest)
         .output()
         .unwrap();
-    assert!(out.status.success(), "simulator failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "simulator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap()
 }
 
-pub fn processor_command(broker: &Broker, topic: &str, state: &Path, output: &Path, extra: &[&str]) -> Command {
+pub fn processor_command(
+    broker: &Broker,
+    topic: &str,
+    state: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> Command {
     let mut c = Command::new(binary("paydedup-processor").unwrap());
     c.arg("run")
         .args(["--brokers", &broker.bootstrap(), "--topic", topic])
@@ -35,7 +65,10 @@ pub fn processor_command(broker: &Broker, topic: &str, state: &Path, output: &Pa
         .arg(state)
         .arg("--sink")
         .arg(format!("file:{}", output.display()))
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port().unwrap())])
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", free_port().unwrap()),
+        ])
         .args(["--log-format", "text"])
         .args(extra)
         .env("RUST_LOG", "warn");
@@ -43,16 +76,32 @@ pub fn processor_command(broker: &Broker, topic: &str, state: &Path, output: &Pa
 }
 
 /// Runs the processor until it has consumed and delivered everything (and drained).
-pub fn process_to_end(broker: &Broker, topic: &str, state: &Path, output: &Path, extra: &[&str]) -> Output {
+pub fn process_to_end(
+    broker: &Broker,
+    topic: &str,
+    state: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> Output {
     let out = processor_command(broker, topic, state, output, extra)
         .args(["--exit-when-caught-up", "--drain"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "processor failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "processor failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
-pub fn spawn_processor(broker: &Broker, topic: &str, state: &Path, output: &Path, extra: &[&str]) -> Child {
+pub fn spawn_processor(
+    broker: &Broker,
+    topic: &str,
+    state: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> Child {
     processor_command(broker, topic, state, output, extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -66,12 +115,17 @@ pub fn rows(output: &Path, table: &str) -> Vec<Value> {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Vec::new();
     };
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Every table's rows, grouped per source partition and sorted by sequence, with the
 /// listed columns removed.
-pub fn canonical_output(output: &Path, strip: &[&str]) -> BTreeMap<String, BTreeMap<i64, Vec<Value>>> {
+pub fn canonical_output(
+    output: &Path,
+    strip: &[&str],
+) -> BTreeMap<String, BTreeMap<i64, Vec<Value>>> {
     let mut all = BTreeMap::new();
     for t in TABLES {
         let mut per: BTreeMap<i64, Vec<Value>> = BTreeMap::new();
@@ -108,33 +162,51 @@ pub fn assert_matches_manifest(output: &Path, manifest: &Value) {
     assert_eq!(conflicts, n(&t["conflict"]), "conflicts");
     assert_eq!(late.len() as u64, n(&t["late"]), "late events");
     let known = late.iter().filter(|r| r["key_known"] == true).count() as u64;
-    assert_eq!(known, n(&t["late_key_known"]), "late events with a known key");
+    assert_eq!(
+        known,
+        n(&t["late_key_known"]),
+        "late events with a known key"
+    );
     assert_eq!(errors.len() as u64, n(&t["malformed"]), "invalid records");
 
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     for e in &errors {
-        *by_code.entry(e["error_code"].as_str().unwrap().to_owned()).or_default() += 1;
+        *by_code
+            .entry(e["error_code"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
-    let expected: BTreeMap<String, u64> = serde_json::from_value(manifest["malformed_by_code"].clone()).unwrap();
+    let expected: BTreeMap<String, u64> =
+        serde_json::from_value(manifest["malformed_by_code"].clone()).unwrap();
     assert_eq!(by_code, expected, "invalid records by code");
 
     // No transaction id twice in payments.
-    let mut ids: Vec<&str> = payments.iter().map(|r| r["transaction_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = payments
+        .iter()
+        .map(|r| r["transaction_id"].as_str().unwrap())
+        .collect();
     ids.sort_unstable();
     let before = ids.len();
     ids.dedup();
-    assert_eq!(ids.len(), before, "a transaction_id appears twice in payments");
+    assert_eq!(
+        ids.len(),
+        before,
+        "a transaction_id appears twice in payments"
+    );
 
     // Sums per currency: payments = manifest = metrics.
     let mut pay: BTreeMap<String, (u64, i128)> = BTreeMap::new();
     for r in &payments {
-        let e = pay.entry(r["currency"].as_str().unwrap().to_owned()).or_default();
+        let e = pay
+            .entry(r["currency"].as_str().unwrap().to_owned())
+            .or_default();
         e.0 += 1;
         e.1 += i128::from(r["amount_minor"].as_i64().unwrap());
     }
     let mut met: BTreeMap<String, (u64, i128)> = BTreeMap::new();
     for r in &metrics {
-        let e = met.entry(r["currency"].as_str().unwrap().to_owned()).or_default();
+        let e = met
+            .entry(r["currency"].as_str().unwrap().to_owned())
+            .or_default();
         e.0 += r["payment_count"].as_u64().unwrap();
         e.1 += i128::from(r["amount_minor_sum"].as_i64().unwrap());
     }
@@ -158,17 +230,27 @@ pub fn assert_matches_manifest(output: &Path, manifest: &Value) {
             .collect();
         offsets.sort_unstable();
         let records = manifest["by_partition"][p]["records"].as_i64().unwrap();
-        assert_eq!(offsets, (0..records).collect::<Vec<_>>(), "partition {p} offsets");
+        assert_eq!(
+            offsets,
+            (0..records).collect::<Vec<_>>(),
+            "partition {p} offsets"
+        );
     }
 
     // Sequences are dense per (table, partition).
     for t in TABLES {
         let mut per: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
         for r in rows(output, t) {
-            per.entry(r["source_partition"].as_i64().unwrap()).or_default().push(r["outbox_seq"].as_u64().unwrap());
+            per.entry(r["source_partition"].as_i64().unwrap())
+                .or_default()
+                .push(r["outbox_seq"].as_u64().unwrap());
         }
         for (p, seqs) in per {
-            assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{t} partition {p} sequences");
+            assert_eq!(
+                seqs,
+                (0..seqs.len() as u64).collect::<Vec<_>>(),
+                "{t} partition {p} sequences"
+            );
         }
     }
 }

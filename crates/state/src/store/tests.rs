@@ -65,7 +65,10 @@ fn corrupt_directory_is_a_clear_error() {
         .err()
         .expect("a corrupt directory must not open");
     let msg = err.to_string();
-    assert!(msg.contains(&dir.path().display().to_string()) || msg.contains("RocksDB"), "{msg}");
+    assert!(
+        msg.contains(&dir.path().display().to_string()) || msg.contains("RocksDB"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -100,7 +103,7 @@ fn outbox_iterates_in_sequence_order_and_deletes_through() {
 fn compaction_filter_removes_only_expired_dedup_keys() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
-        dedup_retention_micros: 100,
+        dedup_retention_micros: Some(100),
         ..StoreOptions::default()
     };
     let s = StateStore::open(dir.path(), &opts).unwrap();
