@@ -12,6 +12,7 @@ fi
 echo "installing bqemulator $VERSION into $VENV" >&2
 mkdir -p "$CACHE"
 python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet "bqemulator==$VERSION" numpy
+# duckdb is pinned: the launcher's per-thread cursor patch was verified against 2.0.0.
+"$VENV/bin/pip" install --quiet "bqemulator==$VERSION" numpy "duckdb==2.0.0"
 "$VENV/bin/python" -c "import bqemulator" >&2
 echo "bqemulator installed" >&2

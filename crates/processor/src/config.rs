@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use paydedup_sink::bigquery::Credentials;
+use paydedup_sink::BigQueryConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
@@ -63,7 +65,7 @@ pub struct RunArgs {
     /// RocksDB state directory, one per instance [default: ./state].
     #[arg(long, env = "PAYDEDUP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Sink: `file:DIR` writes JSON lines per table [default: file:./output].
+    /// Sink: `file:DIR` (JSON lines per table) or `bigquery:PROJECT.DATASET` [default: file:./output].
     #[arg(long, env = "PAYDEDUP_SINK")]
     pub sink: Option<String>,
     /// This instance's index; it owns partitions p with p mod count = index [default: 0].
@@ -124,12 +126,62 @@ pub struct RunArgs {
     /// Compact the TTL column families this often, seconds; 0 = only RocksDB's own [default: 600].
     #[arg(long, env = "PAYDEDUP_TTL_COMPACTION_SECS")]
     pub ttl_compaction_secs: Option<u64>,
+    #[command(flatten)]
+    pub bigquery: BigQueryArgs,
     /// librdkafka consumer property, KEY=VALUE, repeatable.
     #[arg(long = "kafka", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub kafka: Vec<(String, String)>,
     /// Log format: json or text [default: json].
     #[arg(long, env = "PAYDEDUP_LOG_FORMAT")]
     pub log_format: Option<String>,
+}
+
+/// Where BigQuery is and how to authenticate (used by `run` and `reconcile`).
+#[derive(Debug, Args, Default, Clone)]
+pub struct BigQueryArgs {
+    /// BigQuery REST root [default: https://bigquery.googleapis.com].
+    #[arg(long, env = "PAYDEDUP_BIGQUERY_REST_URL")]
+    pub bigquery_rest_url: Option<String>,
+    /// BigQuery Storage Write gRPC endpoint [default: https://bigquerystorage.googleapis.com].
+    #[arg(long, env = "PAYDEDUP_BIGQUERY_GRPC_URL")]
+    pub bigquery_grpc_url: Option<String>,
+    /// Service-account key file (JSON) for BigQuery.
+    #[arg(long, env = "PAYDEDUP_BIGQUERY_CREDENTIALS")]
+    pub bigquery_credentials: Option<PathBuf>,
+    /// Read a bearer token for BigQuery from this environment variable instead.
+    #[arg(long, env = "PAYDEDUP_BIGQUERY_TOKEN_ENV")]
+    pub bigquery_token_env: Option<String>,
+    /// Talk to a local emulator: no credentials.
+    #[arg(long, env = "PAYDEDUP_BIGQUERY_NO_AUTH")]
+    pub bigquery_no_auth: bool,
+}
+
+impl BigQueryArgs {
+    /// The sink configuration for `PROJECT.DATASET`.
+    pub fn config(&self, target: &str) -> anyhow::Result<BigQueryConfig> {
+        let (project, dataset) = BigQueryConfig::parse_target(target)?;
+        let credentials = match (&self.bigquery_credentials, &self.bigquery_token_env, self.bigquery_no_auth) {
+            (_, _, true) => Credentials::None,
+            (Some(p), _, _) => Credentials::ServiceAccountKey(p.clone()),
+            (None, Some(v), _) => Credentials::TokenFromEnv(v.clone()),
+            (None, None, false) => bail!(
+                "BigQuery needs credentials: --bigquery-credentials FILE, --bigquery-token-env VAR, or --bigquery-no-auth for an emulator"
+            ),
+        };
+        Ok(BigQueryConfig {
+            project,
+            dataset,
+            rest_url: self
+                .bigquery_rest_url
+                .clone()
+                .unwrap_or_else(|| "https://bigquery.googleapis.com".into()),
+            grpc_url: self
+                .bigquery_grpc_url
+                .clone()
+                .unwrap_or_else(|| "https://bigquerystorage.googleapis.com".into()),
+            credentials,
+        })
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -171,9 +223,10 @@ struct FileConfig {
 }
 
 /// Where rows go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SinkSpec {
     File(PathBuf),
+    BigQuery(BigQueryConfig),
 }
 
 /// The resolved configuration of `run`.
@@ -208,10 +261,11 @@ pub struct Settings {
     pub log_format: String,
 }
 
-fn parse_sink(s: &str) -> anyhow::Result<SinkSpec> {
+fn parse_sink(s: &str, bq: &BigQueryArgs) -> anyhow::Result<SinkSpec> {
     match s.split_once(':') {
         Some(("file", dir)) if !dir.is_empty() => Ok(SinkSpec::File(PathBuf::from(dir))),
-        _ => bail!("unknown sink `{s}`: expected file:DIR"),
+        Some(("bigquery", target)) => Ok(SinkSpec::BigQuery(bq.config(target)?)),
+        _ => bail!("unknown sink `{s}`: expected file:DIR or bigquery:PROJECT.DATASET"),
     }
 }
 
@@ -236,7 +290,7 @@ impl Settings {
             topic: pick!(topic, "payments".into()),
             group_id: pick!(group_id, "paydedup".into()),
             state_dir: pick!(state_dir, PathBuf::from("state")),
-            sink: parse_sink(&pick!(sink, "file:output".into()))?,
+            sink: parse_sink(&pick!(sink, "file:output".into()), &args.bigquery)?,
             instance_index: pick!(instance_index, 0),
             instance_count: pick!(instance_count, 1),
             allowed_lateness_secs: pick!(allowed_lateness_secs, 300),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
-use paydedup_sink::{FileSink, Sink};
+use paydedup_sink::{BigQuerySink, FileSink, Sink};
 use paydedup_state::{StateStore, StoreOptions};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -97,13 +97,16 @@ fn topic_partitions(consumer: &BaseConsumer, settings: &Settings) -> anyhow::Res
     Ok(topic.partitions().len() as i32)
 }
 
-fn open_sink(spec: &SinkSpec) -> anyhow::Result<Box<dyn Sink>> {
+fn open_sink(spec: &SinkSpec, store: &Arc<StateStore>) -> anyhow::Result<Box<dyn Sink>> {
     match spec {
-        SinkSpec::File(dir) => {
-            Ok(Box::new(FileSink::open(dir).with_context(|| {
-                format!("opening the file sink at {}", dir.display())
-            })?))
-        }
+        SinkSpec::File(dir) => Ok(Box::new(FileSink::open(dir).with_context(|| {
+            format!("opening the file sink at {}", dir.display())
+        })?)),
+        SinkSpec::BigQuery(cfg) => Ok(Box::new(
+            BigQuerySink::open(cfg, store.clone()).with_context(|| {
+                format!("opening BigQuery {}.{} at {}", cfg.project, cfg.dataset, cfg.rest_url)
+            })?,
+        )),
     }
 }
 
@@ -185,7 +188,7 @@ pub fn run(
 
     let relay = OutboxRelay::spawn(
         store.clone(),
-        open_sink(&settings.sink)?,
+        open_sink(&settings.sink, &store)?,
         RelayConfig {
             batch_rows: settings.relay_batch,
             initial_backoff: Duration::from_millis(100),

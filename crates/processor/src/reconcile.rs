@@ -19,13 +19,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use chrono::DateTime;
 use clap::Args;
+use paydedup_sink::bigquery::Warehouse;
 use serde_json::Value;
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
-    /// What to reconcile: `file:DIR` (the file sink's output).
+    /// What to reconcile: `file:DIR` (the file sink's output) or `bigquery:PROJECT.DATASET`.
     #[arg(long)]
     pub output: String,
+    #[command(flatten)]
+    pub bigquery: crate::config::BigQueryArgs,
     /// The simulator's manifest; adds the ground-truth checks.
     #[arg(long)]
     pub manifest: Option<PathBuf>,
@@ -282,6 +285,94 @@ pub fn reconcile_files(
                     sums.get(c).copied().unwrap_or(0),
                 ));
             }
+        }
+    }
+    Ok(checks)
+}
+
+/// The reconciliation views of `sql/002_reconciliation_views.sql` that have a `pass`
+/// column: each must have no failing row.
+pub const PASS_VIEWS: [&str; 4] = [
+    "v_exactly_once",
+    "v_source_accounting",
+    "v_sequence_density",
+    "v_amount_reconciliation",
+];
+
+fn num(s: Option<String>) -> i128 {
+    s.map(|v| v.split('.').next().unwrap_or("0").to_owned())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// All checks over a BigQuery dataset: the views, then the manifest.
+pub fn reconcile_bigquery(wh: &Warehouse, manifest: Option<&Value>) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for view in PASS_VIEWS {
+        let r = wh.query(&format!(
+            "SELECT COUNT(*) AS total_rows, COUNTIF(NOT pass) AS failing_rows FROM `${{dataset}}.{view}`"
+        ))?;
+        let failing = r.get_i64(0, "failing_rows").unwrap_or(-1);
+        let total = r.get_i64(0, "total_rows").unwrap_or(0);
+        checks.push(check(format!("view {view}: failing rows (of {total})"), 0, failing));
+    }
+    let r = wh.query("SELECT payment_rows, distinct_ids FROM `${dataset}.v_exactly_once`")?;
+    checks.push(check(
+        "exactly_once: payments rows = distinct ids",
+        r.get_i64(0, "distinct_ids").unwrap_or(-1),
+        r.get_i64(0, "payment_rows").unwrap_or(-2),
+    ));
+    let Some(m) = manifest else {
+        return Ok(checks);
+    };
+    let t = &m["totals"];
+    let count = |sql: &str| -> anyhow::Result<i64> { Ok(wh.query(sql)?.get_i64(0, "n").unwrap_or(-1)) };
+    checks.push(check("manifest_unique: payments", i(&t["unique"]), count("SELECT COUNT(*) AS n FROM `${dataset}.payments`")?));
+    checks.push(check(
+        "manifest_duplicates: dedup_audit kind=duplicate",
+        i(&t["duplicate"]) + i(&t["replay"]),
+        count("SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'duplicate'")?,
+    ));
+    checks.push(check(
+        "manifest_conflicts: dedup_audit kind=conflict",
+        i(&t["conflict"]),
+        count("SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'conflict'")?,
+    ));
+    checks.push(check("manifest_late: late_events", i(&t["late"]), count("SELECT COUNT(*) AS n FROM `${dataset}.late_events`")?));
+    checks.push(check(
+        "manifest_invalid: processing_errors",
+        i(&t["malformed"]),
+        count("SELECT COUNT(*) AS n FROM `${dataset}.processing_errors`")?,
+    ));
+    let codes = wh.query("SELECT error_code, COUNT(*) AS n FROM `${dataset}.processing_errors` GROUP BY error_code")?;
+    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
+    for row in 0..codes.rows.len() {
+        by_code.insert(codes.get_str(row, "error_code").unwrap_or_default(), codes.get_i64(row, "n").unwrap_or(0));
+    }
+    if let Some(expected) = m["malformed_by_code"].as_object() {
+        for (code, n) in expected {
+            checks.push(check(format!("manifest_invalid: code {code}"), i(n), by_code.get(code).copied().unwrap_or(0)));
+        }
+    }
+    let parts = wh.query("SELECT source_partition, input_records FROM `${dataset}.v_source_accounting`")?;
+    let mut records: BTreeMap<i64, i64> = BTreeMap::new();
+    for row in 0..parts.rows.len() {
+        records.insert(parts.get_i64(row, "source_partition").unwrap_or(-1), parts.get_i64(row, "input_records").unwrap_or(0));
+    }
+    if let Some(ps) = m["by_partition"].as_array() {
+        for (p, c) in ps.iter().enumerate() {
+            checks.push(check(format!("manifest_records: partition {p}"), i(&c["records"]), records.get(&(p as i64)).copied().unwrap_or(0)));
+        }
+    }
+    let sums = wh.query("SELECT currency, SUM(amount_minor) AS s FROM `${dataset}.payments` GROUP BY currency")?;
+    let mut by_currency: BTreeMap<String, i128> = BTreeMap::new();
+    for row in 0..sums.rows.len() {
+        by_currency.insert(sums.get_str(row, "currency").unwrap_or_default(), num(sums.get_str(row, "s")));
+    }
+    if let Some(cur) = m["by_currency"].as_object() {
+        for (c, v) in cur {
+            let expected: i128 = v["unique_amount_minor"].to_string().parse().unwrap_or(-1);
+            checks.push(check(format!("manifest_amount: {c} minor units"), expected, by_currency.get(c).copied().unwrap_or(0)));
         }
     }
     Ok(checks)

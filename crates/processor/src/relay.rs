@@ -208,6 +208,9 @@ impl Worker {
                     self.metrics.sink_error("rejected");
                     self.dead_letter(table, partition, first_seq, &payload, &reason)?;
                     self.metrics.dead_letter_rows.inc_by(count as u64);
+                    self.sink
+                        .skip(table, partition, last_seq)
+                        .map_err(|e| format!("moving the sink past dead-lettered rows: {e}"))?;
                     tracing::error!(table = %table, partition, first_seq, rows = count, reason = %reason, "Sink rejected rows; written to the dead-letter store.");
                     break;
                 }

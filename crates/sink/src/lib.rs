@@ -2,14 +2,17 @@
 //!
 //! - [`Sink`]: the contract the relay relies on — ordered, idempotent on the sequence.
 //! - [`file`]: [`FileSink`], JSON lines, one file per table.
+//! - [`bigquery`]: [`BigQuerySink`], the Storage Write API with COMMITTED streams.
 //! - [`memory`]: [`MemorySink`], an in-memory test double for fast unit tests (the file
 //!   and BigQuery sinks are tested for real beside it, with the same conformance suite).
 //! - [`conformance`]: the suite every sink must pass.
 
+pub mod bigquery;
 pub mod conformance;
 pub mod file;
 pub mod memory;
 
+pub use bigquery::{BigQueryConfig, BigQuerySink};
 pub use file::FileSink;
 pub use memory::MemorySink;
 pub use paydedup_state::Table;
@@ -73,6 +76,13 @@ pub trait Sink: Send {
 
     /// The next sequence the sink expects for (table, partition), if it knows.
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError>;
+
+    /// Rows up to `through_seq` were dead-lettered and will never be appended: expect
+    /// the sequence after them next. Sinks that never reject rows ignore it.
+    fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {
+        let _ = (table, partition, through_seq);
+        Ok(())
+    }
 }
 
 /// Splits an append against the sink's next expected sequence: how many leading rows to

@@ -178,3 +178,104 @@ impl Drop for Broker {
         self.stop();
     }
 }
+
+/// The BigQuery emulator's venv python, or an error that says how to install it.
+pub fn emulator_python() -> anyhow::Result<PathBuf> {
+    let p = cache_dir().join("bqemulator-venv/bin/python");
+    if p.is_file() {
+        return Ok(p);
+    }
+    bail!(
+        "the BigQuery emulator is not installed at {}; run scripts/install-bqemulator.sh (or the README's test command)",
+        p.display()
+    )
+}
+
+/// The launcher that makes the emulator work offline (scripts/bqemu_launcher.py).
+pub fn emulator_launcher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bqemu_launcher.py")
+}
+
+/// A running BigQuery emulator (`bqemulator`) with persistent storage in a temporary
+/// folder, REST and Storage Write gRPC on free ports. Stopping and starting it again
+/// keeps the tables (as a BigQuery outage would) but loses the write streams.
+pub struct Emulator {
+    child: Option<Child>,
+    pub rest_port: u16,
+    pub grpc_port: u16,
+    pub project: String,
+    dir: tempfile::TempDir,
+}
+
+impl Emulator {
+    pub fn start() -> anyhow::Result<Emulator> {
+        let dir = tempfile::Builder::new()
+            .prefix("paydedup-bqemu-")
+            .tempdir()
+            .context("creating the emulator's folder")?;
+        let mut e = Emulator {
+            child: None,
+            rest_port: free_port()?,
+            grpc_port: free_port()?,
+            project: "paydedup-test".into(),
+            dir,
+        };
+        e.spawn()?;
+        Ok(e)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("emulator.log"))
+            .context("opening the emulator log")?;
+        let child = Command::new(emulator_python()?)
+            .arg(emulator_launcher())
+            .arg("start")
+            .args(["--rest-host", "127.0.0.1", "--rest-port", &self.rest_port.to_string()])
+            .args(["--grpc-host", "127.0.0.1", "--grpc-port", &self.grpc_port.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--project", &self.project, "--log-level", "warning"])
+            .env("BQEMU_ENABLE_FORMAT_EXTENSIONS", "false")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the BigQuery emulator")?;
+        self.child = Some(child);
+        wait_for_port(self.rest_port, Duration::from_secs(60))?;
+        wait_for_port(self.grpc_port, Duration::from_secs(60))
+    }
+
+    /// `http://127.0.0.1:PORT` of the REST API.
+    pub fn rest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rest_port)
+    }
+
+    /// `http://127.0.0.1:PORT` of the Storage Write gRPC API.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Stops the emulator with SIGKILL (tables persist, write streams are lost).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

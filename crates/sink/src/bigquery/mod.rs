@@ -1,0 +1,295 @@
+//! [`BigQuerySink`]: exactly-once delivery to BigQuery through the Storage Write API.
+//!
+//! One COMMITTED write stream per (table, partition). The stream's offset of a row is
+//! `outbox_seq − base`, where `base` is the sequence the stream started at; stream name
+//! and base live in the state store (`meta/sink/<table>/<partition>`), so a restart
+//! resumes the same stream. BigQuery answers ALREADY_EXISTS for an offset already
+//! written: those rows are there, and the sink reports them as already present.
+//!
+//! A stored stream that no longer exists (BigQuery drops idle streams; the emulator
+//! loses all of them on restart) is replaced: the sink reads the highest delivered
+//! sequence of that (table, partition) from the table itself, opens a new stream with
+//! `base` = the next sequence, and continues. The same recovery handles a stream that
+//! claims an offset the table does not hold (the emulator uses up an offset when its
+//! insert fails): the table, not the stream, is the truth.
+//!
+//! - [`schema`]: columns, writer descriptors, JSON → protobuf rows.
+//! - [`write`]: the Storage Write gRPC calls.
+//! - [`rest`]: datasets, DDL, queries.
+//! - [`auth`]: credentials.
+
+pub mod auth;
+pub mod rest;
+pub mod schema;
+pub mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use paydedup_state::{StateStore, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::{plan_append, AppendOutcome, Sink, SinkError};
+pub use auth::Credentials;
+use auth::TokenSource;
+pub use rest::QueryResult;
+use rest::Rest;
+use write::{Appended, Writer};
+
+/// The DDL applied on open (idempotent).
+pub const SQL_FILES: [(&str, &str); 2] = [
+    ("001_tables.sql", include_str!("../../../../sql/001_tables.sql")),
+    ("002_reconciliation_views.sql", include_str!("../../../../sql/002_reconciliation_views.sql")),
+];
+
+#[derive(Debug, Clone)]
+pub struct BigQueryConfig {
+    pub project: String,
+    pub dataset: String,
+    /// REST root, e.g. `https://bigquery.googleapis.com` or `http://127.0.0.1:9050`.
+    pub rest_url: String,
+    /// Storage Write gRPC endpoint, e.g. `https://bigquerystorage.googleapis.com`.
+    pub grpc_url: String,
+    pub credentials: Credentials,
+}
+
+impl BigQueryConfig {
+    /// Parses `PROJECT.DATASET`.
+    pub fn parse_target(target: &str) -> Result<(String, String), SinkError> {
+        match target.split_once('.') {
+            Some((p, d)) if !p.is_empty() && !d.is_empty() && !d.contains('.') => Ok((p.to_owned(), d.to_owned())),
+            _ => Err(SinkError::Fatal(format!("expected PROJECT.DATASET, got `{target}`"))),
+        }
+    }
+}
+
+/// Synchronous access to a dataset: DDL and queries (for the sink and `reconcile`).
+pub struct Warehouse {
+    rt: tokio::runtime::Runtime,
+    rest: Rest,
+    token: TokenSource,
+    pub cfg: BigQueryConfig,
+}
+
+impl Warehouse {
+    pub fn connect(cfg: &BigQueryConfig) -> Result<Warehouse, SinkError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SinkError::Fatal(format!("starting the I/O runtime: {e}")))?;
+        let token = rt.block_on(TokenSource::new(&cfg.credentials))?;
+        let rest = Rest::new(&cfg.rest_url, &cfg.project, token.clone())?;
+        Ok(Warehouse { rt, rest, token, cfg: cfg.clone() })
+    }
+
+    /// Creates the dataset, the tables and the views (idempotent).
+    pub fn apply_ddl(&self) -> Result<usize, SinkError> {
+        self.rt.block_on(async {
+            self.rest.ensure_dataset(&self.cfg.dataset).await?;
+            let mut n = 0;
+            for (_, text) in SQL_FILES {
+                n += self.rest.apply_sql(&self.cfg.dataset, text).await?;
+            }
+            Ok(n)
+        })
+    }
+
+    pub fn query(&self, sql: &str) -> Result<QueryResult, SinkError> {
+        let sql = sql.replace("${dataset}", &self.cfg.dataset);
+        self.rt.block_on(self.rest.query(&sql))
+    }
+}
+
+/// Stream bookkeeping kept in the state store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct StoredStream {
+    /// Empty: no usable stream, open a new one.
+    stream: String,
+    base: u64,
+    /// Sequences below this were dead-lettered; never expect them in the table.
+    floor: u64,
+}
+
+struct StreamState {
+    stored: StoredStream,
+    /// The next sequence the table expects, once known.
+    next: Option<u64>,
+}
+
+pub struct BigQuerySink {
+    wh: Warehouse,
+    writer: Writer,
+    store: Arc<StateStore>,
+    streams: HashMap<(Table, i32), StreamState>,
+}
+
+const MAX_ATTEMPTS: usize = 5;
+
+impl BigQuerySink {
+    /// Connects, creates dataset, tables and views if missing.
+    pub fn open(cfg: &BigQueryConfig, store: Arc<StateStore>) -> Result<BigQuerySink, SinkError> {
+        let wh = Warehouse::connect(cfg)?;
+        wh.apply_ddl()?;
+        let writer = Writer::new(&cfg.grpc_url, wh.token.clone());
+        Ok(BigQuerySink { wh, writer, store, streams: HashMap::new() })
+    }
+
+    fn table_path(&self, table: Table) -> String {
+        format!(
+            "projects/{}/datasets/{}/tables/{}",
+            self.wh.cfg.project,
+            self.wh.cfg.dataset,
+            table.name()
+        )
+    }
+
+    /// The next sequence the table expects: highest delivered + 1 (or the floor).
+    fn table_next(&self, table: Table, partition: i32, floor: u64) -> Result<u64, SinkError> {
+        let r = self.wh.query(&format!(
+            "SELECT MAX(outbox_seq) AS max_seq FROM `${{dataset}}.{}` WHERE source_partition = {partition}",
+            table.name()
+        ))?;
+        let next = r.get_i64(0, "max_seq").map_or(0, |m| m as u64 + 1);
+        Ok(next.max(floor))
+    }
+
+    fn persist(&self, table: Table, partition: i32, s: &StoredStream) -> Result<(), SinkError> {
+        let bytes = serde_json::to_vec(s).map_err(|e| SinkError::Fatal(e.to_string()))?;
+        self.store
+            .put_sink_meta(table, partition, &bytes)
+            .map_err(|e| SinkError::Fatal(format!("saving stream state: {e}")))
+    }
+
+    /// Opens a new COMMITTED stream whose offset 0 is the table's next sequence.
+    fn replace_stream(&mut self, table: Table, partition: i32, why: &str) -> Result<(), SinkError> {
+        let floor = self.streams.get(&(table, partition)).map_or(0, |s| s.stored.floor);
+        let next = self.table_next(table, partition, floor)?;
+        let path = self.table_path(table);
+        let name = self.wh.rt.block_on(self.writer.create_stream(&path))?;
+        tracing::info!(table = %table, partition, base = next, reason = why, "Opened a new BigQuery write stream.");
+        let stored = StoredStream { stream: name, base: next, floor };
+        self.persist(table, partition, &stored)?;
+        self.streams.insert((table, partition), StreamState { stored, next: Some(next) });
+        Ok(())
+    }
+
+    fn state(&mut self, table: Table, partition: i32) -> Result<(), SinkError> {
+        if self.streams.contains_key(&(table, partition)) {
+            return Ok(());
+        }
+        let stored: StoredStream = match self
+            .store
+            .get_sink_meta(table, partition)
+            .map_err(|e| SinkError::Fatal(format!("reading stream state: {e}")))?
+        {
+            Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            None => StoredStream::default(),
+        };
+        let empty = stored.stream.is_empty();
+        self.streams.insert((table, partition), StreamState { stored, next: None });
+        if empty {
+            self.replace_stream(table, partition, "no stream yet")?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for BigQuerySink {
+    fn append(
+        &mut self,
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        rows: &[Vec<u8>],
+    ) -> Result<AppendOutcome, SinkError> {
+        for _ in 0..MAX_ATTEMPTS {
+            self.state(table, partition)?;
+            let key = (table, partition);
+            let (next, stored) = {
+                let st = &self.streams[&key];
+                (st.next, st.stored.clone())
+            };
+            let next = match next {
+                Some(n) => n,
+                None => {
+                    let n = self.table_next(table, partition, stored.floor)?;
+                    if let Some(s) = self.streams.get_mut(&key) {
+                        s.next = Some(n);
+                    }
+                    n
+                }
+            };
+            let skip = plan_append(table, partition, next, first_seq, rows.len())?;
+            if skip == rows.len() {
+                return Ok(AppendOutcome { written: 0, already_present: skip });
+            }
+            let start = first_seq + skip as u64;
+            if start < stored.base {
+                self.replace_stream(table, partition, "rows precede the stream's base")?;
+                continue;
+            }
+            let fresh = &rows[skip..];
+            let encoded = fresh
+                .iter()
+                .map(|r| schema::encode_row(table, r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|reason| SinkError::Rejected { count: fresh.len(), reason })?;
+            let offset = (start - stored.base) as i64;
+            let answer = self
+                .wh
+                .rt
+                .block_on(self.writer.append(table, &stored.stream, offset, encoded))?;
+            match answer {
+                Appended::Ok => {
+                    if let Some(s) = self.streams.get_mut(&key) {
+                        s.next = Some(start + fresh.len() as u64);
+                    }
+                    return Ok(AppendOutcome { written: fresh.len(), already_present: skip });
+                }
+                Appended::AlreadyExists(msg) => {
+                    // Are the rows in the table? The table is the truth.
+                    let in_table = self.table_next(table, partition, stored.floor)?;
+                    if in_table > start {
+                        if let Some(s) = self.streams.get_mut(&key) {
+                            s.next = Some(in_table);
+                        }
+                    } else {
+                        tracing::warn!(table = %table, partition, offset, answer = %msg, "Stream claims rows the table lacks; replacing it.");
+                        self.replace_stream(table, partition, "stream ahead of table")?;
+                    }
+                }
+                Appended::OutOfRange(msg) => {
+                    let in_table = self.table_next(table, partition, stored.floor)?;
+                    if in_table < start {
+                        return Err(SinkError::Gap { table, partition, expected: in_table, got: start });
+                    }
+                    tracing::warn!(table = %table, partition, offset, answer = %msg, "Stream behind the table; replacing it.");
+                    self.replace_stream(table, partition, "stream behind table")?;
+                }
+                Appended::StreamGone(msg) => {
+                    tracing::warn!(table = %table, partition, answer = %msg, "Write stream is gone; replacing it.");
+                    self.replace_stream(table, partition, "stream gone")?;
+                }
+                Appended::Rejected(reason) => {
+                    return Err(SinkError::Rejected { count: fresh.len(), reason });
+                }
+            }
+        }
+        Err(SinkError::Transient(format!(
+            "{table} partition {partition}: no consistent write stream after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError> {
+        let floor = self.streams.get(&(table, partition)).map_or(0, |s| s.stored.floor);
+        self.table_next(table, partition, floor).map(Some)
+    }
+
+    fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {
+        // Dead-lettered rows never reach the table; start a fresh stream after them.
+        let stored = StoredStream { stream: String::new(), base: through_seq + 1, floor: through_seq + 1 };
+        self.persist(table, partition, &stored)?;
+        self.streams.insert((table, partition), StreamState { stored, next: Some(through_seq + 1) });
+        self.replace_stream(table, partition, "rows dead-lettered")
+    }
+}
