@@ -70,6 +70,24 @@ def _connection(self):
 
 DuckDBEngine.connection = property(_connection)
 
+# 4. A bigger default executor. grpc.aio runs the emulator's synchronous AppendRows
+#    handler on the event loop's default executor (min(32, cpus + 4) threads: 6 here).
+#    When a client dies mid-call (the crash tests SIGKILL the processor), the handler
+#    stays blocked on the request iterator and keeps its thread for good; after six
+#    such deaths every new append waits forever. Each dead client now leaks one of 512.
+import concurrent.futures.thread as _cft
+
+_orig_pool_init = _cft.ThreadPoolExecutor.__init__
+
+
+def _pool_init(self, max_workers=None, thread_name_prefix="", *args, **kwargs):
+    if max_workers is None and thread_name_prefix == "asyncio":
+        max_workers = 512
+    _orig_pool_init(self, max_workers, thread_name_prefix, *args, **kwargs)
+
+
+_cft.ThreadPoolExecutor.__init__ = _pool_init
+
 if __name__ == "__main__":
     from bqemulator.cli import main
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job, one command: install what is missing, start a tansu broker on
-# 127.0.0.1, create the topic, produce simulated payments (every kind of fault), run
-# the processor until it has caught up and delivered everything, then reconcile the
-# output against the simulator's manifest and print the table.
+# The main job, one command: install what is missing, start a tansu broker and the
+# BigQuery emulator on 127.0.0.1, create the topic, tables and views, produce
+# simulated payments (every kind of fault), run the processor until it has caught up
+# and delivered everything to BigQuery, then run the reconciliation views against the
+# simulator's manifest and print the PASS/FAIL table.
 #
 # Repeatable: every run starts from a fresh .run/ folder. Tunables (environment):
 #   COUNT (default 100000), PARTITIONS (4), SEED (42).
@@ -50,19 +51,31 @@ echo "==> starting tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage in $RUN/tansu)
 PIDS+=($!)
 wait_port "$KAFKA_PORT"
 
+REST_PORT="$(free_port)"
+GRPC_PORT="$(free_port)"
+echo "==> starting the BigQuery emulator (REST 127.0.0.1:$REST_PORT, gRPC 127.0.0.1:$GRPC_PORT)" >&2
+BQEMU_ENABLE_FORMAT_EXTENSIONS=false "$PAYDEDUP_CACHE/bqemulator-venv/bin/python" \
+  "$ROOT/scripts/bqemu_launcher.py" start --rest-host 127.0.0.1 --rest-port "$REST_PORT" \
+  --grpc-host 127.0.0.1 --grpc-port "$GRPC_PORT" --data-dir "$RUN/bigquery" \
+  --project paydedup-local --log-level warning >"$RUN/bqemulator.log" 2>&1 &
+PIDS+=($!)
+wait_port "$REST_PORT"
+wait_port "$GRPC_PORT"
+BQ=(--bigquery-rest-url "http://127.0.0.1:$REST_PORT" --bigquery-grpc-url "http://127.0.0.1:$GRPC_PORT" --bigquery-no-auth)
+
 echo "==> simulating $COUNT payments into topic 'payments' ($PARTITIONS partitions)" >&2
 "$BIN/paydedup-simulator" --brokers "127.0.0.1:$KAFKA_PORT" --topic payments \
   --create-partitions "$PARTITIONS" --count "$COUNT" --seed "$SEED" \
   --manifest "$RUN/manifest.json"
 
-echo "==> processing until caught up" >&2
+echo "==> processing until caught up and delivered to BigQuery (emulator)" >&2
 START=$(date +%s.%N)
 "$BIN/paydedup-processor" run --brokers "127.0.0.1:$KAFKA_PORT" --topic payments \
-  --state-dir "$RUN/state" --sink "file:$RUN/output" --metrics-addr 127.0.0.1:0 \
-  --exit-when-caught-up --drain --log-format text 2>"$RUN/processor.log"
+  --state-dir "$RUN/state" --sink bigquery:paydedup-local.paydedup "${BQ[@]}" \
+  --metrics-addr 127.0.0.1:0 --exit-when-caught-up --drain --log-format text 2>"$RUN/processor.log"
 END=$(date +%s.%N)
-python3 -c "import sys; d=$END-$START; print(f'processed {$COUNT} records in {d:.1f} s ({$COUNT/d:,.0f} records/s, start-up and final delivery included)')"
+python3 -c "d=$END-$START; print(f'processed and delivered {$COUNT} records in {d:.1f} s ({$COUNT/d:,.0f} records/s, start-up and DDL included)')"
 
-echo "==> reconciling $RUN/output against the manifest" >&2
-"$BIN/paydedup-processor" reconcile --output "file:$RUN/output" --manifest "$RUN/manifest.json"
-"$BIN/paydedup-processor" state --state-dir "$RUN/state"
+echo "==> reconciling BigQuery against the manifest (views in sql/)" >&2
+"$BIN/paydedup-processor" reconcile --output bigquery:paydedup-local.paydedup "${BQ[@]}" \
+  --manifest "$RUN/manifest.json"

@@ -99,12 +99,17 @@ fn topic_partitions(consumer: &BaseConsumer, settings: &Settings) -> anyhow::Res
 
 fn open_sink(spec: &SinkSpec, store: &Arc<StateStore>) -> anyhow::Result<Box<dyn Sink>> {
     match spec {
-        SinkSpec::File(dir) => Ok(Box::new(FileSink::open(dir).with_context(|| {
-            format!("opening the file sink at {}", dir.display())
-        })?)),
+        SinkSpec::File(dir) => {
+            Ok(Box::new(FileSink::open(dir).with_context(|| {
+                format!("opening the file sink at {}", dir.display())
+            })?))
+        }
         SinkSpec::BigQuery(cfg) => Ok(Box::new(
             BigQuerySink::open(cfg, store.clone()).with_context(|| {
-                format!("opening BigQuery {}.{} at {}", cfg.project, cfg.dataset, cfg.rest_url)
+                format!(
+                    "opening BigQuery {}.{} at {}",
+                    cfg.project, cfg.dataset, cfg.rest_url
+                )
             })?,
         )),
     }

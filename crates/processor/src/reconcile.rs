@@ -314,7 +314,11 @@ pub fn reconcile_bigquery(wh: &Warehouse, manifest: Option<&Value>) -> anyhow::R
         ))?;
         let failing = r.get_i64(0, "failing_rows").unwrap_or(-1);
         let total = r.get_i64(0, "total_rows").unwrap_or(0);
-        checks.push(check(format!("view {view}: failing rows (of {total})"), 0, failing));
+        checks.push(check(
+            format!("view {view}: failing rows (of {total})"),
+            0,
+            failing,
+        ));
     }
     let r = wh.query("SELECT payment_rows, distinct_ids FROM `${dataset}.v_exactly_once`")?;
     checks.push(check(
@@ -326,8 +330,13 @@ pub fn reconcile_bigquery(wh: &Warehouse, manifest: Option<&Value>) -> anyhow::R
         return Ok(checks);
     };
     let t = &m["totals"];
-    let count = |sql: &str| -> anyhow::Result<i64> { Ok(wh.query(sql)?.get_i64(0, "n").unwrap_or(-1)) };
-    checks.push(check("manifest_unique: payments", i(&t["unique"]), count("SELECT COUNT(*) AS n FROM `${dataset}.payments`")?));
+    let count =
+        |sql: &str| -> anyhow::Result<i64> { Ok(wh.query(sql)?.get_i64(0, "n").unwrap_or(-1)) };
+    checks.push(check(
+        "manifest_unique: payments",
+        i(&t["unique"]),
+        count("SELECT COUNT(*) AS n FROM `${dataset}.payments`")?,
+    ));
     checks.push(check(
         "manifest_duplicates: dedup_audit kind=duplicate",
         i(&t["duplicate"]) + i(&t["replay"]),
@@ -338,41 +347,71 @@ pub fn reconcile_bigquery(wh: &Warehouse, manifest: Option<&Value>) -> anyhow::R
         i(&t["conflict"]),
         count("SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'conflict'")?,
     ));
-    checks.push(check("manifest_late: late_events", i(&t["late"]), count("SELECT COUNT(*) AS n FROM `${dataset}.late_events`")?));
+    checks.push(check(
+        "manifest_late: late_events",
+        i(&t["late"]),
+        count("SELECT COUNT(*) AS n FROM `${dataset}.late_events`")?,
+    ));
     checks.push(check(
         "manifest_invalid: processing_errors",
         i(&t["malformed"]),
         count("SELECT COUNT(*) AS n FROM `${dataset}.processing_errors`")?,
     ));
-    let codes = wh.query("SELECT error_code, COUNT(*) AS n FROM `${dataset}.processing_errors` GROUP BY error_code")?;
+    let codes = wh.query(
+        "SELECT error_code, COUNT(*) AS n FROM `${dataset}.processing_errors` GROUP BY error_code",
+    )?;
     let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
     for row in 0..codes.rows.len() {
-        by_code.insert(codes.get_str(row, "error_code").unwrap_or_default(), codes.get_i64(row, "n").unwrap_or(0));
+        by_code.insert(
+            codes.get_str(row, "error_code").unwrap_or_default(),
+            codes.get_i64(row, "n").unwrap_or(0),
+        );
     }
     if let Some(expected) = m["malformed_by_code"].as_object() {
         for (code, n) in expected {
-            checks.push(check(format!("manifest_invalid: code {code}"), i(n), by_code.get(code).copied().unwrap_or(0)));
+            checks.push(check(
+                format!("manifest_invalid: code {code}"),
+                i(n),
+                by_code.get(code).copied().unwrap_or(0),
+            ));
         }
     }
-    let parts = wh.query("SELECT source_partition, input_records FROM `${dataset}.v_source_accounting`")?;
+    let parts =
+        wh.query("SELECT source_partition, input_records FROM `${dataset}.v_source_accounting`")?;
     let mut records: BTreeMap<i64, i64> = BTreeMap::new();
     for row in 0..parts.rows.len() {
-        records.insert(parts.get_i64(row, "source_partition").unwrap_or(-1), parts.get_i64(row, "input_records").unwrap_or(0));
+        records.insert(
+            parts.get_i64(row, "source_partition").unwrap_or(-1),
+            parts.get_i64(row, "input_records").unwrap_or(0),
+        );
     }
     if let Some(ps) = m["by_partition"].as_array() {
         for (p, c) in ps.iter().enumerate() {
-            checks.push(check(format!("manifest_records: partition {p}"), i(&c["records"]), records.get(&(p as i64)).copied().unwrap_or(0)));
+            checks.push(check(
+                format!("manifest_records: partition {p}"),
+                i(&c["records"]),
+                records.get(&(p as i64)).copied().unwrap_or(0),
+            ));
         }
     }
-    let sums = wh.query("SELECT currency, SUM(amount_minor) AS s FROM `${dataset}.payments` GROUP BY currency")?;
+    let sums = wh.query(
+        "SELECT currency, SUM(amount_minor) AS s FROM `${dataset}.payments` GROUP BY currency",
+    )?;
     let mut by_currency: BTreeMap<String, i128> = BTreeMap::new();
     for row in 0..sums.rows.len() {
-        by_currency.insert(sums.get_str(row, "currency").unwrap_or_default(), num(sums.get_str(row, "s")));
+        by_currency.insert(
+            sums.get_str(row, "currency").unwrap_or_default(),
+            num(sums.get_str(row, "s")),
+        );
     }
     if let Some(cur) = m["by_currency"].as_object() {
         for (c, v) in cur {
             let expected: i128 = v["unique_amount_minor"].to_string().parse().unwrap_or(-1);
-            checks.push(check(format!("manifest_amount: {c} minor units"), expected, by_currency.get(c).copied().unwrap_or(0)));
+            checks.push(check(
+                format!("manifest_amount: {c} minor units"),
+                expected,
+                by_currency.get(c).copied().unwrap_or(0),
+            ));
         }
     }
     Ok(checks)
@@ -424,7 +463,14 @@ pub fn run(args: &ReconcileArgs) -> anyhow::Result<(String, bool)> {
         Some(("file", dir)) => {
             reconcile_files(Path::new(dir), manifest.as_ref(), args.window_secs)?
         }
-        _ => bail!("unknown output `{}`: expected file:DIR", args.output),
+        Some(("bigquery", target)) => {
+            let wh = Warehouse::connect(&args.bigquery.config(target)?)?;
+            reconcile_bigquery(&wh, manifest.as_ref())?
+        }
+        _ => bail!(
+            "unknown output `{}`: expected file:DIR or bigquery:PROJECT.DATASET",
+            args.output
+        ),
     };
     Ok(render(&checks))
 }

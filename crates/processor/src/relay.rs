@@ -49,6 +49,7 @@ struct Shared {
 pub struct OutboxRelay {
     shared: Arc<Shared>,
     handle: Option<JoinHandle<()>>,
+    metrics: Metrics,
 }
 
 impl OutboxRelay {
@@ -64,6 +65,7 @@ impl OutboxRelay {
         shared.depth.store(initial, Ordering::Release);
         metrics.outbox_depth.set(initial as i64);
         let s = shared.clone();
+        let relay_metrics = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("outbox-relay".into())
             .spawn(move || {
@@ -71,7 +73,7 @@ impl OutboxRelay {
                     store,
                     sink,
                     cfg,
-                    metrics,
+                    metrics: relay_metrics,
                     shared: s.clone(),
                 };
                 if let Err(e) = worker.run() {
@@ -84,6 +86,7 @@ impl OutboxRelay {
         Ok(OutboxRelay {
             shared,
             handle: Some(handle),
+            metrics,
         })
     }
 
@@ -98,7 +101,8 @@ impl OutboxRelay {
 
     /// Tells the relay that `rows` more rows were committed.
     pub fn committed(&self, rows: u64) {
-        self.shared.depth.fetch_add(rows, Ordering::AcqRel);
+        let depth = self.shared.depth.fetch_add(rows, Ordering::AcqRel) + rows;
+        self.metrics.outbox_depth.set(depth as i64);
         let (lock, cv) = &self.shared.wake;
         if let Ok(mut w) = lock.lock() {
             *w = true;

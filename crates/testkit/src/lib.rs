@@ -233,8 +233,18 @@ impl Emulator {
         let child = Command::new(emulator_python()?)
             .arg(emulator_launcher())
             .arg("start")
-            .args(["--rest-host", "127.0.0.1", "--rest-port", &self.rest_port.to_string()])
-            .args(["--grpc-host", "127.0.0.1", "--grpc-port", &self.grpc_port.to_string()])
+            .args([
+                "--rest-host",
+                "127.0.0.1",
+                "--rest-port",
+                &self.rest_port.to_string(),
+            ])
+            .args([
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                &self.grpc_port.to_string(),
+            ])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--project", &self.project, "--log-level", "warning"])

@@ -62,14 +62,17 @@ pub fn processor_command(
     c.arg("run")
         .args(["--brokers", &broker.bootstrap(), "--topic", topic])
         .arg("--state-dir")
-        .arg(state)
-        .arg("--sink")
-        .arg(format!("file:{}", output.display()))
-        .args([
+        .arg(state);
+    if !extra.contains(&"--sink") {
+        c.arg("--sink").arg(format!("file:{}", output.display()));
+    }
+    if !extra.contains(&"--metrics-addr") {
+        c.args([
             "--metrics-addr",
             &format!("127.0.0.1:{}", free_port().unwrap()),
-        ])
-        .args(["--log-format", "text"])
+        ]);
+    }
+    c.args(["--log-format", "text"])
         .args(extra)
         .env("RUST_LOG", "warn");
     c
@@ -269,28 +272,59 @@ pub fn bigquery_flags(emu: &paydedup_testkit::Emulator, dataset: &str) -> Vec<St
 }
 
 /// Runs `reconcile` against an emulator dataset; returns (passed, table).
-pub fn reconcile_bigquery(emu: &paydedup_testkit::Emulator, dataset: &str, manifest: &Path) -> (bool, String) {
+pub fn reconcile_bigquery(
+    emu: &paydedup_testkit::Emulator,
+    dataset: &str,
+    manifest: &Path,
+) -> (bool, String) {
     let out = Command::new(binary("paydedup-processor").unwrap())
-        .args(["reconcile", "--output", &format!("bigquery:{}.{dataset}", emu.project)])
+        .args([
+            "reconcile",
+            "--output",
+            &format!("bigquery:{}.{dataset}", emu.project),
+        ])
         .args(["--bigquery-rest-url", &emu.rest_url(), "--bigquery-no-auth"])
         .arg("--manifest")
         .arg(manifest)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 /// Runs a query on the emulator through its REST API and returns the rows' cells.
 pub fn emulator_query(emu: &paydedup_testkit::Emulator, sql: &str) -> Vec<Vec<Value>> {
     let body = serde_json::json!({"query": sql, "useLegacySql": false, "maxResults": 100000});
-    let url = format!("{}/bigquery/v2/projects/{}/queries", emu.rest_url(), emu.project);
+    let url = format!(
+        "{}/bigquery/v2/projects/{}/queries",
+        emu.rest_url(),
+        emu.project
+    );
     let text = http_post_json(&url, &body.to_string());
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(v.get("errors").is_none_or(|e| e.as_array().is_none_or(|a| a.is_empty())), "query failed: {v}");
+    assert!(
+        v.get("errors")
+            .is_none_or(|e| e.as_array().is_none_or(|a| a.is_empty())),
+        "query failed: {v}"
+    );
     v["rows"]
         .as_array()
-        .map(|rows| rows.iter().map(|r| r["f"].as_array().unwrap().iter().map(|c| c["v"].clone()).collect()).collect())
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    r["f"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c["v"].clone())
+                        .collect()
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -310,7 +344,10 @@ pub fn http_post_json(url: &str, body: &str) -> String {
     s.read_to_end(&mut resp).unwrap();
     let text = String::from_utf8_lossy(&resp).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -319,8 +356,7 @@ pub fn http_post_json(url: &str, body: &str) -> String {
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
-    loop {
-        let Some((size, rest)) = s.split_once("\r\n") else { break };
+    while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
         if n == 0 {
             break;
@@ -335,7 +371,11 @@ fn dechunk(mut s: &str) -> String {
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())

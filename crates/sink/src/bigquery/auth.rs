@@ -35,9 +35,14 @@ impl TokenSource {
                 .map(TokenSource::Static)
                 .map_err(|_| SinkError::Fatal(format!("environment variable {var} is not set"))),
             Credentials::ServiceAccountKey(path) => {
-                let key = yup_oauth2::read_service_account_key(path).await.map_err(|e| {
-                    SinkError::Fatal(format!("reading service-account key {}: {e}", path.display()))
-                })?;
+                let key = yup_oauth2::read_service_account_key(path)
+                    .await
+                    .map_err(|e| {
+                        SinkError::Fatal(format!(
+                            "reading service-account key {}: {e}",
+                            path.display()
+                        ))
+                    })?;
                 let auth = yup_oauth2::ServiceAccountAuthenticator::builder(key)
                     .build()
                     .await

@@ -16,7 +16,7 @@
 //! - [`schema`]: columns, writer descriptors, JSON → protobuf rows.
 //! - [`write`]: the Storage Write gRPC calls.
 //! - [`rest`]: datasets, DDL, queries.
-//! - [`auth`]: credentials.
+//! - [`auth`]: which credentials to send.
 
 pub mod auth;
 pub mod rest;
@@ -38,8 +38,14 @@ use write::{Appended, Writer};
 
 /// The DDL applied on open (idempotent).
 pub const SQL_FILES: [(&str, &str); 2] = [
-    ("001_tables.sql", include_str!("../../../../sql/001_tables.sql")),
-    ("002_reconciliation_views.sql", include_str!("../../../../sql/002_reconciliation_views.sql")),
+    (
+        "001_tables.sql",
+        include_str!("../../../../sql/001_tables.sql"),
+    ),
+    (
+        "002_reconciliation_views.sql",
+        include_str!("../../../../sql/002_reconciliation_views.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -57,8 +63,12 @@ impl BigQueryConfig {
     /// Parses `PROJECT.DATASET`.
     pub fn parse_target(target: &str) -> Result<(String, String), SinkError> {
         match target.split_once('.') {
-            Some((p, d)) if !p.is_empty() && !d.is_empty() && !d.contains('.') => Ok((p.to_owned(), d.to_owned())),
-            _ => Err(SinkError::Fatal(format!("expected PROJECT.DATASET, got `{target}`"))),
+            Some((p, d)) if !p.is_empty() && !d.is_empty() && !d.contains('.') => {
+                Ok((p.to_owned(), d.to_owned()))
+            }
+            _ => Err(SinkError::Fatal(format!(
+                "expected PROJECT.DATASET, got `{target}`"
+            ))),
         }
     }
 }
@@ -79,7 +89,12 @@ impl Warehouse {
             .map_err(|e| SinkError::Fatal(format!("starting the I/O runtime: {e}")))?;
         let token = rt.block_on(TokenSource::new(&cfg.credentials))?;
         let rest = Rest::new(&cfg.rest_url, &cfg.project, token.clone())?;
-        Ok(Warehouse { rt, rest, token, cfg: cfg.clone() })
+        Ok(Warehouse {
+            rt,
+            rest,
+            token,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Creates the dataset, the tables and the views (idempotent).
@@ -131,7 +146,12 @@ impl BigQuerySink {
         let wh = Warehouse::connect(cfg)?;
         wh.apply_ddl()?;
         let writer = Writer::new(&cfg.grpc_url, wh.token.clone());
-        Ok(BigQuerySink { wh, writer, store, streams: HashMap::new() })
+        Ok(BigQuerySink {
+            wh,
+            writer,
+            store,
+            streams: HashMap::new(),
+        })
     }
 
     fn table_path(&self, table: Table) -> String {
@@ -162,14 +182,27 @@ impl BigQuerySink {
 
     /// Opens a new COMMITTED stream whose offset 0 is the table's next sequence.
     fn replace_stream(&mut self, table: Table, partition: i32, why: &str) -> Result<(), SinkError> {
-        let floor = self.streams.get(&(table, partition)).map_or(0, |s| s.stored.floor);
+        let floor = self
+            .streams
+            .get(&(table, partition))
+            .map_or(0, |s| s.stored.floor);
         let next = self.table_next(table, partition, floor)?;
         let path = self.table_path(table);
         let name = self.wh.rt.block_on(self.writer.create_stream(&path))?;
         tracing::info!(table = %table, partition, base = next, reason = why, "Opened a new BigQuery write stream.");
-        let stored = StoredStream { stream: name, base: next, floor };
+        let stored = StoredStream {
+            stream: name,
+            base: next,
+            floor,
+        };
         self.persist(table, partition, &stored)?;
-        self.streams.insert((table, partition), StreamState { stored, next: Some(next) });
+        self.streams.insert(
+            (table, partition),
+            StreamState {
+                stored,
+                next: Some(next),
+            },
+        );
         Ok(())
     }
 
@@ -186,7 +219,8 @@ impl BigQuerySink {
             None => StoredStream::default(),
         };
         let empty = stored.stream.is_empty();
-        self.streams.insert((table, partition), StreamState { stored, next: None });
+        self.streams
+            .insert((table, partition), StreamState { stored, next: None });
         if empty {
             self.replace_stream(table, partition, "no stream yet")?;
         }
@@ -221,7 +255,10 @@ impl Sink for BigQuerySink {
             };
             let skip = plan_append(table, partition, next, first_seq, rows.len())?;
             if skip == rows.len() {
-                return Ok(AppendOutcome { written: 0, already_present: skip });
+                return Ok(AppendOutcome {
+                    written: 0,
+                    already_present: skip,
+                });
             }
             let start = first_seq + skip as u64;
             if start < stored.base {
@@ -233,18 +270,24 @@ impl Sink for BigQuerySink {
                 .iter()
                 .map(|r| schema::encode_row(table, r))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|reason| SinkError::Rejected { count: fresh.len(), reason })?;
+                .map_err(|reason| SinkError::Rejected {
+                    count: fresh.len(),
+                    reason,
+                })?;
             let offset = (start - stored.base) as i64;
-            let answer = self
-                .wh
-                .rt
-                .block_on(self.writer.append(table, &stored.stream, offset, encoded))?;
+            let answer =
+                self.wh
+                    .rt
+                    .block_on(self.writer.append(table, &stored.stream, offset, encoded))?;
             match answer {
                 Appended::Ok => {
                     if let Some(s) = self.streams.get_mut(&key) {
                         s.next = Some(start + fresh.len() as u64);
                     }
-                    return Ok(AppendOutcome { written: fresh.len(), already_present: skip });
+                    return Ok(AppendOutcome {
+                        written: fresh.len(),
+                        already_present: skip,
+                    });
                 }
                 Appended::AlreadyExists(msg) => {
                     // Are the rows in the table? The table is the truth.
@@ -261,7 +304,12 @@ impl Sink for BigQuerySink {
                 Appended::OutOfRange(msg) => {
                     let in_table = self.table_next(table, partition, stored.floor)?;
                     if in_table < start {
-                        return Err(SinkError::Gap { table, partition, expected: in_table, got: start });
+                        return Err(SinkError::Gap {
+                            table,
+                            partition,
+                            expected: in_table,
+                            got: start,
+                        });
                     }
                     tracing::warn!(table = %table, partition, offset, answer = %msg, "Stream behind the table; replacing it.");
                     self.replace_stream(table, partition, "stream behind table")?;
@@ -271,7 +319,10 @@ impl Sink for BigQuerySink {
                     self.replace_stream(table, partition, "stream gone")?;
                 }
                 Appended::Rejected(reason) => {
-                    return Err(SinkError::Rejected { count: fresh.len(), reason });
+                    return Err(SinkError::Rejected {
+                        count: fresh.len(),
+                        reason,
+                    });
                 }
             }
         }
@@ -281,15 +332,28 @@ impl Sink for BigQuerySink {
     }
 
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError> {
-        let floor = self.streams.get(&(table, partition)).map_or(0, |s| s.stored.floor);
+        let floor = self
+            .streams
+            .get(&(table, partition))
+            .map_or(0, |s| s.stored.floor);
         self.table_next(table, partition, floor).map(Some)
     }
 
     fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {
         // Dead-lettered rows never reach the table; start a fresh stream after them.
-        let stored = StoredStream { stream: String::new(), base: through_seq + 1, floor: through_seq + 1 };
+        let stored = StoredStream {
+            stream: String::new(),
+            base: through_seq + 1,
+            floor: through_seq + 1,
+        };
         self.persist(table, partition, &stored)?;
-        self.streams.insert((table, partition), StreamState { stored, next: Some(through_seq + 1) });
+        self.streams.insert(
+            (table, partition),
+            StreamState {
+                stored,
+                next: Some(through_seq + 1),
+            },
+        );
         self.replace_stream(table, partition, "rows dead-lettered")
     }
 }

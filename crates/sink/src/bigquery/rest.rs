@@ -78,11 +78,21 @@ impl Rest {
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        if let Some(errors) = body.get("errors").and_then(Value::as_array).filter(|e| !e.is_empty()) {
-            return Err(SinkError::Fatal(format!("BigQuery: {}", Value::Array(errors.clone()))));
+        if let Some(errors) = body
+            .get("errors")
+            .and_then(Value::as_array)
+            .filter(|e| !e.is_empty())
+        {
+            return Err(SinkError::Fatal(format!(
+                "BigQuery: {}",
+                Value::Array(errors.clone())
+            )));
         }
         if let Some(err) = body.get("error").filter(|e| !e.is_null()) {
-            let code = err.get("code").and_then(Value::as_i64).unwrap_or(status.as_u16() as i64);
+            let code = err
+                .get("code")
+                .and_then(Value::as_i64)
+                .unwrap_or(status.as_u16() as i64);
             return Err(if code == 409 {
                 SinkError::Fatal(format!("already exists: {err}"))
             } else if code >= 500 || code == 429 {
@@ -106,7 +116,13 @@ impl Rest {
         let body = json!({"datasetReference": {"projectId": self.project, "datasetId": dataset}});
         match self.send(self.http.post(url).json(&body)).await {
             Ok(_) => Ok(()),
-            Err(SinkError::Fatal(m)) if m.starts_with("already exists") || m.contains("Already Exists") || m.contains("already exists") => Ok(()),
+            Err(SinkError::Fatal(m))
+                if m.starts_with("already exists")
+                    || m.contains("Already Exists")
+                    || m.contains("already exists") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -130,16 +146,25 @@ impl Rest {
             tokio::time::sleep(Duration::from_millis(200)).await;
             waited += 1;
             if waited > 600 {
-                return Err(SinkError::Transient("query did not complete in 2 minutes".into()));
+                return Err(SinkError::Transient(
+                    "query did not complete in 2 minutes".into(),
+                ));
             }
             let url = format!("{}/projects/{}/queries/{job}", self.base, self.project);
             page = self.send(self.http.get(url)).await?;
         }
         let columns: Vec<String> = page["schema"]["fields"]
             .as_array()
-            .map(|f| f.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
+            .map(|f| {
+                f.iter()
+                    .filter_map(|x| x["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
-        let mut result = QueryResult { columns, rows: Vec::new() };
+        let mut result = QueryResult {
+            columns,
+            rows: Vec::new(),
+        };
         loop {
             if let Some(rows) = page["rows"].as_array() {
                 for r in rows {
@@ -155,7 +180,11 @@ impl Rest {
             };
             let url = format!("{}/projects/{}/queries/{job}", self.base, self.project);
             page = self
-                .send(self.http.get(url).query(&[("pageToken", token), ("maxResults", "10000")]))
+                .send(
+                    self.http
+                        .get(url)
+                        .query(&[("pageToken", token), ("maxResults", "10000")]),
+                )
                 .await?;
         }
         Ok(result)
@@ -200,9 +229,13 @@ mod tests {
     fn splits_our_sql_files() {
         let tables = split_statements(include_str!("../../../../sql/001_tables.sql"));
         assert_eq!(tables.len(), 5);
-        assert!(tables.iter().all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
+        assert!(tables
+            .iter()
+            .all(|s| s.starts_with("CREATE TABLE IF NOT EXISTS")));
         let views = split_statements(include_str!("../../../../sql/002_reconciliation_views.sql"));
         assert!(views.len() >= 5);
-        assert!(views.iter().all(|s| s.starts_with("CREATE OR REPLACE VIEW")));
+        assert!(views
+            .iter()
+            .all(|s| s.starts_with("CREATE OR REPLACE VIEW")));
     }
 }

@@ -177,7 +177,13 @@ pub fn encode_row(table: Table, row: &[u8]) -> Result<Vec<u8>, std::string::Stri
         if value.is_null() {
             continue;
         }
-        let bad = || format!("column {} of {} has an unexpected value", col.name, table.name());
+        let bad = || {
+            format!(
+                "column {} of {} has an unexpected value",
+                col.name,
+                table.name()
+            )
+        };
         match col.ty {
             String => {
                 let s = value.as_str().ok_or_else(bad)?.to_owned();
@@ -205,7 +211,9 @@ pub fn encode_row(table: Table, row: &[u8]) -> Result<Vec<u8>, std::string::Stri
             }
             Timestamp => {
                 let micros = match value {
-                    Value::String(s) => DateTime::parse_from_rfc3339(s).map_err(|_| bad())?.timestamp_micros(),
+                    Value::String(s) => DateTime::parse_from_rfc3339(s)
+                        .map_err(|_| bad())?
+                        .timestamp_micros(),
                     Value::Number(n) => n.as_i64().ok_or_else(bad)?,
                     _ => return Err(bad()),
                 };
@@ -234,7 +242,14 @@ mod tests {
         let sql = include_str!("../../../../sql/001_tables.sql");
         let mut out = Vec::new();
         for stmt in sql.split("CREATE TABLE IF NOT EXISTS").skip(1) {
-            let name = stmt.split('.').nth(1).unwrap().split('`').next().unwrap().to_owned();
+            let name = stmt
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .split('`')
+                .next()
+                .unwrap()
+                .to_owned();
             let body = stmt.split_once('(').unwrap().1;
             let cols = body
                 .lines()

@@ -5,7 +5,9 @@
 //! it re-exports, against a configurable endpoint (the emulator or Google, with TLS and
 //! a bearer token for the latter).
 
-use gcp_bigquery_client::google::cloud::bigquery::storage::v1::append_rows_request::{ProtoData, Rows};
+use gcp_bigquery_client::google::cloud::bigquery::storage::v1::append_rows_request::{
+    ProtoData, Rows,
+};
 use gcp_bigquery_client::google::cloud::bigquery::storage::v1::append_rows_response::Response;
 use gcp_bigquery_client::google::cloud::bigquery::storage::v1::big_query_write_client::BigQueryWriteClient;
 use gcp_bigquery_client::google::cloud::bigquery::storage::v1::write_stream::Type as StreamType;
@@ -20,6 +22,10 @@ use tonic::Code;
 use crate::bigquery::auth::TokenSource;
 use crate::bigquery::schema;
 use crate::SinkError;
+
+/// The longest any one call may take; beyond it the connection is dropped and the
+/// call is a transient error (retried by the relay), never a hang.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How one append ended.
 #[derive(Debug)]
@@ -67,8 +73,9 @@ impl Writer {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let mut ep = Channel::from_shared(self.endpoint.clone())
-            .map_err(|e| SinkError::Fatal(format!("bad Storage Write endpoint {}: {e}", self.endpoint)))?;
+        let mut ep = Channel::from_shared(self.endpoint.clone()).map_err(|e| {
+            SinkError::Fatal(format!("bad Storage Write endpoint {}: {e}", self.endpoint))
+        })?;
         if self.endpoint.starts_with("https://") {
             let host = self
                 .endpoint
@@ -118,7 +125,14 @@ impl Writer {
                 &format!("parent={table_path}"),
             )
             .await?;
-        match c.create_write_stream(req).await {
+        let answer = tokio::time::timeout(CALL_TIMEOUT, c.create_write_stream(req))
+            .await
+            .map_err(|_| {
+                SinkError::Transient(format!(
+                    "creating a write stream got no answer in {CALL_TIMEOUT:?}"
+                ))
+            })?;
+        match answer {
             Ok(r) => Ok(r.into_inner().name),
             Err(s) if s.code() == Code::NotFound => Err(SinkError::Fatal(format!(
                 "table {table_path} does not exist (run the DDL in sql/): {}",
@@ -150,27 +164,41 @@ impl Writer {
                 writer_schema: Some(ProtoSchema {
                     proto_descriptor: Some(schema::descriptor(table)),
                 }),
-                rows: Some(ProtoRows { serialized_rows: rows }),
+                rows: Some(ProtoRows {
+                    serialized_rows: rows,
+                }),
             })),
             ..Default::default()
         };
         let req = self
-            .request(tokio_stream::iter(vec![msg]), &format!("write_stream={stream}"))
+            .request(
+                tokio_stream::iter(vec![msg]),
+                &format!("write_stream={stream}"),
+            )
             .await?;
-        let mut responses = match c.append_rows(req).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                if !matches!(s.code(), Code::NotFound | Code::AlreadyExists | Code::OutOfRange | Code::InvalidArgument) {
-                    self.client = None;
-                }
-                return classify_status(&s);
+        let call = tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut responses = c.append_rows(req).await?.into_inner();
+            responses.message().await
+        })
+        .await;
+        let first = match call {
+            Err(_) => {
+                self.client = None;
+                return Err(SinkError::Transient(format!(
+                    "append to {stream} got no answer in {CALL_TIMEOUT:?}"
+                )));
             }
-        };
-        let first = match responses.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(SinkError::Transient("append stream closed without an answer".into())),
-            Err(s) => {
-                if !matches!(s.code(), Code::NotFound | Code::AlreadyExists | Code::OutOfRange | Code::InvalidArgument) {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => {
+                return Err(SinkError::Transient(
+                    "append stream closed without an answer".into(),
+                ))
+            }
+            Ok(Err(s)) => {
+                if !matches!(
+                    s.code(),
+                    Code::NotFound | Code::AlreadyExists | Code::OutOfRange | Code::InvalidArgument
+                ) {
                     self.client = None;
                 }
                 return classify_status(&s);
@@ -197,7 +225,9 @@ impl Writer {
                     _ => Err(SinkError::Transient(msg)),
                 }
             }
-            None => Err(SinkError::Transient("append answered without a result".into())),
+            None => Err(SinkError::Transient(
+                "append answered without a result".into(),
+            )),
         }
     }
 }
