@@ -8,4 +8,4 @@ source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 # Release profile: the same RocksDB build as the local run, and realistic speed for
 # the crash and retention tests. `integration` turns on the broker tests.
-cargo test --release --locked --workspace --all-targets --all-features -- --test-threads 2 "$@"
+cargo test --release --locked --workspace --all-targets --all-features --no-fail-fast -- --test-threads 2 "$@"

@@ -10,6 +10,17 @@ use common::*;
 use paydedup_testkit::{binary, free_port, Broker, Emulator};
 use rand::{Rng, SeedableRng};
 
+/// The metrics page; retried, since a scrape can race the processor's busy moments.
+fn scrape(addr: &str) -> String {
+    for _ in 0..50 {
+        if let Some(body) = http_get(addr, "/metrics").filter(|b| b.contains("paydedup_")) {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no metrics from {addr}");
+}
+
 fn args(flags: &[String]) -> Vec<&str> {
     flags.iter().map(String::as_str).collect()
 }
@@ -194,14 +205,14 @@ fn emulator_outage_pauses_then_resumes_without_loss() {
     let mut paused = false;
     for _ in 0..80 {
         std::thread::sleep(Duration::from_millis(250));
-        let body = http_get(&metrics, "/metrics").unwrap_or_default();
+        let body = scrape(&metrics);
         if gauge(&body, "paydedup_consumer_paused") == 1 {
             paused = true;
             break;
         }
     }
     assert!(paused, "the consumer never paused while the sink was down");
-    let body = http_get(&metrics, "/metrics").unwrap_or_default();
+    let body = scrape(&metrics);
     let depth = gauge(&body, "paydedup_outbox_depth_rows");
     let consumed = gauge(&body, "paydedup_next_offset{");
     assert!(
@@ -214,7 +225,7 @@ fn emulator_outage_pauses_then_resumes_without_loss() {
     );
     // While paused, consumption stands still.
     std::thread::sleep(Duration::from_secs(2));
-    let body = http_get(&metrics, "/metrics").unwrap_or_default();
+    let body = scrape(&metrics);
     assert_eq!(
         gauge(&body, "paydedup_next_offset{"),
         consumed,
