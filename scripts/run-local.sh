@@ -16,7 +16,7 @@ SEED="${SEED:-42}"
 
 "$ROOT/scripts/setup.sh"
 echo "==> building (release; the first build compiles RocksDB and takes a while)" >&2
-cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" \
+cargo build --release --locked --all-features --manifest-path "$ROOT/Cargo.toml" \
   -p paydedup-simulator -p paydedup-processor >&2
 BIN="$CARGO_TARGET_DIR/release"
 

@@ -6,6 +6,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-# Release profile: the same RocksDB build as the local run, and realistic speed for
+# Release profile and all features: the same build as the local run (no rebuild when
+# switching between them), and realistic speed for
 # the crash and retention tests. `integration` turns on the broker tests.
 cargo test --release --locked --workspace --all-targets --all-features --no-fail-fast -- --test-threads 2 "$@"
