@@ -214,78 +214,30 @@ pub fn reconcile_files(
     ));
 
     if let Some(m) = manifest {
-        let t = &m["totals"];
-        let dups = audit.iter().filter(|r| r["kind"] == "duplicate").count();
-        let conflicts = audit.iter().filter(|r| r["kind"] == "conflict").count();
-        checks.push(check(
-            "manifest_unique: payments",
-            i(&t["unique"]),
-            payments.len(),
-        ));
-        checks.push(check(
-            "manifest_duplicates: dedup_audit kind=duplicate",
-            i(&t["duplicate"]) + i(&t["replay"]),
-            dups,
-        ));
-        checks.push(check(
-            "manifest_conflicts: dedup_audit kind=conflict",
-            i(&t["conflict"]),
-            conflicts,
-        ));
-        checks.push(check(
-            "manifest_late: late_events",
-            i(&t["late"]),
-            late.len(),
-        ));
-        checks.push(check(
-            "manifest_invalid: processing_errors",
-            i(&t["malformed"]),
-            errors.len(),
-        ));
-        let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
+        let mut observed = Observed {
+            payments: payments.len() as i64,
+            duplicates: audit.iter().filter(|r| r["kind"] == "duplicate").count() as i64,
+            conflicts: audit.iter().filter(|r| r["kind"] == "conflict").count() as i64,
+            late: late.len() as i64,
+            invalid: errors.len() as i64,
+            ..Observed::default()
+        };
         for e in &errors {
-            *by_code
+            *observed
+                .invalid_by_code
                 .entry(e["error_code"].as_str().unwrap_or("").to_owned())
                 .or_default() += 1;
         }
-        if let Some(expected) = m["malformed_by_code"].as_object() {
-            for (code, n) in expected {
-                checks.push(check(
-                    format!("manifest_invalid: code {code}"),
-                    i(n),
-                    by_code.get(code).copied().unwrap_or(0),
-                ));
-            }
-        }
-        let mut records: BTreeMap<i64, usize> = BTreeMap::new();
         for (p, offs) in &offsets {
-            records.insert(*p, offs.len());
+            observed.records_by_partition.insert(*p, offs.len() as i64);
         }
-        if let Some(parts) = m["by_partition"].as_array() {
-            for (p, c) in parts.iter().enumerate() {
-                checks.push(check(
-                    format!("manifest_records: partition {p}"),
-                    i(&c["records"]),
-                    records.get(&(p as i64)).copied().unwrap_or(0),
-                ));
-            }
-        }
-        let mut sums: BTreeMap<String, i128> = BTreeMap::new();
         for r in &payments {
-            *sums
+            *observed
+                .amount_by_currency
                 .entry(r["currency"].as_str().unwrap_or("").to_owned())
                 .or_default() += i128::from(i(&r["amount_minor"]));
         }
-        if let Some(cur) = m["by_currency"].as_object() {
-            for (c, v) in cur {
-                let expected: i128 = v["unique_amount_minor"].to_string().parse().unwrap_or(-1);
-                checks.push(check(
-                    format!("manifest_amount: {c} minor units"),
-                    expected,
-                    sums.get(c).copied().unwrap_or(0),
-                ));
-            }
-        }
+        checks.extend(manifest_checks(&observed, m));
     }
     Ok(checks)
 }
@@ -329,80 +281,105 @@ pub fn reconcile_bigquery(wh: &Warehouse, manifest: Option<&Value>) -> anyhow::R
     let Some(m) = manifest else {
         return Ok(checks);
     };
-    let t = &m["totals"];
     let count =
         |sql: &str| -> anyhow::Result<i64> { Ok(wh.query(sql)?.get_i64(0, "n").unwrap_or(-1)) };
-    checks.push(check(
-        "manifest_unique: payments",
-        i(&t["unique"]),
-        count("SELECT COUNT(*) AS n FROM `${dataset}.payments`")?,
-    ));
-    checks.push(check(
-        "manifest_duplicates: dedup_audit kind=duplicate",
-        i(&t["duplicate"]) + i(&t["replay"]),
-        count("SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'duplicate'")?,
-    ));
-    checks.push(check(
-        "manifest_conflicts: dedup_audit kind=conflict",
-        i(&t["conflict"]),
-        count("SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'conflict'")?,
-    ));
-    checks.push(check(
-        "manifest_late: late_events",
-        i(&t["late"]),
-        count("SELECT COUNT(*) AS n FROM `${dataset}.late_events`")?,
-    ));
-    checks.push(check(
-        "manifest_invalid: processing_errors",
-        i(&t["malformed"]),
-        count("SELECT COUNT(*) AS n FROM `${dataset}.processing_errors`")?,
-    ));
+    let mut observed = Observed {
+        payments: count("SELECT COUNT(*) AS n FROM `${dataset}.payments`")?,
+        duplicates: count(
+            "SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'duplicate'",
+        )?,
+        conflicts: count(
+            "SELECT COUNT(*) AS n FROM `${dataset}.dedup_audit` WHERE kind = 'conflict'",
+        )?,
+        late: count("SELECT COUNT(*) AS n FROM `${dataset}.late_events`")?,
+        invalid: count("SELECT COUNT(*) AS n FROM `${dataset}.processing_errors`")?,
+        ..Observed::default()
+    };
     let codes = wh.query(
         "SELECT error_code, COUNT(*) AS n FROM `${dataset}.processing_errors` GROUP BY error_code",
     )?;
-    let mut by_code: BTreeMap<String, i64> = BTreeMap::new();
     for row in 0..codes.rows.len() {
-        by_code.insert(
+        observed.invalid_by_code.insert(
             codes.get_str(row, "error_code").unwrap_or_default(),
             codes.get_i64(row, "n").unwrap_or(0),
         );
     }
+    let parts =
+        wh.query("SELECT source_partition, input_records FROM `${dataset}.v_source_accounting`")?;
+    for row in 0..parts.rows.len() {
+        observed.records_by_partition.insert(
+            parts.get_i64(row, "source_partition").unwrap_or(-1),
+            parts.get_i64(row, "input_records").unwrap_or(0),
+        );
+    }
+    let sums = wh.query(
+        "SELECT currency, SUM(amount_minor) AS s FROM `${dataset}.payments` GROUP BY currency",
+    )?;
+    for row in 0..sums.rows.len() {
+        observed.amount_by_currency.insert(
+            sums.get_str(row, "currency").unwrap_or_default(),
+            num(sums.get_str(row, "s")),
+        );
+    }
+    checks.extend(manifest_checks(&observed, m));
+    Ok(checks)
+}
+
+/// What the output holds, in the terms of the simulator's manifest.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub payments: i64,
+    pub duplicates: i64,
+    pub conflicts: i64,
+    pub late: i64,
+    pub invalid: i64,
+    pub invalid_by_code: BTreeMap<String, i64>,
+    pub records_by_partition: BTreeMap<i64, i64>,
+    pub amount_by_currency: BTreeMap<String, i128>,
+}
+
+/// The ground-truth checks: the same for every kind of output.
+pub fn manifest_checks(o: &Observed, m: &Value) -> Vec<Check> {
+    let t = &m["totals"];
+    let mut checks = vec![
+        check("manifest_unique: payments", i(&t["unique"]), o.payments),
+        check(
+            "manifest_duplicates: dedup_audit kind=duplicate",
+            i(&t["duplicate"]) + i(&t["replay"]),
+            o.duplicates,
+        ),
+        check(
+            "manifest_conflicts: dedup_audit kind=conflict",
+            i(&t["conflict"]),
+            o.conflicts,
+        ),
+        check("manifest_late: late_events", i(&t["late"]), o.late),
+        check(
+            "manifest_invalid: processing_errors",
+            i(&t["malformed"]),
+            o.invalid,
+        ),
+    ];
     if let Some(expected) = m["malformed_by_code"].as_object() {
         for (code, n) in expected {
             checks.push(check(
                 format!("manifest_invalid: code {code}"),
                 i(n),
-                by_code.get(code).copied().unwrap_or(0),
+                o.invalid_by_code.get(code).copied().unwrap_or(0),
             ));
         }
     }
-    let parts =
-        wh.query("SELECT source_partition, input_records FROM `${dataset}.v_source_accounting`")?;
-    let mut records: BTreeMap<i64, i64> = BTreeMap::new();
-    for row in 0..parts.rows.len() {
-        records.insert(
-            parts.get_i64(row, "source_partition").unwrap_or(-1),
-            parts.get_i64(row, "input_records").unwrap_or(0),
-        );
-    }
-    if let Some(ps) = m["by_partition"].as_array() {
-        for (p, c) in ps.iter().enumerate() {
+    if let Some(parts) = m["by_partition"].as_array() {
+        for (p, c) in parts.iter().enumerate() {
             checks.push(check(
                 format!("manifest_records: partition {p}"),
                 i(&c["records"]),
-                records.get(&(p as i64)).copied().unwrap_or(0),
+                o.records_by_partition
+                    .get(&(p as i64))
+                    .copied()
+                    .unwrap_or(0),
             ));
         }
-    }
-    let sums = wh.query(
-        "SELECT currency, SUM(amount_minor) AS s FROM `${dataset}.payments` GROUP BY currency",
-    )?;
-    let mut by_currency: BTreeMap<String, i128> = BTreeMap::new();
-    for row in 0..sums.rows.len() {
-        by_currency.insert(
-            sums.get_str(row, "currency").unwrap_or_default(),
-            num(sums.get_str(row, "s")),
-        );
     }
     if let Some(cur) = m["by_currency"].as_object() {
         for (c, v) in cur {
@@ -410,11 +387,11 @@ pub fn reconcile_bigquery(wh: &Warehouse, manifest: Option<&Value>) -> anyhow::R
             checks.push(check(
                 format!("manifest_amount: {c} minor units"),
                 expected,
-                by_currency.get(c).copied().unwrap_or(0),
+                o.amount_by_currency.get(c).copied().unwrap_or(0),
             ));
         }
     }
-    Ok(checks)
+    checks
 }
 
 /// Formats the table; returns (text, all passed).
