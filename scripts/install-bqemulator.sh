@@ -11,7 +11,16 @@ if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "import bqemulator, nump
 fi
 echo "installing bqemulator $VERSION into $VENV" >&2
 mkdir -p "$CACHE"
-python3 -m venv "$VENV"
+if ! python3 -m venv "$VENV" 2>/dev/null; then
+  # Debian's python3 ships venv separately.
+  echo "installing python3-venv" >&2
+  SUDO=""
+  if [[ "$(id -u)" != "0" ]]; then SUDO="sudo"; fi
+  rm -rf "$VENV"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  python3 -m venv "$VENV"
+fi
 # duckdb is pinned: the launcher's per-thread cursor patch was verified against 2.0.0.
 "$VENV/bin/pip" install --quiet "bqemulator==$VERSION" numpy "duckdb==2.0.0"
 "$VENV/bin/python" -c "import bqemulator" >&2
