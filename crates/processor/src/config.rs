@@ -349,7 +349,11 @@ impl Settings {
         if self.log_format != "json" && self.log_format != "text" {
             bail!("--log-format must be json or text, got {}", self.log_format);
         }
-        for key in ["enable.auto.commit", "enable.auto.offset.store"] {
+        for key in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "auto.offset.reset",
+        ] {
             if self.kafka.contains_key(key) {
                 bail!(
                     "kafka property {key} is managed by paydedup (offsets live in the state store)"

@@ -44,6 +44,9 @@ fn consumer(settings: &Settings) -> anyhow::Result<BaseConsumer> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
+        // A checkpointed offset outside the log (retention passed it, topic recreated)
+        // must stop the processor, not silently jump to the end.
+        .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "100")
         .set("queued.min.messages", "20000");
     for (k, v) in &settings.kafka {
@@ -122,6 +125,8 @@ fn is_fatal(e: &KafkaError) -> bool {
             | Some(RDKafkaErrorCode::UnknownTopic)
             | Some(RDKafkaErrorCode::TopicAuthorizationFailed)
             | Some(RDKafkaErrorCode::Fatal)
+            | Some(RDKafkaErrorCode::AutoOffsetReset)
+            | Some(RDKafkaErrorCode::OffsetOutOfRange)
     )
 }
 
@@ -246,7 +251,6 @@ fn consume(
     let mut paused = false;
     let mut last_group_commit = Instant::now();
     let mut last_caught_up_check = Instant::now();
-    let mut drained = false;
 
     loop {
         if shutdown.requested() {
@@ -305,12 +309,11 @@ fn consume(
                 last_caught_up_check = Instant::now();
                 let caught_up = update_lag(consumer, settings, pipeline, owned, metrics)?;
                 if caught_up && settings.exit_when_caught_up {
-                    if settings.drain && !drained {
+                    if settings.drain && pipeline.open_windows() > 0 {
                         let (batch, closed) = pipeline.drain(owned);
                         let rows = batch.outbox_rows();
                         store.commit(batch)?;
                         relay.committed(rows);
-                        drained = true;
                         tracing::info!(
                             windows = closed,
                             "Drained open windows at the end of the input."
@@ -341,7 +344,9 @@ fn consume(
         }
         let (mut batch, stats) = pipeline.process(&records, store)?;
         // The compaction filter may only use watermarks that are committed.
-        let horizon = combined_watermark(pipeline, owned, &last_record, idle_timeout);
+        // NOTE: the minimum over *all* owned partitions, idle ones included: an idle
+        // partition's keys are still alive under its own watermark.
+        let horizon = owned.iter().filter_map(|p| pipeline.watermark(*p)).min();
         if let Some(h) = horizon {
             batch.set_horizon(h);
         }

@@ -138,10 +138,23 @@ impl Sink for FileSink {
                 .get_mut(&table)
                 .ok_or_else(|| SinkError::Fatal(format!("{} is not open", path.display())))?;
             // One write of whole lines: a crash leaves at most a torn tail, which
-            // `recover` removes.
-            file.write_all(&buf).map_err(|e| io("writing", &path, e))?;
-            if self.fsync {
-                file.sync_data().map_err(|e| io("syncing", &path, e))?;
+            // `recover` removes. A failed write (disk full) is undone here, so the
+            // retry does not append after half a batch.
+            let before = file.metadata().map_err(|e| io("reading", &path, e))?.len();
+            let written =
+                file.write_all(&buf).and_then(
+                    |()| {
+                        if self.fsync {
+                            file.sync_data()
+                        } else {
+                            Ok(())
+                        }
+                    },
+                );
+            if let Err(e) = written {
+                let _ = file.set_len(before);
+                let _ = file.seek(SeekFrom::End(0));
+                return Err(io("writing", &path, e));
             }
             self.next
                 .insert((table, partition), expected + fresh.len() as u64);

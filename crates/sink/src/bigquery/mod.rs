@@ -139,6 +139,8 @@ pub struct BigQuerySink {
 }
 
 const MAX_ATTEMPTS: usize = 5;
+/// Encoded bytes per AppendRows request (BigQuery caps a request at 10 MiB).
+const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 impl BigQuerySink {
     /// Connects, creates dataset, tables and views if missing.
@@ -236,7 +238,10 @@ impl Sink for BigQuerySink {
         first_seq: u64,
         rows: &[Vec<u8>],
     ) -> Result<AppendOutcome, SinkError> {
-        for _ in 0..MAX_ATTEMPTS {
+        // Rows written by this call (in chunks); failures count only non-Ok answers.
+        let mut written = 0usize;
+        let mut failures = 0;
+        while failures < MAX_ATTEMPTS {
             self.state(table, partition)?;
             let key = (table, partition);
             let (next, stored) = {
@@ -256,24 +261,32 @@ impl Sink for BigQuerySink {
             let skip = plan_append(table, partition, next, first_seq, rows.len())?;
             if skip == rows.len() {
                 return Ok(AppendOutcome {
-                    written: 0,
-                    already_present: skip,
+                    written,
+                    already_present: rows.len() - written,
                 });
             }
             let start = first_seq + skip as u64;
             if start < stored.base {
                 self.replace_stream(table, partition, "rows precede the stream's base")?;
+                failures += 1;
                 continue;
             }
             let fresh = &rows[skip..];
-            let encoded = fresh
-                .iter()
-                .map(|r| schema::encode_row(table, r))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|reason| SinkError::Rejected {
+            // One request stays under BigQuery's 10 MiB AppendRows limit.
+            let mut encoded = Vec::new();
+            let mut bytes = 0;
+            for r in fresh {
+                let e = schema::encode_row(table, r).map_err(|reason| SinkError::Rejected {
                     count: fresh.len(),
                     reason,
                 })?;
+                if !encoded.is_empty() && bytes + e.len() > MAX_REQUEST_BYTES {
+                    break;
+                }
+                bytes += e.len();
+                encoded.push(e);
+            }
+            let n = encoded.len() as u64;
             let offset = (start - stored.base) as i64;
             let answer =
                 self.wh
@@ -282,12 +295,10 @@ impl Sink for BigQuerySink {
             match answer {
                 Appended::Ok => {
                     if let Some(s) = self.streams.get_mut(&key) {
-                        s.next = Some(start + fresh.len() as u64);
+                        s.next = Some(start + n);
                     }
-                    return Ok(AppendOutcome {
-                        written: fresh.len(),
-                        already_present: skip,
-                    });
+                    written += n as usize;
+                    continue;
                 }
                 Appended::AlreadyExists(msg) => {
                     // Are the rows in the table? The table is the truth.
@@ -325,6 +336,7 @@ impl Sink for BigQuerySink {
                     });
                 }
             }
+            failures += 1;
         }
         Err(SinkError::Transient(format!(
             "{table} partition {partition}: no consistent write stream after {MAX_ATTEMPTS} attempts"

@@ -54,7 +54,9 @@ fn classify_status(s: &tonic::Status) -> Result<Appended, SinkError> {
         Code::NotFound | Code::FailedPrecondition => Ok(Appended::StreamGone(msg)),
         Code::AlreadyExists => Ok(Appended::AlreadyExists(msg)),
         Code::OutOfRange => Ok(Appended::OutOfRange(msg)),
-        Code::InvalidArgument => Ok(Appended::Rejected(msg)),
+        // A whole request refused (schema drift, size): no row is at fault, so
+        // dead-lettering would hide an operator problem. Stop instead.
+        Code::InvalidArgument => Err(SinkError::Fatal(msg)),
         Code::PermissionDenied | Code::Unauthenticated => Err(SinkError::Fatal(msg)),
         _ => Err(SinkError::Transient(msg)),
     }
@@ -220,7 +222,7 @@ impl Writer {
                     6 => Ok(Appended::AlreadyExists(msg)),
                     11 => Ok(Appended::OutOfRange(msg)),
                     5 | 9 => Ok(Appended::StreamGone(msg)),
-                    3 => Ok(Appended::Rejected(msg)),
+                    3 => Err(SinkError::Fatal(msg)),
                     7 | 16 => Err(SinkError::Fatal(msg)),
                     _ => Err(SinkError::Transient(msg)),
                 }
