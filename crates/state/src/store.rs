@@ -92,6 +92,10 @@ fn cf_options(
             table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             o.set_block_based_table_factory(&table);
             o.set_write_buffer_size(64 << 20);
+            // The same "most ids are new" argument for the memtable: a bloom filter
+            // over whole keys answers absent lookups without walking the skiplist.
+            o.set_memtable_prefix_bloom_ratio(0.1);
+            o.set_memtable_whole_key_filtering(true);
             let ttl = if name == CF_DEDUP {
                 retention.clone()
             } else {
