@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The full test suite: installs what is missing (libclang, tansu, the BigQuery
-# emulator), then runs every test, including those against a real tansu broker.
+# emulator), checks formatting and lints, then runs every test, including those
+# against a real tansu broker and the real BigQuery emulator. CI runs this script.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
+START=$(date +%s)
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-# Release profile and all features: the same build as the local run (no rebuild when
-# switching between them), and realistic speed for
-# the crash and retention tests. `integration` turns on the broker tests.
+cargo fmt --all -- --check
+# Release profile and all features everywhere: clippy, the tests and the local run
+# share one build (RocksDB's C++ is compiled once), and the crash and retention tests
+# run at realistic speed. `integration` turns on the broker and emulator tests.
+cargo clippy --release --locked --workspace --all-targets --all-features -- -D warnings
 cargo test --release --locked --workspace --all-targets --all-features --no-fail-fast -- --test-threads 2 "$@"
+echo "all tests passed in $(( $(date +%s) - START )) s"
