@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use paydedup_testkit::{binary, free_port, Broker, Emulator};
+use paydedup_testkit::{free_port, Broker, Emulator};
 use rand::{Rng, SeedableRng};
 
 /// The metrics page; retried, since a scrape can race the processor's busy moments.
@@ -99,16 +99,7 @@ fn sigkill_during_delivery_changes_nothing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        let out = std::process::Command::new(binary("paydedup-processor").unwrap())
-            .args(["state", "--json", "--state-dir"])
-            .arg(&state)
-            .output()
-            .unwrap();
-        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let outbox: u64 = stats["outbox_depth"]
-            .as_object()
-            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
-            .unwrap_or(0);
+        let (_, outbox) = progress(&state);
         eprintln!("kill {kills}: {outbox} rows undelivered");
         if outbox > 0 {
             mid_relay += 1;

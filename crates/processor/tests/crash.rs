@@ -64,21 +64,7 @@ fn sigkill_at_random_moments_changes_nothing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         // Where did it die? The state subcommand reads the directory read-only.
-        let out =
-            std::process::Command::new(paydedup_testkit::binary("paydedup-processor").unwrap())
-                .args(["state", "--json", "--state-dir"])
-                .arg(&state)
-                .output()
-                .unwrap();
-        let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let consumed: i64 = stats["next_offsets"]
-            .as_object()
-            .map(|o| o.values().filter_map(|v| v.as_i64()).sum())
-            .unwrap_or(0);
-        let outbox: u64 = stats["outbox_depth"]
-            .as_object()
-            .map(|o| o.values().filter_map(|v| v.as_u64()).sum())
-            .unwrap_or(0);
+        let (consumed, outbox) = progress(&state);
         eprintln!("killed at {consumed}/{total} records consumed, {outbox} rows undelivered");
         if outbox > 0 {
             mid_relay += 1;

@@ -69,7 +69,7 @@ fn unknown_topic_locked_and_corrupt_state() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        stderr_of(&out).contains("state store"),
+        stderr_of(&out).contains("state store") && stderr_of(&out).contains("is corrupt"),
         "{}",
         stderr_of(&out)
     );

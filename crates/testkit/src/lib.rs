@@ -64,6 +64,15 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A log file a child process appends to (kept across restarts).
+fn append_log(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -101,11 +110,7 @@ impl Broker {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .context("opening the broker log")?;
+        let log = append_log(&self.dir.path().join("tansu.log"))?;
         // NOTE: tansu reads generic variables (STORAGE_ENGINE, LISTENER_URL, …) and a
         // `.env` in its working directory; a clean environment and a fresh folder keep
         // them from overriding our flags. The SQLite URL must be relative (an absolute
@@ -225,11 +230,7 @@ impl Emulator {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("emulator.log"))
-            .context("opening the emulator log")?;
+        let log = append_log(&self.dir.path().join("emulator.log"))?;
         let child = Command::new(emulator_python()?)
             .arg(emulator_launcher())
             .arg("start")

@@ -15,11 +15,11 @@ pub mod rows;
 pub mod watermark;
 pub mod window;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use base64::Engine;
 use chrono::{TimeZone, Utc};
-use paydedup_event::{content_hash, decode, DecodeLimits, PaymentEvent, ValidationError};
+use paydedup_event::{content_hash, decode, Currency, DecodeLimits, PaymentEvent, ValidationError};
 use paydedup_fraud::{assess, CardState, CustomerState, FraudConfig};
 use paydedup_state::keys::{dedup_key, parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
@@ -78,9 +78,15 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     partitions: HashMap<i32, PartitionProgress>,
     next_seq: HashMap<(Table, i32), u64>,
-    /// Open windows: (partition, start, currency) → aggregate.
-    windows: BTreeMap<(i32, i64, String), WindowAgg>,
+    /// Open windows: (partition, start, currency code) → aggregate.
+    windows: BTreeMap<WindowKey, WindowAgg>,
+    /// (table, partition) whose next sequence changed since the last flush into a
+    /// batch: `seq` marks them, `flush_seqs` writes them.
+    dirty_seqs: BTreeSet<(Table, i32)>,
 }
+
+/// (partition, window start µs, currency code).
+type WindowKey = (i32, i64, &'static str);
 
 fn enc<T: Serialize>(row: &T) -> Vec<u8> {
     // Row structs hold only strings, numbers and bools: serialisation cannot fail.
@@ -104,7 +110,9 @@ impl Pipeline {
         let next_seq = store.next_seqs()?.into_iter().collect();
         let mut windows = BTreeMap::new();
         for (k, v) in store.windows()? {
-            let Some((p, start, currency)) = parse_window_key(&k) else {
+            let Some((p, start, currency)) = parse_window_key(&k)
+                .and_then(|(p, start, c)| Some((p, start, Currency::from_code(&c)?.code())))
+            else {
                 return Err(StateError::BadValue {
                     what: "window key",
                     len: k.len(),
@@ -121,6 +129,7 @@ impl Pipeline {
             partitions,
             next_seq,
             windows,
+            dirty_seqs: BTreeSet::new(),
         })
     }
 
@@ -148,11 +157,20 @@ impl Pipeline {
         self.windows.len()
     }
 
+    /// Allocates the next sequence of (table, partition).
     fn seq(&mut self, table: Table, partition: i32) -> u64 {
         let s = self.next_seq.entry((table, partition)).or_insert(0);
         let v = *s;
         *s += 1;
+        self.dirty_seqs.insert((table, partition));
         v
+    }
+
+    /// Records every sequence counter `seq` moved, in the batch that carries its rows.
+    fn flush_seqs(&mut self, batch: &mut StateBatch) {
+        for (t, p) in std::mem::take(&mut self.dirty_seqs) {
+            batch.set_next_seq(t, p, self.next_seq[&(t, p)]);
+        }
     }
 
     /// Processes one batch (records of any partitions, each partition's in offset
@@ -164,7 +182,6 @@ impl Pipeline {
     ) -> Result<(StateBatch, BatchStats), StateError> {
         let mut stats = BatchStats::default();
         let mut batch = StateBatch::new();
-        let mut touched_seq: Vec<(Table, i32)> = Vec::new();
 
         // 1. Decode everything, then fetch the state the batch needs in bulk.
         let decoded: Vec<Result<PaymentEvent, ValidationError>> = records
@@ -197,19 +214,18 @@ impl Pipeline {
             .collect();
         let mut dedup_written: Vec<[u8; 16]> = Vec::new();
         let fraud_values = store.get_fraud_many(&fraud_keys)?;
-        let mut cards: HashMap<Vec<u8>, CardState> = HashMap::new();
-        let mut customers: HashMap<Vec<u8>, CustomerState> = HashMap::new();
+        // Fraud state per key, with whether this batch changed it.
+        let mut cards: HashMap<Vec<u8>, (CardState, bool)> = HashMap::new();
+        let mut customers: HashMap<Vec<u8>, (CustomerState, bool)> = HashMap::new();
         for (k, v) in fraud_keys.into_iter().zip(fraud_values) {
             let v = v.unwrap_or_default();
             if k.starts_with(b"card/") {
-                cards.insert(k, CardState::decode(&v));
+                cards.insert(k, (CardState::decode(&v), false));
             } else {
-                customers.insert(k, CustomerState::decode(&v));
+                customers.insert(k, (CustomerState::decode(&v), false));
             }
         }
-        let mut cards_touched: Vec<Vec<u8>> = Vec::new();
-        let mut customers_touched: Vec<Vec<u8>> = Vec::new();
-        let mut windows_touched: Vec<(i32, i64, String)> = Vec::new();
+        let mut windows_touched: BTreeSet<WindowKey> = BTreeSet::new();
 
         // 2. Each record, in order, ends in exactly one table.
         for (r, d) in records.iter().zip(decoded.iter()) {
@@ -219,7 +235,7 @@ impl Pipeline {
             progress.next_offset = Some(r.offset + 1);
             let wm =
                 watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
-            let (table, row) = match d {
+            let (table, seq, row) = match d {
                 Err(e) => {
                     stats.invalid += 1;
                     *stats.invalid_by_code.entry(e.code()).or_default() += 1;
@@ -247,7 +263,7 @@ impl Pipeline {
                         source_offset: r.offset,
                         outbox_seq: seq,
                     };
-                    (Table::ProcessingErrors, enc(&row))
+                    (Table::ProcessingErrors, seq, enc(&row))
                 }
                 Ok(event) => {
                     if r.key != Some(event.transaction_id.as_str().as_bytes()) {
@@ -276,7 +292,7 @@ impl Pipeline {
                             source_offset: r.offset,
                             outbox_seq: seq,
                         };
-                        (Table::LateEvents, enc(&row))
+                        (Table::LateEvents, seq, enc(&row))
                     } else {
                         let hash = content_hash(event).0;
                         let decision =
@@ -287,10 +303,10 @@ impl Pipeline {
                         let wkey = (
                             r.partition,
                             window::window_start(t, self.cfg.window_micros),
-                            event.currency.code().to_owned(),
+                            event.currency.code(),
                         );
-                        let agg = self.windows.entry(wkey.clone()).or_default();
-                        windows_touched.push(wkey);
+                        let agg = self.windows.entry(wkey).or_default();
+                        windows_touched.insert(wkey);
                         match decision {
                             DedupDecision::Unique => {
                                 stats.unique += 1;
@@ -302,13 +318,16 @@ impl Pipeline {
                                 };
                                 dedup.insert(key, Some(entry));
                                 dedup_written.push(key);
-                                let ck = CardState::key(&event.card_fingerprint);
-                                let uk = CustomerState::key(&event.customer_id);
-                                let card = cards.entry(ck.clone()).or_default();
-                                let customer = customers.entry(uk.clone()).or_default();
-                                let a = assess(event, card, customer, &self.cfg.fraud);
-                                cards_touched.push(ck);
-                                customers_touched.push(uk);
+                                let card = cards
+                                    .entry(CardState::key(&event.card_fingerprint))
+                                    .or_default();
+                                let customer = customers
+                                    .entry(CustomerState::key(&event.customer_id))
+                                    .or_default();
+                                let a =
+                                    assess(event, &mut card.0, &mut customer.0, &self.cfg.fraud);
+                                card.1 = true;
+                                customer.1 = true;
                                 agg.payment_count += 1;
                                 agg.amount_minor_sum += i128::from(event.amount_minor);
                                 if a.flagged {
@@ -343,7 +362,7 @@ impl Pipeline {
                                     source_offset: r.offset,
                                     outbox_seq: seq,
                                 };
-                                (Table::Payments, enc(&row))
+                                (Table::Payments, seq, enc(&row))
                             }
                             DedupDecision::Duplicate { first }
                             | DedupDecision::Conflict { first } => {
@@ -373,34 +392,31 @@ impl Pipeline {
                                     source_offset: r.offset,
                                     outbox_seq: seq,
                                 };
-                                (Table::DedupAudit, enc(&row))
+                                (Table::DedupAudit, seq, enc(&row))
                             }
                         }
                     }
                 }
             };
-            let seq = self.next_seq[&(table, r.partition)] - 1;
             batch.put_outbox(table, r.partition, seq, row);
-            touched_seq.push((table, r.partition));
         }
 
         // 3. Close windows the watermarks have passed, in (partition, start, currency)
         //    order, and emit them.
-        let closed: Vec<(i32, i64, String)> = self
+        let closed: Vec<WindowKey> = self
             .windows
             .keys()
             .filter(|(p, start, _)| {
                 window::is_closed(*start, self.cfg.window_micros, self.watermark(*p))
             })
-            .cloned()
+            .copied()
             .collect();
         for key in closed {
             let Some(agg) = self.windows.remove(&key) else {
                 continue;
             };
-            self.emit_window(&key, &agg, &mut batch);
-            touched_seq.push((Table::PaymentMetrics, key.0));
-            batch.delete_window(window_key(key.0, key.1, &key.2));
+            self.emit_window(key, &agg, &mut batch);
+            batch.delete_window(window_key(key.0, key.1, key.2));
             stats.windows_closed += 1;
         }
 
@@ -410,32 +426,22 @@ impl Pipeline {
                 batch.put_dedup(key, entry);
             }
         }
-        cards_touched.sort_unstable();
-        cards_touched.dedup();
-        for k in cards_touched {
-            if let Some(c) = cards.get(&k) {
-                batch.put_fraud(k, c.encode());
+        for (k, (card, changed)) in cards {
+            if changed {
+                batch.put_fraud(k, card.encode());
             }
         }
-        customers_touched.sort_unstable();
-        customers_touched.dedup();
-        for k in customers_touched {
-            if let Some(c) = customers.get(&k) {
-                batch.put_fraud(k, c.encode());
+        for (k, (customer, changed)) in customers {
+            if changed {
+                batch.put_fraud(k, customer.encode());
             }
         }
-        windows_touched.sort_unstable();
-        windows_touched.dedup();
         for key in windows_touched {
             if let Some(agg) = self.windows.get(&key) {
-                batch.put_window(window_key(key.0, key.1, &key.2), enc(agg));
+                batch.put_window(window_key(key.0, key.1, key.2), enc(agg));
             }
         }
-        touched_seq.sort_unstable();
-        touched_seq.dedup();
-        for (t, p) in touched_seq {
-            batch.set_next_seq(t, p, self.next_seq[&(t, p)]);
-        }
+        self.flush_seqs(&mut batch);
         let mut partitions: Vec<i32> = records.iter().map(|r| r.partition).collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -452,13 +458,13 @@ impl Pipeline {
         Ok((batch, stats))
     }
 
-    fn emit_window(&mut self, key: &(i32, i64, String), agg: &WindowAgg, batch: &mut StateBatch) {
+    fn emit_window(&mut self, key: WindowKey, agg: &WindowAgg, batch: &mut StateBatch) {
         let (p, start, currency) = key;
-        let seq = self.seq(Table::PaymentMetrics, *p);
-        let code = paydedup_event::Currency::from_code(currency);
+        let seq = self.seq(Table::PaymentMetrics, p);
+        let code = Currency::from_code(currency);
         let sum = i64::try_from(agg.amount_minor_sum).unwrap_or(i64::MAX);
         let row = PaymentMetricsRow {
-            window_start: ts(*start),
+            window_start: ts(start),
             window_end: ts(start + self.cfg.window_micros),
             currency,
             payment_count: agg.payment_count,
@@ -467,10 +473,10 @@ impl Pipeline {
             duplicate_count: agg.duplicate_count,
             conflict_count: agg.conflict_count,
             flagged_count: agg.flagged_count,
-            source_partition: *p,
+            source_partition: p,
             outbox_seq: seq,
         };
-        batch.put_outbox(Table::PaymentMetrics, *p, seq, enc(&row));
+        batch.put_outbox(Table::PaymentMetrics, p, seq, enc(&row));
     }
 
     /// Drains: closes every open window of the given partitions, as if their watermark
@@ -479,11 +485,11 @@ impl Pipeline {
     /// would be late, because the partition's max event time moves past them.
     pub fn drain(&mut self, partitions: &[i32]) -> (StateBatch, u64) {
         let mut batch = StateBatch::new();
-        let keys: Vec<(i32, i64, String)> = self
+        let keys: Vec<WindowKey> = self
             .windows
             .keys()
             .filter(|(p, _, _)| partitions.contains(p))
-            .cloned()
+            .copied()
             .collect();
         let mut closed = 0;
         let mut touched: Vec<i32> = Vec::new();
@@ -491,8 +497,8 @@ impl Pipeline {
             let Some(agg) = self.windows.remove(&key) else {
                 continue;
             };
-            self.emit_window(&key, &agg, &mut batch);
-            batch.delete_window(window_key(key.0, key.1, &key.2));
+            self.emit_window(key, &agg, &mut batch);
+            batch.delete_window(window_key(key.0, key.1, key.2));
             // Move the max event time past the window so nothing can reopen it.
             let end = key.1 + self.cfg.window_micros + self.cfg.allowed_lateness_micros;
             let progress = self.partitions.entry(key.0).or_default();
@@ -502,12 +508,8 @@ impl Pipeline {
         }
         touched.sort_unstable();
         touched.dedup();
+        self.flush_seqs(&mut batch);
         for p in touched {
-            batch.set_next_seq(
-                Table::PaymentMetrics,
-                p,
-                self.next_seq[&(Table::PaymentMetrics, p)],
-            );
             if let Some(m) = self.partitions[&p].max_event_micros {
                 batch.set_max_event_time(p, m);
             }

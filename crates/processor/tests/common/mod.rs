@@ -380,3 +380,23 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     s.read_to_string(&mut resp).ok()?;
     resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
+
+/// Where a (stopped or running) processor stands, from `state --json`: records
+/// consumed over all partitions, and rows committed but not yet delivered.
+pub fn progress(state: &Path) -> (i64, u64) {
+    let out = Command::new(binary("paydedup-processor").unwrap())
+        .args(["state", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let consumed = stats["next_offsets"]
+        .as_object()
+        .map(|o| o.values().filter_map(Value::as_i64).sum())
+        .unwrap_or(0);
+    let undelivered = stats["outbox_depth"]
+        .as_object()
+        .map(|o| o.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    (consumed, undelivered)
+}
