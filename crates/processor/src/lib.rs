@@ -1,20 +1,37 @@
 //! `paydedup-processor`: the stream processor.
 //!
-//! - [`config`]: flags, environment, config file.
-//! - [`consumer`]: the Kafka loop (assign at checkpointed offsets, batch, commit).
-//! - [`pipeline`]: decode → watermark → dedup → fraud → windows → rows, pure decisions.
-//! - [`relay`]: the outbox relay that delivers rows to the sink exactly once.
-//! - [`metrics`], [`health`]: Prometheus and the HTTP endpoints.
-//! - [`shutdown`]: SIGTERM/SIGINT handling.
-//! - [`state_cmd`]: the `state` subcommand.
-//! - [`reconcile`]: the `reconcile` subcommand (PASS/FAIL table).
+//! The path of one record, in the order it meets these modules:
+//!
+//! - [`kafka`]: polled by the [`KafkaSource`](kafka::KafkaSource) from an owned
+//!   partition, as part of a batch;
+//! - [`processor`]: the [`Processor`](processor::Processor) loop hands the batch to
+//! - [`pipeline`]: decoded and validated, classified (invalid / late / unique /
+//!   duplicate / conflict) against its partition's watermark and the dedup state read
+//!   up front for the batch, enriched with fraud signals, counted into its window, and
+//!   rendered as one output row in the batch's outbox;
+//! - [`checkpoint`]: the batch's state deltas, outbox rows and next offsets are
+//!   committed in one atomic RocksDB write, then the relay is told;
+//! - [`relay`]: the [`OutboxRelay`](relay::OutboxRelay) appends the row to the sink at
+//!   its sequence and deletes it from the outbox once acknowledged.
+//!
+//! Around that path: [`config`] (every setting, declared once), [`cli`] and [`wiring`]
+//! (building the parts), [`backpressure`] (pause at the outbox bound, resume at half),
+//! [`activity`] (idle partitions), [`metrics`] (named events that log and count),
+//! [`health`] (HTTP endpoints), [`shutdown`] (signals), [`state_cmd`] (the `state`
+//! subcommand) and [`reconcile`] (the `reconcile` subcommand).
 
+pub mod activity;
+pub mod backpressure;
+pub mod checkpoint;
+pub mod cli;
 pub mod config;
-pub mod consumer;
 pub mod health;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod processor;
 pub mod reconcile;
 pub mod relay;
 pub mod shutdown;
 pub mod state_cmd;
+pub mod wiring;

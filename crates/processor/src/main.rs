@@ -1,19 +1,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use paydedup_processor::config::{Cli, Command, Settings};
-use paydedup_processor::{consumer, health, metrics, reconcile, shutdown, state_cmd};
+use paydedup_processor::cli::{Cli, Command};
+use paydedup_processor::config::{LogFormat, RunConfig};
+use paydedup_processor::{reconcile, state_cmd, wiring};
 
-fn init_logging(format: &str) {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
 }
 
@@ -32,15 +32,11 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run(args) => {
-            let settings = Settings::resolve(&args)?;
-            init_logging(&settings.log_format);
-            let shutdown = shutdown::Shutdown::install()?;
-            let metrics = metrics::Metrics::new();
-            let ready = health::Readiness::default();
-            let addr = health::serve(settings.metrics_addr, metrics.clone(), ready.clone())?;
-            tracing::info!(metrics = %addr, brokers = %settings.brokers, topic = %settings.topic, "Processor starting.");
-            let exit = consumer::run(&settings, metrics, ready, shutdown)?;
+        Command::Run(_) => {
+            // Parsed again on its own so the config file can be layered under the flags.
+            let config = RunConfig::parse_layered(std::env::args_os().skip(2))?;
+            init_logging(config.process.log_format);
+            let exit = wiring::run(&config)?;
             tracing::info!(reason = ?exit, "Processor stopped cleanly.");
             Ok(())
         }

@@ -54,6 +54,16 @@ impl SinkError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, SinkError::Transient(_))
     }
+
+    /// A stable, bounded code for metric labels and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SinkError::Transient(_) => "transient",
+            SinkError::Gap { .. } => "gap",
+            SinkError::Rejected { .. } => "rejected",
+            SinkError::Fatal(_) => "fatal",
+        }
+    }
 }
 
 /// A destination for outbox rows.

@@ -1,19 +1,22 @@
 //! Prometheus metrics, registered once, with bounded labels.
 //!
-//! The pipeline and the relay never touch a counter directly: they report named events
-//! (`BatchProcessed`, `RelayDelivered`, `SinkWriteError`, …) through [`Metrics`], which
-//! logs and counts them in one place.
+//! Nothing outside this module touches a counter: the processor, the checkpoint and the
+//! relay report named events ([`events`]: `BatchCommitted`, `SinkWriteFailed`,
+//! `ConsumerPaused`, …), and each event's `emit` both logs and counts, in one place. The
+//! fields below are private so that stays true.
+
+pub mod events;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::pipeline::BatchStats;
+pub use events::Event;
 
 #[derive(Clone)]
 pub struct Metrics {
-    pub registry: Registry,
+    registry: Registry,
     records: IntCounterVec,
     invalid: IntCounterVec,
     flagged: IntCounter,
@@ -22,16 +25,17 @@ pub struct Metrics {
     batches: IntCounter,
     batch_seconds: Histogram,
     commit_seconds: Histogram,
-    pub outbox_depth: IntGauge,
+    outbox_depth: IntGauge,
     relay_rows: IntCounterVec,
     relay_already_present: IntCounter,
     sink_errors: IntCounterVec,
-    pub dead_letter_rows: IntCounter,
-    pub watermark: IntGaugeVec,
-    pub combined_watermark: IntGauge,
-    pub next_offset: IntGaugeVec,
-    pub lag: IntGaugeVec,
-    pub paused: IntGauge,
+    dead_letter_rows: IntCounter,
+    relay_failures: IntCounterVec,
+    watermark: IntGaugeVec,
+    combined_watermark: IntGauge,
+    next_offset: IntGaugeVec,
+    lag: IntGaugeVec,
+    paused: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -88,8 +92,9 @@ impl Metrics {
             outbox_depth: gauge(&r, "paydedup_outbox_depth_rows", "Rows committed but not yet acknowledged by the sink."),
             relay_rows: counter_vec(&r, "paydedup_relay_rows_total", "Rows delivered to the sink, by table.", &["table"]),
             relay_already_present: counter(&r, "paydedup_relay_already_present_rows_total", "Rows resent after a restart that the sink already held."),
-            sink_errors: counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by kind (transient, gap, rejected, fatal).", &["kind"]),
+            sink_errors: counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by error code (transient, gap, rejected, fatal).", &["kind"]),
             dead_letter_rows: counter(&r, "paydedup_dead_letter_rows_total", "Rows the sink rejected as invalid, written to the dead-letter store."),
+            relay_failures: counter_vec(&r, "paydedup_relay_failures_total", "Times the relay stopped, by error code; the processor then exits non-zero.", &["error_code"]),
             watermark: gauge_vec(&r, "paydedup_watermark_seconds", "Event-time watermark per partition (Unix seconds).", &["partition"]),
             combined_watermark: gauge(&r, "paydedup_combined_watermark_seconds", "Minimum watermark over active partitions (Unix seconds)."),
             next_offset: gauge_vec(&r, "paydedup_next_offset", "Checkpointed next Kafka offset per partition.", &["partition"]),
@@ -99,53 +104,9 @@ impl Metrics {
         }
     }
 
-    /// Event: a batch was processed and committed.
-    pub fn batch_processed(&self, s: &BatchStats, batch_secs: f64, commit_secs: f64) {
-        self.records.with_label_values(&["unique"]).inc_by(s.unique);
-        self.records
-            .with_label_values(&["duplicate"])
-            .inc_by(s.duplicates);
-        self.records
-            .with_label_values(&["conflict"])
-            .inc_by(s.conflicts);
-        self.records.with_label_values(&["late"]).inc_by(s.late);
-        self.records
-            .with_label_values(&["invalid"])
-            .inc_by(s.invalid);
-        for (code, n) in &s.invalid_by_code {
-            self.invalid.with_label_values(&[code]).inc_by(*n);
-        }
-        self.flagged.inc_by(s.flagged);
-        self.key_mismatch.inc_by(s.key_mismatch);
-        self.windows_closed.inc_by(s.windows_closed);
-        self.batches.inc();
-        self.batch_seconds.observe(batch_secs);
-        self.commit_seconds.observe(commit_secs);
-        if s.conflicts > 0 {
-            tracing::warn!(
-                conflicts = s.conflicts,
-                "Transaction ids reused with a different body."
-            );
-        }
-        if s.key_mismatch > 0 {
-            tracing::warn!(
-                records = s.key_mismatch,
-                "Records keyed by something other than their transaction_id."
-            );
-        }
-    }
-
-    /// Event: the relay delivered rows.
-    pub fn relay_delivered(&self, table: &str, written: usize, already_present: usize) {
-        self.relay_rows
-            .with_label_values(&[table])
-            .inc_by(written as u64);
-        self.relay_already_present.inc_by(already_present as u64);
-    }
-
-    /// Event: a sink call failed.
-    pub fn sink_error(&self, kind: &str) {
-        self.sink_errors.with_label_values(&[kind]).inc();
+    /// Logs and counts one event.
+    pub fn emit(&self, event: impl Event) {
+        event.emit(self);
     }
 
     /// The text exposition format.

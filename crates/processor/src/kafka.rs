@@ -1,0 +1,235 @@
+//! The Kafka side of the loop: which partitions this instance owns, where it resumes,
+//! polling a batch, pausing, lag and progress reports.
+//!
+//! The source position lives in the state store, not in Kafka: on start the processor
+//! reads its next offsets from RocksDB and `assign`s its partitions at exactly those
+//! offsets (a partition it has never seen starts at the beginning). Offsets are also
+//! committed to the consumer group, but only so lag can be monitored; nothing ever
+//! reads them back. `assign` (not `subscribe`) also means no rebalance can move a
+//! partition away mid-batch.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::config::KafkaSettings;
+use crate::pipeline::InputRecord;
+use crate::shutdown::Shutdown;
+
+/// The partitions this instance owns: p with p mod count = index.
+pub fn owned_partitions(partition_count: i32, index: i32, count: i32) -> Vec<i32> {
+    (0..partition_count)
+        .filter(|p| p % count == index)
+        .collect()
+}
+
+/// Errors after which consuming cannot go on correctly: the topic or the checkpointed
+/// position is gone. Anything else (a broker restarting) is retried by librdkafka.
+fn is_fatal(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+            | Some(RDKafkaErrorCode::UnknownTopic)
+            | Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+            | Some(RDKafkaErrorCode::Fatal)
+            | Some(RDKafkaErrorCode::AutoOffsetReset)
+            | Some(RDKafkaErrorCode::OffsetOutOfRange)
+    )
+}
+
+/// The consumer, the topic and the partitions this instance owns.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    topic: String,
+    owned: Vec<i32>,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and works out the owned partitions from the topic's metadata.
+    pub fn connect(
+        settings: &KafkaSettings,
+        properties: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<KafkaSource> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            // A checkpointed offset outside the log (retention passed it, topic
+            // recreated) must stop the processor, not silently jump to the end.
+            .set("auto.offset.reset", "error")
+            .set("fetch.wait.max.ms", "100")
+            .set("queued.min.messages", "20000");
+        for (k, v) in properties {
+            cfg.set(k, v);
+        }
+        let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
+        let partition_count = partition_count(&consumer, settings)?;
+        let (index, count) = (
+            i32::try_from(settings.instance_index)?,
+            i32::try_from(settings.instance_count.get())?,
+        );
+        let owned = owned_partitions(partition_count, index, count);
+        if owned.is_empty() {
+            bail!(
+                "instance {index} of {count} owns no partitions of `{}` ({partition_count} partitions)",
+                settings.topic
+            );
+        }
+        Ok(KafkaSource {
+            consumer,
+            topic: settings.topic.clone(),
+            owned,
+        })
+    }
+
+    pub fn owned(&self) -> &[i32] {
+        &self.owned
+    }
+
+    /// Assigns every owned partition at its checkpointed next offset.
+    pub fn assign(&self, next_offset: impl Fn(i32) -> Option<i64>) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.owned {
+            let offset = next_offset(p).map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(&self.topic, p, offset)?;
+        }
+        self.consumer.assign(&tpl).context("assigning partitions")?;
+        tracing::info!(topic = %self.topic, partitions = ?self.owned, "Assigned partitions at checkpointed offsets.");
+        Ok(())
+    }
+
+    /// Polls up to `max` records, for at most `timeout` (less if a shutdown is requested).
+    /// Records of one partition come in offset order.
+    pub fn poll_batch(
+        &self,
+        max: usize,
+        timeout: Duration,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
+        let started = Instant::now();
+        let mut messages = Vec::with_capacity(max);
+        while messages.len() < max {
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() || shutdown.requested() {
+                break;
+            }
+            match self.consumer.poll(left) {
+                None => break,
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) if is_fatal(&e) => return Err(e).context("consuming from Kafka"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; retrying.");
+                    break;
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Stops fetching from every owned partition (backpressure).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        Ok(self.consumer.pause(&self.assignment())?)
+    }
+
+    pub fn resume(&self) -> anyhow::Result<()> {
+        Ok(self.consumer.resume(&self.assignment())?)
+    }
+
+    fn assignment(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.owned {
+            tpl.add_partition(&self.topic, p);
+        }
+        tpl
+    }
+
+    /// Lag per owned partition (high watermark minus the checkpointed next offset), or
+    /// `None` when the broker did not answer for some partition.
+    pub fn lag(&self, next_offset: impl Fn(i32) -> Option<i64>) -> Option<Vec<(i32, i64)>> {
+        let mut lags = Vec::with_capacity(self.owned.len());
+        for &p in &self.owned {
+            let (low, high) =
+                match self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
+                {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(partition = p, error = %e, "Could not fetch watermarks.");
+                        return None;
+                    }
+                };
+            let next = next_offset(p).unwrap_or(low);
+            lags.push((p, (high - next).max(0)));
+        }
+        Some(lags)
+    }
+
+    /// Publishes the checkpointed offsets to the consumer group, for lag monitoring only.
+    pub fn report_progress(&self, next_offset: impl Fn(i32) -> Option<i64>) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.owned {
+            if let Some(o) = next_offset(p) {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))?;
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "Group offset commit (monitoring only) failed.");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Borrows the pipeline's view of each polled record.
+pub fn input_records<'a>(messages: &'a [BorrowedMessage<'_>]) -> Vec<InputRecord<'a>> {
+    messages
+        .iter()
+        .map(|m| InputRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key(),
+            payload: m.payload().unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        })
+        .collect()
+}
+
+fn partition_count(consumer: &BaseConsumer, settings: &KafkaSettings) -> anyhow::Result<i32> {
+    let (topic, brokers) = (&settings.topic, &settings.brokers);
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .with_context(|| format!("cannot reach Kafka at {brokers} (fetching metadata)"))?;
+    let found = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| anyhow!("topic `{topic}` not found on {brokers}"))?;
+    if let Some(err) = found.error() {
+        bail!("topic `{topic}` is not available on {brokers}: {err:?}");
+    }
+    if found.partitions().is_empty() {
+        bail!("topic `{topic}` does not exist on {brokers}");
+    }
+    Ok(found.partitions().len() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_ownership_splits_partitions() {
+        assert_eq!(owned_partitions(4, 0, 1), vec![0, 1, 2, 3]);
+        assert_eq!(owned_partitions(5, 1, 2), vec![1, 3]);
+        assert_eq!(owned_partitions(1, 1, 2), Vec::<i32>::new());
+    }
+}

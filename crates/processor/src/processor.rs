@@ -1,0 +1,236 @@
+//! [`Processor`]: the loop that owns every part of a running processor.
+//!
+//! One turn of the loop: check for a shutdown or a failed relay, apply backpressure,
+//! poll a batch, run it through the [`Pipeline`], and hand the result to the
+//! [`Checkpoint`] step. A turn with no records checks whether a bounded run is done,
+//! and publishes progress. Nothing here decides anything about a payment: that is the
+//! pipeline's job; this file only moves batches and time along.
+
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use paydedup_state::StateBatch;
+
+use crate::activity::PartitionActivity;
+use crate::backpressure::{next_flow, Flow};
+use crate::checkpoint::Checkpoint;
+use crate::kafka::{input_records, KafkaSource};
+use crate::metrics::events::{
+    CombinedWatermarkMoved, ConsumerLagMeasured, ConsumerPaused, ConsumerResumed,
+    PartitionProgressed, WindowsDrained,
+};
+use crate::metrics::Metrics;
+use crate::pipeline::{BatchStats, Pipeline};
+use crate::shutdown::Shutdown;
+
+/// Why the loop ended normally.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Signal,
+    CaughtUp,
+}
+
+/// The loop's own settings.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub outbox_bound: u64,
+    pub exit_when_caught_up: bool,
+    pub drain: bool,
+}
+
+/// How often the idle loop measures lag, and the busy loop reports group offsets.
+const LAG_CHECK_EVERY: Duration = Duration::from_millis(500);
+const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Processor {
+    pub source: KafkaSource,
+    pub pipeline: Pipeline,
+    pub checkpoint: Checkpoint,
+    pub activity: PartitionActivity,
+    pub settings: LoopSettings,
+    pub metrics: Metrics,
+    pub shutdown: Shutdown,
+    flow: Flow,
+    last_group_commit: Instant,
+    last_lag_check: Instant,
+}
+
+impl Processor {
+    pub fn new(
+        source: KafkaSource,
+        pipeline: Pipeline,
+        checkpoint: Checkpoint,
+        activity: PartitionActivity,
+        settings: LoopSettings,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Processor {
+        Processor {
+            source,
+            pipeline,
+            checkpoint,
+            activity,
+            settings,
+            metrics,
+            shutdown,
+            flow: Flow::Reading,
+            last_group_commit: Instant::now(),
+            last_lag_check: Instant::now(),
+        }
+    }
+
+    /// Runs until a signal, the end of a bounded run, or an error.
+    pub fn run(&mut self) -> anyhow::Result<Exit> {
+        loop {
+            if self.shutdown.requested() {
+                tracing::info!("Shutdown requested; the last batch is committed.");
+                return Ok(Exit::Signal);
+            }
+            if let Some(failure) = self.checkpoint.relay().take_failure() {
+                return Err(anyhow!("the outbox relay stopped: {failure}"));
+            }
+            self.apply_backpressure()?;
+            if let Some(exit) = self.turn()? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// Polls and processes one batch, or handles an empty poll.
+    fn turn(&mut self) -> anyhow::Result<Option<Exit>> {
+        let started = Instant::now();
+        let s = &self.settings;
+        let messages = self
+            .source
+            .poll_batch(s.batch_size, s.batch_timeout, &self.shutdown)?;
+        if messages.is_empty() {
+            return self.on_empty_poll();
+        }
+        let records = input_records(&messages);
+        // Every log line of this batch (pipeline, checkpoint) carries its size.
+        let span = tracing::info_span!("batch", records = records.len());
+        let _entered = span.enter();
+        self.activity.saw(&records);
+        let (batch, stats) = self.pipeline.process(&records, self.checkpoint.store())?;
+        self.checkpoint
+            .commit(&self.pipeline, batch, &stats, started)?;
+        drop(records);
+        drop(messages);
+        self.publish_progress();
+        if self.last_group_commit.elapsed() >= GROUP_COMMIT_EVERY {
+            self.last_group_commit = Instant::now();
+            self.source
+                .report_progress(|p| self.pipeline.next_offset(p))?;
+        }
+        Ok(None)
+    }
+
+    /// Pauses or resumes the consumer by the outbox depth (see [`crate::backpressure`]).
+    fn apply_backpressure(&mut self) -> anyhow::Result<()> {
+        let depth = self.checkpoint.relay().depth();
+        let bound = self.settings.outbox_bound;
+        match (self.flow, next_flow(self.flow, depth, bound)) {
+            (Flow::Reading, Flow::Paused) => {
+                self.source.pause()?;
+                self.metrics.emit(ConsumerPaused {
+                    outbox_depth: depth,
+                    bound,
+                });
+                self.flow = Flow::Paused;
+            }
+            (Flow::Paused, Flow::Reading) => {
+                self.source.resume()?;
+                self.metrics.emit(ConsumerResumed {
+                    outbox_depth: depth,
+                });
+                self.flow = Flow::Reading;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Nothing arrived: measure lag now and then, and end a bounded run once every
+    /// owned partition is caught up and every row delivered.
+    fn on_empty_poll(&mut self) -> anyhow::Result<Option<Exit>> {
+        if self.flow == Flow::Paused {
+            return Ok(None);
+        }
+        if self.last_lag_check.elapsed() >= LAG_CHECK_EVERY {
+            self.last_lag_check = Instant::now();
+            if self.caught_up() && self.settings.exit_when_caught_up {
+                if self.settings.drain && self.pipeline.open_windows() > 0 {
+                    self.drain()?;
+                }
+                if self.checkpoint.relay().depth() == 0 {
+                    tracing::info!("Caught up and delivered; exiting.");
+                    return Ok(Some(Exit::CaughtUp));
+                }
+            }
+        }
+        self.publish_progress();
+        Ok(None)
+    }
+
+    /// Measures and reports lag; true when every owned partition is caught up.
+    fn caught_up(&self) -> bool {
+        let Some(lags) = self.source.lag(|p| self.pipeline.next_offset(p)) else {
+            return false;
+        };
+        for &(partition, lag) in &lags {
+            self.metrics.emit(ConsumerLagMeasured { partition, lag });
+        }
+        lags.iter().all(|&(_, lag)| lag == 0)
+    }
+
+    /// Closes every open window of the owned partitions (a bounded run's end), through
+    /// the same checkpoint step as any batch.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let (batch, closed): (StateBatch, u64) = self.pipeline.drain(self.source.owned());
+        let stats = BatchStats {
+            windows_closed: closed,
+            outbox_rows: batch.outbox_rows(),
+            ..BatchStats::default()
+        };
+        self.checkpoint
+            .commit(&self.pipeline, batch, &stats, started)?;
+        self.metrics.emit(WindowsDrained { windows: closed });
+        Ok(())
+    }
+
+    /// Watermarks and next offsets per partition, and the processor-wide watermark.
+    fn publish_progress(&self) {
+        let owned = self.source.owned();
+        for &partition in owned {
+            self.metrics.emit(PartitionProgressed {
+                partition,
+                watermark_micros: self.pipeline.watermark(partition),
+                next_offset: self.pipeline.next_offset(partition),
+            });
+        }
+        if let Some(micros) = self.activity.combined_watermark(&self.pipeline, owned) {
+            self.metrics.emit(CombinedWatermarkMoved { micros });
+        }
+    }
+
+    /// Ends the run: delivers what is committed (a later start would anyway, but a clean
+    /// exit leaves nothing behind) and stops the relay.
+    pub fn finish(
+        self,
+        result: anyhow::Result<Exit>,
+        flush_timeout: Duration,
+    ) -> anyhow::Result<Exit> {
+        let relay = self.checkpoint.into_relay();
+        let result = result.and_then(|exit| {
+            relay
+                .flush(flush_timeout)
+                .map_err(|e| anyhow!("delivering the outbox before exit: {e}"))?;
+            Ok(exit)
+        });
+        relay.stop();
+        result
+    }
+}

@@ -1,0 +1,76 @@
+//! Why the relay stops. Every variant ends delivery for good: the processor exits
+//! non-zero and a restart resumes from the outbox, which still holds every row.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use paydedup_sink::SinkError;
+use paydedup_state::{StateError, Table};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RelayError {
+    #[error("reading or trimming the outbox: {0}")]
+    State(#[from] StateError),
+    #[error(
+        "outbox for {table} partition {partition} has a hole between {first_seq} and {last_seq}"
+    )]
+    OutboxHole {
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        last_seq: u64,
+    },
+    #[error("sink unavailable for {waited:?} delivering {table} partition {partition} from seq {first_seq}: {source}")]
+    SinkUnavailable {
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        waited: Duration,
+        source: SinkError,
+    },
+    #[error("delivering {table} partition {partition} from seq {first_seq}: {source}")]
+    Sink {
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        source: SinkError,
+    },
+    #[error("moving the sink past dead-lettered rows of {table} partition {partition}: {source}")]
+    SkipRejected {
+        table: Table,
+        partition: i32,
+        source: SinkError,
+    },
+    #[error("writing the dead-letter file {path}: {source}")]
+    DeadLetter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{undelivered} rows still undelivered after {timeout:?}")]
+    FlushTimeout { undelivered: u64, timeout: Duration },
+    #[error("starting the relay thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("the relay's shared state is poisoned (a thread panicked)")]
+    Poisoned,
+}
+
+impl RelayError {
+    /// A stable, bounded code for metric labels and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RelayError::State(_) => "state",
+            RelayError::OutboxHole { .. } => "outbox_hole",
+            RelayError::SinkUnavailable { .. } => "sink_unavailable",
+            RelayError::Sink { source, .. } => match source {
+                SinkError::Gap { .. } => "sink_gap",
+                _ => "sink_fatal",
+            },
+            RelayError::SkipRejected { .. } => "sink_skip",
+            RelayError::DeadLetter { .. } => "dead_letter_io",
+            RelayError::FlushTimeout { .. } => "flush_timeout",
+            RelayError::Spawn(_) => "spawn",
+            RelayError::Poisoned => "poisoned",
+        }
+    }
+}

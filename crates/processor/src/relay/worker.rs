@@ -1,0 +1,233 @@
+//! The delivery loop, on the relay's own thread.
+//!
+//! For each (table, partition) in turn: read the oldest outbox rows, append them to the
+//! sink at their sequence, and only after the sink acknowledges, delete them. The order
+//! "append, then delete" is what makes a crash safe: at worst rows are appended twice,
+//! and the sink acknowledges the second copy as already present.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paydedup_sink::{Sink, SinkError};
+use paydedup_state::{StateStore, Table};
+use rand::Rng;
+
+use super::{dead_letter, RelayConfig, RelayError, Shared};
+use crate::metrics::events::{
+    OutboxDepthChanged, RowsDeadLettered, RowsDelivered, SinkWriteFailed,
+};
+use crate::metrics::Metrics;
+
+pub(super) struct Worker {
+    pub(super) store: Arc<StateStore>,
+    pub(super) sink: Box<dyn Sink>,
+    pub(super) cfg: RelayConfig,
+    pub(super) metrics: Metrics,
+    pub(super) shared: Arc<Shared>,
+}
+
+/// Where a run of rows starts.
+#[derive(Clone, Copy)]
+struct Span {
+    table: Table,
+    partition: i32,
+    first_seq: u64,
+}
+
+/// How one append ended, once retries are over.
+enum Appended {
+    Delivered,
+    DeadLettered,
+    Stopping,
+}
+
+impl Worker {
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
+    pub(super) fn run(&mut self) -> Result<(), RelayError> {
+        while !self.stopping() {
+            let mut delivered_any = false;
+            let streams = self.store.next_seqs()?;
+            for (table, partition) in streams.keys().copied() {
+                loop {
+                    if self.stopping() {
+                        return Ok(());
+                    }
+                    let rows = self
+                        .store
+                        .outbox_rows(table, partition, self.cfg.batch_rows)?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    self.deliver(table, partition, rows)?;
+                    delivered_any = true;
+                }
+            }
+            if !delivered_any {
+                self.wait_for_commits()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until a commit adds rows, or 50 ms pass.
+    fn wait_for_commits(&self) -> Result<(), RelayError> {
+        let (lock, cv) = &self.shared.wake;
+        let guard = lock.lock().map_err(|_| RelayError::Poisoned)?;
+        let (mut woken, _) = cv
+            .wait_timeout_while(guard, Duration::from_millis(50), |w| !*w)
+            .map_err(|_| RelayError::Poisoned)?;
+        *woken = false;
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        table: Table,
+        partition: i32,
+        rows: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), RelayError> {
+        let first_seq = rows[0].0;
+        let last_seq = rows[rows.len() - 1].0;
+        if last_seq - first_seq + 1 != rows.len() as u64 {
+            return Err(RelayError::OutboxHole {
+                table,
+                partition,
+                first_seq,
+                last_seq,
+            });
+        }
+        let payload: Vec<Vec<u8>> = rows.into_iter().map(|(_, r)| r).collect();
+        match self.append_with_retries(table, partition, first_seq, &payload)? {
+            Appended::Stopping => return Ok(()),
+            Appended::Delivered | Appended::DeadLettered => {}
+        }
+        self.store
+            .outbox_delete_through(table, partition, last_seq)?;
+        let n = payload.len() as u64;
+        let prev = self
+            .shared
+            .depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                Some(d.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        self.metrics.emit(OutboxDepthChanged {
+            rows: prev.saturating_sub(n),
+        });
+        self.shared.delivered.fetch_add(n, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Appends until the sink acknowledges, rejects (dead letter), or fails for good.
+    /// Transient errors retry with exponential backoff and full jitter.
+    fn append_with_retries(
+        &mut self,
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        payload: &[Vec<u8>],
+    ) -> Result<Appended, RelayError> {
+        let started = Instant::now();
+        let mut backoff = self.cfg.initial_backoff;
+        loop {
+            let error = match self.sink.append(table, partition, first_seq, payload) {
+                Ok(out) => {
+                    self.metrics.emit(RowsDelivered {
+                        table,
+                        written: out.written,
+                        already_present: out.already_present,
+                    });
+                    return Ok(Appended::Delivered);
+                }
+                Err(e) => e,
+            };
+            let retryable = error.is_retryable() && started.elapsed() < self.cfg.give_up_after;
+            // Full jitter: sleep uniformly in [0, backoff], then double up to the cap.
+            let sleep = rand::thread_rng().gen_range(Duration::ZERO..=backoff);
+            self.metrics.emit(SinkWriteFailed {
+                table,
+                partition,
+                first_seq,
+                error: &error,
+                retry_in: retryable.then_some(sleep),
+            });
+            match error {
+                SinkError::Rejected { count, reason } => {
+                    let at = Span {
+                        table,
+                        partition,
+                        first_seq,
+                    };
+                    self.dead_letter(at, payload, count, &reason)?;
+                    return Ok(Appended::DeadLettered);
+                }
+                e if e.is_retryable() && !retryable => {
+                    return Err(RelayError::SinkUnavailable {
+                        table,
+                        partition,
+                        first_seq,
+                        waited: started.elapsed(),
+                        source: e,
+                    })
+                }
+                e if !e.is_retryable() => {
+                    return Err(RelayError::Sink {
+                        table,
+                        partition,
+                        first_seq,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+            std::thread::sleep(sleep);
+            backoff = (backoff * 2).min(self.cfg.max_backoff);
+            if self.stopping() {
+                return Ok(Appended::Stopping);
+            }
+        }
+    }
+
+    /// Stores rejected rows in the dead-letter file, then tells the sink to expect the
+    /// sequence after them.
+    fn dead_letter(
+        &mut self,
+        at: Span,
+        payload: &[Vec<u8>],
+        count: usize,
+        reason: &str,
+    ) -> Result<(), RelayError> {
+        let Span {
+            table,
+            partition,
+            first_seq,
+        } = at;
+        let last_seq = first_seq + payload.len() as u64 - 1;
+        dead_letter::append(
+            &self.cfg.dead_letter_dir,
+            table,
+            partition,
+            first_seq,
+            payload,
+            reason,
+        )?;
+        self.metrics.emit(RowsDeadLettered {
+            table,
+            partition,
+            first_seq,
+            rows: count,
+            reason,
+        });
+        self.sink
+            .skip(table, partition, last_seq)
+            .map_err(|source| RelayError::SkipRejected {
+                table,
+                partition,
+                source,
+            })
+    }
+}

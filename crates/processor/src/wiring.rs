@@ -1,0 +1,158 @@
+//! Wiring: builds a running [`Processor`] from a [`RunConfig`] and runs it.
+//!
+//! Order matters: the state store opens first (it holds the position), the pipeline
+//! loads its in-memory view from it, the consumer is assigned at the checkpointed
+//! offsets, the relay starts on whatever the outbox already holds, and only then does
+//! `/readyz` turn ready.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use paydedup_event::DecodeLimits;
+use paydedup_fraud::FraudConfig;
+use paydedup_sink::{BigQuerySink, FileSink, Sink};
+use paydedup_state::{StateStore, StoreOptions};
+
+use crate::activity::PartitionActivity;
+use crate::checkpoint::Checkpoint;
+use crate::config::{RunConfig, SinkTarget};
+use crate::health::{self, Readiness};
+use crate::kafka::KafkaSource;
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::processor::{Exit, LoopSettings, Processor};
+use crate::relay::{OutboxRelay, RelayConfig};
+use crate::shutdown::Shutdown;
+
+/// A duration as i64 microseconds (the pipeline's unit). Settings are bounded far
+/// below the overflow (see `config::parse`).
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Runs the processor until a signal, the end of a bounded run, or an error.
+pub fn run(config: &RunConfig) -> anyhow::Result<Exit> {
+    let shutdown = Shutdown::install()?;
+    let metrics = Metrics::new();
+    let ready = Readiness::default();
+    let addr = health::serve(config.process.metrics_addr, metrics.clone(), ready.clone())?;
+    tracing::info!(metrics = %addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic, "Processor starting.");
+    let mut processor = build(config, metrics, shutdown)?;
+    ready.set(true);
+    let result = processor.run();
+    ready.set(false);
+    let flush_timeout = config.relay.sink_give_up.max(Duration::from_secs(30));
+    processor.finish(result, flush_timeout)
+}
+
+fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<Processor> {
+    let store = Arc::new(open_store(config)?);
+    let pipeline = Pipeline::load(pipeline_config(config)?, &store)?;
+    let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
+    source.assign(|p| pipeline.next_offset(p))?;
+    let relay = OutboxRelay::spawn(
+        store.clone(),
+        open_sink(config, &store)?,
+        relay_config(config),
+        metrics.clone(),
+    )?;
+    spawn_ttl_compaction(store.clone(), config.store.ttl_compaction_every);
+    let owned = source.owned().to_vec();
+    Ok(Processor::new(
+        source,
+        pipeline,
+        Checkpoint::new(store, relay, metrics.clone(), owned.clone()),
+        PartitionActivity::new(&owned, config.pipeline.idle_timeout),
+        LoopSettings {
+            batch_size: config.kafka.batch_size.get(),
+            batch_timeout: config.kafka.batch_timeout,
+            outbox_bound: config.relay.outbox_bound.get(),
+            exit_when_caught_up: config.process.exit_when_caught_up,
+            drain: config.process.drain,
+        },
+        metrics,
+        shutdown,
+    ))
+}
+
+fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {
+    let dir = &config.store.state_dir;
+    StateStore::open(
+        dir,
+        &StoreOptions {
+            sync: config.store.sync,
+            dedup_retention_micros: Some(micros(config.pipeline.retention)),
+            ..StoreOptions::default()
+        },
+    )
+    .with_context(|| format!("opening the state store at {}", dir.display()))
+}
+
+fn pipeline_config(config: &RunConfig) -> anyhow::Result<PipelineConfig> {
+    let p = &config.pipeline;
+    let fraud = match &p.fraud_config {
+        Some(path) => FraudConfig::load(path)?,
+        None => FraudConfig::default(),
+    };
+    Ok(PipelineConfig {
+        allowed_lateness_micros: micros(p.allowed_lateness),
+        retention_micros: micros(p.retention),
+        window_micros: micros(p.window),
+        decode: DecodeLimits {
+            future_tolerance: chrono::Duration::microseconds(micros(p.future_tolerance)),
+            ..DecodeLimits::default()
+        },
+        fraud,
+    })
+}
+
+fn relay_config(config: &RunConfig) -> RelayConfig {
+    let r = &config.relay;
+    RelayConfig {
+        batch_rows: r.relay_batch.get(),
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: r.sink_max_backoff,
+        give_up_after: r.sink_give_up,
+        dead_letter_dir: config.store.state_dir.join("dead-letter"),
+    }
+}
+
+fn open_sink(config: &RunConfig, store: &Arc<StateStore>) -> anyhow::Result<Box<dyn Sink>> {
+    match &config.relay.sink {
+        SinkTarget::File(dir) => {
+            Ok(Box::new(FileSink::open(dir).with_context(|| {
+                format!("opening the file sink at {}", dir.display())
+            })?))
+        }
+        SinkTarget::BigQuery { target } => {
+            let cfg = config.bigquery.config(target)?;
+            let sink = BigQuerySink::open(&cfg, store.clone()).with_context(|| {
+                format!(
+                    "opening BigQuery {}.{} at {}",
+                    cfg.project, cfg.dataset, cfg.rest_url
+                )
+            })?;
+            Ok(Box::new(sink))
+        }
+    }
+}
+
+/// Runs a full compaction of the TTL column families periodically, so expired keys
+/// leave the disk even when the write rate is too low to trigger compactions.
+fn spawn_ttl_compaction(store: Arc<StateStore>, every: Duration) {
+    if every.is_zero() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("ttl-compaction".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            if Arc::strong_count(&store) == 1 {
+                return;
+            }
+            if let Err(e) = store.compact() {
+                tracing::warn!(error = %e, "TTL compaction failed.");
+            }
+        });
+}
