@@ -7,31 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use paydedup_sink::bigquery::Credentials;
 use paydedup_sink::BigQueryConfig;
 use serde::Deserialize;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "paydedup-processor",
-    version,
-    about = "Exactly-once payment deduplication: Kafka in, deduplicated and fraud-enriched payments out."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Consume, deduplicate, enrich and deliver (the processor).
-    Run(Box<RunArgs>),
-    /// Print what a state directory holds: keys, bytes, offsets, watermarks, outbox depth.
-    State(StateArgs),
-    /// Check the delivered output (and the simulator's manifest); exit non-zero on a mismatch.
-    Reconcile(crate::reconcile::ReconcileArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct StateArgs {

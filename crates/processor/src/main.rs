@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use paydedup_processor::config::{Cli, Command, Settings};
+use paydedup_processor::cli::{Cli, Command};
+use paydedup_processor::config::Settings;
 use paydedup_processor::{consumer, health, metrics, reconcile, shutdown, state_cmd};
 
 fn init_logging(format: &str) {
