@@ -81,15 +81,15 @@ pub struct Manifest {
     pub elapsed_secs: f64,
 }
 
-/// Why a manifest could not be loaded.
+/// Why a manifest could not be loaded (the I/O or JSON error is the `source`).
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("reading manifest {}: {source}", path.display())]
+    #[error("reading manifest {}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("parsing manifest {}: {source}", path.display())]
+    #[error("parsing manifest {}", path.display())]
     Parse {
         path: PathBuf,
         source: serde_json::Error,
@@ -229,5 +229,7 @@ mod tests {
         let e = Manifest::load(&bad).unwrap_err();
         assert!(matches!(e, ManifestError::Parse { .. }), "{e}");
         assert!(e.to_string().contains("bad.json"), "{e}");
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(cause.contains("missing field"), "{cause}");
     }
 }

@@ -6,7 +6,6 @@
 //! A table whose file does not exist is empty (a run without late events never
 //! creates `late_events.jsonl`).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -88,6 +87,52 @@ fn rfc3339_micros<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         .map_err(|e| D::Error::custom(format!("timestamp `{s}`: {e}")))
 }
 
+/// The columns every row carries: its partition and its place in that partition's
+/// outbox sequence.
+pub trait Row {
+    fn partition(&self) -> i32;
+    fn seq(&self) -> u64;
+}
+
+/// A row that stands for one input record, so it carries that record's offset.
+pub trait Record: Row {
+    fn offset(&self) -> i64;
+}
+
+macro_rules! impl_row {
+    ($($t:ty),*) => {$(
+        impl Row for $t {
+            fn partition(&self) -> i32 {
+                self.source_partition
+            }
+            fn seq(&self) -> u64 {
+                self.outbox_seq
+            }
+        }
+    )*};
+}
+
+macro_rules! impl_record {
+    ($($t:ty),*) => {$(
+        impl Record for $t {
+            fn offset(&self) -> i64 {
+                self.source_offset
+            }
+        }
+    )*};
+}
+
+impl_row!(Payment, Audit, Late, ProcessingError, Metrics);
+impl_record!(Payment, Audit, Late, ProcessingError);
+
+fn offsets<T: Record>(rows: &[T]) -> impl Iterator<Item = (i32, i64)> + '_ {
+    rows.iter().map(|r| (r.partition(), r.offset()))
+}
+
+fn seqs<T: Row>(rows: &[T]) -> Vec<(i32, u64)> {
+    rows.iter().map(|r| (r.partition(), r.seq())).collect()
+}
+
 /// Everything the file sink delivered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -113,51 +158,20 @@ impl Ledger {
     /// `(partition, offset)` of every row that stands for one input record: the four
     /// record tables (`payment_metrics` rows are aggregates, not records).
     pub fn source_offsets(&self) -> Vec<(i32, i64)> {
-        let payments = self
-            .payments
-            .iter()
-            .map(|r| (r.source_partition, r.source_offset));
-        let audit = self
-            .audit
-            .iter()
-            .map(|r| (r.source_partition, r.source_offset));
-        let late = self
-            .late
-            .iter()
-            .map(|r| (r.source_partition, r.source_offset));
-        let errors = self
-            .errors
-            .iter()
-            .map(|r| (r.source_partition, r.source_offset));
+        let payments = offsets(&self.payments);
+        let audit = offsets(&self.audit);
+        let (late, errors) = (offsets(&self.late), offsets(&self.errors));
         payments.chain(audit).chain(late).chain(errors).collect()
     }
 
     /// `(partition, outbox_seq)` of every row, per table, in [`Table::ALL`] order.
     pub fn sequences(&self) -> [(Table, Vec<(i32, u64)>); 5] {
-        fn seqs<T>(rows: &[T], key: impl Fn(&T) -> (i32, u64)) -> Vec<(i32, u64)> {
-            rows.iter().map(key).collect()
-        }
         [
-            (
-                Table::Payments,
-                seqs(&self.payments, |r| (r.source_partition, r.outbox_seq)),
-            ),
-            (
-                Table::DedupAudit,
-                seqs(&self.audit, |r| (r.source_partition, r.outbox_seq)),
-            ),
-            (
-                Table::LateEvents,
-                seqs(&self.late, |r| (r.source_partition, r.outbox_seq)),
-            ),
-            (
-                Table::ProcessingErrors,
-                seqs(&self.errors, |r| (r.source_partition, r.outbox_seq)),
-            ),
-            (
-                Table::PaymentMetrics,
-                seqs(&self.metrics, |r| (r.source_partition, r.outbox_seq)),
-            ),
+            (Table::Payments, seqs(&self.payments)),
+            (Table::DedupAudit, seqs(&self.audit)),
+            (Table::LateEvents, seqs(&self.late)),
+            (Table::ProcessingErrors, seqs(&self.errors)),
+            (Table::PaymentMetrics, seqs(&self.metrics)),
         ]
     }
 
@@ -175,11 +189,9 @@ impl Ledger {
         for e in &self.errors {
             *o.invalid_by_code.entry(e.error_code.clone()).or_default() += 1;
         }
-        let mut records: BTreeMap<i64, i64> = BTreeMap::new();
         for (p, _) in self.source_offsets() {
-            *records.entry(i64::from(p)).or_default() += 1;
+            *o.records_by_partition.entry(i64::from(p)).or_default() += 1;
         }
-        o.records_by_partition = records;
         for r in &self.payments {
             *o.amount_by_currency.entry(r.currency.clone()).or_default() +=
                 i128::from(r.amount_minor);
