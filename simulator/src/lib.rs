@@ -23,7 +23,7 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use config::Config;
-use manifest::Manifest;
+use manifest::{Manifest, ManifestExt};
 use produce::Sender;
 use traffic::{Rates, Traffic, TrafficConfig};
 

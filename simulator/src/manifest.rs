@@ -1,100 +1,26 @@
 //! The ground-truth manifest: what the simulator produced, per partition and kind.
+//!
+//! The types live in `paydedup-manifest`, shared with `reconcile`, which reads the file
+//! this crate writes. What is simulator-specific stays here: how one produced record is
+//! tallied ([`ManifestExt::record`]).
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+pub use paydedup_manifest::{CurrencyTotals, KindCounts, Manifest, ManifestError};
 
 use crate::traffic::SimRecord;
 use crate::truth::Kind;
 
-/// Record counts by kind. `duplicate + replay` is what lands in `dedup_audit` as
-/// `kind = duplicate`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KindCounts {
-    pub records: u64,
-    pub unique: u64,
-    pub duplicate: u64,
-    pub replay: u64,
-    pub conflict: u64,
-    pub late: u64,
-    /// Late events whose transaction_id was still in the dedup index.
-    pub late_key_known: u64,
-    pub malformed: u64,
+/// Tallying produced records into a [`Manifest`].
+pub trait ManifestExt {
+    /// Counts one produced record: its kind, its partition, and for a unique payment its
+    /// currency and amount; for a malformed one its error code.
+    fn record(&mut self, r: &SimRecord);
 }
 
-impl KindCounts {
-    fn add(&mut self, kind: Kind) {
-        self.records += 1;
-        match kind {
-            Kind::Unique => self.unique += 1,
-            Kind::Duplicate => self.duplicate += 1,
-            Kind::Replay => self.replay += 1,
-            Kind::Conflict => self.conflict += 1,
-            Kind::Late { key_known } => {
-                self.late += 1;
-                self.late_key_known += u64::from(key_known);
-            }
-            Kind::Malformed { .. } => self.malformed += 1,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CurrencyTotals {
-    pub unique_count: u64,
-    /// Sum of `amount_minor` over unique payments (i128: never overflows).
-    pub unique_amount_minor: i128,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub topic: String,
-    pub seed: u64,
-    pub partitions: usize,
-    pub start_time: DateTime<Utc>,
-    pub allowed_lateness_secs: i64,
-    pub retention_secs: i64,
-    pub totals: KindCounts,
-    /// Index = partition.
-    pub by_partition: Vec<KindCounts>,
-    pub malformed_by_code: BTreeMap<String, u64>,
-    pub by_currency: BTreeMap<String, CurrencyTotals>,
-    /// Kafka offset of each partition's first record from this run (the topic may hold
-    /// earlier runs' records).
-    pub first_offset: Vec<Option<i64>>,
-    pub elapsed_secs: f64,
-}
-
-impl Manifest {
-    pub fn new(
-        topic: &str,
-        seed: u64,
-        partitions: usize,
-        start_time: DateTime<Utc>,
-        allowed_lateness_secs: i64,
-        retention_secs: i64,
-    ) -> Manifest {
-        Manifest {
-            topic: topic.to_owned(),
-            seed,
-            partitions,
-            start_time,
-            allowed_lateness_secs,
-            retention_secs,
-            totals: KindCounts::default(),
-            by_partition: vec![KindCounts::default(); partitions],
-            malformed_by_code: BTreeMap::new(),
-            by_currency: BTreeMap::new(),
-            first_offset: vec![None; partitions],
-            elapsed_secs: 0.0,
-        }
-    }
-
-    pub fn record(&mut self, r: &SimRecord) {
-        self.totals.add(r.kind);
+impl ManifestExt for Manifest {
+    fn record(&mut self, r: &SimRecord) {
+        add(&mut self.totals, r.kind);
         if let Some(p) = self.by_partition.get_mut(r.partition as usize) {
-            p.add(r.kind);
+            add(p, r.kind);
         }
         match (r.kind, &r.event) {
             (Kind::Malformed { code }, _) => {
@@ -110,5 +36,60 @@ impl Manifest {
             }
             _ => {}
         }
+    }
+}
+
+fn add(counts: &mut KindCounts, kind: Kind) {
+    counts.records += 1;
+    match kind {
+        Kind::Unique => counts.unique += 1,
+        Kind::Duplicate => counts.duplicate += 1,
+        Kind::Replay => counts.replay += 1,
+        Kind::Conflict => counts.conflict += 1,
+        Kind::Late { key_known } => {
+            counts.late += 1;
+            counts.late_key_known += u64::from(key_known);
+        }
+        Kind::Malformed { .. } => counts.malformed += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn sim(partition: i32, kind: Kind) -> SimRecord {
+        SimRecord {
+            partition,
+            key: String::new(),
+            payload: Vec::new(),
+            kind,
+            event: None,
+        }
+    }
+
+    #[test]
+    fn record_tallies_totals_partitions_and_codes() {
+        let start = Utc.with_ymd_and_hms(2024, 5, 1, 0, 0, 0).unwrap();
+        let mut m = Manifest::new("payments", 1, 2, start, 300, 3600);
+        for kind in [
+            Kind::Duplicate,
+            Kind::Replay,
+            Kind::Conflict,
+            Kind::Late { key_known: true },
+            Kind::Late { key_known: false },
+            Kind::Malformed {
+                code: "invalid_json",
+            },
+        ] {
+            m.record(&sim(1, kind));
+        }
+        assert_eq!(m.totals.records, 6);
+        assert_eq!(m.totals.audited_duplicates(), 2);
+        assert_eq!((m.totals.late, m.totals.late_key_known), (2, 1));
+        assert_eq!(m.by_partition[1], m.totals);
+        assert_eq!(m.by_partition[0], KindCounts::default());
+        assert_eq!(m.malformed_by_code["invalid_json"], 1);
     }
 }

@@ -6,13 +6,13 @@
 //! 1. records the **expiry horizon** in the batch: the minimum watermark over *all*
 //!    owned partitions (an idle partition's keys are still alive under its own
 //!    watermark), so the compaction filter only ever uses a committed watermark;
-//! 2. **commits** the batch: state deltas, outbox rows, next offsets and watermarks in
-//!    one atomic RocksDB write (synced when `--sync`);
+//! 2. **commits** the batch through the relay ([`OutboxRelay::commit`]): its rows are
+//!    counted in the outbox depth (the backpressure signal), then state deltas, outbox
+//!    rows, next offsets and watermarks go to disk in one atomic RocksDB write (synced
+//!    when `--sync`), then the relay thread wakes;
 //! 3. **advances** the in-memory horizon the compaction filter reads, only now that the
 //!    commit is on disk;
-//! 4. tells the **relay** how many rows were committed, so it wakes and its depth (the
-//!    backpressure signal) counts them;
-//! 5. reports the **`BatchCommitted`** event (metrics and logs).
+//! 4. reports the **`BatchCommitted`** event (metrics and logs).
 //!
 //! A failed commit returns an error and the process exits: the pipeline's in-memory
 //! state is then ahead of the disk, and only a restart from RocksDB re-aligns them.
@@ -81,16 +81,14 @@ impl Checkpoint {
         if let Some(h) = horizon {
             batch.set_horizon(h);
         }
-        let rows = batch.outbox_rows();
         let commit_started = Instant::now();
-        self.store
-            .commit(batch)
+        self.relay
+            .commit(&self.store, batch)
             .context("committing the batch to the state store")?;
         let commit: Duration = commit_started.elapsed();
         if let Some(h) = horizon {
             self.store.horizon().advance(h);
         }
-        self.relay.committed(rows);
         self.metrics.emit(BatchCommitted {
             stats,
             batch: started.elapsed(),

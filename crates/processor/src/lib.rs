@@ -18,7 +18,9 @@
 //! (building the parts), [`backpressure`] (pause at the outbox bound, resume at half),
 //! [`activity`] (idle partitions), [`metrics`] (named events that log and count),
 //! [`health`] (HTTP endpoints), [`shutdown`] (signals), [`state_cmd`] (the `state`
-//! subcommand) and [`reconcile`] (the `reconcile` subcommand).
+//! subcommand) and [`reconcile`] (the `reconcile` subcommand: the output, and the
+//! simulator's manifest from `paydedup-manifest`, checked against one typed list of
+//! invariants named after the SQL views).
 
 pub mod activity;
 pub mod backpressure;

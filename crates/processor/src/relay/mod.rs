@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use paydedup_sink::Sink;
-use paydedup_state::StateStore;
+use paydedup_state::{StateBatch, StateError, StateStore};
 
 pub use error::RelayError;
 
@@ -111,10 +111,25 @@ impl OutboxRelay {
         self.shared.delivered.load(Ordering::Acquire)
     }
 
-    /// Tells the relay that `rows` more rows were committed.
-    pub fn committed(&self, rows: u64) {
+    /// Commits `batch` to the store and hands its outbox rows to the relay.
+    ///
+    /// NOTE: the rows are counted *before* the commit. From the instant they are on
+    /// disk the relay may find them on its own poll, deliver them and subtract them
+    /// from the depth; counting after the commit would let that subtraction come
+    /// first, saturate at zero, and leave the depth too high forever (a bounded run
+    /// would never exit, backpressure would eventually pause for good). If the commit
+    /// fails the count stays too high, but the processor then exits.
+    pub fn commit(&self, store: &StateStore, batch: StateBatch) -> Result<(), StateError> {
+        let rows = batch.outbox_rows();
         let depth = self.shared.depth.fetch_add(rows, Ordering::AcqRel) + rows;
+        store.commit(batch)?;
         self.metrics.emit(OutboxDepthChanged { rows: depth });
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the relay thread: there are new rows.
+    fn wake(&self) {
         let (lock, cv) = &self.shared.wake;
         if let Ok(mut w) = lock.lock() {
             *w = true;
@@ -162,8 +177,8 @@ impl OutboxRelay {
 #[cfg(test)]
 mod tests {
     use paydedup_sink::{MemorySink, SinkError};
+    use paydedup_state::StoreOptions;
     use paydedup_state::Table;
-    use paydedup_state::{StateBatch, StoreOptions};
 
     use super::*;
 
@@ -259,5 +274,47 @@ mod tests {
         relay.stop();
         // Nothing was lost: the row is still in the outbox.
         assert_eq!(store.outbox_rows(Table::Payments, 0, 10).unwrap().len(), 1);
+    }
+
+    /// Issue 9, hole 6: the relay may deliver a commit's rows before the processor's
+    /// notice of that commit arrives. The depth must still end at 0, or a bounded run
+    /// never exits and backpressure eventually pauses consumption for good.
+    #[test]
+    fn depth_ends_at_zero_when_rows_are_delivered_before_the_commit_notice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
+        );
+        let sink = Arc::new(Mutex::new(MemorySink::default()));
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(Shared(sink.clone())),
+            cfg(dir.path()),
+            Metrics::new(),
+        )
+        .unwrap();
+        let mut b = StateBatch::new();
+        for s in 0..5 {
+            b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
+        }
+        b.set_next_seq(Table::Payments, 0, 5);
+        relay.commit(&store, b).unwrap();
+        // The relay polls on its own: wait until the sink holds every row, as if it had
+        // found them before the notice.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink
+            .lock()
+            .unwrap()
+            .rows
+            .get(&(Table::Payments, 0))
+            .map_or(0, Vec::len)
+            < 5
+        {
+            assert!(Instant::now() < deadline, "the relay never delivered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        relay.flush(Duration::from_secs(5)).unwrap();
+        assert_eq!(relay.depth(), 0);
+        relay.stop();
     }
 }
