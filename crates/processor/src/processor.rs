@@ -40,7 +40,7 @@ pub struct LoopSettings {
     pub drain: bool,
 }
 
-/// How often the idle loop measures lag, and the busy loop reports group offsets.
+/// How often the loop measures lag, and reports group offsets.
 const LAG_CHECK_EVERY: Duration = Duration::from_millis(500);
 const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
@@ -55,6 +55,9 @@ pub struct Processor {
     flow: Flow,
     last_group_commit: Instant,
     last_lag_check: Instant,
+    /// Every owned partition had lag 0 at the last measurement, and no records arrived
+    /// since.
+    caught_up: bool,
 }
 
 impl Processor {
@@ -78,6 +81,7 @@ impl Processor {
             flow: Flow::Reading,
             last_group_commit: Instant::now(),
             last_lag_check: Instant::now(),
+            caught_up: false,
         }
     }
 
@@ -92,6 +96,10 @@ impl Processor {
                 return Err(anyhow!("the outbox relay stopped: {failure}"));
             }
             self.apply_backpressure()?;
+            if self.last_lag_check.elapsed() >= LAG_CHECK_EVERY {
+                self.last_lag_check = Instant::now();
+                self.caught_up = self.measure_lag();
+            }
             if let Some(exit) = self.turn()? {
                 return Ok(exit);
             }
@@ -108,6 +116,7 @@ impl Processor {
         if messages.is_empty() {
             return self.on_empty_poll();
         }
+        self.caught_up = false;
         let records = input_records(&messages);
         // Every log line of this batch (pipeline, checkpoint) carries its size.
         let span = tracing::info_span!("batch", records = records.len());
@@ -152,30 +161,27 @@ impl Processor {
         Ok(())
     }
 
-    /// Nothing arrived: measure lag now and then, and end a bounded run once every
-    /// owned partition is caught up and every row delivered.
+    /// Nothing arrived: end a bounded run once every owned partition is caught up and
+    /// every row delivered.
     fn on_empty_poll(&mut self) -> anyhow::Result<Option<Exit>> {
-        if self.flow == Flow::Paused {
+        self.publish_progress();
+        if self.flow == Flow::Paused || !self.caught_up || !self.settings.exit_when_caught_up {
             return Ok(None);
         }
-        if self.last_lag_check.elapsed() >= LAG_CHECK_EVERY {
-            self.last_lag_check = Instant::now();
-            if self.caught_up() && self.settings.exit_when_caught_up {
-                if self.settings.drain && self.pipeline.open_windows() > 0 {
-                    self.drain()?;
-                }
-                if self.checkpoint.relay().depth() == 0 {
-                    tracing::info!("Caught up and delivered; exiting.");
-                    return Ok(Some(Exit::CaughtUp));
-                }
-            }
+        if self.settings.drain && self.pipeline.open_windows() > 0 {
+            self.drain()?;
         }
-        self.publish_progress();
+        if self.checkpoint.relay().depth() == 0 {
+            tracing::info!("Caught up and delivered; exiting.");
+            return Ok(Some(Exit::CaughtUp));
+        }
         Ok(None)
     }
 
-    /// Measures and reports lag; true when every owned partition is caught up.
-    fn caught_up(&self) -> bool {
+    /// Measures and reports lag, busy, idle or paused alike (a gauge that only moved
+    /// when idle would freeze exactly when the processor falls behind); true when every
+    /// owned partition is caught up.
+    fn measure_lag(&self) -> bool {
         let Some(lags) = self.source.lag(|p| self.pipeline.next_offset(p)) else {
             return false;
         };

@@ -222,6 +222,13 @@ fn emulator_outage_pauses_then_resumes_without_loss() {
         consumed,
         "consumed while paused"
     );
+    // The lag gauge keeps being measured while paused (issue 9, hole 10): it shows
+    // exactly the records still waiting, not a value frozen at the last idle poll.
+    assert_eq!(
+        gauge(&body, "paydedup_consumer_lag_records"),
+        total as i64 - consumed,
+        "lag while paused"
+    );
     emu.restart().unwrap();
     let status = child.wait().unwrap();
     assert!(
