@@ -11,7 +11,8 @@
 //!    ([`prefetch`]);
 //! 2. per record: move the partition's offset, classify, apply the outcome's state
 //!    effects (dedup entry, fraud history, watermark, window), render its row;
-//! 3. close the windows the watermarks passed;
+//! 3. close the windows the watermarks passed (`closing.rs`, which [`Pipeline::drain`]
+//!    shares);
 //! 4. write the state deltas and positions.
 //!
 //! The pipeline keeps in memory the committed values it needs on every record

@@ -7,7 +7,7 @@
 //! own. That is why batch boundaries never change the output.
 //!
 //! Card and customer fraud state share a column family but never a type: each lives in
-//! its own [`FraudTable`], keyed by the id the event carries, and only the store key
+//! its own `FraudTable`, keyed by the id the event carries, and only the store key
 //! (`card/…`, `customer/…`) knows the prefix.
 //!
 //! At the end, [`BatchState::into_deltas`] writes back only what the batch changed.
