@@ -2,31 +2,42 @@
 //!
 //! [`Pipeline::process`] turns one batch of Kafka records into one [`StateBatch`]:
 //! dedup keys, fraud and window state, outbox rows, next offsets and watermarks. The
-//! caller commits it atomically. The decisions themselves are the pure functions in
-//! [`watermark`], [`dedupe`], [`window`] and `paydedup_fraud::assess`; this module only
-//! threads state through them in partition order.
+//! caller commits it atomically. The decisions themselves are pure functions:
+//! [`outcome::classify`] routes a record (over [`watermark`] and [`dedupe`]), [`window`]
+//! places and closes windows, `paydedup_fraud::assess` scores, [`rows`] renders. This
+//! module only threads state through them in partition order:
+//!
+//! 1. decode every record, then read the batch's dedup and fraud state in bulk
+//!    ([`prefetch`]);
+//! 2. per record: move the partition's offset, classify, apply the outcome's state
+//!    effects (dedup entry, fraud history, watermark, window), render its row;
+//! 3. close the windows the watermarks passed (`closing.rs`, which [`Pipeline::drain`]
+//!    shares);
+//! 4. write the state deltas and positions.
 //!
 //! The pipeline keeps in memory the committed values it needs on every record
 //! (watermarks, sequences, open windows). If a commit fails the process exits and
 //! restarts from RocksDB, so memory and disk never need reconciling.
 
+mod closing;
 pub mod dedupe;
+pub mod outcome;
+pub mod prefetch;
 pub mod rows;
 pub mod watermark;
 pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use base64::Engine;
 use chrono::{TimeZone, Utc};
-use paydedup_event::{content_hash, decode, Currency, DecodeLimits, PaymentEvent, ValidationError};
-use paydedup_fraud::{assess, CardState, CustomerState, FraudConfig};
-use paydedup_state::keys::{dedup_key, parse_window_key, window_key};
+use paydedup_event::{decode, Currency, DecodeLimits, PaymentEvent, ValidationError};
+use paydedup_fraud::FraudConfig;
+use paydedup_state::keys::{parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
-use serde::Serialize;
 
-use dedupe::DedupDecision;
-use rows::*;
+use outcome::{classify, Outcome};
+use prefetch::BatchState;
+use rows::AuditKind;
 use window::WindowAgg;
 
 /// One Kafka record, borrowed from the consumer.
@@ -88,13 +99,26 @@ pub struct Pipeline {
 /// (partition, window start µs, currency code).
 type WindowKey = (i32, i64, &'static str);
 
-fn enc<T: Serialize>(row: &T) -> Vec<u8> {
-    // Row structs hold only strings, numbers and bools: serialisation cannot fail.
-    serde_json::to_vec(row).unwrap_or_default()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+impl BatchStats {
+    /// Counts one record's outcome (fraud flags are counted where they are scored).
+    fn count(&mut self, r: &InputRecord<'_>, outcome: &Outcome<'_>) {
+        self.records += 1;
+        if let Some(event) = outcome.event() {
+            if r.key != Some(event.transaction_id.as_str().as_bytes()) {
+                self.key_mismatch += 1;
+            }
+        }
+        match outcome {
+            Outcome::Invalid { error } => {
+                self.invalid += 1;
+                *self.invalid_by_code.entry(error.code()).or_default() += 1;
+            }
+            Outcome::Late { .. } => self.late += 1,
+            Outcome::Unique { .. } => self.unique += 1,
+            Outcome::Duplicate { .. } => self.duplicates += 1,
+            Outcome::Conflict { .. } => self.conflicts += 1,
+        }
+    }
 }
 
 impl Pipeline {
@@ -180,268 +204,124 @@ impl Pipeline {
         records: &[InputRecord<'_>],
         store: &StateStore,
     ) -> Result<(StateBatch, BatchStats), StateError> {
+        // 1. Decode everything, then fetch the state the batch needs in bulk.
+        let decoded: Vec<Result<PaymentEvent, ValidationError>> =
+            records.iter().map(|r| self.decode_record(r)).collect();
+        let mut state = BatchState::read(&decoded, store)?;
         let mut stats = BatchStats::default();
         let mut batch = StateBatch::new();
 
-        // 1. Decode everything, then fetch the state the batch needs in bulk.
-        let decoded: Vec<Result<PaymentEvent, ValidationError>> = records
-            .iter()
-            .map(|r| {
-                let reference = r
-                    .timestamp_ms
-                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-                    // No timestamp: nothing to judge "in the future" against that a
-                    // replay would see the same way, so the check is skipped.
-                    .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
-                decode(r.payload, reference, &self.cfg.decode)
-            })
-            .collect();
-        let mut dedup_keys: Vec<[u8; 16]> = Vec::new();
-        let mut fraud_keys: Vec<Vec<u8>> = Vec::new();
-        for e in decoded.iter().flatten() {
-            dedup_keys.push(dedup_key(e.transaction_id.as_str()));
-            fraud_keys.push(CardState::key(&e.card_fingerprint));
-            fraud_keys.push(CustomerState::key(&e.customer_id));
-        }
-        dedup_keys.sort_unstable();
-        dedup_keys.dedup();
-        fraud_keys.sort_unstable();
-        fraud_keys.dedup();
-        let mut dedup: HashMap<[u8; 16], Option<DedupEntry>> = dedup_keys
-            .iter()
-            .copied()
-            .zip(store.get_dedup_many(&dedup_keys)?)
-            .collect();
-        let mut dedup_written: Vec<[u8; 16]> = Vec::new();
-        let fraud_values = store.get_fraud_many(&fraud_keys)?;
-        // Fraud state per key, with whether this batch changed it.
-        let mut cards: HashMap<Vec<u8>, (CardState, bool)> = HashMap::new();
-        let mut customers: HashMap<Vec<u8>, (CustomerState, bool)> = HashMap::new();
-        for (k, v) in fraud_keys.into_iter().zip(fraud_values) {
-            let v = v.unwrap_or_default();
-            if k.starts_with(b"card/") {
-                cards.insert(k, (CardState::decode(&v), false));
-            } else {
-                customers.insert(k, (CustomerState::decode(&v), false));
-            }
-        }
-        let mut windows_touched: BTreeSet<WindowKey> = BTreeSet::new();
-
         // 2. Each record, in order, ends in exactly one table.
-        for (r, d) in records.iter().zip(decoded.iter()) {
-            stats.records += 1;
-            let kafka_ts = r.timestamp_ms.map(|ms| ts(ms.saturating_mul(1000)));
-            let progress = self.partitions.entry(r.partition).or_default();
-            progress.next_offset = Some(r.offset + 1);
-            let wm =
-                watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
-            let (table, seq, row) = match d {
-                Err(e) => {
-                    stats.invalid += 1;
-                    *stats.invalid_by_code.entry(e.code()).or_default() += 1;
-                    let (payload, redacted) = if e.code() == "card_number_detected" {
-                        rows::redact_pans(r.payload)
-                    } else {
-                        (r.payload.to_vec(), false)
-                    };
-                    let seq = self.seq(Table::ProcessingErrors, r.partition);
-                    let key = r.key.and_then(|k| std::str::from_utf8(k).ok()).filter(|k| {
-                        k.len() <= 256
-                            && !(e.code() == "card_number_detected"
-                                && rows::redact_pans(k.as_bytes()).1)
-                    });
-                    let row = ProcessingErrorRow {
-                        error_code: e.code(),
-                        error_field: e.field(),
-                        error_message: e.to_string(),
-                        payload_base64: b64(&payload),
-                        payload_redacted: redacted,
-                        payload_bytes: r.payload.len(),
-                        kafka_key: key,
-                        kafka_timestamp: kafka_ts,
-                        source_partition: r.partition,
-                        source_offset: r.offset,
-                        outbox_seq: seq,
-                    };
-                    (Table::ProcessingErrors, seq, enc(&row))
-                }
-                Ok(event) => {
-                    if r.key != Some(event.transaction_id.as_str().as_bytes()) {
-                        stats.key_mismatch += 1;
-                    }
-                    let t = event.event_time_micros();
-                    let key = dedup_key(event.transaction_id.as_str());
-                    let existing = dedup.get(&key).copied().flatten();
-                    if watermark::is_late(t, wm) {
-                        stats.late += 1;
-                        let known =
-                            dedupe::alive(existing, wm, self.cfg.retention_micros).is_some();
-                        let wm = wm.unwrap_or(t);
-                        let seq = self.seq(Table::LateEvents, r.partition);
-                        let row = LateEventRow {
-                            transaction_id: event.transaction_id.as_str(),
-                            event_time: ts(t),
-                            watermark: ts(wm),
-                            lateness_secs: (wm - t) as f64 / 1e6,
-                            key_known: known,
-                            amount_minor: event.amount_minor,
-                            currency: event.currency.code(),
-                            payload_base64: b64(r.payload),
-                            kafka_timestamp: kafka_ts,
-                            source_partition: r.partition,
-                            source_offset: r.offset,
-                            outbox_seq: seq,
-                        };
-                        (Table::LateEvents, seq, enc(&row))
-                    } else {
-                        let hash = content_hash(event).0;
-                        let decision =
-                            dedupe::decide(existing, hash, wm, self.cfg.retention_micros);
-                        let progress = self.partitions.entry(r.partition).or_default();
-                        progress.max_event_micros =
-                            watermark::advance(progress.max_event_micros, t);
-                        let wkey = (
-                            r.partition,
-                            window::window_start(t, self.cfg.window_micros),
-                            event.currency.code(),
-                        );
-                        let agg = self.windows.entry(wkey).or_default();
-                        windows_touched.insert(wkey);
-                        match decision {
-                            DedupDecision::Unique => {
-                                stats.unique += 1;
-                                let entry = DedupEntry {
-                                    event_time_micros: t,
-                                    content_hash: hash,
-                                    partition: r.partition,
-                                    offset: r.offset,
-                                };
-                                dedup.insert(key, Some(entry));
-                                dedup_written.push(key);
-                                let card = cards
-                                    .entry(CardState::key(&event.card_fingerprint))
-                                    .or_default();
-                                let customer = customers
-                                    .entry(CustomerState::key(&event.customer_id))
-                                    .or_default();
-                                let a =
-                                    assess(event, &mut card.0, &mut customer.0, &self.cfg.fraud);
-                                card.1 = true;
-                                customer.1 = true;
-                                agg.payment_count += 1;
-                                agg.amount_minor_sum += i128::from(event.amount_minor);
-                                if a.flagged {
-                                    agg.flagged_count += 1;
-                                    stats.flagged += 1;
-                                }
-                                let seq = self.seq(Table::Payments, r.partition);
-                                let row = PaymentRow {
-                                    transaction_id: event.transaction_id.as_str(),
-                                    event_time: ts(t),
-                                    amount_minor: event.amount_minor,
-                                    amount: event.currency.format_major(event.amount_minor),
-                                    currency: event.currency.code(),
-                                    merchant_id: &event.merchant_id,
-                                    merchant_category: format!("{:04}", event.merchant_category),
-                                    card_fingerprint: &event.card_fingerprint,
-                                    card_country: &event.card_country,
-                                    customer_id: &event.customer_id,
-                                    ip_country: &event.ip_country,
-                                    device_id: &event.device_id,
-                                    region: &event.region,
-                                    payment_method: event.payment_method.as_str(),
-                                    schema_version: event.schema_version,
-                                    content_hash: format!("{hash:032x}"),
-                                    fraud_score: a.score,
-                                    fraud_flagged: a.flagged,
-                                    fraud_reasons: a.reasons.iter().map(|r| r.as_str()).collect(),
-                                    card_count_10m: a.card_count_10m,
-                                    card_count_1h: a.card_count_1h,
-                                    kafka_timestamp: kafka_ts,
-                                    source_partition: r.partition,
-                                    source_offset: r.offset,
-                                    outbox_seq: seq,
-                                };
-                                (Table::Payments, seq, enc(&row))
-                            }
-                            DedupDecision::Duplicate { first }
-                            | DedupDecision::Conflict { first } => {
-                                let kind = if matches!(decision, DedupDecision::Duplicate { .. }) {
-                                    stats.duplicates += 1;
-                                    agg.duplicate_count += 1;
-                                    "duplicate"
-                                } else {
-                                    stats.conflicts += 1;
-                                    agg.conflict_count += 1;
-                                    "conflict"
-                                };
-                                let seq = self.seq(Table::DedupAudit, r.partition);
-                                let row = DedupAuditRow {
-                                    kind,
-                                    transaction_id: event.transaction_id.as_str(),
-                                    event_time: ts(t),
-                                    first_event_time: ts(first.event_time_micros),
-                                    amount_minor: event.amount_minor,
-                                    currency: event.currency.code(),
-                                    first_content_hash: format!("{:032x}", first.content_hash),
-                                    repeat_content_hash: format!("{hash:032x}"),
-                                    first_partition: first.partition,
-                                    first_offset: first.offset,
-                                    kafka_timestamp: kafka_ts,
-                                    source_partition: r.partition,
-                                    source_offset: r.offset,
-                                    outbox_seq: seq,
-                                };
-                                (Table::DedupAudit, seq, enc(&row))
-                            }
-                        }
-                    }
-                }
-            };
+        let mut windows_touched = BTreeSet::new();
+        for (r, d) in records.iter().zip(&decoded) {
+            let (table, seq, row) = self.record(r, d, &mut state, &mut windows_touched, &mut stats);
             batch.put_outbox(table, r.partition, seq, row);
         }
 
-        // 3. Close windows the watermarks have passed, in (partition, start, currency)
-        //    order, and emit them.
-        let closed: Vec<WindowKey> = self
-            .windows
-            .keys()
-            .filter(|(p, start, _)| {
-                window::is_closed(*start, self.cfg.window_micros, self.watermark(*p))
-            })
-            .copied()
-            .collect();
-        for key in closed {
-            let Some(agg) = self.windows.remove(&key) else {
-                continue;
-            };
-            self.emit_window(key, &agg, &mut batch);
-            batch.delete_window(window_key(key.0, key.1, key.2));
-            stats.windows_closed += 1;
-        }
+        // 3. Close the windows the watermarks have passed.
+        stats.windows_closed = self.close_passed_windows(&mut batch);
 
-        // 4. State deltas: dedup keys, fraud state, open windows, positions.
-        for key in dedup_written {
-            if let Some(Some(entry)) = dedup.get(&key) {
-                batch.put_dedup(key, entry);
-            }
-        }
-        for (k, (card, changed)) in cards {
-            if changed {
-                batch.put_fraud(k, card.encode());
-            }
-        }
-        for (k, (customer, changed)) in customers {
-            if changed {
-                batch.put_fraud(k, customer.encode());
-            }
-        }
+        // 4. State deltas: dedup keys, fraud state, open windows, sequences, positions.
+        state.into_deltas(&mut batch);
         for key in windows_touched {
+            // A window closed in step 3 was deleted there; only open ones are written.
             if let Some(agg) = self.windows.get(&key) {
-                batch.put_window(window_key(key.0, key.1, key.2), enc(agg));
+                batch.put_window(window_key(key.0, key.1, key.2), agg.encode());
             }
         }
         self.flush_seqs(&mut batch);
+        self.put_positions(records, &mut batch);
+        stats.outbox_rows = batch.outbox_rows();
+        Ok((batch, stats))
+    }
+
+    /// Decodes and validates one record.
+    fn decode_record(&self, r: &InputRecord<'_>) -> Result<PaymentEvent, ValidationError> {
+        let reference = r
+            .timestamp_ms
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            // No timestamp: nothing to judge "in the future" against that a replay
+            // would see the same way, so the check is skipped.
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        decode(r.payload, reference, &self.cfg.decode)
+    }
+
+    /// One record: classify it, apply its outcome's state effects, render its row.
+    /// Returns the row with its table and sequence.
+    fn record<'a>(
+        &mut self,
+        r: &InputRecord<'_>,
+        decoded: &'a Result<PaymentEvent, ValidationError>,
+        state: &mut BatchState<'a>,
+        touched: &mut BTreeSet<WindowKey>,
+        stats: &mut BatchStats,
+    ) -> (Table, u64, Vec<u8>) {
+        // The record is consumed whatever its outcome; its watermark is the one before it.
+        let progress = self.partitions.entry(r.partition).or_default();
+        progress.next_offset = Some(r.offset + 1);
+        let wm = watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
+        let existing = decoded.as_ref().ok().and_then(|e| state.dedup_entry(e));
+        let outcome = classify(decoded, existing, wm, self.cfg.retention_micros);
+        stats.count(r, &outcome);
+        let table = outcome.table();
+        let seq = self.seq(table, r.partition);
+        let row = match outcome {
+            // Invalid and late records change no state.
+            Outcome::Invalid { error } => rows::processing_error(r, error, seq),
+            Outcome::Late {
+                event,
+                watermark,
+                key_known,
+            } => rows::late_event(r, event, watermark, key_known, seq),
+            Outcome::Unique { event, hash } => {
+                let first = DedupEntry {
+                    event_time_micros: event.event_time_micros(),
+                    content_hash: hash,
+                    partition: r.partition,
+                    offset: r.offset,
+                };
+                state.insert_dedup(event, first);
+                let fraud = state.assess(event, &self.cfg.fraud);
+                stats.flagged += u64::from(fraud.flagged);
+                self.on_time(r.partition, event, touched)
+                    .add_payment(event.amount_minor, fraud.flagged);
+                rows::payment(r, event, hash, &fraud, seq)
+            }
+            Outcome::Duplicate { event, hash, first } => {
+                self.on_time(r.partition, event, touched).duplicate_count += 1;
+                rows::dedup_audit(r, AuditKind::Duplicate, event, hash, &first, seq)
+            }
+            Outcome::Conflict { event, hash, first } => {
+                self.on_time(r.partition, event, touched).conflict_count += 1;
+                rows::dedup_audit(r, AuditKind::Conflict, event, hash, &first, seq)
+            }
+        };
+        (table, seq, row)
+    }
+
+    /// An on-time event (unique or repeat) moves its partition's max event time and
+    /// counts in its window, which it returns. On time means `event_time >= watermark`,
+    /// so the window is still open (see [`window`]).
+    fn on_time(
+        &mut self,
+        partition: i32,
+        event: &PaymentEvent,
+        touched: &mut BTreeSet<WindowKey>,
+    ) -> &mut WindowAgg {
+        let t = event.event_time_micros();
+        let progress = self.partitions.entry(partition).or_default();
+        progress.max_event_micros = watermark::advance(progress.max_event_micros, t);
+        let key = (
+            partition,
+            window::window_start(t, self.cfg.window_micros),
+            event.currency.code(),
+        );
+        touched.insert(key);
+        self.windows.entry(key).or_default()
+    }
+
+    /// Checkpoints the next offset and max event time of every partition in `records`.
+    fn put_positions(&self, records: &[InputRecord<'_>], batch: &mut StateBatch) {
         let mut partitions: Vec<i32> = records.iter().map(|r| r.partition).collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -454,67 +334,6 @@ impl Pipeline {
                 batch.set_max_event_time(p, m);
             }
         }
-        stats.outbox_rows = batch.outbox_rows();
-        Ok((batch, stats))
-    }
-
-    fn emit_window(&mut self, key: WindowKey, agg: &WindowAgg, batch: &mut StateBatch) {
-        let (p, start, currency) = key;
-        let seq = self.seq(Table::PaymentMetrics, p);
-        let code = Currency::from_code(currency);
-        let sum = i64::try_from(agg.amount_minor_sum).unwrap_or(i64::MAX);
-        let row = PaymentMetricsRow {
-            window_start: ts(start),
-            window_end: ts(start + self.cfg.window_micros),
-            currency,
-            payment_count: agg.payment_count,
-            amount_minor_sum: sum,
-            amount_sum: code.map(|c| c.format_major(sum)).unwrap_or_default(),
-            duplicate_count: agg.duplicate_count,
-            conflict_count: agg.conflict_count,
-            flagged_count: agg.flagged_count,
-            source_partition: p,
-            outbox_seq: seq,
-        };
-        batch.put_outbox(Table::PaymentMetrics, p, seq, enc(&row));
-    }
-
-    /// Drains: closes every open window of the given partitions, as if their watermark
-    /// had passed all of them (Flink's stop-with-drain). Used at the end of a bounded
-    /// run so the metrics reconcile with the payments; later events for those windows
-    /// would be late, because the partition's max event time moves past them.
-    pub fn drain(&mut self, partitions: &[i32]) -> (StateBatch, u64) {
-        let mut batch = StateBatch::new();
-        let keys: Vec<WindowKey> = self
-            .windows
-            .keys()
-            .filter(|(p, _, _)| partitions.contains(p))
-            .copied()
-            .collect();
-        let mut closed = 0;
-        let mut touched: Vec<i32> = Vec::new();
-        for key in keys {
-            let Some(agg) = self.windows.remove(&key) else {
-                continue;
-            };
-            self.emit_window(key, &agg, &mut batch);
-            batch.delete_window(window_key(key.0, key.1, key.2));
-            // Move the max event time past the window so nothing can reopen it.
-            let end = key.1 + self.cfg.window_micros + self.cfg.allowed_lateness_micros;
-            let progress = self.partitions.entry(key.0).or_default();
-            progress.max_event_micros = watermark::advance(progress.max_event_micros, end);
-            touched.push(key.0);
-            closed += 1;
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        self.flush_seqs(&mut batch);
-        for p in touched {
-            if let Some(m) = self.partitions[&p].max_event_micros {
-                batch.set_max_event_time(p, m);
-            }
-        }
-        (batch, closed)
     }
 }
 

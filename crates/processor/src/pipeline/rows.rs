@@ -4,9 +4,20 @@
 //! the wall clock: a batch re-processed after a crash yields byte-identical rows. That is
 //! why there is no `processed_at` column; `kafka_timestamp` says when the record arrived.
 //! Every row carries `source_partition` and `outbox_seq`, the relay's idempotency key.
+//!
+//! One function per table renders a row from its record, what the pipeline decided
+//! about it ([`super::outcome::Outcome`]'s fields) and its sequence, straight to the JSON
+//! bytes the outbox stores. They only read: every state effect has happened before.
 
+use base64::Engine;
 use chrono::{SecondsFormat, TimeZone, Utc};
+use paydedup_event::{Currency, PaymentEvent, ValidationError};
+use paydedup_fraud::Assessment;
+use paydedup_state::DedupEntry;
 use serde::Serialize;
+
+use super::window::WindowAgg;
+use super::InputRecord;
 
 /// RFC 3339 UTC with microseconds; the format BigQuery and the file sink read.
 pub fn ts(micros: i64) -> String {
@@ -115,6 +126,183 @@ pub struct PaymentMetricsRow<'a> {
     pub outbox_seq: u64,
 }
 
+fn enc<T: Serialize>(row: &T) -> Vec<u8> {
+    // Row structs hold only strings, numbers and bools: serialisation cannot fail.
+    serde_json::to_vec(row).unwrap_or_default()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// When the record reached Kafka, if it says.
+fn kafka_timestamp(r: &InputRecord<'_>) -> Option<String> {
+    r.timestamp_ms.map(|ms| ts(ms.saturating_mul(1000)))
+}
+
+/// `processing_errors`: a record that did not decode or validate. A card number found
+/// in it is redacted from the payload, and a Kafka key that carries one is dropped.
+pub fn processing_error(r: &InputRecord<'_>, error: &ValidationError, seq: u64) -> Vec<u8> {
+    let card_number = matches!(error, ValidationError::CardNumberDetected { .. });
+    let (payload, redacted) = if card_number {
+        redact_pans(r.payload)
+    } else {
+        (r.payload.to_vec(), false)
+    };
+    let key = r
+        .key
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| k.len() <= 256 && !(card_number && redact_pans(k.as_bytes()).1));
+    enc(&ProcessingErrorRow {
+        error_code: error.code(),
+        error_field: error.field(),
+        error_message: error.to_string(),
+        payload_base64: b64(&payload),
+        payload_redacted: redacted,
+        payload_bytes: r.payload.len(),
+        kafka_key: key,
+        kafka_timestamp: kafka_timestamp(r),
+        source_partition: r.partition,
+        source_offset: r.offset,
+        outbox_seq: seq,
+    })
+}
+
+/// `late_events`: an event strictly before its partition's `watermark`.
+pub fn late_event(
+    r: &InputRecord<'_>,
+    event: &PaymentEvent,
+    watermark: i64,
+    key_known: bool,
+    seq: u64,
+) -> Vec<u8> {
+    let t = event.event_time_micros();
+    enc(&LateEventRow {
+        transaction_id: event.transaction_id.as_str(),
+        event_time: ts(t),
+        watermark: ts(watermark),
+        lateness_secs: (watermark - t) as f64 / 1e6,
+        key_known,
+        amount_minor: event.amount_minor,
+        currency: event.currency.code(),
+        payload_base64: b64(r.payload),
+        kafka_timestamp: kafka_timestamp(r),
+        source_partition: r.partition,
+        source_offset: r.offset,
+        outbox_seq: seq,
+    })
+}
+
+/// `payments`: a unique payment with its content `hash` and fraud assessment.
+pub fn payment(
+    r: &InputRecord<'_>,
+    event: &PaymentEvent,
+    hash: u128,
+    fraud: &Assessment,
+    seq: u64,
+) -> Vec<u8> {
+    enc(&PaymentRow {
+        transaction_id: event.transaction_id.as_str(),
+        event_time: ts(event.event_time_micros()),
+        amount_minor: event.amount_minor,
+        amount: event.currency.format_major(event.amount_minor),
+        currency: event.currency.code(),
+        merchant_id: &event.merchant_id,
+        merchant_category: format!("{:04}", event.merchant_category),
+        card_fingerprint: &event.card_fingerprint,
+        card_country: &event.card_country,
+        customer_id: &event.customer_id,
+        ip_country: &event.ip_country,
+        device_id: &event.device_id,
+        region: &event.region,
+        payment_method: event.payment_method.as_str(),
+        schema_version: event.schema_version,
+        content_hash: format!("{hash:032x}"),
+        fraud_score: fraud.score,
+        fraud_flagged: fraud.flagged,
+        fraud_reasons: fraud.reasons.iter().map(|r| r.as_str()).collect(),
+        card_count_10m: fraud.card_count_10m,
+        card_count_1h: fraud.card_count_1h,
+        kafka_timestamp: kafka_timestamp(r),
+        source_partition: r.partition,
+        source_offset: r.offset,
+        outbox_seq: seq,
+    })
+}
+
+/// Which repeat a `dedup_audit` row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    /// Same id, same content as the first version.
+    Duplicate,
+    /// Same id, different content.
+    Conflict,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Duplicate => "duplicate",
+            AuditKind::Conflict => "conflict",
+        }
+    }
+}
+
+/// `dedup_audit`: an on-time repeat (content `hash`) of the `first` version of its id.
+pub fn dedup_audit(
+    r: &InputRecord<'_>,
+    kind: AuditKind,
+    event: &PaymentEvent,
+    hash: u128,
+    first: &DedupEntry,
+    seq: u64,
+) -> Vec<u8> {
+    enc(&DedupAuditRow {
+        kind: kind.as_str(),
+        transaction_id: event.transaction_id.as_str(),
+        event_time: ts(event.event_time_micros()),
+        first_event_time: ts(first.event_time_micros),
+        amount_minor: event.amount_minor,
+        currency: event.currency.code(),
+        first_content_hash: format!("{:032x}", first.content_hash),
+        repeat_content_hash: format!("{hash:032x}"),
+        first_partition: first.partition,
+        first_offset: first.offset,
+        kafka_timestamp: kafka_timestamp(r),
+        source_partition: r.partition,
+        source_offset: r.offset,
+        outbox_seq: seq,
+    })
+}
+
+/// `payment_metrics`: the aggregates of a closed window `[start, start + size)` of a
+/// partition and currency.
+pub fn payment_metrics(
+    partition: i32,
+    start: i64,
+    size: i64,
+    currency: &str,
+    agg: &WindowAgg,
+    seq: u64,
+) -> Vec<u8> {
+    let sum = i64::try_from(agg.amount_minor_sum).unwrap_or(i64::MAX);
+    enc(&PaymentMetricsRow {
+        window_start: ts(start),
+        window_end: ts(start + size),
+        currency,
+        payment_count: agg.payment_count,
+        amount_minor_sum: sum,
+        amount_sum: Currency::from_code(currency)
+            .map(|c| c.format_major(sum))
+            .unwrap_or_default(),
+        duplicate_count: agg.duplicate_count,
+        conflict_count: agg.conflict_count,
+        flagged_count: agg.flagged_count,
+        source_partition: partition,
+        outbox_seq: seq,
+    })
+}
+
 /// Replaces every run of 12–19 digits (optionally spaced) with `[REDACTED]`, so a card
 /// number a producer sent by mistake never reaches the warehouse.
 pub fn redact_pans(payload: &[u8]) -> (Vec<u8>, bool) {
@@ -169,6 +357,69 @@ mod tests {
         let (out, r) = redact_pans(br#"{"t":"2026-11-23T10:00:00Z","n":12345}"#);
         assert!(!r);
         assert_eq!(out, br#"{"t":"2026-11-23T10:00:00Z","n":12345}"#.to_vec());
+    }
+
+    fn record<'a>(key: &'a [u8], payload: &'a [u8]) -> InputRecord<'a> {
+        InputRecord {
+            partition: 1,
+            offset: 7,
+            key: Some(key),
+            payload,
+            timestamp_ms: Some(1_000),
+        }
+    }
+
+    fn error_row(key: &[u8], payload: &[u8], error: &ValidationError) -> serde_json::Value {
+        serde_json::from_slice(&processing_error(&record(key, payload), error, 5)).unwrap()
+    }
+
+    fn payload_of(row: &serde_json::Value) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(row["payload_base64"].as_str().unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_card_number_error_redacts_the_payload_and_a_card_number_key() {
+        let payload = br#"{"card_fingerprint":"4111111111111111"}"#;
+        let error = ValidationError::CardNumberDetected {
+            field: "card_fingerprint",
+        };
+        let row = error_row(b"4111111111111111", payload, &error);
+        assert_eq!(row["error_code"], "card_number_detected");
+        assert_eq!(row["error_field"], "card_fingerprint");
+        assert_eq!(row["payload_redacted"], true);
+        assert_eq!(payload_of(&row), br#"{"card_fingerprint":"[REDACTED]"}"#);
+        assert_eq!(row["payload_bytes"], payload.len());
+        assert_eq!(row["kafka_key"], serde_json::Value::Null);
+        assert_eq!(row["kafka_timestamp"], "1970-01-01T00:00:01.000000Z");
+        assert_eq!(
+            (
+                &row["source_partition"],
+                &row["source_offset"],
+                &row["outbox_seq"]
+            ),
+            (&1.into(), &7.into(), &5.into())
+        );
+        // A key without a card number is kept.
+        assert_eq!(error_row(b"k-1", payload, &error)["kafka_key"], "k-1");
+    }
+
+    #[test]
+    fn other_errors_keep_the_payload_and_a_short_utf8_key() {
+        let payload = b"[1, 2]";
+        let row = error_row(b"k-1", payload, &ValidationError::NotAnObject);
+        assert_eq!(row["error_code"], "not_an_object");
+        assert_eq!(row["error_field"], serde_json::Value::Null);
+        assert_eq!(row["payload_redacted"], false);
+        assert_eq!(payload_of(&row), payload);
+        assert_eq!(row["kafka_key"], "k-1");
+        // Keys longer than 256 bytes, or not UTF-8, are not copied into the row.
+        let long = vec![b'k'; 257];
+        let row = error_row(&long, payload, &ValidationError::NotAnObject);
+        assert_eq!(row["kafka_key"], serde_json::Value::Null);
+        let row = error_row(&[0xff], payload, &ValidationError::NotAnObject);
+        assert_eq!(row["kafka_key"], serde_json::Value::Null);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Pipeline tests on a real RocksDB in a temporary directory (no Kafka).
 
+use base64::Engine;
 use chrono::Duration;
 use paydedup_event::{encode_json, Currency, PaymentMethod, TransactionId};
 use paydedup_state::StoreOptions;

@@ -19,6 +19,21 @@ pub struct WindowAgg {
     pub flagged_count: u64,
 }
 
+impl WindowAgg {
+    /// Counts a unique payment of `amount_minor`, flagged or not by fraud scoring.
+    pub fn add_payment(&mut self, amount_minor: i64, flagged: bool) {
+        self.payment_count += 1;
+        self.amount_minor_sum += i128::from(amount_minor);
+        self.flagged_count += u64::from(flagged);
+    }
+
+    /// The stored value of an open window (JSON; [`super::Pipeline::load`] reads it).
+    pub fn encode(&self) -> Vec<u8> {
+        // Only integers: serialisation cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
 /// Start of the window containing `t` (floor, also for negative times).
 pub fn window_start(t: i64, size: i64) -> i64 {
     t.div_euclid(size) * size

@@ -1,0 +1,325 @@
+//! The state one batch reads, fetched in bulk before its first record.
+//!
+//! Records are routed one at a time, but their state is read all at once: every dedup
+//! key in one `multi_get`, every fraud key in another. [`BatchState`] then serves the
+//! records in order, and what a record writes (a dedup entry, fraud history) is what a
+//! later record of the same batch reads, exactly as if each had been committed on its
+//! own. That is why batch boundaries never change the output.
+//!
+//! Card and customer fraud state share a column family but never a type: each lives in
+//! its own `FraudTable`, keyed by the id the event carries, and only the store key
+//! (`card/…`, `customer/…`) knows the prefix.
+//!
+//! At the end, [`BatchState::into_deltas`] writes back only what the batch changed.
+
+use std::collections::HashMap;
+
+use paydedup_event::{PaymentEvent, ValidationError};
+use paydedup_fraud::{assess, Assessment, CardState, CustomerState, FraudConfig};
+use paydedup_state::keys::dedup_key;
+use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
+
+/// The keys a batch reads, from its valid records: sorted, each once.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BatchKeys<'a> {
+    pub dedup: Vec<[u8; 16]>,
+    /// Card fingerprints.
+    pub cards: Vec<&'a str>,
+    /// Customer ids.
+    pub customers: Vec<&'a str>,
+}
+
+impl<'a> BatchKeys<'a> {
+    pub fn of(decoded: &'a [Result<PaymentEvent, ValidationError>]) -> BatchKeys<'a> {
+        let mut keys = BatchKeys::default();
+        for e in decoded.iter().flatten() {
+            keys.dedup.push(dedup_key(e.transaction_id.as_str()));
+            keys.cards.push(&e.card_fingerprint);
+            keys.customers.push(&e.customer_id);
+        }
+        for list in [&mut keys.cards, &mut keys.customers] {
+            list.sort_unstable();
+            list.dedup();
+        }
+        keys.dedup.sort_unstable();
+        keys.dedup.dedup();
+        keys
+    }
+
+    /// The fraud store keys: the cards', then the customers'.
+    pub fn fraud_keys(&self) -> Vec<Vec<u8>> {
+        let cards = self.cards.iter().map(|id| CardState::key(id));
+        let customers = self.customers.iter().map(|id| CustomerState::key(id));
+        cards.chain(customers).collect()
+    }
+}
+
+/// A kind of keyed fraud state: how its store key is built and its value read/written.
+trait FraudState: Default {
+    fn key(id: &str) -> Vec<u8>;
+    fn decode(value: &[u8]) -> Self;
+    fn encode(&self) -> Vec<u8>;
+}
+
+impl FraudState for CardState {
+    fn key(id: &str) -> Vec<u8> {
+        CardState::key(id)
+    }
+    fn decode(value: &[u8]) -> Self {
+        CardState::decode(value)
+    }
+    fn encode(&self) -> Vec<u8> {
+        CardState::encode(self)
+    }
+}
+
+impl FraudState for CustomerState {
+    fn key(id: &str) -> Vec<u8> {
+        CustomerState::key(id)
+    }
+    fn decode(value: &[u8]) -> Self {
+        CustomerState::decode(value)
+    }
+    fn encode(&self) -> Vec<u8> {
+        CustomerState::encode(self)
+    }
+}
+
+/// One kind of fraud state for a batch: a slot per id, in key order, each with its store
+/// key and whether the batch changed it (only changed slots are written back).
+struct FraudTable<'a, S> {
+    index: HashMap<&'a str, usize>,
+    slots: Vec<Slot<S>>,
+}
+
+struct Slot<S> {
+    key: Vec<u8>,
+    state: S,
+    changed: bool,
+}
+
+impl<'a, S: FraudState> FraudTable<'a, S> {
+    /// `ids`, their store keys and the values read for them, in the same order. A missing
+    /// (or unreadable) value is an empty history.
+    fn new(
+        ids: Vec<&'a str>,
+        keys: impl Iterator<Item = Vec<u8>>,
+        values: impl Iterator<Item = Option<Vec<u8>>>,
+    ) -> FraudTable<'a, S> {
+        let mut index = HashMap::with_capacity(ids.len());
+        let mut slots = Vec::with_capacity(ids.len());
+        for ((id, key), value) in ids.into_iter().zip(keys).zip(values) {
+            index.insert(id, slots.len());
+            let state = S::decode(value.as_deref().unwrap_or_default());
+            slots.push(Slot {
+                key,
+                state,
+                changed: false,
+            });
+        }
+        FraudTable { index, slots }
+    }
+
+    /// The state of `id`, to be changed. Every valid record's ids were read up front,
+    /// so the fallback (an empty history) only guards a caller that skipped the read.
+    fn change(&mut self, id: &'a str) -> &mut S {
+        let slots = &mut self.slots;
+        let i = *self.index.entry(id).or_insert_with(|| {
+            slots.push(Slot {
+                key: S::key(id),
+                state: S::default(),
+                changed: false,
+            });
+            slots.len() - 1
+        });
+        let slot = &mut slots[i];
+        slot.changed = true;
+        &mut slot.state
+    }
+
+    fn into_deltas(self, batch: &mut StateBatch) {
+        for slot in self.slots.into_iter().filter(|s| s.changed) {
+            batch.put_fraud(slot.key, slot.state.encode());
+        }
+    }
+}
+
+/// The state a batch reads and writes, between its bulk read and its commit.
+pub struct BatchState<'a> {
+    /// Dedup entries by key: as read, then as this batch wrote them.
+    dedup: HashMap<[u8; 16], Option<DedupEntry>>,
+    /// Keys this batch wrote, in write order.
+    dedup_written: Vec<[u8; 16]>,
+    cards: FraudTable<'a, CardState>,
+    customers: FraudTable<'a, CustomerState>,
+}
+
+impl<'a> BatchState<'a> {
+    /// Reads, in two bulk reads, the dedup and fraud state of every valid record.
+    pub fn read(
+        decoded: &'a [Result<PaymentEvent, ValidationError>],
+        store: &StateStore,
+    ) -> Result<BatchState<'a>, StateError> {
+        let keys = BatchKeys::of(decoded);
+        let dedup_values = store.get_dedup_many(&keys.dedup)?;
+        // One read for both kinds; the two id lists split the answer again.
+        let fraud_keys = keys.fraud_keys();
+        let fraud_values = store.get_fraud_many(&fraud_keys)?;
+        Ok(BatchState::from_reads(
+            keys,
+            dedup_values,
+            fraud_keys,
+            fraud_values,
+        ))
+    }
+
+    /// Assembles the state from what was read: `dedup_values` in the order of
+    /// `keys.dedup`, `fraud_keys`/`fraud_values` the cards' then the customers'.
+    pub fn from_reads(
+        keys: BatchKeys<'a>,
+        dedup_values: Vec<Option<DedupEntry>>,
+        fraud_keys: Vec<Vec<u8>>,
+        fraud_values: Vec<Option<Vec<u8>>>,
+    ) -> BatchState<'a> {
+        let dedup = keys.dedup.into_iter().zip(dedup_values).collect();
+        let n_cards = keys.cards.len();
+        let mut fraud_keys = fraud_keys.into_iter();
+        let mut fraud_values = fraud_values.into_iter();
+        let cards = FraudTable::new(
+            keys.cards,
+            fraud_keys.by_ref().take(n_cards),
+            fraud_values.by_ref().take(n_cards),
+        );
+        let customers = FraudTable::new(keys.customers, fraud_keys, fraud_values);
+        BatchState {
+            dedup,
+            dedup_written: Vec::new(),
+            cards,
+            customers,
+        }
+    }
+
+    /// The dedup entry of `event`'s id as this batch sees it.
+    pub fn dedup_entry(&self, event: &PaymentEvent) -> Option<DedupEntry> {
+        self.dedup
+            .get(&dedup_key(event.transaction_id.as_str()))
+            .copied()
+            .flatten()
+    }
+
+    /// Records `entry` as the first version of `event`'s id.
+    pub fn insert_dedup(&mut self, event: &PaymentEvent, entry: DedupEntry) {
+        let key = dedup_key(event.transaction_id.as_str());
+        self.dedup.insert(key, Some(entry));
+        self.dedup_written.push(key);
+    }
+
+    /// Scores a unique payment against its card's and customer's history and folds it
+    /// into both.
+    pub fn assess(&mut self, event: &'a PaymentEvent, cfg: &FraudConfig) -> Assessment {
+        let card = self.cards.change(&event.card_fingerprint);
+        let customer = self.customers.change(&event.customer_id);
+        assess(event, card, customer, cfg)
+    }
+
+    /// Writes what the batch changed: dedup entries (in write order), then card and
+    /// customer state (each in key order).
+    pub fn into_deltas(self, batch: &mut StateBatch) {
+        for key in self.dedup_written {
+            if let Some(Some(entry)) = self.dedup.get(&key) {
+                batch.put_dedup(key, entry);
+            }
+        }
+        self.cards.into_deltas(batch);
+        self.customers.into_deltas(batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use paydedup_event::{Currency, PaymentMethod, TransactionId};
+
+    use super::*;
+
+    fn event(id: &str, card: &str, customer: &str) -> PaymentEvent {
+        PaymentEvent {
+            transaction_id: TransactionId::new_unchecked(id),
+            event_time: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+            amount_minor: 100,
+            currency: Currency::from_code("USD").unwrap(),
+            merchant_id: "m-1".into(),
+            merchant_category: 5411,
+            card_fingerprint: card.into(),
+            card_country: "US".into(),
+            customer_id: customer.into(),
+            ip_address: "20.0.0.1".parse().unwrap(),
+            ip_country: "US".into(),
+            device_id: "d-1".into(),
+            region: "us-east".into(),
+            payment_method: PaymentMethod::Card,
+            schema_version: 1,
+        }
+    }
+
+    /// The state of `decoded` as if the store were empty.
+    fn empty_state(decoded: &[Result<PaymentEvent, ValidationError>]) -> BatchState<'_> {
+        let keys = BatchKeys::of(decoded);
+        let dedup_values = vec![None; keys.dedup.len()];
+        let fraud_keys = keys.fraud_keys();
+        let fraud_values = vec![None; fraud_keys.len()];
+        BatchState::from_reads(keys, dedup_values, fraud_keys, fraud_values)
+    }
+
+    #[test]
+    fn keys_are_sorted_unique_and_card_and_customer_ids_stay_apart() {
+        let decoded = vec![
+            Ok(event("b", "same", "c-2")),
+            Err(ValidationError::NotAnObject),
+            Ok(event("a", "k-1", "same")),
+            Ok(event("b", "k-1", "c-2")),
+        ];
+        let keys = BatchKeys::of(&decoded);
+        assert_eq!(keys.cards, vec!["k-1", "same"]);
+        assert_eq!(keys.customers, vec!["c-2", "same"]);
+        let mut dedup = vec![dedup_key("a"), dedup_key("b")];
+        dedup.sort_unstable();
+        assert_eq!(keys.dedup, dedup);
+    }
+
+    #[test]
+    fn an_id_shared_by_a_card_and_a_customer_is_two_states() {
+        // "same" is a card fingerprint and a customer id: their states must not merge.
+        let decoded = vec![Ok(event("a", "same", "same"))];
+        let mut state = empty_state(&decoded);
+        let Ok(e) = &decoded[0] else { unreachable!() };
+        state.assess(e, &FraudConfig::default());
+        assert_eq!(state.cards.slots.len(), 1);
+        assert_eq!(state.customers.slots.len(), 1);
+        assert_eq!(state.cards.slots[0].key, b"card/same".to_vec());
+        assert_eq!(state.customers.slots[0].key, b"customer/same".to_vec());
+        assert_eq!(state.cards.slots[0].state.recent.len(), 1);
+        assert_eq!(state.customers.slots[0].state.devices, vec!["d-1"]);
+    }
+
+    #[test]
+    fn a_write_is_seen_by_later_records_and_only_changes_become_deltas() {
+        let decoded = vec![Ok(event("a", "k-1", "c-1")), Ok(event("b", "k-2", "c-2"))];
+        let mut state = empty_state(&decoded);
+        let Ok(a) = &decoded[0] else { unreachable!() };
+        assert_eq!(state.dedup_entry(a), None);
+        let entry = DedupEntry {
+            event_time_micros: a.event_time_micros(),
+            content_hash: 7,
+            partition: 0,
+            offset: 0,
+        };
+        state.insert_dedup(a, entry);
+        assert_eq!(state.dedup_entry(a), Some(entry));
+        state.assess(a, &FraudConfig::default());
+        // Only a's dedup entry, card and customer are written; b's state was only read.
+        let mut batch = StateBatch::new();
+        state.into_deltas(&mut batch);
+        assert_eq!(batch.len(), 3);
+    }
+}
