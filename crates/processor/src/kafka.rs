@@ -46,6 +46,8 @@ fn is_fatal(e: &KafkaError) -> bool {
 pub struct KafkaSource {
     consumer: BaseConsumer,
     topic: String,
+    /// The topic's partition count at start.
+    partitions: i32,
     owned: Vec<i32>,
 }
 
@@ -85,12 +87,21 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             topic: settings.topic.clone(),
+            partitions: partition_count,
             owned,
         })
     }
 
     pub fn owned(&self) -> &[i32] {
         &self.owned
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition_count(&self) -> i32 {
+        self.partitions
     }
 
     /// Assigns every owned partition at its checkpointed next offset.

@@ -16,7 +16,8 @@
 //!
 //! Around that path: [`config`] (every setting, declared once), [`cli`] and [`wiring`]
 //! (building the parts), [`backpressure`] (pause at the outbox bound, resume at half),
-//! [`activity`] (idle partitions), [`metrics`] (named events that log and count),
+//! [`activity`] (idle partitions), [`identity`] (what a state directory is the state
+//! of), [`metrics`] (named events that log and count),
 //! [`health`] (HTTP endpoints), [`shutdown`] (signals), [`state_cmd`] (the `state`
 //! subcommand) and [`reconcile`] (the `reconcile` subcommand: the output, and the
 //! simulator's manifest from `paydedup-manifest`, checked against one typed list of
@@ -28,6 +29,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod identity;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

@@ -18,6 +18,7 @@ use crate::activity::PartitionActivity;
 use crate::checkpoint::Checkpoint;
 use crate::config::{RunConfig, SinkTarget};
 use crate::health::{self, Readiness};
+use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -50,6 +51,16 @@ fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Re
     let store = Arc::new(open_store(config)?);
     let pipeline = Pipeline::load(pipeline_config(config)?, &store)?;
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
+    identity::bind(
+        &store,
+        &StateIdentity {
+            topic: source.topic().to_owned(),
+            partitions: source.partition_count(),
+            allowed_lateness_secs: config.pipeline.allowed_lateness.as_secs(),
+            window_secs: config.pipeline.window.as_secs(),
+        },
+    )
+    .with_context(|| format!("starting on {}", config.store.state_dir.display()))?;
     source.assign(|p| pipeline.next_offset(p))?;
     let relay = OutboxRelay::spawn(
         store.clone(),

@@ -97,3 +97,49 @@ fn sigterm_finishes_the_batch_and_exits_zero() {
     process_to_end(&broker, "payments", &state, &output, &[]);
     assert_matches_manifest(&output, &manifest);
 }
+
+/// Issue 9, holes 2 and 9: a state directory is the state *of* one topic, under one set
+/// of decision settings. Started against another topic, or with a setting that would
+/// change decisions already delivered, the processor stops with a clear error instead
+/// of reusing offsets, re-opening emitted windows or forgetting ids still alive.
+#[test]
+fn state_is_bound_to_its_topic_and_decision_settings() {
+    let broker = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    simulate(&broker, "payments", 2, 500, 3, &[], dir.path());
+    simulate(&broker, "other", 2, 800, 4, &[], dir.path());
+    let state = dir.path().join("state");
+    process_to_end(&broker, "payments", &state, &dir.path().join("o1"), &[]);
+    let run = |topic: &str, extra: &[&str], out: &str| {
+        processor_command(&broker, topic, &state, &dir.path().join(out), extra)
+            .arg("--exit-when-caught-up")
+            .output()
+            .unwrap()
+    };
+    // Another topic: the offsets checkpointed for `payments` mean nothing on `other`.
+    let out = run("other", &[], "o2");
+    assert!(!out.status.success(), "resumed on another topic");
+    assert!(
+        stderr_of(&out).contains("state of topic `payments`"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Changed decision settings: each is refused by name.
+    for (flag, value) in [
+        ("--window-secs", "30"),
+        ("--allowed-lateness-secs", "60"),
+        ("--retention-secs", "7200"),
+    ] {
+        let out = run("payments", &[flag, value], "o3");
+        assert!(!out.status.success(), "{flag} changed silently");
+        assert!(
+            stderr_of(&out).contains(flag),
+            "{flag}: {}",
+            stderr_of(&out)
+        );
+        assert!(!stderr_of(&out).contains("panicked"));
+    }
+    // The same settings still resume (and find nothing new to do).
+    let out = run("payments", &[], "o4");
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}

@@ -12,6 +12,14 @@ pub enum StateError {
     NoSpace(String),
     #[error("RocksDB error: {0}")]
     Rocks(String),
+    /// The dedup retention is part of what the stored keys mean: a shorter one would
+    /// forget ids still alive, a longer one would revive ids compaction already removed.
+    #[error("state directory {path} was written with --retention-secs {stored_secs}, not {requested_secs}: refusing to change it on existing state (keep {stored_secs}, or start a new state directory with new output tables)")]
+    RetentionChanged {
+        path: PathBuf,
+        stored_secs: i64,
+        requested_secs: i64,
+    },
     #[error("state value for {what} has an unexpected layout ({len} bytes)")]
     BadValue { what: &'static str, len: usize },
 }

@@ -120,6 +120,9 @@ pub mod meta {
     /// The dedup retention (µs) the processor runs with.
     pub const RETENTION: &[u8] = b"retention";
 
+    /// What the directory is the state of: topic, partitions, decision settings.
+    pub const IDENTITY: &[u8] = b"identity";
+
     /// The committed expiry horizon (see `expiry`).
     pub const HORIZON: &[u8] = b"horizon";
 

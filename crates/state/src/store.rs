@@ -157,6 +157,18 @@ impl StateStore {
         let cf = store.cf(CF_META)?;
         match opts.dedup_retention_micros {
             Some(r) => {
+                let stored = store
+                    .db
+                    .get_cf(cf, meta::RETENTION)
+                    .map_err(|e| store.rocks(e))?
+                    .and_then(|v| keys::be_i64(&v));
+                if let Some(stored) = stored.filter(|s| *s != r) {
+                    return Err(StateError::RetentionChanged {
+                        path: path.to_owned(),
+                        stored_secs: stored / 1_000_000,
+                        requested_secs: r / 1_000_000,
+                    });
+                }
                 store
                     .db
                     .put_cf_opt(cf, meta::RETENTION, r.to_be_bytes(), &store.write_options)
@@ -369,6 +381,23 @@ impl StateStore {
         let cf = self.cf(CF_META)?;
         self.db
             .get_cf(cf, meta::sink(table, partition))
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// What this directory is the state *of* (written once by the processor; see
+    /// `paydedup-processor`'s `identity`), if recorded.
+    pub fn identity(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let cf = self.cf(CF_META)?;
+        self.db
+            .get_cf(cf, meta::IDENTITY)
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// Records the directory's identity (synced like a commit).
+    pub fn set_identity(&self, value: &[u8]) -> Result<(), StateError> {
+        let cf = self.cf(CF_META)?;
+        self.db
+            .put_cf_opt(cf, meta::IDENTITY, value, &self.write_options)
             .map_err(|e| self.rocks(e))
     }
 

@@ -141,3 +141,40 @@ fn stats_report_offsets_and_outbox_depth() {
     assert_eq!(st.next_offsets, BTreeMap::from([(1, 7)]));
     assert!(st.total_bytes > 0);
 }
+
+#[test]
+fn a_changed_retention_is_refused_and_the_stored_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |secs: i64| StoreOptions {
+        dedup_retention_micros: Some(secs * 1_000_000),
+        ..StoreOptions::default()
+    };
+    drop(StateStore::open(dir.path(), &with(3600)).unwrap());
+    let err = StateStore::open(dir.path(), &with(7200)).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            StateError::RetentionChanged {
+                stored_secs: 3600,
+                requested_secs: 7200,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--retention-secs"));
+    // The refused start changed nothing: the old retention still opens.
+    drop(StateStore::open(dir.path(), &with(3600)).unwrap());
+}
+
+#[test]
+fn identity_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.identity().unwrap(), None);
+    s.set_identity(b"{\"topic\":\"payments\"}").unwrap();
+    assert_eq!(
+        s.identity().unwrap().as_deref(),
+        Some(&b"{\"topic\":\"payments\"}"[..])
+    );
+}
