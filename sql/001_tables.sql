@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS `${dataset}.late_events` (
   amount_minor INT64 NOT NULL,
   currency STRING NOT NULL,
   payload_base64 STRING NOT NULL,
+  -- Added after 0.1; nullable so existing tables take it with
+  -- ALTER TABLE late_events ADD COLUMN payload_redacted BOOL.
+  payload_redacted BOOL,
   kafka_timestamp TIMESTAMP,
   source_partition INT64 NOT NULL,
   source_offset INT64 NOT NULL,

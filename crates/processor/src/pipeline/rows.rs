@@ -87,8 +87,10 @@ pub struct LateEventRow<'a> {
     pub key_known: bool,
     pub amount_minor: i64,
     pub currency: &'a str,
-    /// The original record, base64, so it can be replayed by hand.
+    /// The original record, base64, so it can be replayed by hand; card numbers in it
+    /// are redacted.
     pub payload_base64: String,
+    pub payload_redacted: bool,
     pub kafka_timestamp: Option<String>,
     pub source_partition: i32,
     pub source_offset: i64,
@@ -143,16 +145,13 @@ fn kafka_timestamp(r: &InputRecord<'_>) -> Option<String> {
 /// `processing_errors`: a record that did not decode or validate. A card number found
 /// in it is redacted from the payload, and a Kafka key that carries one is dropped.
 pub fn processing_error(r: &InputRecord<'_>, error: &ValidationError, seq: u64) -> Vec<u8> {
-    let card_number = matches!(error, ValidationError::CardNumberDetected { .. });
-    let (payload, redacted) = if card_number {
-        redact_pans(r.payload)
-    } else {
-        (r.payload.to_vec(), false)
-    };
+    // Whatever the error, the bytes kept are redacted: a card number can sit in a
+    // payload that failed for any reason (malformed JSON, unknown currency, too large).
+    let (payload, redacted) = redact_pans(r.payload);
     let key = r
         .key
         .and_then(|k| std::str::from_utf8(k).ok())
-        .filter(|k| k.len() <= 256 && !(card_number && redact_pans(k.as_bytes()).1));
+        .filter(|k| k.len() <= 256 && !redact_pans(k.as_bytes()).1);
     enc(&ProcessingErrorRow {
         error_code: error.code(),
         error_field: error.field(),
@@ -177,6 +176,8 @@ pub fn late_event(
     seq: u64,
 ) -> Vec<u8> {
     let t = event.event_time_micros();
+    // A valid event can still carry a card number in a field the schema ignores.
+    let (payload, redacted) = redact_pans(r.payload);
     enc(&LateEventRow {
         transaction_id: event.transaction_id.as_str(),
         event_time: ts(t),
@@ -185,7 +186,8 @@ pub fn late_event(
         key_known,
         amount_minor: event.amount_minor,
         currency: event.currency.code(),
-        payload_base64: b64(r.payload),
+        payload_base64: b64(&payload),
+        payload_redacted: redacted,
         kafka_timestamp: kafka_timestamp(r),
         source_partition: r.partition,
         source_offset: r.offset,

@@ -93,6 +93,7 @@ const LATE_EVENTS: &[Column] = &[
     c("amount_minor", Int64),
     c("currency", String),
     c("payload_base64", String),
+    c("payload_redacted", Bool),
     c("kafka_timestamp", Timestamp),
     c("source_partition", Int64),
     c("source_offset", Int64),
