@@ -113,7 +113,8 @@ pub struct PipelineSettings {
     #[arg(id = "window_secs", long = "window-secs", env = "PAYDEDUP_WINDOW_SECS",
           value_name = "SECS", default_value = "60", value_parser = parse::seconds)]
     pub window: Duration,
-    /// Event times more than this many seconds after the record's Kafka timestamp are invalid.
+    /// Event times more than this many seconds after the record's Kafka timestamp (or the
+    /// processor's clock, if that is earlier) are invalid.
     #[arg(id = "future_tolerance_secs", long = "future-tolerance-secs", env = "PAYDEDUP_FUTURE_TOLERANCE_SECS",
           value_name = "SECS", default_value = "600", value_parser = parse::seconds)]
     pub future_tolerance: Duration,

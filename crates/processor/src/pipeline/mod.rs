@@ -29,7 +29,7 @@ pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use paydedup_event::{decode, Currency, DecodeLimits, PaymentEvent, ValidationError};
 use paydedup_fraud::FraudConfig;
 use paydedup_state::keys::{parse_window_key, window_key};
@@ -205,8 +205,9 @@ impl Pipeline {
         store: &StateStore,
     ) -> Result<(StateBatch, BatchStats), StateError> {
         // 1. Decode everything, then fetch the state the batch needs in bulk.
+        let now = Utc::now();
         let decoded: Vec<Result<PaymentEvent, ValidationError>> =
-            records.iter().map(|r| self.decode_record(r)).collect();
+            records.iter().map(|r| self.decode_record(r, now)).collect();
         let mut state = BatchState::read(&decoded, store)?;
         let mut stats = BatchStats::default();
         let mut batch = StateBatch::new();
@@ -236,13 +237,26 @@ impl Pipeline {
     }
 
     /// Decodes and validates one record.
-    fn decode_record(&self, r: &InputRecord<'_>) -> Result<PaymentEvent, ValidationError> {
+    ///
+    /// "Too far in the future" is judged against the record's Kafka timestamp, but
+    /// never against a time later than `now`, the processor's clock when the batch
+    /// began: a producer whose clock says 2099 stamps both its timestamp and its event
+    /// time, and judged by its own clock such a record would move its partition's
+    /// watermark for good. A record without a timestamp is judged against `now`.
+    ///
+    /// NOTE: this is the one decision that reads the wall clock, and it stays
+    /// replay-safe: only a batch that was never committed is ever processed again (its
+    /// first verdict never left the process), and a later `now` only accepts more,
+    /// so a verdict the warehouse holds is never contradicted by a replay.
+    fn decode_record(
+        &self,
+        r: &InputRecord<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<PaymentEvent, ValidationError> {
         let reference = r
             .timestamp_ms
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            // No timestamp: nothing to judge "in the future" against that a replay
-            // would see the same way, so the check is skipped.
-            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+            .map_or(now, |t| t.min(now));
         decode(r.payload, reference, &self.cfg.decode)
     }
 

@@ -1,8 +1,9 @@
 //! Output rows, one struct per table. Column names are the BigQuery columns in `sql/`.
 //!
-//! Rows are a pure function of the input records and the checkpointed state, never of
-//! the wall clock: a batch re-processed after a crash yields byte-identical rows. That is
-//! why there is no `processed_at` column; `kafka_timestamp` says when the record arrived.
+//! Rows are a pure function of the input records, the checkpointed state and what the
+//! pipeline decided; they never contain the wall clock, so a batch re-processed after a
+//! crash yields byte-identical rows (the one clock-capped verdict is explained at
+//! `Pipeline::decode_record`). That is why there is no `processed_at` column; `kafka_timestamp` says when the record arrived.
 //! Every row carries `source_partition` and `outbox_seq`, the relay's idempotency key.
 //!
 //! One function per table renders a row from its record, what the pipeline decided

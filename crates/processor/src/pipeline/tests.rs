@@ -298,3 +298,35 @@ fn a_card_number_reaches_no_row_whatever_the_outcome() {
         .iter()
         .any(|r| r.contains("\"late_events\"") || r.contains("lateness_secs")));
 }
+
+/// Issue 9, hole 4: a producer whose clock says 2099 stamps both the Kafka timestamp
+/// and the event time. Judged by its own clock the record is valid and would move its
+/// partition's watermark for good, turning every later payment late. Judged against
+/// the processor's clock it is quarantined, and so is one with no timestamp at all.
+#[test]
+fn a_producer_clock_in_2099_cannot_move_the_watermark() {
+    let far = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&event("z", 0, 100)).unwrap();
+    v["event_time"] = far.to_rfc3339().into();
+    let future = serde_json::to_vec(&v).unwrap();
+    let ok = event("b", 30, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut p = Pipeline::load(cfg(), &store).unwrap();
+    let rec = |offset, key: &'static [u8], payload, timestamp_ms| InputRecord {
+        partition: 0,
+        offset,
+        key: Some(key),
+        payload,
+        timestamp_ms,
+    };
+    let records = [
+        rec(0, b"z", &future[..], Some(far.timestamp_millis())),
+        rec(1, b"z", &future[..], None),
+        rec(2, b"b", &ok[..], ts_ms()),
+    ];
+    let (_, stats) = p.process(&records, &store).unwrap();
+    assert_eq!(stats.invalid_by_code.get("event_time_in_future"), Some(&2));
+    assert_eq!((stats.unique, stats.late), (1, 0));
+    assert!(p.watermark(0) < Some(far.timestamp_micros() - 3_600_000_000));
+}
