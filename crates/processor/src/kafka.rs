@@ -18,6 +18,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
+use crate::identity::IdentityError;
 use crate::pipeline::InputRecord;
 use crate::shutdown::Shutdown;
 
@@ -142,6 +143,40 @@ impl KafkaSource {
             }
         }
         Ok(messages)
+    }
+
+    /// Fails when the topic no longer has the partition count it had at start.
+    ///
+    /// Producers that key by `transaction_id` place an id at `hash mod N`; when N
+    /// changes, ids move partition and per-partition deduplication cannot continue
+    /// across the change. Partitions added while running would otherwise be silently
+    /// left out: not consumed, not in the lag, and a bounded run would exit "caught up"
+    /// without them. A metadata request that fails is only logged (the broker may be
+    /// restarting); the next check asks again.
+    pub fn check_partition_count(&self) -> Result<(), IdentityError> {
+        let md = match self
+            .consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
+        {
+            Ok(md) => md,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not fetch the topic's metadata.");
+                return Ok(());
+            }
+        };
+        let now = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32);
+        match now {
+            Some(n) if n != self.partitions => Err(IdentityError::Partitions {
+                topic: self.topic.clone(),
+                stored: self.partitions,
+                requested: n,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Stops fetching from every owned partition (backpressure).

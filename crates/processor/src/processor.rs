@@ -43,6 +43,8 @@ pub struct LoopSettings {
 /// How often the loop measures lag, and reports group offsets.
 const LAG_CHECK_EVERY: Duration = Duration::from_millis(500);
 const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often the loop checks that the topic's partition count has not changed.
+const TOPOLOGY_CHECK_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Processor {
     pub source: KafkaSource,
@@ -55,6 +57,7 @@ pub struct Processor {
     flow: Flow,
     last_group_commit: Instant,
     last_lag_check: Instant,
+    last_topology_check: Instant,
     /// Every owned partition had lag 0 at the last measurement, and no records arrived
     /// since.
     caught_up: bool,
@@ -81,6 +84,7 @@ impl Processor {
             flow: Flow::Reading,
             last_group_commit: Instant::now(),
             last_lag_check: Instant::now(),
+            last_topology_check: Instant::now(),
             caught_up: false,
         }
     }
@@ -96,6 +100,10 @@ impl Processor {
                 return Err(anyhow!("the outbox relay stopped: {failure}"));
             }
             self.apply_backpressure()?;
+            if self.last_topology_check.elapsed() >= TOPOLOGY_CHECK_EVERY {
+                self.last_topology_check = Instant::now();
+                self.source.check_partition_count()?;
+            }
             if self.last_lag_check.elapsed() >= LAG_CHECK_EVERY {
                 self.last_lag_check = Instant::now();
                 self.caught_up = self.measure_lag();
@@ -172,6 +180,8 @@ impl Processor {
             self.drain()?;
         }
         if self.checkpoint.relay().depth() == 0 {
+            // "Caught up" must include partitions added since the last check.
+            self.source.check_partition_count()?;
             tracing::info!("Caught up and delivered; exiting.");
             return Ok(Some(Exit::CaughtUp));
         }
