@@ -63,6 +63,10 @@ pub enum ValidationError {
     InvalidIpAddress,
     #[error("payment_method is not one of card, wallet, bank_transfer")]
     InvalidPaymentMethod,
+    /// The record's Kafka timestamp (CreateTime) is outside 0001..=9999, the range a
+    /// warehouse TIMESTAMP holds: typically a producer stamping micro- or nanoseconds.
+    #[error("the record's Kafka timestamp is outside years 0001-9999 (a producer stamping microseconds?)")]
+    KafkaTimestampOutOfRange,
 }
 
 impl ValidationError {
@@ -92,6 +96,7 @@ impl ValidationError {
             InvalidCountry { .. } => "invalid_country",
             InvalidIpAddress => "invalid_ip_address",
             InvalidPaymentMethod => "invalid_payment_method",
+            KafkaTimestampOutOfRange => "kafka_timestamp_out_of_range",
         }
     }
 
@@ -114,6 +119,7 @@ impl ValidationError {
             InvalidCardFingerprint => Some("card_fingerprint"),
             InvalidIpAddress => Some("ip_address"),
             InvalidPaymentMethod => Some("payment_method"),
+            KafkaTimestampOutOfRange => Some("kafka_timestamp"),
             UnsupportedSchemaVersion { .. } => Some("schema_version"),
             PayloadTooLarge { .. } | MalformedJson { .. } | NotAnObject => None,
         }

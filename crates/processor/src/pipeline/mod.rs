@@ -253,6 +253,13 @@ impl Pipeline {
         r: &InputRecord<'_>,
         now: DateTime<Utc>,
     ) -> Result<PaymentEvent, ValidationError> {
+        // Every value a row will carry must be representable there: a timestamp no
+        // TIMESTAMP column holds would make the sink reject the row (and its batch).
+        if r.timestamp_ms
+            .is_some_and(|ms| !rows::kafka_timestamp_fits(ms))
+        {
+            return Err(ValidationError::KafkaTimestampOutOfRange);
+        }
         let reference = r
             .timestamp_ms
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())

@@ -140,7 +140,16 @@ fn b64(bytes: &[u8]) -> String {
 
 /// When the record reached Kafka, if it says.
 fn kafka_timestamp(r: &InputRecord<'_>) -> Option<String> {
-    r.timestamp_ms.map(|ms| ts(ms.saturating_mul(1000)))
+    r.timestamp_ms
+        .filter(|ms| kafka_timestamp_fits(*ms))
+        .map(|ms| ts(ms.saturating_mul(1000)))
+}
+
+/// Whether a Kafka timestamp (ms) fits a warehouse TIMESTAMP: years 0001 to 9999.
+pub fn kafka_timestamp_fits(ms: i64) -> bool {
+    const MIN_MS: i64 = -62_135_596_800_000; // 0001-01-01T00:00:00Z
+    const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    (MIN_MS..=MAX_MS).contains(&ms)
 }
 
 /// `processing_errors`: a record that did not decode or validate. A card number found

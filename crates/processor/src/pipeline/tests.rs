@@ -330,3 +330,36 @@ fn a_producer_clock_in_2099_cannot_move_the_watermark() {
     assert_eq!((stats.unique, stats.late), (1, 0));
     assert!(p.watermark(0) < Some(far.timestamp_micros() - 3_600_000_000));
 }
+
+/// Issue 9, hole 3 (its cause): a producer stamping CreateTime in microseconds gives a
+/// Kafka timestamp past year 9999, which no warehouse TIMESTAMP can carry; rendered into
+/// a row it made the sink reject the whole append. It is caught at decode time instead:
+/// the record becomes a `processing_errors` row (without the unrepresentable value).
+#[test]
+fn a_kafka_timestamp_no_row_can_carry_is_an_error_at_decode_time() {
+    let micros = Utc
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    let a = event("a", 0, 100);
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut p = Pipeline::load(cfg(), &store).unwrap();
+    let rec = InputRecord {
+        partition: 0,
+        offset: 0,
+        key: Some(b"a"),
+        payload: &a,
+        timestamp_ms: Some(micros),
+    };
+    let (batch, stats) = p.process(&[rec], &store).unwrap();
+    store.commit(batch).unwrap();
+    assert_eq!(
+        stats.invalid_by_code.get("kafka_timestamp_out_of_range"),
+        Some(&1)
+    );
+    let rows = store.outbox_rows(Table::ProcessingErrors, 0, 10).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&rows[0].1).unwrap();
+    assert_eq!(v["kafka_timestamp"], serde_json::Value::Null);
+    assert_eq!(v["error_field"], "kafka_timestamp");
+}
