@@ -42,9 +42,11 @@ pub enum SinkError {
         expected: u64,
         got: u64,
     },
-    /// Rows the sink refuses as invalid (schema mismatch, …): dead-lettered, not retried.
-    #[error("{count} rows rejected by the sink: {reason}")]
-    Rejected { count: usize, reason: String },
+    /// The sink refuses a row as invalid (schema mismatch, …) and so the append.
+    /// `index` is the first refused row, counted in the `rows` passed to `append`; the
+    /// rows before it are valid and must be re-sent, only that one is dead-lettered.
+    #[error("row {index} of the append rejected by the sink: {reason}")]
+    Rejected { index: usize, reason: String },
     /// Anything else that will not get better by retrying.
     #[error("sink error: {0}")]
     Fatal(String),

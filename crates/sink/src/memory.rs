@@ -2,7 +2,7 @@
 //! contract exactly. For fast unit tests of the relay; real behaviour is covered by the
 //! file and BigQuery sinks running the same conformance suite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{plan_append, AppendOutcome, Sink, SinkError, Table};
 
@@ -11,6 +11,12 @@ pub struct MemorySink {
     pub rows: BTreeMap<(Table, i32), Vec<Vec<u8>>>,
     /// Fail this many upcoming appends with a transient error (fault injection).
     pub fail_next: usize,
+    /// Refuse every append that holds one of these sequences, naming the first of them
+    /// (fault injection: a row the sink finds invalid).
+    pub reject_seqs: BTreeSet<u64>,
+    /// Next expected sequence per (table, partition), when a skip moved it past the
+    /// rows stored.
+    pub next: BTreeMap<(Table, i32), u64>,
 }
 
 impl Sink for MemorySink {
@@ -25,9 +31,22 @@ impl Sink for MemorySink {
             self.fail_next -= 1;
             return Err(SinkError::Transient("injected failure".into()));
         }
-        let stored = self.rows.entry((table, partition)).or_default();
-        let skip = plan_append(table, partition, stored.len() as u64, first_seq, rows.len())?;
-        stored.extend(rows[skip..].iter().cloned());
+        let expected = self.next_expected(table, partition);
+        let skip = plan_append(table, partition, expected, first_seq, rows.len())?;
+        if let Some(index) =
+            (skip..rows.len()).find(|i| self.reject_seqs.contains(&(first_seq + *i as u64)))
+        {
+            return Err(SinkError::Rejected {
+                index,
+                reason: format!("injected rejection of seq {}", first_seq + index as u64),
+            });
+        }
+        self.rows
+            .entry((table, partition))
+            .or_default()
+            .extend(rows[skip..].iter().cloned());
+        self.next
+            .insert((table, partition), first_seq + rows.len() as u64);
         Ok(AppendOutcome {
             written: rows.len() - skip,
             already_present: skip,
@@ -35,11 +54,25 @@ impl Sink for MemorySink {
     }
 
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError> {
-        Ok(Some(
-            self.rows
-                .get(&(table, partition))
-                .map_or(0, |r| r.len() as u64),
-        ))
+        Ok(Some(self.next_expected(table, partition)))
+    }
+
+    fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {
+        self.next.insert((table, partition), through_seq + 1);
+        Ok(())
+    }
+}
+
+impl MemorySink {
+    fn next_expected(&self, table: Table, partition: i32) -> u64 {
+        self.next
+            .get(&(table, partition))
+            .copied()
+            .unwrap_or_else(|| {
+                self.rows
+                    .get(&(table, partition))
+                    .map_or(0, |r| r.len() as u64)
+            })
     }
 }
 

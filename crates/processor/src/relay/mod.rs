@@ -10,8 +10,10 @@
 //! Errors: transient sink errors retry with exponential backoff and full jitter, capped
 //! at `max_backoff`; after `give_up_after` of continuous failure, or on any non-retryable
 //! error, the relay stops and reports, and the processor exits non-zero rather than
-//! skipping or reordering rows. Rows the sink rejects as invalid go to the dead-letter
-//! file with the reason, are counted, and are then treated as delivered.
+//! skipping or reordering rows. A row the sink refuses as invalid (the sink names it;
+//! BigQuery refuses the whole append for it) goes alone to the dead-letter file with
+//! the reason, is counted, and is then treated as delivered: the valid rows before it
+//! are appended first, the ones after it are sent again.
 //!
 //! - this file: [`OutboxRelay`], the handle the processor holds (depth, notices, flush);
 //! - `worker`: the delivery loop on the relay's own thread;
@@ -198,6 +200,9 @@ mod tests {
         fn next_seq(&mut self, t: Table, p: i32) -> Result<Option<u64>, SinkError> {
             self.0.lock().unwrap().next_seq(t, p)
         }
+        fn skip(&mut self, t: Table, p: i32, through: u64) -> Result<(), SinkError> {
+            self.0.lock().unwrap().skip(t, p, through)
+        }
     }
 
     fn cfg(dir: &std::path::Path) -> RelayConfig {
@@ -316,5 +321,51 @@ mod tests {
         relay.flush(Duration::from_secs(5)).unwrap();
         assert_eq!(relay.depth(), 0);
         relay.stop();
+    }
+
+    /// Issue 9, hole 3: one row the sink refuses must not take its append's valid rows
+    /// to the dead-letter file. Only the row the sink names is dead-lettered; the rows
+    /// before and after it are delivered, in order.
+    #[test]
+    fn only_the_row_the_sink_names_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
+        );
+        let mut b = StateBatch::new();
+        for s in 0..10 {
+            b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
+        }
+        b.set_next_seq(Table::Payments, 0, 10);
+        store.commit(b).unwrap();
+        let sink = Arc::new(Mutex::new(MemorySink {
+            reject_seqs: [4].into(),
+            ..MemorySink::default()
+        }));
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(Shared(sink.clone())),
+            cfg(dir.path()),
+            Metrics::new(),
+        )
+        .unwrap();
+        relay.flush(Duration::from_secs(10)).unwrap();
+        relay.stop();
+        let delivered = sink.lock().unwrap().rows[&(Table::Payments, 0)].clone();
+        let expected: Vec<Vec<u8>> = (0..10)
+            .filter(|s| *s != 4)
+            .map(|s| format!("row{s}").into_bytes())
+            .collect();
+        assert_eq!(delivered, expected);
+        let dead = std::fs::read_to_string(dir.path().join("dead-letter/payments.jsonl")).unwrap();
+        assert_eq!(dead.lines().count(), 1, "{dead}");
+        assert!(
+            dead.contains("row4") && dead.contains("\"outbox_seq\":4"),
+            "{dead}"
+        );
+        assert!(store
+            .outbox_rows(Table::Payments, 0, 100)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -38,7 +38,11 @@ struct Span {
 /// How one append ended, once retries are over.
 enum Appended {
     Delivered,
-    DeadLettered,
+    /// The sink refused the row at `index` (and so the whole append).
+    Refused {
+        index: usize,
+        reason: String,
+    },
     Stopping,
 }
 
@@ -101,13 +105,17 @@ impl Worker {
             });
         }
         let payload: Vec<Vec<u8>> = rows.into_iter().map(|(_, r)| r).collect();
-        match self.append_with_retries(table, partition, first_seq, &payload)? {
-            Appended::Stopping => return Ok(()),
-            Appended::Delivered | Appended::DeadLettered => {}
-        }
+        let at = Span {
+            table,
+            partition,
+            first_seq,
+        };
+        let Some(through) = self.deliver_up_to_a_refused_row(at, &payload)? else {
+            return Ok(()); // stopping
+        };
         self.store
-            .outbox_delete_through(table, partition, last_seq)?;
-        let n = payload.len() as u64;
+            .outbox_delete_through(table, partition, through)?;
+        let n = through - first_seq + 1;
         let prev = self
             .shared
             .depth
@@ -122,15 +130,60 @@ impl Worker {
         Ok(())
     }
 
-    /// Appends until the sink acknowledges, rejects (dead letter), or fails for good.
+    /// Delivers `payload` (rows from `at.first_seq` on), or, when the sink refuses a
+    /// row, the valid rows before it and then that row alone to the dead-letter store.
+    /// Returns the last sequence dealt with (rows after a refused one stay in the
+    /// outbox and are sent again), or `None` when the relay is stopping.
+    ///
+    /// A sink refuses a whole append for one bad row and names it: the append is then
+    /// retried with only the rows before it, until a prefix is accepted (or the first
+    /// row itself is the refused one). Only rows the sink named are ever dead-lettered.
+    fn deliver_up_to_a_refused_row(
+        &mut self,
+        at: Span,
+        payload: &[Vec<u8>],
+    ) -> Result<Option<u64>, RelayError> {
+        let mut end = payload.len();
+        let mut refused: Option<(usize, String)> = None;
+        loop {
+            match self.append_with_retries(at, &payload[..end])? {
+                Appended::Stopping => return Ok(None),
+                Appended::Delivered => break,
+                Appended::Refused { index, reason } => {
+                    // A sink naming a row outside the append is treated as naming the last.
+                    let index = index.min(end - 1);
+                    refused = Some((index, reason));
+                    if index == 0 {
+                        break;
+                    }
+                    end = index;
+                }
+            }
+        }
+        let Some((index, reason)) = refused else {
+            return Ok(Some(at.first_seq + payload.len() as u64 - 1));
+        };
+        let seq = at.first_seq + index as u64;
+        let bad = Span {
+            first_seq: seq,
+            ..at
+        };
+        self.dead_letter(bad, &payload[index..=index], &reason)?;
+        Ok(Some(seq))
+    }
+
+    /// Appends until the sink acknowledges, refuses a row, or fails for good.
     /// Transient errors retry with exponential backoff and full jitter.
     fn append_with_retries(
         &mut self,
-        table: Table,
-        partition: i32,
-        first_seq: u64,
+        at: Span,
         payload: &[Vec<u8>],
     ) -> Result<Appended, RelayError> {
+        let Span {
+            table,
+            partition,
+            first_seq,
+        } = at;
         let started = Instant::now();
         let mut backoff = self.cfg.initial_backoff;
         loop {
@@ -156,14 +209,8 @@ impl Worker {
                 retry_in: retryable.then_some(sleep),
             });
             match error {
-                SinkError::Rejected { count, reason } => {
-                    let at = Span {
-                        table,
-                        partition,
-                        first_seq,
-                    };
-                    self.dead_letter(at, payload, count, &reason)?;
-                    return Ok(Appended::DeadLettered);
+                SinkError::Rejected { index, reason } => {
+                    return Ok(Appended::Refused { index, reason });
                 }
                 e if e.is_retryable() && !retryable => {
                     return Err(RelayError::SinkUnavailable {
@@ -198,7 +245,6 @@ impl Worker {
         &mut self,
         at: Span,
         payload: &[Vec<u8>],
-        count: usize,
         reason: &str,
     ) -> Result<(), RelayError> {
         let Span {
@@ -219,7 +265,7 @@ impl Worker {
             table,
             partition,
             first_seq,
-            rows: count,
+            rows: payload.len(),
             reason,
         });
         self.sink

@@ -275,9 +275,9 @@ impl Sink for BigQuerySink {
             // One request stays under BigQuery's 10 MiB AppendRows limit.
             let mut encoded = Vec::new();
             let mut bytes = 0;
-            for r in fresh {
+            for (i, r) in fresh.iter().enumerate() {
                 let e = schema::encode_row(table, r).map_err(|reason| SinkError::Rejected {
-                    count: fresh.len(),
+                    index: skip + i,
                     reason,
                 })?;
                 if !encoded.is_empty() && bytes + e.len() > MAX_REQUEST_BYTES {
@@ -329,9 +329,10 @@ impl Sink for BigQuerySink {
                     tracing::warn!(table = %table, partition, answer = %msg, "Write stream is gone; replacing it.");
                     self.replace_stream(table, partition, "stream gone")?;
                 }
-                Appended::Rejected(reason) => {
+                Appended::Rejected { index, reason } => {
+                    // The request started at `fresh[0]`, which is `rows[skip]`.
                     return Err(SinkError::Rejected {
-                        count: fresh.len(),
+                        index: skip + index,
                         reason,
                     });
                 }

@@ -38,8 +38,9 @@ pub enum Appended {
     OutOfRange(String),
     /// The stream no longer exists (BigQuery dropped it; the emulator restarted).
     StreamGone(String),
-    /// The rows were refused as invalid.
-    Rejected(String),
+    /// The rows were refused as invalid: the first refused row's index in the request,
+    /// and the reasons.
+    Rejected { index: usize, reason: String },
 }
 
 pub struct Writer {
@@ -206,13 +207,15 @@ impl Writer {
                 return classify_status(&s);
             }
         };
-        if !first.row_errors.is_empty() {
-            let reasons: Vec<String> = first
-                .row_errors
-                .iter()
-                .map(|e| format!("row {}: {}", e.index, e.message))
-                .collect();
-            return Ok(Appended::Rejected(reasons.join("; ")));
+        if let Some(bad) = first.row_errors.iter().min_by_key(|e| e.index) {
+            return Ok(Appended::Rejected {
+                index: usize::try_from(bad.index).unwrap_or(0),
+                reason: format!(
+                    "{} ({} rows of the request refused)",
+                    bad.message,
+                    first.row_errors.len()
+                ),
+            });
         }
         match first.response {
             Some(Response::AppendResult(_)) => Ok(Appended::Ok),
