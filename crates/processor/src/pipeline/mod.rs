@@ -21,6 +21,8 @@
 
 mod closing;
 pub mod dedupe;
+#[cfg(test)]
+mod fixtures;
 pub mod outcome;
 pub mod prefetch;
 pub mod rows;

@@ -110,31 +110,13 @@ pub fn classify(
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeZone, Utc};
-    use paydedup_event::{Currency, PaymentMethod, TransactionId};
-
+    use super::super::fixtures::payment;
     use super::*;
 
     const RETENTION: i64 = 3_600_000_000;
 
     fn event(amount_minor: i64) -> PaymentEvent {
-        PaymentEvent {
-            transaction_id: TransactionId::new_unchecked("tx-1"),
-            event_time: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
-            amount_minor,
-            currency: Currency::from_code("USD").unwrap(),
-            merchant_id: "m-1".into(),
-            merchant_category: 5411,
-            card_fingerprint: "ab".repeat(16),
-            card_country: "US".into(),
-            customer_id: "c-1".into(),
-            ip_address: "20.0.0.1".parse().unwrap(),
-            ip_country: "US".into(),
-            device_id: "d-1".into(),
-            region: "us-east".into(),
-            payment_method: PaymentMethod::Card,
-            schema_version: 1,
-        }
+        payment("tx-1", 0, amount_minor)
     }
 
     /// The dedup entry `event` itself would have written at `event_time_micros`.

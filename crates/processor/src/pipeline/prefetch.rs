@@ -237,28 +237,14 @@ impl<'a> BatchState<'a> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{TimeZone, Utc};
-    use paydedup_event::{Currency, PaymentMethod, TransactionId};
-
+    use super::super::fixtures::payment;
     use super::*;
 
     fn event(id: &str, card: &str, customer: &str) -> PaymentEvent {
         PaymentEvent {
-            transaction_id: TransactionId::new_unchecked(id),
-            event_time: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
-            amount_minor: 100,
-            currency: Currency::from_code("USD").unwrap(),
-            merchant_id: "m-1".into(),
-            merchant_category: 5411,
             card_fingerprint: card.into(),
-            card_country: "US".into(),
             customer_id: customer.into(),
-            ip_address: "20.0.0.1".parse().unwrap(),
-            ip_country: "US".into(),
-            device_id: "d-1".into(),
-            region: "us-east".into(),
-            payment_method: PaymentMethod::Card,
-            schema_version: 1,
+            ..payment(id, 0, 100)
         }
     }
 

@@ -1,10 +1,10 @@
 //! Pipeline tests on a real RocksDB in a temporary directory (no Kafka).
 
 use base64::Engine;
-use chrono::Duration;
-use paydedup_event::{encode_json, Currency, PaymentMethod, TransactionId};
+use paydedup_event::encode_json;
 use paydedup_state::StoreOptions;
 
+use super::fixtures::payment;
 use super::*;
 
 const MIN: i64 = 60_000_000;
@@ -20,24 +20,7 @@ fn cfg() -> PipelineConfig {
 }
 
 fn event(id: &str, minute_offset_secs: i64, amount: i64) -> Vec<u8> {
-    let base = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
-    encode_json(&PaymentEvent {
-        transaction_id: TransactionId::new_unchecked(id),
-        event_time: base + Duration::seconds(minute_offset_secs),
-        amount_minor: amount,
-        currency: Currency::from_code("USD").unwrap(),
-        merchant_id: "m-1".into(),
-        merchant_category: 5411,
-        card_fingerprint: "ab".repeat(16),
-        card_country: "US".into(),
-        customer_id: "c-1".into(),
-        ip_address: "20.0.0.1".parse().unwrap(),
-        ip_country: "US".into(),
-        device_id: "d-1".into(),
-        region: "us-east".into(),
-        payment_method: PaymentMethod::Card,
-        schema_version: 1,
-    })
+    encode_json(&payment(id, minute_offset_secs, amount))
 }
 
 fn ts_ms() -> Option<i64> {

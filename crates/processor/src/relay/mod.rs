@@ -215,29 +215,44 @@ mod tests {
         }
     }
 
+    fn open_store(dir: &std::path::Path) -> Arc<StateStore> {
+        Arc::new(StateStore::open(&dir.join("state"), &StoreOptions::default()).unwrap())
+    }
+
+    /// A batch of `n` payments rows `row0…` at sequences 0..n of partition 0.
+    fn rows(n: u64) -> StateBatch {
+        let mut b = StateBatch::new();
+        for s in 0..n {
+            b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
+        }
+        b.set_next_seq(Table::Payments, 0, n);
+        b
+    }
+
+    fn spawn(
+        store: &Arc<StateStore>,
+        sink: &Arc<Mutex<MemorySink>>,
+        dir: &std::path::Path,
+    ) -> OutboxRelay {
+        OutboxRelay::spawn(
+            store.clone(),
+            Box::new(Shared(sink.clone())),
+            cfg(dir),
+            Metrics::new(),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn delivers_in_order_retries_transient_errors_and_empties_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
-        );
-        let mut b = StateBatch::new();
-        for s in 0..10 {
-            b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
-        }
-        b.set_next_seq(Table::Payments, 0, 10);
-        store.commit(b).unwrap();
+        let store = open_store(dir.path());
+        store.commit(rows(10)).unwrap();
         let sink = Arc::new(Mutex::new(MemorySink {
             fail_next: 3,
             ..MemorySink::default()
         }));
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(Shared(sink.clone())),
-            cfg(dir.path()),
-            Metrics::new(),
-        )
-        .unwrap();
+        let relay = spawn(&store, &sink, dir.path());
         relay.flush(Duration::from_secs(10)).unwrap();
         relay.stop();
         let rows = sink.lock().unwrap().rows[&(Table::Payments, 0)].clone();
@@ -256,9 +271,7 @@ mod tests {
     #[test]
     fn a_sink_that_never_recovers_stops_the_relay_with_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
-        );
+        let store = open_store(dir.path());
         let mut b = StateBatch::new();
         b.put_outbox(Table::Payments, 0, 0, b"row".to_vec());
         b.set_next_seq(Table::Payments, 0, 1);
@@ -287,23 +300,10 @@ mod tests {
     #[test]
     fn depth_ends_at_zero_when_rows_are_delivered_before_the_commit_notice() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
-        );
+        let store = open_store(dir.path());
         let sink = Arc::new(Mutex::new(MemorySink::default()));
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(Shared(sink.clone())),
-            cfg(dir.path()),
-            Metrics::new(),
-        )
-        .unwrap();
-        let mut b = StateBatch::new();
-        for s in 0..5 {
-            b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
-        }
-        b.set_next_seq(Table::Payments, 0, 5);
-        relay.commit(&store, b).unwrap();
+        let relay = spawn(&store, &sink, dir.path());
+        relay.commit(&store, rows(5)).unwrap();
         // The relay polls on its own: wait until the sink holds every row, as if it had
         // found them before the notice.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -329,26 +329,13 @@ mod tests {
     #[test]
     fn only_the_row_the_sink_names_is_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
-        );
-        let mut b = StateBatch::new();
-        for s in 0..10 {
-            b.put_outbox(Table::Payments, 0, s, format!("row{s}").into_bytes());
-        }
-        b.set_next_seq(Table::Payments, 0, 10);
-        store.commit(b).unwrap();
+        let store = open_store(dir.path());
+        store.commit(rows(10)).unwrap();
         let sink = Arc::new(Mutex::new(MemorySink {
             reject_seqs: [4].into(),
             ..MemorySink::default()
         }));
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(Shared(sink.clone())),
-            cfg(dir.path()),
-            Metrics::new(),
-        )
-        .unwrap();
+        let relay = spawn(&store, &sink, dir.path());
         relay.flush(Duration::from_secs(10)).unwrap();
         relay.stop();
         let delivered = sink.lock().unwrap().rows[&(Table::Payments, 0)].clone();
