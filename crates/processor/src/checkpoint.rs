@@ -3,15 +3,16 @@
 //! Every batch — a polled batch or the drain at the end of a bounded run — goes through
 //! [`Checkpoint::commit`], which does, in this order:
 //!
-//! 1. records the **expiry horizon** in the batch: the minimum watermark over *all*
-//!    owned partitions (an idle partition's keys are still alive under its own
-//!    watermark), so the compaction filter only ever uses a committed watermark;
+//! 1. records the **expiry horizons** in the batch: each owned partition's watermark
+//!    (a dedup entry expires by its own partition's, so a quiet partition keeps only
+//!    its own entries) and their minimum (the fallback), so the compaction filters only
+//!    ever use committed watermarks;
 //! 2. **commits** the batch through the relay ([`OutboxRelay::commit`]): its rows are
 //!    counted in the outbox depth (the backpressure signal), then state deltas, outbox
 //!    rows, next offsets and watermarks go to disk in one atomic RocksDB write (synced
 //!    when `--sync`), then the relay thread wakes;
-//! 3. **advances** the in-memory horizon the compaction filter reads, only now that the
-//!    commit is on disk;
+//! 3. **advances** the in-memory horizons the compaction filters read, only now that
+//!    the commit is on disk;
 //! 4. reports the **`BatchCommitted`** event (metrics and logs).
 //!
 //! A failed commit returns an error and the process exits: the pipeline's in-memory
@@ -73,13 +74,17 @@ impl Checkpoint {
         stats: &BatchStats,
         started: Instant,
     ) -> anyhow::Result<()> {
-        let horizon = self
+        let watermarks: Vec<(i32, i64)> = self
             .owned
             .iter()
-            .filter_map(|p| pipeline.watermark(*p))
-            .min();
+            .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
+            .collect();
+        let horizon = watermarks.iter().map(|(_, wm)| *wm).min();
         if let Some(h) = horizon {
             batch.set_horizon(h);
+        }
+        for &(p, wm) in &watermarks {
+            batch.set_partition_horizon(p, wm);
         }
         let commit_started = Instant::now();
         self.relay
@@ -89,11 +94,97 @@ impl Checkpoint {
         if let Some(h) = horizon {
             self.store.horizon().advance(h);
         }
+        for &(p, wm) in &watermarks {
+            self.store.advance_partition_horizon(p, wm);
+        }
         self.metrics.emit(BatchCommitted {
             stats,
             batch: started.elapsed(),
             commit,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paydedup_event::{encode_json, DecodeLimits};
+    use paydedup_fraud::FraudConfig;
+    use paydedup_sink::MemorySink;
+    use paydedup_state::StoreOptions;
+
+    use super::*;
+    use crate::pipeline::fixtures::payment;
+    use crate::pipeline::{InputRecord, PipelineConfig};
+    use crate::relay::RelayConfig;
+
+    const MIN: i64 = 60_000_000;
+
+    /// Issue 9, hole 7: an owned partition that went quiet early must not keep the
+    /// other partitions' expired dedup keys on disk (with one horizon for all, the
+    /// minimum over partitions, it pins everything at its own old watermark).
+    #[test]
+    fn an_idle_partition_does_not_keep_other_partitions_keys_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            dedup_retention_micros: Some(60 * MIN),
+            ..StoreOptions::default()
+        };
+        let store = Arc::new(StateStore::open(&dir.path().join("state"), &opts).unwrap());
+        let mut pipeline = Pipeline::load(
+            PipelineConfig {
+                allowed_lateness_micros: 5 * MIN,
+                retention_micros: 60 * MIN,
+                window_micros: MIN,
+                decode: DecodeLimits::default(),
+                fraud: FraudConfig::default(),
+            },
+            &store,
+        )
+        .unwrap();
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(MemorySink::default()),
+            RelayConfig {
+                batch_rows: 5000,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                give_up_after: Duration::from_secs(5),
+                dead_letter_dir: dir.path().join("dead-letter"),
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        let checkpoint = Checkpoint::new(store.clone(), relay, Metrics::new(), vec![0, 1]);
+        // Partition 1: one payment at 10:00, then nothing. Partition 0: one payment
+        // every 10 s of event time for 4 hours.
+        let mut input = vec![(1, encode_json(&payment("quiet", 0, 100)))];
+        for i in 0..1440 {
+            input.push((0, encode_json(&payment(&format!("busy-{i}"), i * 10, 100))));
+        }
+        let ts = Some(payment("x", 5 * 3600, 1).event_time.timestamp_millis());
+        for (n, chunk) in input.chunks(200).enumerate() {
+            let records: Vec<InputRecord<'_>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (p, bytes))| InputRecord {
+                    partition: *p,
+                    offset: (n * 200 + i) as i64,
+                    key: None,
+                    payload: bytes,
+                    timestamp_ms: ts,
+                })
+                .collect();
+            let (batch, stats) = pipeline.process(&records, &store).unwrap();
+            checkpoint
+                .commit(&pipeline, batch, &stats, Instant::now())
+                .unwrap();
+        }
+        store.compact().unwrap();
+        // Partition 0's watermark is 13:55 - 5 min; ids before 12:50 are expired there.
+        // About 65 minutes of its ids (~390) plus the quiet one may stay; 1,441 did.
+        let keys = store.stats().unwrap().dedup_keys;
+        assert!(keys <= 400, "{keys} dedup keys kept");
+        checkpoint.into_relay().stop();
     }
 }

@@ -96,6 +96,11 @@ impl StateBatch {
         self.put(cf::CF_META, meta::HORIZON.to_vec(), micros.to_be_bytes());
     }
 
+    /// A partition's committed watermark, for the dedup filter's per-partition expiry.
+    pub fn set_partition_horizon(&mut self, partition: i32, micros: i64) {
+        self.put(cf::CF_META, meta::horizon(partition), micros.to_be_bytes());
+    }
+
     pub fn put_sink_meta(&mut self, table: Table, partition: i32, value: Vec<u8>) {
         self.put(cf::CF_META, meta::sink(table, partition), value);
     }

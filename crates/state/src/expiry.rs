@@ -5,14 +5,22 @@
 //! runs) and **physically** here, by a compaction filter, so the on-disk state stays
 //! bounded by the retention window however long the stream runs.
 //!
-//! The filter needs a watermark. It reads the [`ExpiryHorizon`]: the minimum watermark
-//! over all partitions *as last committed*. The minimum is conservative (a key alive for
-//! any partition is kept), and only committed watermarks are published, so a crash that
-//! rolls the watermark back can never find a key physically gone that is logically
-//! still alive.
+//! The filter needs a watermark, and only committed watermarks are published to it, so
+//! a crash that rolls a watermark back can never find a key physically gone that is
+//! logically still alive.
+//!
+//! A dedup entry carries the partition that first saw its id, and an id stays in its
+//! partition (producers key by `transaction_id`), so the dedup filter judges each entry
+//! by **its own partition's** committed watermark ([`PartitionHorizons`]): a partition
+//! that went quiet keeps only its own entries, not everyone's. Entries of a partition
+//! with no published watermark fall back to the [`ExpiryHorizon`], the minimum over all
+//! partitions (conservative). Fraud state belongs to no partition (a card pays on
+//! several); its filter uses the most advanced committed watermark — fraud history
+//! only shapes scores, and its TTL (days) dwarfs the skew between partitions.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rocksdb::compaction_filter::Decision;
 
@@ -35,6 +43,24 @@ impl ExpiryHorizon {
     /// Publishes a committed watermark; never moves backwards.
     pub fn advance(&self, watermark_micros: i64) {
         self.0.fetch_max(watermark_micros, Ordering::AcqRel);
+    }
+}
+
+/// Committed watermark per partition, each monotonic; read by the dedup filter.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionHorizons(Arc<RwLock<HashMap<i32, i64>>>);
+
+impl PartitionHorizons {
+    pub fn get(&self, partition: i32) -> Option<i64> {
+        self.0.read().ok()?.get(&partition).copied()
+    }
+
+    /// Publishes a partition's committed watermark; never moves backwards.
+    pub fn advance(&self, partition: i32, watermark_micros: i64) {
+        if let Ok(mut map) = self.0.write() {
+            let h = map.entry(partition).or_insert(i64::MIN);
+            *h = (*h).max(watermark_micros);
+        }
     }
 }
 
@@ -63,6 +89,32 @@ pub fn ttl_filter(
     }
 }
 
+/// The dedup filter: an entry (time at bytes 0..8, partition at 24..28) expires under
+/// its own partition's horizon, or the global one if its partition has none.
+pub fn dedup_filter(
+    global: ExpiryHorizon,
+    partitions: PartitionHorizons,
+    ttl_micros: Arc<AtomicI64>,
+) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
+    move |_level, _key, value| {
+        let (Some(time), Some(partition)) = (
+            value.get(..8).and_then(|b| b.try_into().ok()),
+            value.get(24..28).and_then(|b| b.try_into().ok()),
+        ) else {
+            return Decision::Keep;
+        };
+        let horizon = partitions
+            .get(i32::from_be_bytes(partition))
+            .unwrap_or_else(|| global.get());
+        let ttl = ttl_micros.load(Ordering::Acquire);
+        if is_expired(i64::from_be_bytes(time), ttl, horizon) {
+            Decision::Remove
+        } else {
+            Decision::Keep
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +126,16 @@ mod tests {
         assert!(is_expired(100, 50, 151));
         assert!(!is_expired(i64::MAX, i64::MAX, i64::MAX));
         assert!(!is_expired(0, 10, i64::MIN));
+    }
+
+    #[test]
+    fn partition_horizons_are_per_partition_and_monotonic() {
+        let h = PartitionHorizons::default();
+        assert_eq!(h.get(0), None);
+        h.advance(0, 10);
+        h.advance(0, 5);
+        h.advance(1, 3);
+        assert_eq!((h.get(0), h.get(1), h.get(2)), (Some(10), Some(3), None));
     }
 
     #[test]

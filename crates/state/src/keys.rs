@@ -123,6 +123,13 @@ pub mod meta {
     /// What the directory is the state of: topic, partitions, decision settings.
     pub const IDENTITY: &[u8] = b"identity";
 
+    /// A partition's committed watermark, for the dedup filter (see `expiry`).
+    pub fn horizon(partition: i32) -> Vec<u8> {
+        with_partition(b"horizon/", partition)
+    }
+
+    pub const HORIZON_PREFIX: &[u8] = b"horizon/";
+
     /// The committed expiry horizon (see `expiry`).
     pub const HORIZON: &[u8] = b"horizon";
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::batch::Op;
 use crate::cf::{self, CF_DEDUP, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
-use crate::expiry::{self, ExpiryHorizon};
+use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::keys::{self, meta, DedupEntry};
 use crate::{StateBatch, StateError, Table};
 
@@ -63,10 +63,21 @@ pub struct StateStats {
 /// A raw key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// What the TTL compaction filters read (see `expiry`).
+#[derive(Debug, Clone, Default)]
+struct Horizons {
+    /// Minimum committed watermark over all partitions: the dedup fallback.
+    global: ExpiryHorizon,
+    /// Each partition's committed watermark: the dedup filter's own rule.
+    partitions: PartitionHorizons,
+    /// The most advanced committed watermark: the fraud filter's.
+    fraud: ExpiryHorizon,
+}
+
 pub struct StateStore {
     db: DB,
     path: PathBuf,
-    horizon: ExpiryHorizon,
+    horizons: Horizons,
     /// The dedup retention the compaction filter applies (µs).
     retention: Arc<AtomicI64>,
     write_options: WriteOptions,
@@ -76,7 +87,7 @@ fn cf_options(
     name: &str,
     opts: &StoreOptions,
     cache: &Cache,
-    horizon: &ExpiryHorizon,
+    horizons: &Horizons,
     retention: &Arc<AtomicI64>,
 ) -> Options {
     let mut o = Options::default();
@@ -96,17 +107,18 @@ fn cf_options(
             // over whole keys answers absent lookups without walking the skiplist.
             o.set_memtable_prefix_bloom_ratio(0.1);
             o.set_memtable_whole_key_filtering(true);
-            let ttl = if name == CF_DEDUP {
-                retention.clone()
+            if name == CF_DEDUP {
+                let filter = expiry::dedup_filter(
+                    horizons.global.clone(),
+                    horizons.partitions.clone(),
+                    retention.clone(),
+                );
+                o.set_compaction_filter("dedup-ttl", filter);
             } else {
-                Arc::new(AtomicI64::new(opts.fraud_ttl_micros))
-            };
-            let filter_name = if name == CF_DEDUP {
-                "dedup-ttl"
-            } else {
-                "fraud-ttl"
-            };
-            o.set_compaction_filter(filter_name, expiry::ttl_filter(horizon.clone(), ttl));
+                let ttl = Arc::new(AtomicI64::new(opts.fraud_ttl_micros));
+                let filter = expiry::ttl_filter(horizons.fraud.clone(), ttl);
+                o.set_compaction_filter("fraud-ttl", filter);
+            }
         }
         CF_OUTBOX => {
             // Written once, read once in order, deleted: small memtables flush rarely
@@ -125,7 +137,7 @@ impl StateStore {
         std::fs::create_dir_all(path).map_err(|e| {
             StateError::Rocks(format!("creating state directory {}: {e}", path.display()))
         })?;
-        let horizon = ExpiryHorizon::default();
+        let horizons = Horizons::default();
         // Until the retention is known, the filter keeps everything.
         let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(opts.block_cache_bytes);
@@ -136,7 +148,10 @@ impl StateStore {
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         let cfs = cf::ALL.iter().map(|name| {
-            ColumnFamilyDescriptor::new(*name, cf_options(name, opts, &cache, &horizon, &retention))
+            ColumnFamilyDescriptor::new(
+                *name,
+                cf_options(name, opts, &cache, &horizons, &retention),
+            )
         });
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| StateError::from_rocks(e, path))?;
@@ -145,13 +160,17 @@ impl StateStore {
         let store = StateStore {
             db,
             path: path.to_owned(),
-            horizon,
+            horizons,
             retention,
             write_options,
         };
-        // Resume the compaction filter's horizon from the last commit.
+        // Resume the compaction filters' horizons from the last commit.
         if let Some(h) = store.committed_horizon()? {
-            store.horizon.advance(h);
+            store.horizons.global.advance(h);
+            store.horizons.fraud.advance(h);
+        }
+        for (p, h) in store.scan_meta_i64(meta::HORIZON_PREFIX)? {
+            store.advance_partition_horizon(p, h);
         }
         // The retention is stored so that inspection tools expire keys the same way.
         let cf = store.cf(CF_META)?;
@@ -198,13 +217,13 @@ impl StateStore {
             )));
         }
         let opts = StoreOptions::default();
-        let horizon = ExpiryHorizon::default();
+        let horizons = Horizons::default();
         let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(8 << 20);
         let cfs = cf::ALL.iter().map(|name| {
             ColumnFamilyDescriptor::new(
                 *name,
-                cf_options(name, &opts, &cache, &horizon, &retention),
+                cf_options(name, &opts, &cache, &horizons, &retention),
             )
         });
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
@@ -212,7 +231,7 @@ impl StateStore {
         Ok(StateStore {
             db,
             path: path.to_owned(),
-            horizon,
+            horizons,
             retention,
             write_options: WriteOptions::default(),
         })
@@ -245,7 +264,17 @@ impl StateStore {
 
     /// The compaction filter's horizon; publish a watermark only after its commit.
     pub fn horizon(&self) -> &ExpiryHorizon {
-        &self.horizon
+        &self.horizons.global
+    }
+
+    /// Publishes a partition's committed watermark to the dedup filter (its entries
+    /// expire by it) and the fraud filter (the most advanced one). Only after the
+    /// commit that carries it (`StateBatch::set_partition_horizon`).
+    pub fn advance_partition_horizon(&self, partition: i32, watermark_micros: i64) {
+        self.horizons
+            .partitions
+            .advance(partition, watermark_micros);
+        self.horizons.fraud.advance(watermark_micros);
     }
 
     /// Writes a batch atomically.

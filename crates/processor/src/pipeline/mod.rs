@@ -22,7 +22,7 @@
 mod closing;
 pub mod dedupe;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 pub mod outcome;
 pub mod prefetch;
 pub mod rows;
