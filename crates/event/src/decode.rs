@@ -400,17 +400,48 @@ fn country(field: &'static str, s: &str) -> Result<String, ValidationError> {
     Ok(s.to_owned())
 }
 
-/// 13–19 digits passing the Luhn check: almost certainly a primary account number.
+/// Whether `s` holds a primary account number anywhere: a run of 13–19 digits, alone
+/// or separated by single spaces or dashes (`4111 1111 1111 1111`), that passes the
+/// Luhn check. Text fields are ids and names, so a card number typed into one (or
+/// pasted into a note) is caught wherever it sits, not only when it is the whole value.
 fn looks_like_pan(s: &str) -> bool {
-    if !(13..=19).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // A maximal run: digits, with single separators between digits.
+        let mut digits = Vec::with_capacity(19);
+        while i < b.len() {
+            if b[i].is_ascii_digit() {
+                digits.push(b[i] - b'0');
+                i += 1;
+            } else if (b[i] == b' ' || b[i] == b'-')
+                && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+                && !digits.is_empty()
+            {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+            return true;
+        }
     }
-    let sum: u32 = s
-        .bytes()
+    false
+}
+
+/// The Luhn checksum over decimal digits (most significant first).
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
         .rev()
         .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
+        .map(|(i, &d)| {
+            let d = u32::from(d);
             if i % 2 == 1 {
                 let dd = d * 2;
                 if dd > 9 {

@@ -221,6 +221,26 @@ fn card_rules_never_echo_the_number() {
     assert!(!format!("{err:?}").contains(pan));
 
     assert_eq!(code_with("customer_id", json!(pan)), "card_number_detected");
+    // Spaced, dashed, or inside a longer value: still a card number.
+    for spelled in [
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "cust 4111111111111111",
+    ] {
+        assert_eq!(
+            code_with("merchant_id", json!(spelled)),
+            "card_number_detected",
+            "{spelled}"
+        );
+    }
+    // Digit runs that fail Luhn, or are too short, are ordinary ids.
+    assert!(decode_value(&{
+        let mut v = valid();
+        v["merchant_id"] = json!("m-4111111111111112");
+        v["device_id"] = json!("d-123456789012");
+        v
+    })
+    .is_ok());
     assert_eq!(
         code_with("card_fingerprint", json!("not-hex!")),
         "invalid_card_fingerprint"
