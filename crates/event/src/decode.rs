@@ -412,22 +412,28 @@ fn looks_like_pan(s: &str) -> bool {
             i += 1;
             continue;
         }
-        // A maximal run: digits, with single separators between digits.
-        let mut digits = Vec::with_capacity(19);
+        // A maximal run: digits, with single separators between digits. Only its
+        // length and, when it can be a card number, its digits are kept (no
+        // allocation: this runs on every text field of every event).
+        let mut digits = [0u8; 19];
+        let mut len = 0usize;
         while i < b.len() {
             if b[i].is_ascii_digit() {
-                digits.push(b[i] - b'0');
+                if len < digits.len() {
+                    digits[len] = b[i] - b'0';
+                }
+                len += 1;
                 i += 1;
             } else if (b[i] == b' ' || b[i] == b'-')
+                && len > 0
                 && b.get(i + 1).is_some_and(u8::is_ascii_digit)
-                && !digits.is_empty()
             {
                 i += 1;
             } else {
                 break;
             }
         }
-        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+        if (13..=19).contains(&len) && luhn(&digits[..len]) {
             return true;
         }
     }

@@ -108,17 +108,14 @@ impl Checkpoint {
 
 #[cfg(test)]
 mod tests {
-    use paydedup_event::{encode_json, DecodeLimits};
-    use paydedup_fraud::FraudConfig;
+    use paydedup_event::encode_json;
     use paydedup_sink::MemorySink;
     use paydedup_state::StoreOptions;
 
     use super::*;
-    use crate::pipeline::fixtures::payment;
-    use crate::pipeline::{InputRecord, PipelineConfig};
+    use crate::pipeline::fixtures::{config, payment, MIN};
+    use crate::pipeline::InputRecord;
     use crate::relay::RelayConfig;
-
-    const MIN: i64 = 60_000_000;
 
     /// Issue 9, hole 7: an owned partition that went quiet early must not keep the
     /// other partitions' expired dedup keys on disk (with one horizon for all, the
@@ -131,17 +128,7 @@ mod tests {
             ..StoreOptions::default()
         };
         let store = Arc::new(StateStore::open(&dir.path().join("state"), &opts).unwrap());
-        let mut pipeline = Pipeline::load(
-            PipelineConfig {
-                allowed_lateness_micros: 5 * MIN,
-                retention_micros: 60 * MIN,
-                window_micros: MIN,
-                decode: DecodeLimits::default(),
-                fraud: FraudConfig::default(),
-            },
-            &store,
-        )
-        .unwrap();
+        let mut pipeline = Pipeline::load(config(), &store).unwrap();
         let relay = OutboxRelay::spawn(
             store.clone(),
             Box::new(MemorySink::default()),

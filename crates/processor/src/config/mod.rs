@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Args, CommandFactory, FromArgMatches, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 
 pub use bigquery::BigQueryArgs;
 pub use parse::SinkTarget;
@@ -264,9 +264,10 @@ impl RunConfig {
 }
 
 /// Checks the declarations themselves (clap's debug asserts), for the tests.
-pub fn assert_declarations() {
+#[cfg(test)]
+fn assert_declarations() {
     run_command().debug_assert();
-    crate::cli::Cli::command().debug_assert();
+    <crate::cli::Cli as clap::CommandFactory>::command().debug_assert();
 }
 
 #[cfg(test)]

@@ -1,7 +1,23 @@
 //! Test fixtures shared by the pipeline's unit tests.
 
 use chrono::{Duration, TimeZone, Utc};
-use paydedup_event::{Currency, PaymentEvent, PaymentMethod, TransactionId};
+use paydedup_event::{Currency, DecodeLimits, PaymentEvent, PaymentMethod, TransactionId};
+use paydedup_fraud::FraudConfig;
+
+use super::PipelineConfig;
+
+pub const MIN: i64 = 60_000_000;
+
+/// 5 minutes of lateness, 60 of retention, 1-minute windows, default limits and fraud.
+pub fn config() -> PipelineConfig {
+    PipelineConfig {
+        allowed_lateness_micros: 5 * MIN,
+        retention_micros: 60 * MIN,
+        window_micros: MIN,
+        decode: DecodeLimits::default(),
+        fraud: FraudConfig::default(),
+    }
+}
 
 /// A valid USD card payment `secs` after 2026-11-23 10:00:00 UTC, by card `ab…ab` and
 /// customer `c-1`; override fields with struct update syntax.

@@ -174,11 +174,6 @@ impl Pipeline {
         )
     }
 
-    /// Watermarks of the given partitions.
-    pub fn watermarks(&self, partitions: &[i32]) -> Vec<(i32, Option<i64>)> {
-        partitions.iter().map(|&p| (p, self.watermark(p))).collect()
-    }
-
     pub fn open_windows(&self) -> usize {
         self.windows.len()
     }

@@ -4,19 +4,11 @@ use base64::Engine;
 use paydedup_event::encode_json;
 use paydedup_state::StoreOptions;
 
-use super::fixtures::payment;
+use super::fixtures::{config, payment};
 use super::*;
 
-const MIN: i64 = 60_000_000;
-
 fn cfg() -> PipelineConfig {
-    PipelineConfig {
-        allowed_lateness_micros: 5 * MIN,
-        retention_micros: 60 * MIN,
-        window_micros: MIN,
-        decode: DecodeLimits::default(),
-        fraud: FraudConfig::default(),
-    }
+    config()
 }
 
 fn event(id: &str, minute_offset_secs: i64, amount: i64) -> Vec<u8> {
@@ -218,9 +210,9 @@ fn drain_closes_every_window_and_later_events_for_them_are_late() {
     assert_eq!(stats.late, 1);
 }
 
-/// Every outbox row (as text, with its base64 payload decoded) after one batch of
-/// (key, payload) records on partition 0.
-fn stored_rows(input: &[(&str, Vec<u8>)]) -> Vec<String> {
+/// A store holding one committed batch of (key, payload) records at offsets 0.. of
+/// partition 0.
+fn one_batch(input: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, StateStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
     let mut p = Pipeline::load(cfg(), &store).unwrap();
@@ -237,6 +229,13 @@ fn stored_rows(input: &[(&str, Vec<u8>)]) -> Vec<String> {
         .collect();
     let (batch, _) = p.process(&records, &store).unwrap();
     store.commit(batch).unwrap();
+    (dir, store)
+}
+
+/// Every outbox row (as text, with its base64 payload decoded) after one batch of
+/// (key, payload) records on partition 0.
+fn stored_rows(input: &[(&str, Vec<u8>)]) -> Vec<String> {
+    let (_dir, store) = one_batch(input);
     let mut out = Vec::new();
     for t in Table::ALL {
         for (_, row) in store.outbox_rows(t, 0, 1000).unwrap() {
@@ -378,22 +377,7 @@ proptest::proptest! {
         payloads in proptest::collection::vec(poison(), 1..30)
     ) {
         let input: Vec<(&str, Vec<u8>)> = payloads.into_iter().map(|p| ("k", p)).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
-        let mut p = Pipeline::load(cfg(), &store).unwrap();
-        let records: Vec<InputRecord<'_>> = input
-            .iter()
-            .enumerate()
-            .map(|(i, (k, v))| InputRecord {
-                partition: 0,
-                offset: i as i64,
-                key: Some(k.as_bytes()),
-                payload: v,
-                timestamp_ms: ts_ms(),
-            })
-            .collect();
-        let (batch, _) = p.process(&records, &store).unwrap();
-        store.commit(batch).unwrap();
+        let (_dir, store) = one_batch(&input);
         let mut offsets = Vec::new();
         for t in [Table::Payments, Table::DedupAudit, Table::LateEvents, Table::ProcessingErrors] {
             for (_, row) in store.outbox_rows(t, 0, 1000).unwrap() {

@@ -58,7 +58,6 @@ struct Shared {
     wake: (Mutex<bool>, Condvar),
     /// Why the relay stopped, until the processor takes it.
     failure: Mutex<Option<RelayError>>,
-    delivered: AtomicU64,
 }
 
 pub struct OutboxRelay {
@@ -107,10 +106,6 @@ impl OutboxRelay {
     /// Rows committed but not yet acknowledged by the sink.
     pub fn depth(&self) -> u64 {
         self.shared.depth.load(Ordering::Acquire)
-    }
-
-    pub fn delivered(&self) -> u64 {
-        self.shared.delivered.load(Ordering::Acquire)
     }
 
     /// Commits `batch` to the store and hands its outbox rows to the relay.

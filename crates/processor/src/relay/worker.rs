@@ -126,7 +126,6 @@ impl Worker {
         self.metrics.emit(OutboxDepthChanged {
             rows: prev.saturating_sub(n),
         });
-        self.shared.delivered.fetch_add(n, Ordering::AcqRel);
         Ok(())
     }
 
