@@ -138,6 +138,7 @@ mod tests {
                 max_backoff: Duration::from_millis(5),
                 give_up_after: Duration::from_secs(5),
                 dead_letter_dir: dir.path().join("dead-letter"),
+                verify_resent_below: Default::default(),
             },
             Metrics::new(),
         )

@@ -8,6 +8,7 @@
 //! reads them back. `assign` (not `subscribe`) also means no rebalance can move a
 //! partition away mid-batch.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -41,6 +42,27 @@ fn is_fatal(e: &KafkaError) -> bool {
             | Some(RDKafkaErrorCode::AutoOffsetReset)
             | Some(RDKafkaErrorCode::OffsetOutOfRange)
     )
+}
+
+/// The log under the topic's name is not the one the state consumed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogMismatch {
+    #[error(
+        "partition {partition} ends at offset {high}, but the state already consumed offset {offset}: \
+         the topic was deleted and re-created, or this is another cluster. Use a fresh state directory \
+         for a new topic (and a fresh sink), or point at the original topic"
+    )]
+    Shorter {
+        partition: i32,
+        offset: i64,
+        high: i64,
+    },
+    #[error(
+        "partition {partition} holds another record at offset {offset} than the one the state consumed \
+         there: the topic was deleted and re-created, or this is another cluster. Use a fresh state \
+         directory for a new topic (and a fresh sink), or point at the original topic"
+    )]
+    OtherRecord { partition: i32, offset: i64 },
 }
 
 /// The consumer, the topic and the partitions this instance owns.
@@ -103,6 +125,76 @@ impl KafkaSource {
 
     pub fn partition_count(&self) -> i32 {
         self.partitions
+    }
+
+    /// Checks that the log still holds, at each owned partition's last consumed offset,
+    /// the record the state consumed there (`last`: offset and fingerprint, from the
+    /// checkpoint). A topic deleted and re-created under the same name and partition
+    /// count otherwise resumes at the old offsets in a new log, silently skipping its
+    /// first records. A record that retention already removed cannot be checked (the
+    /// log has moved on past it; logged); a log that ends before it is refused.
+    pub fn verify_log(&self, last: &BTreeMap<i32, (i64, u64)>) -> anyhow::Result<()> {
+        let mut wanted = BTreeMap::new();
+        for &p in &self.owned {
+            let Some(&(offset, fingerprint)) = last.get(&p) else {
+                continue;
+            };
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(30))
+                .with_context(|| format!("reading partition {p}'s offsets"))?;
+            if offset >= high {
+                return Err(LogMismatch::Shorter {
+                    partition: p,
+                    offset,
+                    high,
+                }
+                .into());
+            }
+            if offset < low {
+                tracing::warn!(partition = p, offset, log_start = low, "The last consumed record was removed by retention; the log cannot be checked against the state.");
+                continue;
+            }
+            wanted.insert(p, (offset, fingerprint));
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &(offset, _)) in &wanted {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))?;
+        }
+        self.consumer.assign(&tpl).context("assigning partitions")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !wanted.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("could not read back the last consumed record of partitions {:?} within 30 s to check the log", wanted.keys().collect::<Vec<_>>());
+            }
+            let m = match self.consumer.poll(left.min(Duration::from_millis(500))) {
+                None => continue,
+                Some(Err(e)) if is_fatal(&e) => {
+                    return Err(e).context("reading back the last consumed records")
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; retrying.");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            let Some(&(offset, fingerprint)) = wanted.get(&m.partition()) else {
+                continue;
+            };
+            if m.offset() != offset || input_record(&m).fingerprint() != fingerprint {
+                return Err(LogMismatch::OtherRecord {
+                    partition: m.partition(),
+                    offset,
+                }
+                .into());
+            }
+            wanted.remove(&m.partition());
+        }
+        Ok(())
     }
 
     /// Assigns every owned partition at its checkpointed next offset.
@@ -237,16 +329,17 @@ impl KafkaSource {
 
 /// Borrows the pipeline's view of each polled record.
 pub fn input_records<'a>(messages: &'a [BorrowedMessage<'_>]) -> Vec<InputRecord<'a>> {
-    messages
-        .iter()
-        .map(|m| InputRecord {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key(),
-            payload: m.payload().unwrap_or_default(),
-            timestamp_ms: m.timestamp().to_millis(),
-        })
-        .collect()
+    messages.iter().map(input_record).collect()
+}
+
+fn input_record<'a>(m: &'a BorrowedMessage<'_>) -> InputRecord<'a> {
+    InputRecord {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key(),
+        payload: m.payload().unwrap_or_default(),
+        timestamp_ms: m.timestamp().to_millis(),
+    }
 }
 
 fn partition_count(consumer: &BaseConsumer, settings: &KafkaSettings) -> anyhow::Result<i32> {

@@ -17,13 +17,14 @@
 //! Around that path: [`config`] (every setting, declared once), [`cli`] and [`wiring`]
 //! (building the parts), [`backpressure`] (pause at the outbox bound, resume at half),
 //! [`activity`] (idle partitions), [`identity`] (what a state directory is the state
-//! of), [`metrics`] (named events that log and count),
+//! of), [`agreement`] (state and sink agree at start-up), [`metrics`] (named events that log and count),
 //! [`health`] (HTTP endpoints), [`shutdown`] (signals), [`state_cmd`] (the `state`
 //! subcommand) and [`reconcile`] (the `reconcile` subcommand: the output, and the
 //! simulator's manifest from `paydedup-manifest`, checked against one typed list of
 //! invariants named after the SQL views).
 
 pub mod activity;
+pub mod agreement;
 pub mod backpressure;
 pub mod checkpoint;
 pub mod cli;

@@ -17,7 +17,7 @@ use crate::checkpoint::Checkpoint;
 use crate::kafka::{input_records, KafkaSource};
 use crate::metrics::events::{
     CombinedWatermarkMoved, ConsumerLagMeasured, ConsumerPaused, ConsumerResumed,
-    PartitionProgressed, WindowsDrained,
+    IdlePartitionsAdvanced, PartitionProgressed, WindowsDrained,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchStats, Pipeline};
@@ -106,7 +106,13 @@ impl Processor {
             }
             if self.last_lag_check.elapsed() >= LAG_CHECK_EVERY {
                 self.last_lag_check = Instant::now();
-                self.caught_up = self.measure_lag();
+                let lags = self.measure_lag();
+                self.caught_up = lags
+                    .as_ref()
+                    .is_some_and(|l| l.iter().all(|&(_, lag)| lag == 0));
+                if let Some(lags) = lags {
+                    self.advance_idle_partitions(&lags)?;
+                }
             }
             if let Some(exit) = self.turn()? {
                 return Ok(exit);
@@ -189,16 +195,54 @@ impl Processor {
     }
 
     /// Measures and reports lag, busy, idle or paused alike (a gauge that only moved
-    /// when idle would freeze exactly when the processor falls behind); true when every
-    /// owned partition is caught up.
-    fn measure_lag(&self) -> bool {
-        let Some(lags) = self.source.lag(|p| self.pipeline.next_offset(p)) else {
-            return false;
-        };
+    /// when idle would freeze exactly when the processor falls behind). `None` when the
+    /// broker did not answer for some partition.
+    fn measure_lag(&self) -> Option<Vec<(i32, i64)>> {
+        let lags = self.source.lag(|p| self.pipeline.next_offset(p))?;
         for &(partition, lag) in &lags {
             self.metrics.emit(ConsumerLagMeasured { partition, lag });
         }
-        lags.iter().all(|&(_, lag)| lag == 0)
+        Some(lags)
+    }
+
+    /// Partitions that are caught up and received nothing for the idle timeout follow
+    /// the slowest active partition's watermark, so their open windows close (see
+    /// [`Pipeline::advance_idle`]); committed through the same checkpoint step.
+    fn advance_idle_partitions(&mut self, lags: &[(i32, i64)]) -> anyhow::Result<()> {
+        let owned = self.source.owned();
+        let Some(to) = self
+            .activity
+            .slowest_active_watermark(&self.pipeline, owned)
+        else {
+            return Ok(());
+        };
+        let idle: Vec<i32> = self
+            .activity
+            .idle(owned)
+            .into_iter()
+            .filter(|p| lags.iter().any(|&(q, lag)| q == *p && lag == 0))
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (batch, closed) = self.pipeline.advance_idle(&idle, to);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stats = BatchStats {
+            windows_closed: closed,
+            outbox_rows: batch.outbox_rows(),
+            ..BatchStats::default()
+        };
+        self.checkpoint
+            .commit(&self.pipeline, batch, &stats, started)?;
+        self.metrics.emit(IdlePartitionsAdvanced {
+            partitions: &idle,
+            watermark_micros: to,
+            windows: closed,
+        });
+        Ok(())
     }
 
     /// Closes every open window of the owned partitions (a bounded run's end), through

@@ -2,9 +2,11 @@
 //!
 //! Order matters: the state store opens first (it holds the position), the pipeline
 //! loads its in-memory view from it, the consumer is assigned at the checkpointed
-//! offsets, the relay starts on whatever the outbox already holds, and only then does
+//! offsets, state and sink are checked to agree (`agreement`), the relay starts on
+//! whatever the outbox already holds, and only then does
 //! `/readyz` turn ready.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +14,10 @@ use anyhow::Context;
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
 use paydedup_sink::{BigQuerySink, FileSink, Sink};
-use paydedup_state::{StateStore, StoreOptions};
+use paydedup_state::{StateStore, StoreOptions, Table};
 
 use crate::activity::PartitionActivity;
+use crate::agreement::{self, AgreementError};
 use crate::checkpoint::Checkpoint;
 use crate::config::{RunConfig, SinkTarget};
 use crate::health::{self, Readiness};
@@ -61,13 +64,15 @@ fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Re
         },
     )
     .with_context(|| format!("starting on {}", config.store.state_dir.display()))?;
+    source
+        .verify_log(&store.last_records()?)
+        .with_context(|| format!("resuming topic `{}`", source.topic()))?;
     source.assign(|p| pipeline.next_offset(p))?;
-    let relay = OutboxRelay::spawn(
-        store.clone(),
-        open_sink(config, &store)?,
-        relay_config(config),
-        metrics.clone(),
-    )?;
+    let mut sink = open_sink(config, &store)?;
+    let mut relay_config = relay_config(config);
+    relay_config.verify_resent_below =
+        agree_with_sink(config, &store, sink.as_mut(), source.owned())?;
+    let relay = OutboxRelay::spawn(store.clone(), sink, relay_config, metrics.clone())?;
     spawn_ttl_compaction(store.clone(), config.store.ttl_compaction_every);
     let owned = source.owned().to_vec();
     Ok(Processor::new(
@@ -118,6 +123,37 @@ fn pipeline_config(config: &RunConfig) -> anyhow::Result<PipelineConfig> {
     })
 }
 
+/// The start-up agreement of state and sink (`agreement`), retried while the sink is
+/// unavailable (as the relay would retry), up to `--sink-give-up-secs`.
+fn agree_with_sink(
+    config: &RunConfig,
+    store: &StateStore,
+    sink: &mut dyn Sink,
+    owned: &[i32],
+) -> anyhow::Result<BTreeMap<(Table, i32), u64>> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match agreement::check(store, sink, owned) {
+            Err(AgreementError::Sink { source, .. })
+                if source.is_retryable() && started.elapsed() < config.relay.sink_give_up =>
+            {
+                tracing::warn!(error = %source, "The sink is unavailable at start-up; retrying.");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(config.relay.sink_max_backoff);
+            }
+            other => {
+                return other.with_context(|| {
+                    format!(
+                        "checking that the state at {} and the sink agree",
+                        config.store.state_dir.display()
+                    )
+                })
+            }
+        }
+    }
+}
+
 fn relay_config(config: &RunConfig) -> RelayConfig {
     let r = &config.relay;
     RelayConfig {
@@ -126,6 +162,7 @@ fn relay_config(config: &RunConfig) -> RelayConfig {
         max_backoff: r.sink_max_backoff,
         give_up_after: r.sink_give_up,
         dead_letter_dir: config.store.state_dir.join("dead-letter"),
+        verify_resent_below: BTreeMap::new(),
     }
 }
 

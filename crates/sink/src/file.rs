@@ -6,14 +6,14 @@
 //! sequence twice and never skips one. A crash can leave a torn last line; opening
 //! truncates it (its rows were never acknowledged, so the relay sends them again).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{plan_append, AppendOutcome, Sink, SinkError, Table};
+use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, Table};
 
 pub struct FileSink {
     dir: PathBuf,
@@ -21,6 +21,9 @@ pub struct FileSink {
     next: HashMap<(Table, i32), u64>,
     /// fsync after each append (on by default: an acknowledged row survives power loss).
     fsync: bool,
+    /// Identities read ahead for a resend that is being verified: one scan of the file
+    /// serves the whole overlap, which the relay asks for in ascending pieces.
+    identities: HashMap<(Table, i32), BTreeMap<u64, RowIdentity>>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +47,7 @@ impl FileSink {
             files: HashMap::new(),
             next: HashMap::new(),
             fsync: true,
+            identities: HashMap::new(),
         };
         for table in Table::ALL {
             sink.recover(table)?;
@@ -169,6 +173,55 @@ impl Sink for FileSink {
         Ok(Some(
             self.next.get(&(table, partition)).copied().unwrap_or(0),
         ))
+    }
+
+    fn stored_identities(
+        &mut self,
+        table: Table,
+        partition: i32,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, RowIdentity)>, SinkError> {
+        let cached = self
+            .identities
+            .get(&(table, partition))
+            .is_some_and(|c| c.first_key_value().is_some_and(|(s, _)| *s <= from));
+        if !cached {
+            let read = self.read_identities(table, partition, from)?;
+            self.identities.insert((table, partition), read);
+        }
+        let Some(cache) = self.identities.get_mut(&(table, partition)) else {
+            return Ok(Vec::new());
+        };
+        // Hand out `from..to` and forget everything below `to`.
+        let rest = cache.split_off(&to);
+        let wanted = std::mem::replace(cache, rest);
+        Ok(wanted.into_iter().filter(|(s, _)| *s >= from).collect())
+    }
+}
+
+impl FileSink {
+    /// Identities of one partition's rows of `table` from sequence `from` on.
+    fn read_identities(
+        &self,
+        table: Table,
+        partition: i32,
+        from: u64,
+    ) -> Result<BTreeMap<u64, RowIdentity>, SinkError> {
+        let path = self.path(table);
+        let file = File::open(&path).map_err(|e| io("opening", &path, e))?;
+        let mut out = BTreeMap::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| io("reading", &path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+                SinkError::Fatal(format!("{}: a row is not JSON: {e}", path.display()))
+            })?;
+            let seq = v["outbox_seq"].as_u64().unwrap_or(0);
+            if v["source_partition"].as_i64() == Some(i64::from(partition)) && seq >= from {
+                out.insert(seq, identity::of_value(table, &v));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -5,15 +5,18 @@
 //! - [`bigquery`]: [`BigQuerySink`], the Storage Write API with COMMITTED streams.
 //! - [`memory`]: [`MemorySink`], an in-memory test double for fast unit tests (the file
 //!   and BigQuery sinks are tested for real beside it, with the same conformance suite).
+//! - [`identity`]: [`RowIdentity`], the columns that say which row a row is.
 //! - [`conformance`]: the suite every sink must pass.
 
 pub mod bigquery;
 pub mod conformance;
 pub mod file;
+pub mod identity;
 pub mod memory;
 
 pub use bigquery::{BigQueryConfig, BigQuerySink};
 pub use file::FileSink;
+pub use identity::RowIdentity;
 pub use memory::MemorySink;
 pub use paydedup_state::Table;
 
@@ -88,6 +91,18 @@ pub trait Sink: Send {
 
     /// The next sequence the sink expects for (table, partition), if it knows.
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError>;
+
+    /// The [`RowIdentity`] of each row the sink holds for (table, partition) with a
+    /// sequence in `from..to`, in sequence order. The relay compares them with the rows
+    /// it resends after a restart behind the sink: "already present" must mean the same
+    /// rows, not just the same sequences.
+    fn stored_identities(
+        &mut self,
+        table: Table,
+        partition: i32,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, RowIdentity)>, SinkError>;
 
     /// Rows up to `through_seq` were dead-lettered and will never be appended: expect
     /// the sequence after them next. Sinks that never reject rows ignore it.

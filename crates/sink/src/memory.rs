@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{plan_append, AppendOutcome, Sink, SinkError, Table};
+use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, Table};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemorySink {
@@ -60,6 +60,25 @@ impl Sink for MemorySink {
     fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {
         self.next.insert((table, partition), through_seq + 1);
         Ok(())
+    }
+
+    fn stored_identities(
+        &mut self,
+        table: Table,
+        partition: i32,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, RowIdentity)>, SinkError> {
+        let mut out = Vec::new();
+        for row in self.rows.get(&(table, partition)).into_iter().flatten() {
+            let v: serde_json::Value = serde_json::from_slice(row)
+                .map_err(|e| SinkError::Fatal(format!("stored row is not JSON: {e}")))?;
+            let seq = v["outbox_seq"].as_u64().unwrap_or(u64::MAX);
+            if (from..to).contains(&seq) {
+                out.push((seq, identity::of_value(table, &v)));
+            }
+        }
+        Ok(out)
     }
 }
 

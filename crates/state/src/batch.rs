@@ -83,6 +83,14 @@ impl StateBatch {
         );
     }
 
+    /// The last record consumed on `partition`: its offset and fingerprint
+    /// ([`keys::record_fingerprint`](crate::keys::record_fingerprint)).
+    pub fn set_last_record(&mut self, partition: i32, offset: i64, fingerprint: u64) {
+        let mut v = offset.to_be_bytes().to_vec();
+        v.extend_from_slice(&fingerprint.to_be_bytes());
+        self.put(cf::CF_META, meta::last_record(partition), v);
+    }
+
     pub fn set_max_event_time(&mut self, partition: i32, micros: i64) {
         self.put(
             cf::CF_META,

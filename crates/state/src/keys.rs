@@ -117,6 +117,15 @@ pub mod meta {
 
     pub const NEXT_SEQ_PREFIX: &[u8] = b"seq/";
 
+    /// The last record consumed on a partition: its offset and [`record_fingerprint`]
+    /// (`super::record_fingerprint`), so a restart can tell the log is still the one
+    /// the state consumed.
+    pub fn last_record(partition: i32) -> Vec<u8> {
+        with_partition(b"lastrec/", partition)
+    }
+
+    pub const LAST_RECORD_PREFIX: &[u8] = b"lastrec/";
+
     /// The dedup retention (µs) the processor runs with.
     pub const RETENTION: &[u8] = b"retention";
 
@@ -166,9 +175,30 @@ pub fn be_i64(b: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(b.try_into().ok()?))
 }
 
+/// Reads a 4-byte big-endian i32.
+pub fn be_i32(b: &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(b.try_into().ok()?))
+}
+
 /// Reads an 8-byte big-endian u64.
 pub fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+/// A Kafka record's fingerprint: key, value and timestamp. Two logs that hold the same
+/// record at an offset agree on it; a topic deleted and re-created almost surely not.
+pub fn record_fingerprint(key: Option<&[u8]>, value: &[u8], timestamp_ms: Option<i64>) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    match key {
+        Some(k) => {
+            h.update(&(k.len() as u64).to_be_bytes());
+            h.update(k);
+        }
+        None => h.update(&u64::MAX.to_be_bytes()),
+    }
+    h.update(&timestamp_ms.unwrap_or(i64::MIN).to_be_bytes());
+    h.update(value);
+    h.digest()
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 //!   together or not at all.
 //! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
 //! - [`error`]: the error type, [`StateError`].
+//! - [`fail_point`]: named places where a test build can die on demand.
 
 pub mod batch;
 pub mod cf;
 pub mod error;
 pub mod expiry;
+pub mod fail_point;
 pub mod keys;
 pub mod store;
 pub mod table;

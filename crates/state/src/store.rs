@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::batch::Op;
 use crate::cf::{self, CF_DEDUP, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
+use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
 use crate::{StateBatch, StateError, Table};
 
@@ -304,9 +305,20 @@ impl StateStore {
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
-        self.db
-            .write_opt(wb, &self.write_options)
-            .map_err(|e| self.rocks(e))
+        fail_point::hit(fail_point::COMMIT_BEFORE_WRITE);
+        if fail_point::is_armed(fail_point::COMMIT_INSIDE) {
+            // The same durability in two steps, so the test can die between them: the
+            // batch is in the log (the OS has it) but the call has not returned.
+            self.db.write(wb).map_err(|e| self.rocks(e))?;
+            fail_point::hit(fail_point::COMMIT_INSIDE);
+            self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
+        } else {
+            self.db
+                .write_opt(wb, &self.write_options)
+                .map_err(|e| self.rocks(e))?;
+        }
+        fail_point::hit(fail_point::COMMIT_AFTER);
+        Ok(())
     }
 
     /// Looks up many dedup keys at once (one `multi_get`, sorted internally by RocksDB).
@@ -335,6 +347,35 @@ impl StateStore {
             .into_iter()
             .map(|r| r.map(|o| o.map(|s| s.to_vec())).map_err(|e| self.rocks(e)))
             .collect()
+    }
+
+    /// The last record consumed per partition: (offset, fingerprint).
+    pub fn last_records(&self) -> Result<BTreeMap<i32, (i64, u64)>, StateError> {
+        let cf = self.cf(CF_META)?;
+        let prefix = meta::LAST_RECORD_PREFIX;
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let bad = || StateError::BadValue {
+                what: "last record",
+                len: v.len(),
+            };
+            let p = keys::be_i32(&k[prefix.len()..]).ok_or_else(bad)?;
+            let offset = keys::be_i64(v.get(..8).ok_or_else(bad)?).ok_or_else(bad)?;
+            let fp = v
+                .get(8..16)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(bad)?;
+            out.insert(p, (offset, fp));
+        }
+        Ok(out)
     }
 
     fn scan_meta_i64(&self, prefix: &[u8]) -> Result<BTreeMap<i32, i64>, StateError> {

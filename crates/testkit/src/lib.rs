@@ -49,11 +49,16 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Path of a binary of this workspace, built next to the running test executable.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
-    // target/<profile>/deps/test-xxxx → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
+    // A test: target/<profile>/deps/test-xxxx; a binary: target/<profile>/<bin>. The
+    // workspace's binaries are in target/<profile>/.
+    let beside = exe.parent().context("the executable has no directory")?;
+    let dir = if beside.ends_with("deps") {
+        beside
+            .parent()
+            .context("test executable has no target directory")?
+    } else {
+        beside
+    };
     let p = dir.join(name);
     if !p.is_file() {
         bail!(
@@ -71,6 +76,19 @@ fn append_log(path: &Path) -> anyhow::Result<std::fs::File> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`) to a process.
+pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
+    }
+    Ok(())
 }
 
 /// Waits until something accepts TCP connections on `port`.
@@ -171,6 +189,25 @@ impl Broker {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Thaws a paused broker (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .context("the broker is not running")?
+            .id();
+        signal(pid, name)
     }
 
     pub fn dir(&self) -> &Path {

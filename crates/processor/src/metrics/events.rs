@@ -86,6 +86,24 @@ impl Event for WindowsDrained {
     }
 }
 
+/// Idle, caught-up partitions followed the slowest active partition's watermark.
+pub struct IdlePartitionsAdvanced<'a> {
+    pub partitions: &'a [i32],
+    pub watermark_micros: i64,
+    pub windows: u64,
+}
+
+impl Event for IdlePartitionsAdvanced<'_> {
+    fn emit(self, _: &Metrics) {
+        tracing::info!(
+            partitions = ?self.partitions,
+            watermark_micros = self.watermark_micros,
+            windows_closed = self.windows,
+            "Idle partitions' watermarks follow the active partitions; their passed windows closed."
+        );
+    }
+}
+
 /// Backpressure: the outbox reached its bound, consumption stops.
 pub struct ConsumerPaused {
     pub outbox_depth: u64,

@@ -1,5 +1,6 @@
 //! Closing windows: [`Pipeline::process`] closes those its watermarks have passed,
-//! [`Pipeline::drain`] every window of the given partitions. Both go through
+//! [`Pipeline::drain`] every window of the given partitions, [`Pipeline::advance_idle`]
+//! those an idle partition's watermark passes when it follows the active ones. Both go through
 //! [`Pipeline::close_window`]: one `payment_metrics` row, the window's state deleted.
 //!
 //! A window never reopens once closed. In a batch, a watermark that passed a window
@@ -84,6 +85,37 @@ impl Pipeline {
                 batch.set_max_event_time(p, m);
             }
         }
+        (batch, closed)
+    }
+
+    /// Moves the watermark of each partition in `idle` up to `to` (the slowest active
+    /// partition's), closing the windows it passes, like a batch would have.
+    ///
+    /// Event-time windows close by their partition's watermark, which only its own
+    /// records move: a partition that went quiet would keep its open windows (and its
+    /// dedup and fraud state) forever. The processor calls this for owned partitions
+    /// that are caught up and received nothing for `--idle-timeout-secs` (Flink's
+    /// idleness). The result is committed like any batch, so a restart resumes with
+    /// the advanced watermark; a record that arrives later on such a partition with an
+    /// older event time is late, as it would be on any partition behind the others.
+    pub fn advance_idle(&mut self, idle: &[i32], to: i64) -> (StateBatch, u64) {
+        let mut batch = StateBatch::new();
+        let lateness = self.cfg.allowed_lateness_micros;
+        for &p in idle {
+            // A partition that never had an on-time record holds no window or state.
+            if self.watermark(p).is_none_or(|wm| wm >= to) {
+                continue;
+            }
+            let progress = self.partitions.entry(p).or_default();
+            let max_event = to.saturating_add(lateness);
+            progress.max_event_micros = watermark::advance(progress.max_event_micros, max_event);
+            batch.set_max_event_time(p, max_event);
+        }
+        if batch.is_empty() {
+            return (batch, 0);
+        }
+        let closed = self.close_passed_windows(&mut batch);
+        self.flush_seqs(&mut batch);
         (batch, closed)
     }
 }

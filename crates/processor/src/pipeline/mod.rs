@@ -53,6 +53,14 @@ pub struct InputRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
+impl InputRecord<'_> {
+    /// Key, value and timestamp hashed: checkpointed with the position, so a restart
+    /// can tell whether the log still holds this record at this offset.
+    pub fn fingerprint(&self) -> u64 {
+        paydedup_state::keys::record_fingerprint(self.key, self.payload, self.timestamp_ms)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub allowed_lateness_micros: i64,
@@ -347,6 +355,9 @@ impl Pipeline {
             let progress = &self.partitions[&p];
             if let Some(o) = progress.next_offset {
                 batch.set_next_offset(p, o);
+            }
+            if let Some(last) = records.iter().rev().find(|r| r.partition == p) {
+                batch.set_last_record(p, last.offset, last.fingerprint());
             }
             if let Some(m) = progress.max_event_micros {
                 batch.set_max_event_time(p, m);

@@ -210,6 +210,61 @@ fn drain_closes_every_window_and_later_events_for_them_are_late() {
     assert_eq!(stats.late, 1);
 }
 
+/// Issue 9, hole 7 (windows): a partition that went quiet kept its open windows
+/// forever. Advanced to the active partitions' watermark, its passed windows close
+/// with their own rows, the advance survives a restart, and a later record older than
+/// the advanced watermark is late.
+#[test]
+fn an_idle_partition_follows_the_active_ones_and_its_windows_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut p = Pipeline::load(cfg(), &store).unwrap();
+    let quiet = event("quiet", 0, 100);
+    let busy = event("busy", 3_600, 100); // an hour later, on partition 1
+    let records = [
+        InputRecord {
+            partition: 0,
+            offset: 0,
+            key: Some(b"quiet"),
+            payload: &quiet,
+            timestamp_ms: ts_ms(),
+        },
+        InputRecord {
+            partition: 1,
+            offset: 0,
+            key: Some(b"busy"),
+            payload: &busy,
+            timestamp_ms: ts_ms(),
+        },
+    ];
+    let (batch, _) = p.process(&records, &store).unwrap();
+    store.commit(batch).unwrap();
+    assert_eq!(p.open_windows(), 2, "each partition's own window is open");
+
+    let to = p.watermark(1).unwrap();
+    let (batch, closed) = p.advance_idle(&[0], to);
+    assert_eq!(closed, 1, "the quiet partition's window closes");
+    assert_eq!(batch.outbox_rows(), 1, "one payment_metrics row");
+    store.commit(batch).unwrap();
+    assert_eq!(p.watermark(0), Some(to));
+    // Nothing moves when the target is not ahead.
+    assert_eq!(p.advance_idle(&[0], to).1, 0);
+
+    // A restart resumes with the advanced watermark: an old record is late.
+    let mut restarted = Pipeline::load(cfg(), &store).unwrap();
+    assert_eq!(restarted.watermark(0), Some(to));
+    let old = event("old", 30, 100);
+    let rec = InputRecord {
+        partition: 0,
+        offset: 1,
+        key: Some(b"old"),
+        payload: &old,
+        timestamp_ms: ts_ms(),
+    };
+    let (_, stats) = restarted.process(&[rec], &store).unwrap();
+    assert_eq!(stats.late, 1);
+}
+
 /// A store holding one committed batch of (key, payload) records at offsets 0.. of
 /// partition 0.
 fn one_batch(input: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, StateStore) {

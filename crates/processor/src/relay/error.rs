@@ -49,6 +49,25 @@ pub enum RelayError {
     },
     #[error("{undelivered} rows still undelivered after {timeout:?}")]
     FlushTimeout { undelivered: u64, timeout: Duration },
+    #[error(
+        "{table} partition {partition} sequence {seq}: the replay made a different row than the sink \
+         holds ({ours} here, {theirs} in the sink). The state is not the one that wrote these rows \
+         (another topic, or a re-created one); nothing more was sent"
+    )]
+    ReplayDiffers {
+        table: Table,
+        partition: i32,
+        seq: u64,
+        ours: String,
+        theirs: String,
+    },
+    #[error("reading back {table} partition {partition} rows from seq {first_seq} to verify a replay: {source}")]
+    VerifyRead {
+        table: Table,
+        partition: i32,
+        first_seq: u64,
+        source: SinkError,
+    },
     #[error("starting the relay thread: {0}")]
     Spawn(std::io::Error),
     #[error("the relay's shared state is poisoned (a thread panicked)")]
@@ -69,6 +88,8 @@ impl RelayError {
             RelayError::SkipRejected { .. } => "sink_skip",
             RelayError::DeadLetter { .. } => "dead_letter_io",
             RelayError::FlushTimeout { .. } => "flush_timeout",
+            RelayError::ReplayDiffers { .. } => "replay_differs",
+            RelayError::VerifyRead { .. } => "verify_read",
             RelayError::Spawn(_) => "spawn",
             RelayError::Poisoned => "poisoned",
         }

@@ -17,12 +17,15 @@
 //!
 //! - this file: [`OutboxRelay`], the handle the processor holds (depth, notices, flush);
 //! - `worker`: the delivery loop on the relay's own thread;
-//! - `dead_letter`: the dead-letter store; [`RelayError`]: why the relay stops.
+//! - `dead_letter`: the dead-letter store; [`RelayError`]: why the relay stops;
+//! - `resend_check`: resent rows below the sink's position must be the sink's rows.
 
 mod dead_letter;
 mod error;
+mod resend_check;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use paydedup_sink::Sink;
-use paydedup_state::{StateBatch, StateError, StateStore};
+use paydedup_state::{StateBatch, StateError, StateStore, Table};
 
 pub use error::RelayError;
 
@@ -46,6 +49,9 @@ pub struct RelayConfig {
     /// Continuous failure after which the relay gives up.
     pub give_up_after: Duration,
     pub dead_letter_dir: PathBuf,
+    /// Per (table, partition), the sequence below which resent rows are compared with
+    /// the sink's before they count as already present (see `agreement`).
+    pub verify_resent_below: BTreeMap<(Table, i32), u64>,
 }
 
 /// What the processor's thread and the relay's thread share.
@@ -198,6 +204,15 @@ mod tests {
         fn skip(&mut self, t: Table, p: i32, through: u64) -> Result<(), SinkError> {
             self.0.lock().unwrap().skip(t, p, through)
         }
+        fn stored_identities(
+            &mut self,
+            t: Table,
+            p: i32,
+            from: u64,
+            to: u64,
+        ) -> Result<Vec<(u64, paydedup_sink::RowIdentity)>, SinkError> {
+            self.0.lock().unwrap().stored_identities(t, p, from, to)
+        }
     }
 
     fn cfg(dir: &std::path::Path) -> RelayConfig {
@@ -207,6 +222,7 @@ mod tests {
             max_backoff: Duration::from_millis(5),
             give_up_after: Duration::from_secs(5),
             dead_letter_dir: dir.join("dead-letter"),
+            verify_resent_below: BTreeMap::new(),
         }
     }
 

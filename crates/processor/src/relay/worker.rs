@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paydedup_sink::{Sink, SinkError};
-use paydedup_state::{StateStore, Table};
+use paydedup_state::{fail_point, StateStore, Table};
 use rand::Rng;
 
-use super::{dead_letter, RelayConfig, RelayError, Shared};
+use super::{dead_letter, resend_check, RelayConfig, RelayError, Shared};
 use crate::metrics::events::{
     OutboxDepthChanged, RowsDeadLettered, RowsDelivered, SinkWriteFailed,
 };
@@ -110,11 +110,16 @@ impl Worker {
             partition,
             first_seq,
         };
+        if !self.verify_resent(at, &payload)? {
+            return Ok(()); // stopping
+        }
         let Some(through) = self.deliver_up_to_a_refused_row(at, &payload)? else {
             return Ok(()); // stopping
         };
+        fail_point::hit(fail_point::RELAY_AFTER_ACK);
         self.store
             .outbox_delete_through(table, partition, through)?;
+        fail_point::hit(fail_point::RELAY_AFTER_DELETE);
         let n = through - first_seq + 1;
         let prev = self
             .shared
@@ -236,6 +241,50 @@ impl Worker {
                 return Ok(Appended::Stopping);
             }
         }
+    }
+
+    /// Below the sequence `agreement` found the sink at, a replay from an older state
+    /// resends rows the sink holds: compare them before they count as present. Returns
+    /// `false` when the relay is stopping. Reading back retries like an append.
+    fn verify_resent(&mut self, at: Span, payload: &[Vec<u8>]) -> Result<bool, RelayError> {
+        let key = (at.table, at.partition);
+        let Some(&through) = self.cfg.verify_resent_below.get(&key) else {
+            return Ok(true);
+        };
+        let end = (at.first_seq + payload.len() as u64).min(through);
+        if at.first_seq < end {
+            let started = Instant::now();
+            let mut backoff = self.cfg.initial_backoff;
+            let theirs = loop {
+                match self
+                    .sink
+                    .stored_identities(at.table, at.partition, at.first_seq, end)
+                {
+                    Ok(t) => break t,
+                    Err(e) if e.is_retryable() && started.elapsed() < self.cfg.give_up_after => {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(self.cfg.max_backoff);
+                        if self.stopping() {
+                            return Ok(false);
+                        }
+                    }
+                    Err(source) => {
+                        return Err(RelayError::VerifyRead {
+                            table: at.table,
+                            partition: at.partition,
+                            first_seq: at.first_seq,
+                            source,
+                        })
+                    }
+                }
+            };
+            let ours = &payload[..(end - at.first_seq) as usize];
+            resend_check::compare(at.table, at.partition, at.first_seq, ours, &theirs)?;
+        }
+        if end >= through {
+            self.cfg.verify_resent_below.remove(&key);
+        }
+        Ok(true)
     }
 
     /// Stores rejected rows in the dead-letter file, then tells the sink to expect the

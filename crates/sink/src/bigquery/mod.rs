@@ -29,7 +29,7 @@ use std::sync::Arc;
 use paydedup_state::{StateStore, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::{plan_append, AppendOutcome, Sink, SinkError};
+use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError};
 pub use auth::Credentials;
 use auth::TokenSource;
 pub use rest::QueryResult;
@@ -208,18 +208,25 @@ impl BigQuerySink {
         Ok(())
     }
 
+    /// The stream bookkeeping saved in the state store (default when none).
+    fn stored(&self, table: Table, partition: i32) -> Result<StoredStream, SinkError> {
+        Ok(
+            match self
+                .store
+                .get_sink_meta(table, partition)
+                .map_err(|e| SinkError::Fatal(format!("reading stream state: {e}")))?
+            {
+                Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
+                None => StoredStream::default(),
+            },
+        )
+    }
+
     fn state(&mut self, table: Table, partition: i32) -> Result<(), SinkError> {
         if self.streams.contains_key(&(table, partition)) {
             return Ok(());
         }
-        let stored: StoredStream = match self
-            .store
-            .get_sink_meta(table, partition)
-            .map_err(|e| SinkError::Fatal(format!("reading stream state: {e}")))?
-        {
-            Some(b) => serde_json::from_slice(&b).unwrap_or_default(),
-            None => StoredStream::default(),
-        };
+        let stored = self.stored(table, partition)?;
         let empty = stored.stream.is_empty();
         self.streams
             .insert((table, partition), StreamState { stored, next: None });
@@ -345,11 +352,41 @@ impl Sink for BigQuerySink {
     }
 
     fn next_seq(&mut self, table: Table, partition: i32) -> Result<Option<u64>, SinkError> {
-        let floor = self
-            .streams
-            .get(&(table, partition))
-            .map_or(0, |s| s.stored.floor);
+        // The floor (dead-lettered rows never reach the table) even before the
+        // stream is in use: the start-up agreement asks first.
+        let floor = match self.streams.get(&(table, partition)) {
+            Some(s) => s.stored.floor,
+            None => self.stored(table, partition)?.floor,
+        };
         self.table_next(table, partition, floor).map(Some)
+    }
+
+    fn stored_identities(
+        &mut self,
+        table: Table,
+        partition: i32,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, RowIdentity)>, SinkError> {
+        let columns = identity::columns(table);
+        let r = self.wh.query(&format!(
+            "SELECT outbox_seq, {} FROM `${{dataset}}.{}` WHERE source_partition = {partition} \
+             AND outbox_seq >= {from} AND outbox_seq < {to} ORDER BY outbox_seq",
+            columns.join(", "),
+            table.name()
+        ))?;
+        (0..r.rows.len())
+            .map(|i| {
+                let seq = r.get_i64(i, "outbox_seq").ok_or_else(|| {
+                    SinkError::Fatal(format!("{table}: a row without outbox_seq"))
+                })?;
+                let id = columns
+                    .iter()
+                    .map(|c| identity::cell(r.get(i, c)))
+                    .collect();
+                Ok((seq as u64, id))
+            })
+            .collect()
     }
 
     fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {

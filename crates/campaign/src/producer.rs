@@ -1,0 +1,167 @@
+//! The producer: the real simulator, run chunk after chunk on a thread, each chunk
+//! with its own seed and manifest, event times contiguous from chunk to chunk (so the
+//! manifests add up to the ground truth of the whole topic). Broker faults pause it
+//! between chunks: a record the broker acknowledged is then in the log exactly once.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Duration, Utc};
+use paydedup_manifest::Manifest;
+use paydedup_testkit::binary;
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub seed: u64,
+    /// Produce at least this many records in all.
+    pub events: u64,
+    pub chunk: u64,
+    /// Records per second sent (so production lasts while faults are injected).
+    pub rate: u64,
+    /// Payments per second of event time.
+    pub event_rate: u64,
+    pub dir: PathBuf,
+}
+
+#[derive(Default)]
+struct Control {
+    paused: bool,
+    finishing: bool,
+    busy: bool,
+    produced: u64,
+    manifests: Vec<Manifest>,
+    error: Option<String>,
+}
+
+pub struct Producer {
+    control: Arc<(Mutex<Control>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Producer {
+    pub fn start(cfg: ProducerConfig) -> Producer {
+        let control = Arc::new((Mutex::new(Control::default()), Condvar::new()));
+        let shared = control.clone();
+        let handle = std::thread::spawn(move || produce(&cfg, &shared));
+        Producer {
+            control,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops starting chunks and waits for the running one to end.
+    pub fn pause(&self) {
+        let (lock, cv) = &*self.control;
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        c.paused = true;
+        while c.busy {
+            c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn resume(&self) {
+        let (lock, cv) = &*self.control;
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        c.paused = false;
+        cv.notify_all();
+    }
+
+    /// Whether production is going on now.
+    pub fn busy(&self) -> bool {
+        let (lock, _) = &*self.control;
+        lock.lock().map(|c| c.busy).unwrap_or(false)
+    }
+
+    /// Produces what is left of the target and returns every chunk's manifest.
+    pub fn finish(mut self) -> anyhow::Result<Vec<Manifest>> {
+        {
+            let (lock, cv) = &*self.control;
+            let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+            c.finishing = true;
+            c.paused = false;
+            cv.notify_all();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        let (lock, _) = &*self.control;
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = c.error.take() {
+            bail!("the simulator failed: {e}");
+        }
+        Ok(std::mem::take(&mut c.manifests))
+    }
+}
+
+fn produce(cfg: &ProducerConfig, control: &(Mutex<Control>, Condvar)) {
+    let (lock, cv) = control;
+    // Event time runs from far enough back that the last chunk still ends in the past
+    // (even if production goes on longer than planned while faults are injected).
+    let span = Duration::seconds((cfg.events / cfg.event_rate.max(1)) as i64);
+    let mut start: DateTime<Utc> = Utc::now() - span * 3 - Duration::hours(2);
+    let mut index = 0u64;
+    loop {
+        {
+            let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while c.paused && !c.finishing {
+                c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
+            }
+            // Before finishing, production goes on (faults need traffic), up to 3x.
+            let target = if c.finishing {
+                cfg.events
+            } else {
+                cfg.events * 3
+            };
+            if c.produced >= target || c.error.is_some() {
+                return;
+            }
+            c.busy = true;
+        }
+        let result = chunk(cfg, index, start);
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        c.busy = false;
+        match result {
+            Ok(m) => {
+                c.produced += m.totals.records;
+                c.manifests.push(m);
+            }
+            Err(e) => c.error = Some(format!("{e:#}")),
+        }
+        cv.notify_all();
+        drop(c);
+        // The next chunk starts a minute of event time after this one ends.
+        start += Duration::seconds((cfg.chunk / cfg.event_rate.max(1)) as i64 + 60);
+        index += 1;
+    }
+}
+
+fn chunk(cfg: &ProducerConfig, index: u64, start: DateTime<Utc>) -> anyhow::Result<Manifest> {
+    let manifest = cfg.dir.join(format!("manifest-{index:05}.json"));
+    let out = Command::new(binary("paydedup-simulator")?)
+        .args(["--brokers", &cfg.brokers, "--topic", &cfg.topic])
+        .args(["--count", &cfg.chunk.to_string()])
+        .args([
+            "--seed",
+            &(cfg.seed.wrapping_mul(1_000_003) + index).to_string(),
+        ])
+        .args(["--start-time", &start.to_rfc3339()])
+        .args(["--event-rate", &cfg.event_rate.to_string()])
+        .args(["--rate", &cfg.rate.to_string()])
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--quiet")
+        .output()
+        .context("running the simulator")?;
+    if !out.status.success() {
+        bail!(
+            "chunk {index}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Manifest::load(&manifest)?)
+}

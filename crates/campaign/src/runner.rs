@@ -1,0 +1,533 @@
+//! One campaign: the parts started, the plan injected round by round while the
+//! simulator produces, a clean bounded run at the end, then the verifier.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use paydedup_testkit::{Broker, Emulator};
+
+use crate::corrupt::{copy_tree, corrupt};
+use crate::plan::{schedule, Fault, FaultCounts};
+use crate::producer::{Producer, ProducerConfig};
+use crate::supervisor::{Ended, Supervisor, SIGABRT};
+use crate::verify::{verify, Truth, Verdict};
+use crate::volume::StateVolume;
+use crate::warehouse::Warehouse;
+
+const TOPIC: &str = "payments";
+const DATASET: &str = "campaign";
+
+#[derive(Debug, Clone)]
+pub struct CampaignConfig {
+    pub seed: u64,
+    /// Records to produce (at least).
+    pub events: u64,
+    pub partitions: i32,
+    pub rounds: usize,
+    pub counts: FaultCounts,
+    /// Records per simulator run.
+    pub chunk: u64,
+    /// Records per second produced.
+    pub rate: u64,
+    /// Payments per second of event time.
+    pub event_rate: u64,
+    /// Size of the state volume (MiB).
+    pub volume_mib: u64,
+    /// Where the run's files go (logs, manifests, backups).
+    pub dir: PathBuf,
+}
+
+impl CampaignConfig {
+    /// The short campaign of the test suite: every fault, a few minutes.
+    pub fn short(seed: u64, dir: &Path) -> CampaignConfig {
+        CampaignConfig {
+            seed,
+            events: 60_000,
+            partitions: 3,
+            rounds: 3,
+            counts: FaultCounts::short(),
+            chunk: 3_000,
+            rate: 1_500,
+            event_rate: 100,
+            volume_mib: 512,
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+/// What a campaign did and found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub events: u64,
+    pub elapsed: Duration,
+    pub processor_runs: u32,
+    pub planned: BTreeMap<&'static str, u32>,
+    pub fired: BTreeMap<&'static str, u32>,
+    /// Damaged state the processor refused (then restored from a backup) vs ran on.
+    pub corruption_detected: u32,
+    pub corruption_tolerated: u32,
+    /// Things that went otherwise than planned but are not, by themselves, a failure.
+    pub notes: Vec<String>,
+    /// Failures besides the verdict (a SIGTERM that did not exit 0, …).
+    pub failures: Vec<String>,
+    pub verdict: Verdict,
+}
+
+impl Report {
+    /// Fails unless the tables are exact, every planned fault fired, and nothing failed.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let mut problems = self.failures.clone();
+        for (kind, planned) in &self.planned {
+            let fired = self.fired.get(kind).copied().unwrap_or(0);
+            if fired < *planned {
+                problems.push(format!("{kind}: {fired} of {planned} fired"));
+            }
+        }
+        if !self.verdict.exact() {
+            problems.push(format!(
+                "the tables are not exact: {} lost, {} doubled, {} invented; {}",
+                self.verdict.lost,
+                self.verdict.doubled,
+                self.verdict.invented,
+                self.verdict.mismatches.join("; ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "campaign seed {} failed:\n- {}",
+                self.seed,
+                problems.join("\n- ")
+            )
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {}: {} records, {} processor runs, {:.0} s",
+            self.seed,
+            self.events,
+            self.processor_runs,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(f, "| fault | planned | fired |")?;
+        writeln!(f, "|---|---|---|")?;
+        for (kind, planned) in &self.planned {
+            let fired = self.fired.get(kind).copied().unwrap_or(0);
+            writeln!(f, "| {kind} | {planned} | {fired} |")?;
+        }
+        writeln!(
+            f,
+            "corruptions: {} refused by the processor (restored from a backup), {} ran on",
+            self.corruption_detected, self.corruption_tolerated
+        )?;
+        writeln!(
+            f,
+            "verifier: {} lost, {} doubled, {} invented, {} other mismatches",
+            self.verdict.lost,
+            self.verdict.doubled,
+            self.verdict.invented,
+            self.verdict.mismatches.len()
+        )?;
+        for m in &self.verdict.mismatches {
+            writeln!(f, "  mismatch: {m}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        for x in &self.failures {
+            writeln!(f, "  FAILURE: {x}")?;
+        }
+        Ok(())
+    }
+}
+
+struct Campaign {
+    rng: ChaCha8Rng,
+    broker: Broker,
+    emulator: Emulator,
+    volume: StateVolume,
+    processor: Supervisor,
+    backup: PathBuf,
+    has_backup: bool,
+    /// Runs in a row that ended on their own, non-zero.
+    failing_runs: u32,
+    report: Report,
+}
+
+/// Runs a whole campaign and returns its report (check it with [`Report::check`]).
+pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&cfg.dir)?;
+    let broker = Broker::start()?;
+    broker.create_topic(TOPIC, cfg.partitions)?;
+    let emulator = Emulator::start()?;
+    let volume = StateVolume::new(&cfg.dir.join("volume"), cfg.volume_mib)?;
+    let args = processor_args(&broker, &emulator, &volume.state_dir());
+    let processor = Supervisor::new(args, &cfg.dir.join("logs"))?;
+    let plan = schedule(cfg.seed, &cfg.counts, cfg.rounds);
+    let mut c = Campaign {
+        rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed),
+        broker,
+        emulator,
+        volume,
+        processor,
+        backup: cfg.dir.join("backup"),
+        has_backup: false,
+        failing_runs: 0,
+        report: Report {
+            seed: cfg.seed,
+            ..Report::default()
+        },
+    };
+    for f in plan.iter().flatten() {
+        *c.report.planned.entry(f.kind()).or_default() += 1;
+    }
+    std::fs::create_dir_all(cfg.dir.join("manifests"))?;
+    let producer = Producer::start(ProducerConfig {
+        brokers: c.broker.bootstrap(),
+        topic: TOPIC.into(),
+        seed: cfg.seed,
+        events: cfg.events,
+        chunk: cfg.chunk,
+        rate: cfg.rate,
+        event_rate: cfg.event_rate,
+        dir: cfg.dir.join("manifests"),
+    });
+    c.processor.start(None, &[])?;
+    for (i, round) in plan.iter().enumerate() {
+        eprintln!(
+            "campaign: round {}/{}: {} faults",
+            i + 1,
+            plan.len(),
+            round.len()
+        );
+        for fault in round {
+            if fault.needs_quiet_producer() {
+                producer.pause();
+            }
+            c.ensure_running()?;
+            let settle = c.rng.gen_range(200..1_200);
+            std::thread::sleep(Duration::from_millis(settle));
+            c.inject(fault)
+                .with_context(|| format!("injecting {fault:?}"))?;
+        }
+        producer.resume();
+    }
+    eprintln!("campaign: faults done; producing the rest");
+    let manifests = producer.finish()?;
+    c.finish()?;
+    let mut truth = Truth::default();
+    for m in &manifests {
+        truth.add(m);
+    }
+    c.report.events = u64::try_from(truth.records()).unwrap_or(0);
+    check_contiguous(&manifests, &mut c.report);
+    let wh = Warehouse {
+        rest_url: c.emulator.rest_url(),
+        project: c.emulator.project.clone(),
+        dataset: DATASET.into(),
+    };
+    c.report.verdict = verify(&wh, &truth)?;
+    c.report.processor_runs = c.processor.runs();
+    c.report.elapsed = started.elapsed();
+    Ok(c.report)
+}
+
+fn processor_args(broker: &Broker, emu: &Emulator, state: &Path) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--brokers",
+        &broker.bootstrap(),
+        "--topic",
+        TOPIC,
+        "--log-format",
+        "text",
+        "--batch-size",
+        "500",
+        "--relay-batch",
+        "500",
+        // Idle partitions following the others would depend on wall-clock timing,
+        // which the ground truth does not model.
+        "--idle-timeout-secs",
+        "86400",
+        "--sink-give-up-secs",
+        "600",
+        "--bigquery-rest-url",
+        &emu.rest_url(),
+        "--bigquery-grpc-url",
+        &emu.grpc_url(),
+        "--bigquery-no-auth",
+        "--sink",
+        &format!("bigquery:{}.{DATASET}", emu.project),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    a.push("--state-dir".into());
+    a.push(state.display().to_string());
+    a
+}
+
+/// Each chunk's first offsets must follow the chunks before it: the log holds what the
+/// manifests say, once (a producer retry that doubled a record would show here).
+fn check_contiguous(manifests: &[paydedup_manifest::Manifest], report: &mut Report) {
+    let mut next: Vec<i64> = Vec::new();
+    for (i, m) in manifests.iter().enumerate() {
+        next.resize(m.partitions.max(next.len()), 0);
+        for (p, counts) in m.by_partition.iter().enumerate() {
+            if counts.records == 0 {
+                continue;
+            }
+            if m.first_offset.get(p).copied().flatten() != Some(next[p]) {
+                report.failures.push(format!(
+                    "chunk {i} partition {p}: first offset {:?}, expected {}",
+                    m.first_offset.get(p),
+                    next[p]
+                ));
+            }
+            next[p] += counts.records as i64;
+        }
+    }
+}
+
+/// Log lines that say the state store is damaged.
+fn looks_like_state_damage(log: &str) -> bool {
+    [
+        "Corruption",
+        "corrupt",
+        "checksum",
+        "truncated",
+        "MANIFEST",
+        "opening the state store",
+    ]
+    .iter()
+    .any(|m| log.contains(m))
+}
+
+impl Campaign {
+    fn fired(&mut self, kind: &'static str) {
+        *self.report.fired.entry(kind).or_default() += 1;
+    }
+
+    /// Restarts the processor if its run ended; a run that ended on damaged state is
+    /// replaced by the last backup first (an older state: its replay is checked
+    /// against the sink, row by row).
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(ended) = self.processor.reap() {
+            if ended != Ended::Code(0) {
+                self.failing_runs += 1;
+                let log = self.processor.log();
+                if looks_like_state_damage(&log) {
+                    self.restore_backup()?;
+                } else {
+                    let last = log.lines().last().unwrap_or("").to_owned();
+                    self.report.notes.push(format!(
+                        "run {} ended {ended:?} on its own: {last}",
+                        self.processor.runs()
+                    ));
+                }
+                if self.failing_runs > 10 {
+                    bail!(
+                        "the processor fails again and again; see {}",
+                        self.processor.log_path().display()
+                    );
+                }
+            }
+        }
+        if !self.processor.running() {
+            self.processor.start(None, &[])?;
+        }
+        Ok(())
+    }
+
+    fn restore_backup(&mut self) -> anyhow::Result<()> {
+        if !self.has_backup {
+            bail!(
+                "the state is damaged and there is no backup; see {}",
+                self.processor.log_path().display()
+            );
+        }
+        copy_tree(&self.backup, &self.volume.state_dir())
+    }
+
+    /// Copies the stopped processor's state (a consistent backup), sometimes: a
+    /// restore then replays from an older point.
+    fn maybe_backup(&mut self) -> anyhow::Result<()> {
+        let state = self.volume.state_dir();
+        if state.exists() && (!self.has_backup || self.rng.gen_bool(0.3)) {
+            copy_tree(&state, &self.backup)?;
+            self.has_backup = true;
+        }
+        Ok(())
+    }
+
+    /// A run that lived through its start-up and is now killed counts as one.
+    fn kill_running(&mut self) -> bool {
+        let was_up =
+            self.processor.running() && self.processor.uptime() > Duration::from_millis(200);
+        let ended = self.processor.kill();
+        if ended.is_some_and(|e| e != Ended::Signal(crate::supervisor::SIGKILL)) {
+            self.failing_runs += 1;
+        } else {
+            self.failing_runs = 0;
+        }
+        was_up
+    }
+
+    fn inject(&mut self, fault: &Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Kill => {
+                if self.kill_running() {
+                    self.fired(fault.kind());
+                }
+                self.maybe_backup()?;
+            }
+            Fault::FailPoint { name, pass } => self.fail_point(name, *pass)?,
+            Fault::Term => match self.processor.terminate(Duration::from_secs(90))? {
+                Some(Ended::Code(0)) => self.fired(fault.kind()),
+                other => self.report.failures.push(format!(
+                    "SIGTERM ended run {} with {other:?}, not a clean exit; see {}",
+                    self.processor.runs(),
+                    self.processor.log_path().display()
+                )),
+            },
+            Fault::BrokerKill => {
+                self.broker.restart()?;
+                self.fired(fault.kind());
+            }
+            Fault::BrokerPause { millis } => {
+                self.broker.pause()?;
+                std::thread::sleep(Duration::from_millis(*millis));
+                self.broker.resume()?;
+                self.fired(fault.kind());
+            }
+            Fault::EmulatorOutage { millis } => {
+                self.emulator.stop();
+                std::thread::sleep(Duration::from_millis(*millis));
+                self.emulator.restart()?;
+                self.fired(fault.kind());
+            }
+            Fault::DiskFull => self.disk_full()?,
+            Fault::Corruption { file, seed } => {
+                self.kill_running();
+                if !self.has_backup {
+                    self.maybe_backup()?;
+                }
+                let Some(what) = corrupt(&self.volume.state_dir(), *file, *seed)? else {
+                    self.report
+                        .notes
+                        .push("corruption: no state file yet".into());
+                    return Ok(());
+                };
+                self.fired(fault.kind());
+                self.processor.start(None, &[])?;
+                match self.processor.wait(Duration::from_secs(20)) {
+                    None => self.report.corruption_tolerated += 1,
+                    Some(ended) => {
+                        if ended != Ended::Code(0) && looks_like_state_damage(&self.processor.log())
+                        {
+                            self.report.corruption_detected += 1;
+                        } else {
+                            self.report.notes.push(format!(
+                                "after {what}: run ended {ended:?} without naming damage"
+                            ));
+                        }
+                        self.restore_backup()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts armed with the fail point and waits for it to abort the run.
+    fn fail_point(&mut self, name: &'static str, pass: u32) -> anyhow::Result<()> {
+        self.kill_running();
+        self.processor.start(Some((name, pass)), &[])?;
+        match self.processor.wait(Duration::from_secs(45)) {
+            Some(Ended::Signal(SIGABRT))
+                if self
+                    .processor
+                    .log()
+                    .contains(&format!("paydedup fail point {name} reached")) =>
+            {
+                self.fired(name);
+            }
+            Some(other) => self.report.notes.push(format!(
+                "fail point {name}:{pass}: the run ended {other:?} before reaching it"
+            )),
+            None => {
+                self.report
+                    .notes
+                    .push(format!("fail point {name}:{pass}: not reached in 45 s"));
+                self.processor.kill();
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the state volume until the processor fails, then gives the space back.
+    fn disk_full(&mut self) -> anyhow::Result<()> {
+        if !self.volume.mounted() {
+            self.report
+                .notes
+                .push("disk full: the state volume could not be mounted (needs root)".into());
+            return Ok(());
+        }
+        self.volume.fill()?;
+        let ended = self.processor.wait(Duration::from_secs(45));
+        self.volume.free();
+        match ended {
+            Some(e) if e != Ended::Code(0) && self.processor.log().contains("No space") => {
+                self.fired("disk_full");
+            }
+            Some(e) => self
+                .report
+                .notes
+                .push(format!("disk full: the run ended {e:?} without saying so")),
+            None => self
+                .report
+                .notes
+                .push("disk full: the processor did not fail in 45 s".into()),
+        }
+        Ok(())
+    }
+
+    /// Ends whatever runs, then a clean bounded run delivers everything.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        for _ in 0..8 {
+            self.processor.kill();
+            self.processor
+                .start(None, &["--exit-when-caught-up", "--drain"])?;
+            match self.processor.wait(Duration::from_secs(3600)) {
+                Some(Ended::Code(0)) => return Ok(()),
+                other => {
+                    let log = self.processor.log();
+                    self.report.notes.push(format!(
+                        "final run ended {other:?}: {}",
+                        log.lines().last().unwrap_or("")
+                    ));
+                    if looks_like_state_damage(&log) {
+                        self.restore_backup()?;
+                    }
+                }
+            }
+        }
+        bail!(
+            "the final bounded run never succeeded; see {}",
+            self.processor.log_path().display()
+        )
+    }
+}

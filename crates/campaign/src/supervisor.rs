@@ -1,0 +1,142 @@
+//! The processor under test: started, killed, terminated and restarted by the
+//! campaign, each run logging to its own file.
+
+use std::fs::File;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use paydedup_testkit::{binary, free_port, signal};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<ExitStatus> for Ended {
+    fn from(s: ExitStatus) -> Ended {
+        match (s.code(), s.signal()) {
+            (Some(c), _) => Ended::Code(c),
+            (None, Some(sig)) => Ended::Signal(sig),
+            _ => Ended::Code(-1),
+        }
+    }
+}
+
+pub const SIGABRT: i32 = 6;
+pub const SIGKILL: i32 = 9;
+
+pub struct Supervisor {
+    /// `run` and everything after it, but the fail point.
+    args: Vec<String>,
+    logs: PathBuf,
+    child: Option<Child>,
+    runs: u32,
+    started: Option<Instant>,
+}
+
+impl Supervisor {
+    pub fn new(args: Vec<String>, logs: &Path) -> anyhow::Result<Supervisor> {
+        std::fs::create_dir_all(logs)?;
+        Ok(Supervisor {
+            args,
+            logs: logs.to_owned(),
+            child: None,
+            runs: 0,
+            started: None,
+        })
+    }
+
+    /// Starts a run (the last must have ended), with a fail point armed if given and
+    /// extra flags appended.
+    pub fn start(&mut self, fail_point: Option<(&str, u32)>, extra: &[&str]) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "the processor is already running");
+        self.runs += 1;
+        let log = File::create(self.log_path())?;
+        let mut cmd = Command::new(binary("paydedup-processor")?);
+        cmd.args(&self.args)
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("PAYDEDUP_FAIL_POINT")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some((name, pass)) = fail_point {
+            cmd.env("PAYDEDUP_FAIL_POINT", format!("{name}:{pass}"));
+        }
+        self.child = Some(cmd.spawn().context("starting the processor")?);
+        self.started = Some(Instant::now());
+        Ok(())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.logs.join(format!("processor-{:04}.log", self.runs))
+    }
+
+    /// The current (or last) run's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Whether a run was started and not yet seen to end (see [`Supervisor::reap`]).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// How the current run ended, if it did on its own.
+    pub fn reap(&mut self) -> Option<Ended> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.into())
+    }
+
+    /// How long the current run has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// SIGKILL; how the run ended (it may have ended on its own before).
+    pub fn kill(&mut self) -> Option<Ended> {
+        let mut c = self.child.take()?;
+        let _ = c.kill();
+        c.wait().ok().map(Ended::from)
+    }
+
+    /// SIGTERM, then waits up to `grace` (SIGKILL after it).
+    pub fn terminate(&mut self, grace: Duration) -> anyhow::Result<Option<Ended>> {
+        let Some(c) = self.child.as_ref() else {
+            return Ok(None);
+        };
+        signal(c.id(), "TERM")?;
+        Ok(self.wait(grace).or_else(|| self.kill()))
+    }
+
+    /// Waits up to `timeout` for the run to end on its own.
+    pub fn wait(&mut self, timeout: Duration) -> Option<Ended> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn runs(&self) -> u32 {
+        self.runs
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
