@@ -161,6 +161,7 @@ struct Campaign {
     processor: Supervisor,
     backup: PathBuf,
     has_backup: bool,
+    partitions: usize,
     /// Runs in a row that ended on their own, non-zero.
     failing_runs: u32,
     report: Report,
@@ -185,6 +186,7 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
         processor,
         backup: cfg.dir.join("backup"),
         has_backup: false,
+        partitions: usize::try_from(cfg.partitions).unwrap_or(1),
         failing_runs: 0,
         report: Report {
             seed: cfg.seed,
@@ -218,7 +220,10 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
                 producer.pause();
             }
             c.ensure_running()?;
-            let settle = c.rng.gen_range(200..1_200);
+            // Faults land mid-stream, not in the start-up: wait until the processor
+            // is ready (or gone), then let it work for a random while.
+            c.processor.wait_ready(Duration::from_secs(60));
+            let settle = c.rng.gen_range(300..2_000);
             std::thread::sleep(Duration::from_millis(settle));
             c.inject(fault)
                 .with_context(|| format!("injecting {fault:?}"))?;
@@ -302,6 +307,30 @@ fn check_contiguous(manifests: &[paydedup_manifest::Manifest], report: &mut Repo
     }
 }
 
+/// How many partitions a stopped processor's state has a position for (`state --json`).
+fn positioned_partitions(state: &Path) -> usize {
+    let Ok(bin) = paydedup_testkit::binary("paydedup-processor") else {
+        return 0;
+    };
+    let Ok(out) = std::process::Command::new(bin)
+        .args(["state", "--json", "--state-dir"])
+        .arg(state)
+        .output()
+    else {
+        return 0;
+    };
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["next_offsets"].as_object().map(|o| o.len()))
+        .unwrap_or(0)
+}
+
+/// The processor refused a state that faces rows it never wrote: a campaign bug (a
+/// backup restored from before a partition's first record), not a processor fault.
+fn refused_unrelated_state(log: &str) -> bool {
+    log.contains("this state holds nothing for the partition")
+}
+
 /// Log lines that say the state store is damaged.
 fn looks_like_state_damage(log: &str) -> bool {
     [
@@ -329,6 +358,12 @@ impl Campaign {
             if ended != Ended::Code(0) {
                 self.failing_runs += 1;
                 let log = self.processor.log();
+                if refused_unrelated_state(&log) {
+                    bail!(
+                        "the restored backup predates a partition's first record; see {}",
+                        self.processor.log_path().display()
+                    );
+                }
                 if looks_like_state_damage(&log) {
                     self.restore_backup()?;
                 } else {
@@ -363,14 +398,38 @@ impl Campaign {
     }
 
     /// Copies the stopped processor's state (a consistent backup), sometimes: a
-    /// restore then replays from an older point.
+    /// restore then replays from an older point. Only a state that has consumed from
+    /// every partition is a backup: an older one restored would face a sink holding
+    /// rows for a partition it never saw, which the processor rightly refuses (that
+    /// case needs a restore from the warehouse).
     fn maybe_backup(&mut self) -> anyhow::Result<()> {
         let state = self.volume.state_dir();
-        if state.exists() && (!self.has_backup || self.rng.gen_bool(0.3)) {
-            copy_tree(&state, &self.backup)?;
-            self.has_backup = true;
+        if !state.exists() || (self.has_backup && !self.rng.gen_bool(0.3)) {
+            return Ok(());
         }
+        if positioned_partitions(&state) < self.partitions {
+            return Ok(());
+        }
+        copy_tree(&state, &self.backup)?;
+        self.has_backup = true;
         Ok(())
+    }
+
+    /// Makes sure a usable backup exists before state is damaged (it is what an
+    /// operator restores): lets the processor run until its state qualifies. Leaves
+    /// the processor stopped.
+    fn ensure_backup(&mut self) -> anyhow::Result<()> {
+        for _ in 0..60 {
+            self.maybe_backup()?;
+            if self.has_backup {
+                return Ok(());
+            }
+            self.processor.start(None, &[])?;
+            self.processor.wait_ready(Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(1_500));
+            self.kill_running();
+        }
+        bail!("no state with a position on every partition after 90 s; is anything produced?")
     }
 
     /// A run that lived through its start-up and is now killed counts as one.
@@ -422,9 +481,7 @@ impl Campaign {
             Fault::DiskFull => self.disk_full()?,
             Fault::Corruption { file, seed } => {
                 self.kill_running();
-                if !self.has_backup {
-                    self.maybe_backup()?;
-                }
+                self.ensure_backup()?;
                 let Some(what) = corrupt(&self.volume.state_dir(), *file, *seed)? else {
                     self.report
                         .notes

@@ -37,6 +37,8 @@ pub struct Supervisor {
     child: Option<Child>,
     runs: u32,
     started: Option<Instant>,
+    /// The current run's metrics (and health) port.
+    port: u16,
 }
 
 impl Supervisor {
@@ -48,6 +50,7 @@ impl Supervisor {
             child: None,
             runs: 0,
             started: None,
+            port: 0,
         })
     }
 
@@ -57,9 +60,10 @@ impl Supervisor {
         anyhow::ensure!(self.child.is_none(), "the processor is already running");
         self.runs += 1;
         let log = File::create(self.log_path())?;
+        self.port = free_port()?;
         let mut cmd = Command::new(binary("paydedup-processor")?);
         cmd.args(&self.args)
-            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()?)])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.port)])
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("PAYDEDUP_FAIL_POINT")
@@ -130,9 +134,46 @@ impl Supervisor {
         None
     }
 
+    /// Waits until the run answers `/readyz` with 200 (it has assigned its partitions,
+    /// agreed with the sink and started the relay), it ends, or `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            // `try_wait` keeps the status for `reap` to report later.
+            match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(None)) => {}
+                _ => return false,
+            }
+            if ready(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn runs(&self) -> u32 {
         self.runs
     }
+}
+
+/// Whether `GET /readyz` answers 200.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
 impl Drop for Supervisor {

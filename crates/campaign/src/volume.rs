@@ -41,31 +41,22 @@ impl StateVolume {
         self.root.join("filler")
     }
 
-    /// Takes every free byte but a few.
+    /// Takes every free byte: writes a filler file until the filesystem says it is full.
     pub fn fill(&self) -> anyhow::Result<()> {
+        use std::io::Write;
         if !self.mounted {
             bail!("the state volume is not a mounted filesystem");
         }
-        let out = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.root)
-            .output()
-            .context("running df")?;
-        let avail: u64 = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .and_then(|l| l.trim().parse().ok())
-            .context("reading df's answer")?;
-        let size = avail.saturating_sub(4096).max(1);
-        let status = Command::new("fallocate")
-            .args(["-l", &size.to_string()])
-            .arg(self.filler())
-            .status()
-            .context("running fallocate")?;
-        if !status.success() {
-            bail!("fallocate of {size} bytes failed: {status}");
+        let mut f = std::fs::File::create(self.filler()).context("creating the filler")?;
+        let block = vec![0xA5u8; 1 << 20];
+        loop {
+            match f.write(&block) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => return Ok(()), // ENOSPC
+                Err(e) => return Err(e).context("filling the state volume"),
+            }
         }
-        Ok(())
     }
 
     /// Gives the space back.

@@ -17,6 +17,19 @@ pub struct Warehouse {
 }
 
 impl Warehouse {
+    /// Creates the dataset (for the verifier's own tests; the processor creates it in
+    /// a campaign).
+    pub fn create_dataset(&self) -> anyhow::Result<()> {
+        let url = format!(
+            "{}/bigquery/v2/projects/{}/datasets",
+            self.rest_url, self.project
+        );
+        let body = serde_json::json!({
+            "datasetReference": {"projectId": self.project, "datasetId": self.dataset}
+        });
+        post_json(&url, &body.to_string()).map(|_| ())
+    }
+
     /// Runs `sql` (with `${dataset}` replaced) and returns the rows' cells.
     pub fn query(&self, sql: &str) -> anyhow::Result<Vec<Vec<Value>>> {
         let sql = sql.replace("${dataset}", &self.dataset);

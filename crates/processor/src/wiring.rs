@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
-use paydedup_sink::{BigQuerySink, FileSink, Sink};
+use paydedup_sink::{BigQuerySink, FileSink, Sink, SinkError};
 use paydedup_state::{StateStore, StoreOptions, Table};
 
 use crate::activity::PartitionActivity;
@@ -123,33 +123,45 @@ fn pipeline_config(config: &RunConfig) -> anyhow::Result<PipelineConfig> {
     })
 }
 
-/// The start-up agreement of state and sink (`agreement`), retried while the sink is
-/// unavailable (as the relay would retry), up to `--sink-give-up-secs`.
+/// The start-up agreement of state and sink (`agreement`), waiting out a sink that is
+/// briefly unavailable.
 fn agree_with_sink(
     config: &RunConfig,
     store: &StateStore,
     sink: &mut dyn Sink,
     owned: &[i32],
 ) -> anyhow::Result<BTreeMap<(Table, i32), u64>> {
+    retry_while_unavailable(
+        config,
+        |e| matches!(e, AgreementError::Sink { source, .. } if source.is_retryable()),
+        || agreement::check(store, &mut *sink, owned),
+    )
+    .with_context(|| {
+        format!(
+            "checking that the state at {} and the sink agree",
+            config.store.state_dir.display()
+        )
+    })
+}
+
+/// Retries `attempt` while it fails transiently (`transient`), with backoff, up to
+/// `--sink-give-up-secs`: a sink that is down for a moment at start-up is waited for,
+/// as the relay waits for it later, instead of failing the start.
+fn retry_while_unavailable<T, E: std::fmt::Display>(
+    config: &RunConfig,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match agreement::check(store, sink, owned) {
-            Err(AgreementError::Sink { source, .. })
-                if source.is_retryable() && started.elapsed() < config.relay.sink_give_up =>
-            {
-                tracing::warn!(error = %source, "The sink is unavailable at start-up; retrying.");
+        match attempt() {
+            Err(e) if transient(&e) && started.elapsed() < config.relay.sink_give_up => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "The sink is unavailable at start-up; retrying.");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(config.relay.sink_max_backoff);
             }
-            other => {
-                return other.with_context(|| {
-                    format!(
-                        "checking that the state at {} and the sink agree",
-                        config.store.state_dir.display()
-                    )
-                })
-            }
+            other => return other,
         }
     }
 }
@@ -175,7 +187,10 @@ fn open_sink(config: &RunConfig, store: &Arc<StateStore>) -> anyhow::Result<Box<
         }
         SinkTarget::BigQuery { target } => {
             let cfg = config.bigquery.config(target)?;
-            let sink = BigQuerySink::open(&cfg, store.clone()).with_context(|| {
+            let sink = retry_while_unavailable(config, SinkError::is_retryable, || {
+                BigQuerySink::open(&cfg, store.clone())
+            })
+            .with_context(|| {
                 format!(
                     "opening BigQuery {}.{} at {}",
                     cfg.project, cfg.dataset, cfg.rest_url
