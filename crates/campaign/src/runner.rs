@@ -229,6 +229,13 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
                 .with_context(|| format!("injecting {fault:?}"))?;
         }
         producer.resume();
+        let fired: u32 = c.report.fired.values().sum();
+        eprintln!(
+            "campaign: round {} done after {:.0} s: {fired} faults fired, {} processor runs",
+            i + 1,
+            started.elapsed().as_secs_f64(),
+            c.processor.runs()
+        );
     }
     eprintln!("campaign: faults done; producing the rest");
     let manifests = producer.finish()?;
