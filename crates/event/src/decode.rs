@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -336,6 +336,11 @@ fn event_time(
         .ok_or(ValidationError::InvalidTimestamp)?;
     if utc < floor {
         return Err(ValidationError::EventTimeTooOld);
+    }
+    // An offset can carry a local 9999-12-31 past the year 9999 in UTC, which no
+    // warehouse TIMESTAMP holds (and `encode_json` could not read back).
+    if utc.year() > 9999 {
+        return Err(ValidationError::InvalidTimestamp);
     }
     match reference_time.checked_add_signed(limits.future_tolerance) {
         Some(limit) if utc > limit => Err(ValidationError::EventTimeInFuture {

@@ -25,7 +25,9 @@ pub enum ValidationError {
         field: &'static str,
         expected: &'static str,
     },
-    #[error("schema_version {version} is not supported")]
+    // The value is kept for code, not echoed: a card number typed into the field
+    // would otherwise reach the warehouse in the message.
+    #[error("schema_version is not supported (this build reads version 1)")]
     UnsupportedSchemaVersion { version: i64 },
     #[error("field `{field}` is empty")]
     EmptyField { field: &'static str },

@@ -48,16 +48,6 @@ fn is_fatal(e: &KafkaError) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum LogMismatch {
     #[error(
-        "partition {partition} ends at offset {high}, but the state already consumed offset {offset}: \
-         the topic was deleted and re-created, or this is another cluster. Use a fresh state directory \
-         for a new topic (and a fresh sink), or point at the original topic"
-    )]
-    Shorter {
-        partition: i32,
-        offset: i64,
-        high: i64,
-    },
-    #[error(
         "partition {partition} holds another record at offset {offset} than the one the state consumed \
          there: the topic was deleted and re-created, or this is another cluster. Use a fresh state \
          directory for a new topic (and a fresh sink), or point at the original topic"
@@ -72,6 +62,9 @@ pub struct KafkaSource {
     /// The topic's partition count at start.
     partitions: i32,
     owned: Vec<i32>,
+    /// Partitions whose first polled record is the last one the state consumed, read
+    /// back to check the log (see [`KafkaSource::assign`]).
+    log_checks: std::cell::RefCell<BTreeMap<i32, (i64, u64)>>,
 }
 
 impl KafkaSource {
@@ -112,6 +105,7 @@ impl KafkaSource {
             topic: settings.topic.clone(),
             partitions: partition_count,
             owned,
+            log_checks: Default::default(),
         })
     }
 
@@ -127,86 +121,55 @@ impl KafkaSource {
         self.partitions
     }
 
-    /// Checks that the log still holds, at each owned partition's last consumed offset,
-    /// the record the state consumed there (`last`: offset and fingerprint, from the
-    /// checkpoint). A topic deleted and re-created under the same name and partition
-    /// count otherwise resumes at the old offsets in a new log, silently skipping its
-    /// first records. A record that retention already removed cannot be checked (the
-    /// log has moved on past it; logged); a log that ends before it is refused.
-    pub fn verify_log(&self, last: &BTreeMap<i32, (i64, u64)>) -> anyhow::Result<()> {
-        let mut wanted = BTreeMap::new();
-        for &p in &self.owned {
-            let Some(&(offset, fingerprint)) = last.get(&p) else {
-                continue;
-            };
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(30))
-                .with_context(|| format!("reading partition {p}'s offsets"))?;
-            if offset >= high {
-                return Err(LogMismatch::Shorter {
-                    partition: p,
-                    offset,
-                    high,
-                }
-                .into());
-            }
-            if offset < low {
-                tracing::warn!(partition = p, offset, log_start = low, "The last consumed record was removed by retention; the log cannot be checked against the state.");
-                continue;
-            }
-            wanted.insert(p, (offset, fingerprint));
-        }
-        if wanted.is_empty() {
-            return Ok(());
-        }
+    /// Assigns every owned partition where it resumes: one record *before* its
+    /// checkpointed next offset when the checkpoint names the last record consumed
+    /// (`last`: offset and fingerprint), at the next offset otherwise, at the
+    /// beginning for a partition never read.
+    ///
+    /// That one record is read back and compared, not processed ([`Self::poll_batch`]):
+    /// a topic deleted and re-created under the same name and partition count would
+    /// otherwise be read from the old offsets in a new log, silently skipping its first
+    /// records. Folding the check into the first fetch costs no start-up round trip.
+    pub fn assign(
+        &self,
+        next_offset: impl Fn(i32) -> Option<i64>,
+        last: &BTreeMap<i32, (i64, u64)>,
+    ) -> anyhow::Result<()> {
         let mut tpl = TopicPartitionList::new();
-        for (&p, &(offset, _)) in &wanted {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(offset))?;
-        }
-        self.consumer.assign(&tpl).context("assigning partitions")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !wanted.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!("could not read back the last consumed record of partitions {:?} within 30 s to check the log", wanted.keys().collect::<Vec<_>>());
-            }
-            let m = match self.consumer.poll(left.min(Duration::from_millis(500))) {
-                None => continue,
-                Some(Err(e)) if is_fatal(&e) => {
-                    return Err(e).context("reading back the last consumed records")
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka consumer error; retrying.");
-                    continue;
-                }
-                Some(Ok(m)) => m,
-            };
-            let Some(&(offset, fingerprint)) = wanted.get(&m.partition()) else {
-                continue;
-            };
-            if m.offset() != offset || input_record(&m).fingerprint() != fingerprint {
-                return Err(LogMismatch::OtherRecord {
-                    partition: m.partition(),
-                    offset,
-                }
-                .into());
-            }
-            wanted.remove(&m.partition());
-        }
-        Ok(())
-    }
-
-    /// Assigns every owned partition at its checkpointed next offset.
-    pub fn assign(&self, next_offset: impl Fn(i32) -> Option<i64>) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
+        let mut checks = self.log_checks.borrow_mut();
         for &p in &self.owned {
-            let offset = next_offset(p).map_or(Offset::Beginning, Offset::Offset);
+            let next = next_offset(p);
+            let offset = match (next, last.get(&p)) {
+                (Some(n), Some(&(at, fingerprint))) if at + 1 == n => {
+                    checks.insert(p, (at, fingerprint));
+                    Offset::Offset(at)
+                }
+                (Some(n), _) => Offset::Offset(n),
+                (None, _) => Offset::Beginning,
+            };
             tpl.add_partition_offset(&self.topic, p, offset)?;
         }
         self.consumer.assign(&tpl).context("assigning partitions")?;
         tracing::info!(topic = %self.topic, partitions = ?self.owned, "Assigned partitions at checkpointed offsets.");
         Ok(())
+    }
+
+    /// The first record polled on a partition with a pending log check: it must be the
+    /// last record the state consumed. Returns whether `m` was that record (consumed by
+    /// the check, not to be processed).
+    fn check_log(&self, m: &BorrowedMessage<'_>) -> Result<bool, LogMismatch> {
+        let mut checks = self.log_checks.borrow_mut();
+        let Some(&(offset, fingerprint)) = checks.get(&m.partition()) else {
+            return Ok(false);
+        };
+        checks.remove(&m.partition());
+        if m.offset() != offset || input_record(m).fingerprint() != fingerprint {
+            return Err(LogMismatch::OtherRecord {
+                partition: m.partition(),
+                offset,
+            });
+        }
+        Ok(true)
     }
 
     /// Polls up to `max` records, for at most `timeout` (less if a shutdown is requested).
@@ -226,7 +189,24 @@ impl KafkaSource {
             }
             match self.consumer.poll(left) {
                 None => break,
-                Some(Ok(m)) => messages.push(m),
+                Some(Ok(m)) => {
+                    if !self.check_log(&m)? {
+                        messages.push(m);
+                    }
+                }
+                Some(Err(e)) if is_fatal(&e) && !self.log_checks.borrow().is_empty() => {
+                    let pending: Vec<(i32, i64)> = self
+                        .log_checks
+                        .borrow()
+                        .iter()
+                        .map(|(p, (o, _))| (*p, *o))
+                        .collect();
+                    return Err(e).context(format!(
+                        "consuming from Kafka; the last records the state consumed (partition, offset) {pending:?} \
+                         are not in the log: the topic was deleted and re-created, retention passed them, or \
+                         this is another cluster"
+                    ));
+                }
                 Some(Err(e)) if is_fatal(&e) => return Err(e).context("consuming from Kafka"),
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka consumer error; retrying.");

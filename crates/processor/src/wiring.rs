@@ -2,7 +2,7 @@
 //!
 //! Order matters: the state store opens first (it holds the position), the pipeline
 //! loads its in-memory view from it, the consumer is assigned at the checkpointed
-//! offsets, state and sink are checked to agree (`agreement`), the relay starts on
+//! offsets (one record early, to check the log), state and sink are checked to agree (`agreement`), the relay starts on
 //! whatever the outbox already holds, and only then does
 //! `/readyz` turn ready.
 
@@ -64,10 +64,7 @@ fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Re
         },
     )
     .with_context(|| format!("starting on {}", config.store.state_dir.display()))?;
-    source
-        .verify_log(&store.last_records()?)
-        .with_context(|| format!("resuming topic `{}`", source.topic()))?;
-    source.assign(|p| pipeline.next_offset(p))?;
+    source.assign(|p| pipeline.next_offset(p), &store.last_records()?)?;
     let mut sink = open_sink(config, &store)?;
     let mut relay_config = relay_config(config);
     relay_config.verify_resent_below =

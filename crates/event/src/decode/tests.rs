@@ -376,3 +376,32 @@ proptest! {
         prop_assert!(decode(&bytes, reference(), &DecodeLimits::default()).is_err());
     }
 }
+
+/// Found by fuzzing (fuzz/repro/schema_version_echo): the message of an unsupported
+/// schema_version echoed the value, so a card number typed into that field reached
+/// `processing_errors.error_message`. The value stays in the error, not in its text.
+#[test]
+fn an_unsupported_schema_version_is_not_echoed_into_the_message() {
+    let mut v = valid();
+    v["schema_version"] = json!(4111111111111111_i64);
+    let e = decode_value(&v).unwrap_err();
+    assert_eq!(e.code(), "unsupported_schema_version");
+    assert!(!e.to_string().contains("4111111111111111"), "{e}");
+}
+
+/// Found by fuzzing (fuzz/repro/year_10000_roundtrip): an offset that moves an event
+/// time past 9999-12-31 UTC was accepted (with a reference time that far out), and no
+/// warehouse TIMESTAMP holds it. Years outside 0001–9999 UTC are invalid at decode.
+#[test]
+fn an_event_time_past_year_9999_utc_is_invalid() {
+    let far = Utc.with_ymd_and_hms(9999, 12, 31, 23, 55, 0).unwrap();
+    let mut v = valid();
+    v["event_time"] = json!("9999-12-31T23:59:59-00:05");
+    let e = decode(
+        &serde_json::to_vec(&v).unwrap(),
+        far,
+        &DecodeLimits::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), "invalid_timestamp");
+}
