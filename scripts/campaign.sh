@@ -4,8 +4,8 @@
 # checks the tables with the independent verifier.
 #
 #   scripts/campaign.sh                       # the short campaign the test suite runs, seed 1
-#   scripts/campaign.sh --seed 42 --long --events 10000000 --rounds 80 --chunk 20000 \
-#       --rate 6000 --event-rate 1000 --volume-mib 12000 --dir /var/tmp/campaign-42
+#   scripts/campaign.sh --seed 42 --long --events 10000000 --rounds 40 --chunk 20000 \
+#       --rate 3700 --event-rate 1000 --volume-mib 6000 --dir /var/tmp/campaign-42
 #
 # A failing seed replays the same plan. Disk-full episodes need root (the state
 # volume is a tmpfs mount); without it they are reported as not available.

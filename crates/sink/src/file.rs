@@ -216,10 +216,7 @@ impl FileSink {
             let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
                 SinkError::Fatal(format!("{}: a row is not JSON: {e}", path.display()))
             })?;
-            let seq = v["outbox_seq"].as_u64().unwrap_or(0);
-            if v["source_partition"].as_i64() == Some(i64::from(partition)) && seq >= from {
-                out.insert(seq, identity::of_value(table, &v));
-            }
+            out.extend(identity::of_stored_row(table, partition, from.., &v));
         }
         Ok(out)
     }

@@ -52,6 +52,20 @@ pub fn of_json_row(table: Table, row: &[u8]) -> Result<RowIdentity, SinkError> {
     Ok(of_value(table, &v))
 }
 
+/// For a stored row (parsed JSON carrying `source_partition` and `outbox_seq`): its
+/// sequence and identity when it belongs to `partition` and `seqs`. Shared by the sinks
+/// that read their own rows back (file, memory).
+pub fn of_stored_row(
+    table: Table,
+    partition: i32,
+    seqs: std::ops::RangeFrom<u64>,
+    row: &Value,
+) -> Option<(u64, RowIdentity)> {
+    let seq = row["outbox_seq"].as_u64()?;
+    (row["source_partition"].as_i64() == Some(i64::from(partition)) && seqs.contains(&seq))
+        .then(|| (seq, of_value(table, row)))
+}
+
 /// The identity of a row already parsed.
 pub fn of_value(table: Table, row: &Value) -> RowIdentity {
     columns(table).iter().map(|c| cell(row.get(*c))).collect()

@@ -73,10 +73,9 @@ impl Sink for MemorySink {
         for row in self.rows.get(&(table, partition)).into_iter().flatten() {
             let v: serde_json::Value = serde_json::from_slice(row)
                 .map_err(|e| SinkError::Fatal(format!("stored row is not JSON: {e}")))?;
-            let seq = v["outbox_seq"].as_u64().unwrap_or(u64::MAX);
-            if (from..to).contains(&seq) {
-                out.push((seq, identity::of_value(table, &v)));
-            }
+            out.extend(
+                identity::of_stored_row(table, partition, from.., &v).filter(|(s, _)| *s < to),
+            );
         }
         Ok(out)
     }

@@ -351,36 +351,28 @@ impl StateStore {
 
     /// The last record consumed per partition: (offset, fingerprint).
     pub fn last_records(&self) -> Result<BTreeMap<i32, (i64, u64)>, StateError> {
-        let cf = self.cf(CF_META)?;
-        let prefix = meta::LAST_RECORD_PREFIX;
         let mut out = BTreeMap::new();
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = item.map_err(|e| self.rocks(e))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
+        self.scan_meta(meta::LAST_RECORD_PREFIX, |k, v| {
             let bad = || StateError::BadValue {
                 what: "last record",
                 len: v.len(),
             };
-            let p = keys::be_i32(&k[prefix.len()..]).ok_or_else(bad)?;
+            let p = keys::be_i32(k).ok_or_else(bad)?;
             let offset = keys::be_i64(v.get(..8).ok_or_else(bad)?).ok_or_else(bad)?;
-            let fp = v
-                .get(8..16)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(bad)?;
+            let fp = keys::be_u64(v.get(8..16).ok_or_else(bad)?).ok_or_else(bad)?;
             out.insert(p, (offset, fp));
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
-    fn scan_meta_i64(&self, prefix: &[u8]) -> Result<BTreeMap<i32, i64>, StateError> {
+    /// Calls `each` with (key after `prefix`, value) for every meta key under `prefix`.
+    fn scan_meta(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
         let cf = self.cf(CF_META)?;
-        let mut out = BTreeMap::new();
         for item in self
             .db
             .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
@@ -389,18 +381,25 @@ impl StateStore {
             if !k.starts_with(prefix) {
                 break;
             }
-            let p = i32::from_be_bytes(k[prefix.len()..].try_into().map_err(|_| {
-                StateError::BadValue {
-                    what: "meta key",
-                    len: k.len(),
-                }
-            })?);
-            let val = keys::be_i64(&v).ok_or(StateError::BadValue {
+            each(&k[prefix.len()..], &v)?;
+        }
+        Ok(())
+    }
+
+    fn scan_meta_i64(&self, prefix: &[u8]) -> Result<BTreeMap<i32, i64>, StateError> {
+        let mut out = BTreeMap::new();
+        self.scan_meta(prefix, |k, v| {
+            let p = keys::be_i32(k).ok_or(StateError::BadValue {
+                what: "meta key",
+                len: k.len() + prefix.len(),
+            })?;
+            let val = keys::be_i64(v).ok_or(StateError::BadValue {
                 what: "meta value",
                 len: v.len(),
             })?;
             out.insert(p, val);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -416,30 +415,19 @@ impl StateStore {
 
     /// Next outbox sequence of every (table, partition) that has one.
     pub fn next_seqs(&self) -> Result<BTreeMap<(Table, i32), u64>, StateError> {
-        let cf = self.cf(CF_META)?;
-        let prefix = meta::NEXT_SEQ_PREFIX;
         let mut out = BTreeMap::new();
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, v) = item.map_err(|e| self.rocks(e))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let rest = &k[prefix.len()..];
+        self.scan_meta(meta::NEXT_SEQ_PREFIX, |rest, v| {
             let bad = || StateError::BadValue {
                 what: "sequence key",
-                len: k.len(),
+                len: rest.len() + meta::NEXT_SEQ_PREFIX.len(),
             };
-            if rest.len() != 5 {
-                return Err(bad());
-            }
-            let table = Table::from_id(rest[0]).ok_or_else(bad)?;
-            let p = i32::from_be_bytes(rest[1..5].try_into().map_err(|_| bad())?);
-            let seq = keys::be_u64(&v).ok_or_else(bad)?;
+            let (&id, p) = rest.split_first().ok_or_else(bad)?;
+            let table = Table::from_id(id).ok_or_else(bad)?;
+            let p = keys::be_i32(p).ok_or_else(bad)?;
+            let seq = keys::be_u64(v).ok_or_else(bad)?;
             out.insert((table, p), seq);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
