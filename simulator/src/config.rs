@@ -89,6 +89,41 @@ pub struct Config {
     #[arg(long, default_value_t = 0.01)]
     pub fraud_rate: f64,
 
+    /// Rate of payments from a producer whose clock is off by --clock-skew-secs: its
+    /// event time and its Kafka timestamp are both shifted. Ahead, such a payment moves
+    /// its partition's watermark (later payments there turn late) or, near real time,
+    /// is `event_time_in_future`; behind, it is late. A payment whose verdict would
+    /// depend on when the processor reads it is sent unskewed.
+    #[arg(long, default_value_t = 0.0)]
+    pub skew_rate: f64,
+
+    /// How far the skewed producer's clock is off, in seconds (negative: behind).
+    #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
+    pub clock_skew_secs: i64,
+
+    /// The processor's --future-tolerance-secs (how far ahead of a record's Kafka
+    /// timestamp its event time may be).
+    #[arg(long, default_value_t = 600)]
+    pub future_tolerance_secs: i64,
+
+    /// Duplicate storm: send one payment this many more times, spread over the run (a
+    /// client stuck in a retry loop). Each copy is a duplicate while the first
+    /// occurrence is in the dedup index, a new payment once it expired, late when its
+    /// event time is behind the watermark.
+    #[arg(long, default_value_t = 0)]
+    pub storm_copies: u64,
+
+    /// The storm's transaction id (default: one derived from --seed). Pass the same id
+    /// to consecutive runs to continue one storm across them.
+    #[arg(long)]
+    pub storm_id: Option<String>,
+
+    /// Continuing a storm: the event time at which the occurrence of the storm's id that
+    /// the previous run left in the dedup index was first seen (that run's manifest,
+    /// `storm.alive_since`).
+    #[arg(long, requires = "storm_id")]
+    pub storm_alive_since: Option<DateTime<Utc>>,
+
     /// Number of merchants (Zipf-distributed popularity).
     #[arg(long, default_value_t = 2_000)]
     pub merchants: usize,
@@ -128,6 +163,7 @@ impl Config {
             ("--late-rate", self.late_rate),
             ("--malformed-rate", self.malformed_rate),
             ("--fraud-rate", self.fraud_rate),
+            ("--skew-rate", self.skew_rate),
         ];
         for (name, r) in rates {
             if !(0.0..=1.0).contains(&r) {
@@ -156,6 +192,20 @@ impl Config {
         }
         if self.retention_secs < self.allowed_lateness_secs {
             return Err("--retention-secs must be at least --allowed-lateness-secs".into());
+        }
+        if self.clock_skew_secs.abs() > 7 * 86_400 {
+            return Err("--clock-skew-secs must be within a week".into());
+        }
+        if self.future_tolerance_secs <= 0 {
+            return Err("--future-tolerance-secs must be positive".into());
+        }
+        if let Some(id) = &self.storm_id {
+            if id.is_empty() || id.len() > paydedup_event::TransactionId::MAX_LEN {
+                return Err(format!(
+                    "--storm-id must be 1 to {} bytes",
+                    paydedup_event::TransactionId::MAX_LEN
+                ));
+            }
         }
         if self.merchants == 0 || self.cards == 0 {
             return Err("--merchants and --cards must be positive".into());

@@ -23,9 +23,9 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use config::Config;
-use manifest::{Manifest, ManifestExt};
+use manifest::{Manifest, ManifestExt, StormTotals};
 use produce::Sender;
-use traffic::{Rates, Traffic, TrafficConfig};
+use traffic::{Rates, StormConfig, Traffic, TrafficConfig};
 
 /// What a run produced, printed as the final summary line.
 pub struct Summary {
@@ -91,7 +91,20 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
             late: config.late_rate,
             malformed: config.malformed_rate,
             fraud: config.fraud_rate,
+            skewed: config.skew_rate,
         },
+        clock_skew_secs: config.clock_skew_secs,
+        future_tolerance_secs: config.future_tolerance_secs,
+        storm: (config.storm_copies > 0).then(|| StormConfig {
+            transaction_id: config
+                .storm_id
+                .clone()
+                .unwrap_or_else(|| format!("tx-storm-{:016x}", config.seed)),
+            copies: config.storm_copies,
+            // Spread over the run, never more than every other record.
+            every: ((expected / config.storm_copies as f64) as u64).max(2),
+            alive_since_micros: config.storm_alive_since.map(|t| t.timestamp_micros()),
+        }),
     });
     let mut manifest = Manifest::new(
         &config.topic,
@@ -141,7 +154,7 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
             record.partition,
             &record.key,
             &record.payload,
-            wall_now.timestamp_millis(),
+            wall_now.timestamp_millis() + record.clock_skew_ms,
         )?;
         manifest.record(&record);
         sent += 1;
@@ -159,6 +172,18 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
     sender.flush(Duration::from_secs(120))?;
     bar.finish_and_clear();
     manifest.elapsed_secs = started.elapsed().as_secs_f64();
+    manifest.max_event_time = traffic.max_event_time();
+    manifest.storm = traffic.storm_report().map(|r| StormTotals {
+        transaction_id: r.transaction_id,
+        partition: usize::try_from(r.partition).unwrap_or(0),
+        copies: r.copies,
+        unique: r.unique,
+        duplicate: r.duplicate,
+        late: r.late,
+        alive_since: r
+            .alive_since_micros
+            .and_then(chrono::DateTime::from_timestamp_micros),
+    });
 
     let tracker = sender.tracker();
     let failed = tracker.failed.load(std::sync::atomic::Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! this crate writes. What is simulator-specific stays here: how one produced record is
 //! tallied ([`ManifestExt::record`]).
 
-pub use paydedup_manifest::{CurrencyTotals, KindCounts, Manifest, ManifestError};
+pub use paydedup_manifest::{CurrencyTotals, KindCounts, Manifest, ManifestError, StormTotals};
 
 use crate::traffic::SimRecord;
 use crate::truth::Kind;
@@ -19,6 +19,7 @@ pub trait ManifestExt {
 impl ManifestExt for Manifest {
     fn record(&mut self, r: &SimRecord) {
         add(&mut self.totals, r.kind);
+        self.skewed_records += u64::from(r.clock_skew_ms != 0);
         if let Some(p) = self.by_partition.get_mut(r.partition as usize) {
             add(p, r.kind);
         }
@@ -66,6 +67,7 @@ mod tests {
             payload: Vec::new(),
             kind,
             event: None,
+            clock_skew_ms: 0,
         }
     }
 

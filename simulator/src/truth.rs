@@ -105,6 +105,29 @@ impl Truth {
         kind
     }
 
+    /// When `id` was first seen on `partition` (its occurrence still remembered, alive or
+    /// not yet pruned).
+    pub fn first_seen(&self, partition: usize, id: &str) -> Option<i64> {
+        self.partitions[partition].seen.get(id).map(|(t, _)| *t)
+    }
+
+    /// Remembers an id seen by an earlier run (a storm continued across runs): it was
+    /// first seen at `first_micros` with content `hash`. Whether it is still alive is
+    /// judged by `observe`, against this run's watermark.
+    pub fn remember(&mut self, partition: usize, id: &str, first_micros: i64, hash: u128) {
+        self.partitions[partition]
+            .seen
+            .insert(id.to_owned(), (first_micros, hash));
+    }
+
+    /// The largest event time a valid, non-late event carried, over all partitions.
+    pub fn max_event_micros(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter_map(|p| p.max_event_micros)
+            .max()
+    }
+
     /// Forgets expired ids so a long run keeps bounded memory (the classification is
     /// unaffected: expired ids are ignored by `observe` anyway).
     pub fn prune(&mut self) {

@@ -42,6 +42,12 @@ struct Args {
     /// Size of the state volume in MiB (a tmpfs; needs root).
     #[arg(long, default_value_t = 512)]
     volume_mib: u64,
+    /// Dedup retention of the processor and the ground truth, in seconds.
+    #[arg(long, default_value_t = 600)]
+    retention_secs: i64,
+    /// Copies of the duplicate storm's one payment (0: no storm).
+    #[arg(long, default_value_t = 10_000)]
+    storm_copies: u64,
     /// Where logs, manifests and backups go (kept).
     #[arg(long, default_value = "campaign-run")]
     dir: PathBuf,
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         rate: a.rate,
         event_rate: a.event_rate,
         volume_mib: a.volume_mib,
+        retention_secs: a.retention_secs,
+        storm_copies: a.storm_copies,
         dir: a.dir,
     };
     match run(&cfg) {

@@ -28,6 +28,32 @@ pub enum StateFile {
     Wal,
 }
 
+/// A processor started the wrong way on the live state and sink (the restart scenarios
+/// of the state-binding holes): it must refuse, exit non-zero and change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misstart {
+    /// A new, empty state directory while the sink holds rows (a lost volume).
+    EmptyState,
+    /// The state of `payments` pointed at another topic.
+    OtherTopic,
+    /// Another `--retention-secs`.
+    Retention,
+    /// Another `--window-secs`.
+    Window,
+    /// Another `--allowed-lateness-secs`.
+    Lateness,
+}
+
+impl Misstart {
+    pub const ALL: [Misstart; 5] = [
+        Misstart::EmptyState,
+        Misstart::OtherTopic,
+        Misstart::Retention,
+        Misstart::Window,
+        Misstart::Lateness,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
     /// SIGKILL at a random moment.
@@ -46,6 +72,10 @@ pub enum Fault {
     DiskFull,
     /// A state file damaged while the processor is down.
     Corruption { file: StateFile, seed: u64 },
+    /// A start with a wrong state or wrong settings, which must be refused.
+    Misstart(Misstart),
+    /// The next chunk partly from a producer whose clock is this many seconds off.
+    ClockSkew { secs: i64 },
 }
 
 impl Fault {
@@ -60,6 +90,8 @@ impl Fault {
             Fault::EmulatorOutage { .. } => "emulator_outage",
             Fault::DiskFull => "disk_full",
             Fault::Corruption { .. } => "corruption",
+            Fault::Misstart(_) => "misstart",
+            Fault::ClockSkew { .. } => "clock_skew",
         }
     }
 
@@ -82,6 +114,10 @@ pub struct FaultCounts {
     pub emulator_outages: u32,
     pub disk_full: u32,
     pub corruptions: u32,
+    /// Wrong starts, cycling through every [`Misstart`].
+    pub misstarts: u32,
+    /// Chunks from a skewed producer, alternately an hour ahead and behind.
+    pub clock_skews: u32,
 }
 
 impl FaultCounts {
@@ -96,6 +132,8 @@ impl FaultCounts {
             emulator_outages: 2,
             disk_full: 1,
             corruptions: 4,
+            misstarts: 5,
+            clock_skews: 2,
         }
     }
 
@@ -111,8 +149,15 @@ impl FaultCounts {
             emulator_outages: 20,
             disk_full: 10,
             corruptions: 20,
+            misstarts: 20,
+            clock_skews: 6,
         }
     }
+}
+
+/// How many hours of event time the planned skews can move the stream ahead.
+pub fn skew_hours_ahead(counts: &FaultCounts) -> u32 {
+    counts.clock_skews.div_ceil(2)
 }
 
 /// The faults of each round, in order. Broker faults go last in their round (after
@@ -146,6 +191,15 @@ pub fn schedule(seed: u64, counts: &FaultCounts, rounds: usize) -> Vec<Vec<Fault
             file,
             seed: rng.gen(),
         });
+    }
+    for i in 0..counts.misstarts {
+        during.push(Fault::Misstart(
+            Misstart::ALL[i as usize % Misstart::ALL.len()],
+        ));
+    }
+    for i in 0..counts.clock_skews {
+        let secs = if i % 2 == 0 { 3_600 } else { -3_600 };
+        during.push(Fault::ClockSkew { secs });
     }
     after.extend((0..counts.broker_kills).map(|_| Fault::BrokerKill));
     for _ in 0..counts.broker_pauses {
@@ -190,6 +244,11 @@ mod tests {
         assert_eq!(count("emulator_outage"), c.emulator_outages);
         assert_eq!(count("disk_full"), c.disk_full);
         assert_eq!(count("corruption"), c.corruptions);
+        assert_eq!(count("misstart"), c.misstarts);
+        assert_eq!(count("clock_skew"), c.clock_skews);
+        for m in Misstart::ALL {
+            assert!(plan.contains(&Fault::Misstart(m)), "{m:?}");
+        }
     }
 
     #[test]

@@ -25,7 +25,25 @@ pub struct ProducerConfig {
     pub rate: u64,
     /// Payments per second of event time.
     pub event_rate: u64,
+    /// The processor's dedup retention (the ground truth must expire ids as it does).
+    pub retention_secs: i64,
+    /// One payment sent this many times over the first chunks, if set.
+    pub storm: Option<StormPlan>,
+    /// Hours of event time the planned clock skews may add (each +1 h skew moves the
+    /// stream an hour ahead; the stream must still end in the past).
+    pub skew_hours_ahead: u32,
     pub dir: PathBuf,
+}
+
+/// A duplicate storm over consecutive chunks (so over processor restarts), long enough
+/// in event time to cross the retention edge: the id expires and comes back.
+#[derive(Debug, Clone)]
+pub struct StormPlan {
+    pub transaction_id: String,
+    pub copies: u64,
+    /// Chunk the storm starts in, and how many chunks it lasts.
+    pub first_chunk: u64,
+    pub chunks: u64,
 }
 
 #[derive(Default)]
@@ -35,6 +53,8 @@ struct Control {
     busy: bool,
     produced: u64,
     manifests: Vec<Manifest>,
+    /// Clock skews (seconds) the next chunks are produced with, one chunk each.
+    skews: std::collections::VecDeque<i64>,
     error: Option<String>,
 }
 
@@ -71,6 +91,13 @@ impl Producer {
         cv.notify_all();
     }
 
+    /// Produces the next chunk partly from a producer whose clock is `secs` off.
+    pub fn skew_next_chunk(&self, secs: i64) {
+        let (lock, _) = &*self.control;
+        let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+        c.skews.push_back(secs);
+    }
+
     /// Whether production is going on now.
     pub fn busy(&self) -> bool {
         let (lock, _) = &*self.control;
@@ -101,10 +128,14 @@ impl Producer {
 fn produce(cfg: &ProducerConfig, control: &(Mutex<Control>, Condvar)) {
     let (lock, cv) = control;
     // Event time runs from far enough back that the last chunk still ends in the past
-    // (even if production goes on longer than planned while faults are injected).
-    let span = Duration::seconds((cfg.events / cfg.event_rate.max(1)) as i64);
-    let mut start: DateTime<Utc> = Utc::now() - span * 3 - Duration::hours(2);
+    // (even if production goes on 3x longer than planned while faults are injected):
+    // each chunk's events, the minute between chunks, the hours skews may add.
+    let chunks = cfg.events / cfg.chunk.max(1) + 1;
+    let span = Duration::seconds((cfg.events / cfg.event_rate.max(1) + chunks * 60) as i64);
+    let mut start: DateTime<Utc> =
+        Utc::now() - span * 3 - Duration::hours(2 + i64::from(cfg.skew_hours_ahead));
     let mut index = 0u64;
+    let mut storm_alive_since: Option<DateTime<Utc>> = None;
     loop {
         {
             let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -122,11 +153,35 @@ fn produce(cfg: &ProducerConfig, control: &(Mutex<Control>, Condvar)) {
             }
             c.busy = true;
         }
-        let result = chunk(cfg, index, start);
+        let skew = {
+            let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
+            c.skews.pop_front()
+        };
+        let storm = cfg
+            .storm
+            .as_ref()
+            .filter(|s| (s.first_chunk..s.first_chunk + s.chunks).contains(&index))
+            .map(|s| {
+                (
+                    s.transaction_id.as_str(),
+                    s.copies / s.chunks.max(1),
+                    storm_alive_since,
+                )
+            });
+        let result = chunk(cfg, index, start, skew, storm);
         let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
         c.busy = false;
+        // The next chunk starts a minute of event time after this one ends (after its
+        // largest event time, which a skewed clock may have moved an hour ahead).
+        start += Duration::seconds((cfg.chunk / cfg.event_rate.max(1)) as i64 + 60);
         match result {
             Ok(m) => {
+                if let Some(max) = m.max_event_time {
+                    start = start.max(max + Duration::seconds(60));
+                }
+                if let Some(s) = &m.storm {
+                    storm_alive_since = s.alive_since;
+                }
                 c.produced += m.totals.records;
                 c.manifests.push(m);
             }
@@ -134,16 +189,36 @@ fn produce(cfg: &ProducerConfig, control: &(Mutex<Control>, Condvar)) {
         }
         cv.notify_all();
         drop(c);
-        // The next chunk starts a minute of event time after this one ends.
-        start += Duration::seconds((cfg.chunk / cfg.event_rate.max(1)) as i64 + 60);
         index += 1;
     }
 }
 
-fn chunk(cfg: &ProducerConfig, index: u64, start: DateTime<Utc>) -> anyhow::Result<Manifest> {
+fn chunk(
+    cfg: &ProducerConfig,
+    index: u64,
+    start: DateTime<Utc>,
+    skew: Option<i64>,
+    storm: Option<(&str, u64, Option<DateTime<Utc>>)>,
+) -> anyhow::Result<Manifest> {
     let manifest = cfg.dir.join(format!("manifest-{index:05}.json"));
-    let out = Command::new(binary("paydedup-simulator")?)
+    let mut cmd = Command::new(binary("paydedup-simulator")?);
+    if let Some(secs) = skew {
+        cmd.args([
+            "--skew-rate",
+            "0.002",
+            "--clock-skew-secs",
+            &secs.to_string(),
+        ]);
+    }
+    if let Some((id, copies, alive_since)) = storm {
+        cmd.args(["--storm-id", id, "--storm-copies", &copies.to_string()]);
+        if let Some(t) = alive_since {
+            cmd.args(["--storm-alive-since", &t.to_rfc3339()]);
+        }
+    }
+    let out = cmd
         .args(["--brokers", &cfg.brokers, "--topic", &cfg.topic])
+        .args(["--retention-secs", &cfg.retention_secs.to_string()])
         .args(["--count", &cfg.chunk.to_string()])
         .args([
             "--seed",

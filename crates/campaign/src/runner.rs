@@ -13,14 +13,18 @@ use rand_chacha::ChaCha8Rng;
 use paydedup_testkit::{Broker, Emulator};
 
 use crate::corrupt::{copy_tree, corrupt};
-use crate::plan::{schedule, Fault, FaultCounts};
-use crate::producer::{Producer, ProducerConfig};
-use crate::supervisor::{Ended, Supervisor, SIGABRT};
+use paydedup_manifest::{Manifest, StormTotals};
+
+use crate::plan::{schedule, skew_hours_ahead, Fault, FaultCounts, Misstart};
+use crate::producer::{Producer, ProducerConfig, StormPlan};
+use crate::supervisor::{set_flag, Ended, Supervisor, SIGABRT};
 use crate::verify::{verify, Truth, Verdict};
 use crate::volume::StateVolume;
 use crate::warehouse::Warehouse;
 
 const TOPIC: &str = "payments";
+/// A second topic, for the wrong start that points the state at it.
+const OTHER_TOPIC: &str = "payments-other";
 const DATASET: &str = "campaign";
 
 #[derive(Debug, Clone)]
@@ -39,6 +43,11 @@ pub struct CampaignConfig {
     pub event_rate: u64,
     /// Size of the state volume (MiB).
     pub volume_mib: u64,
+    /// Dedup retention (processor and ground truth). Short, so that the duplicate
+    /// storm outlives it: its id expires and comes back.
+    pub retention_secs: i64,
+    /// Copies of the duplicate storm's one payment.
+    pub storm_copies: u64,
     /// Where the run's files go (logs, manifests, backups).
     pub dir: PathBuf,
 }
@@ -56,8 +65,26 @@ impl CampaignConfig {
             rate: 1_500,
             event_rate: 100,
             volume_mib: 512,
+            retention_secs: 600,
+            storm_copies: 10_000,
             dir: dir.to_owned(),
         }
+    }
+
+    /// The storm: over enough chunks to span three retentions of event time (each chunk
+    /// spans `chunk / event_rate` seconds and a minute's gap), from the second chunk.
+    fn storm(&self) -> Option<StormPlan> {
+        if self.storm_copies == 0 {
+            return None;
+        }
+        let chunk_secs = self.chunk / self.event_rate.max(1) + 60;
+        let chunks = (3 * self.retention_secs.max(1) as u64).div_ceil(chunk_secs.max(1));
+        Some(StormPlan {
+            transaction_id: format!("tx-storm-{:08x}", self.seed),
+            copies: self.storm_copies,
+            first_chunk: 1,
+            chunks: chunks.max(2),
+        })
     }
 }
 
@@ -73,6 +100,8 @@ pub struct Report {
     /// Damaged state the processor refused (then restored from a backup) vs ran on.
     pub corruption_detected: u32,
     pub corruption_tolerated: u32,
+    /// The duplicate storm, summed over its chunks.
+    pub storm: Option<StormTotals>,
     /// Things that went otherwise than planned but are not, by themselves, a failure.
     pub notes: Vec<String>,
     /// Failures besides the verdict (a SIGTERM that did not exit 0, …).
@@ -132,6 +161,13 @@ impl fmt::Display for Report {
             "corruptions: {} refused by the processor (restored from a backup), {} ran on",
             self.corruption_detected, self.corruption_tolerated
         )?;
+        if let Some(s) = &self.storm {
+            writeln!(
+                f,
+                "duplicate storm {}: {} copies, {} new after expiry (in payments {} times), {} duplicates, {} late",
+                s.transaction_id, s.copies, s.unique, s.unique, s.duplicate, s.late
+            )?;
+        }
         writeln!(
             f,
             "verifier: {} lost, {} doubled, {} invented, {} other mismatches",
@@ -155,6 +191,9 @@ impl fmt::Display for Report {
 
 struct Campaign {
     rng: ChaCha8Rng,
+    retention_secs: i64,
+    dir: PathBuf,
+    warehouse: Warehouse,
     broker: Broker,
     emulator: Emulator,
     volume: StateVolume,
@@ -173,13 +212,22 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&cfg.dir)?;
     let broker = Broker::start()?;
     broker.create_topic(TOPIC, cfg.partitions)?;
+    broker.create_topic(OTHER_TOPIC, cfg.partitions)?;
     let emulator = Emulator::start()?;
     let volume = StateVolume::new(&cfg.dir.join("volume"), cfg.volume_mib)?;
-    let args = processor_args(&broker, &emulator, &volume.state_dir());
+    let args = processor_args(&broker, &emulator, &volume.state_dir(), cfg.retention_secs);
     let processor = Supervisor::new(args, &cfg.dir.join("logs"))?;
     let plan = schedule(cfg.seed, &cfg.counts, cfg.rounds);
+    let warehouse = Warehouse {
+        rest_url: emulator.rest_url(),
+        project: emulator.project.clone(),
+        dataset: DATASET.into(),
+    };
     let mut c = Campaign {
         rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed),
+        retention_secs: cfg.retention_secs,
+        dir: cfg.dir.clone(),
+        warehouse,
         broker,
         emulator,
         volume,
@@ -205,6 +253,9 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
         chunk: cfg.chunk,
         rate: cfg.rate,
         event_rate: cfg.event_rate,
+        retention_secs: cfg.retention_secs,
+        storm: cfg.storm(),
+        skew_hours_ahead: skew_hours_ahead(&cfg.counts),
         dir: cfg.dir.join("manifests"),
     });
     c.processor.start(None, &[])?;
@@ -225,7 +276,7 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
             c.processor.wait_ready(Duration::from_secs(60));
             let settle = c.rng.gen_range(300..2_000);
             std::thread::sleep(Duration::from_millis(settle));
-            c.inject(fault)
+            c.inject(fault, &producer)
                 .with_context(|| format!("injecting {fault:?}"))?;
         }
         producer.resume();
@@ -246,18 +297,19 @@ pub fn run(cfg: &CampaignConfig) -> anyhow::Result<Report> {
     }
     c.report.events = u64::try_from(truth.records()).unwrap_or(0);
     check_contiguous(&manifests, &mut c.report);
-    let wh = Warehouse {
-        rest_url: c.emulator.rest_url(),
-        project: c.emulator.project.clone(),
-        dataset: DATASET.into(),
-    };
-    c.report.verdict = verify(&wh, &truth)?;
+    c.check_storm_and_skews(cfg, &manifests);
+    c.report.verdict = verify(&c.warehouse, &truth)?;
     c.report.processor_runs = c.processor.runs();
     c.report.elapsed = started.elapsed();
     Ok(c.report)
 }
 
-fn processor_args(broker: &Broker, emu: &Emulator, state: &Path) -> Vec<String> {
+fn processor_args(
+    broker: &Broker,
+    emu: &Emulator,
+    state: &Path,
+    retention_secs: i64,
+) -> Vec<String> {
     let mut a: Vec<String> = [
         "run",
         "--brokers",
@@ -283,6 +335,8 @@ fn processor_args(broker: &Broker, emu: &Emulator, state: &Path) -> Vec<String> 
         "--bigquery-no-auth",
         "--sink",
         &format!("bigquery:{}.{DATASET}", emu.project),
+        "--retention-secs",
+        &retention_secs.to_string(),
     ]
     .into_iter()
     .map(str::to_owned)
@@ -452,8 +506,10 @@ impl Campaign {
         was_up
     }
 
-    fn inject(&mut self, fault: &Fault) -> anyhow::Result<()> {
+    fn inject(&mut self, fault: &Fault, producer: &Producer) -> anyhow::Result<()> {
         match fault {
+            Fault::Misstart(m) => self.misstart(*m)?,
+            Fault::ClockSkew { secs } => producer.skew_next_chunk(*secs),
             Fault::Kill => {
                 if self.kill_running() {
                     self.fired(fault.kind());
@@ -514,6 +570,113 @@ impl Campaign {
             }
         }
         Ok(())
+    }
+
+    /// Starts the processor the wrong way on the live state and sink; it must refuse
+    /// with an error that names the problem and exit non-zero, before touching
+    /// anything (the final verdict would show a row it wrote).
+    fn misstart(&mut self, m: Misstart) -> anyhow::Result<()> {
+        if m == Misstart::EmptyState {
+            // Refused only once the sink holds rows; before, an empty state is a first
+            // start. Let the processor deliver some first.
+            for _ in 0..120 {
+                let rows = self
+                    .warehouse
+                    .query("SELECT COUNT(*) FROM `${dataset}.payments`")
+                    .ok()
+                    .and_then(|r| {
+                        r.first()
+                            .and_then(|row| crate::warehouse::int(&row[0]).ok())
+                    });
+                if rows.unwrap_or(0) > 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        self.kill_running();
+        let empty = self
+            .dir
+            .join(format!("misstart-{}", self.processor.runs() + 1));
+        // What must be refused, and the one flag that makes the start wrong.
+        let (expected, flag, value) = match m {
+            Misstart::EmptyState => (
+                "this state holds nothing for the partition",
+                "--state-dir",
+                empty.display().to_string(),
+            ),
+            Misstart::OtherTopic => ("holds the state of topic", "--topic", OTHER_TOPIC.into()),
+            Misstart::Retention => (
+                "was written with --retention-secs",
+                "--retention-secs",
+                (self.retention_secs + 60).to_string(),
+            ),
+            Misstart::Window => (
+                "was written with --window-secs",
+                "--window-secs",
+                "7".into(),
+            ),
+            Misstart::Lateness => (
+                "was written with --allowed-lateness-secs",
+                "--allowed-lateness-secs",
+                "301".into(),
+            ),
+        };
+        self.processor.start_edited(|a| set_flag(a, flag, &value))?;
+        let ended = self.processor.wait(Duration::from_secs(90));
+        let log = self.processor.log();
+        match ended {
+            Some(Ended::Code(c)) if c != 0 && log.contains(expected) => self.fired("misstart"),
+            other => {
+                self.processor.kill();
+                self.report.failures.push(format!(
+                    "wrong start {m:?}: ended {other:?}, expected a refusal naming `{expected}`; see {}",
+                    self.processor.log_path().display()
+                ));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&empty);
+        Ok(())
+    }
+
+    /// The storm and the skewed chunks happened as planned: every planned copy sent,
+    /// the id expired and came back at least once (so it crossed the retention edge),
+    /// and each planned skew produced skewed records.
+    fn check_storm_and_skews(&mut self, cfg: &CampaignConfig, manifests: &[Manifest]) {
+        let mut storm: Option<StormTotals> = None;
+        for s in manifests.iter().filter_map(|m| m.storm.as_ref()) {
+            let t = storm.get_or_insert_with(|| StormTotals {
+                transaction_id: s.transaction_id.clone(),
+                partition: s.partition,
+                ..StormTotals::default()
+            });
+            t.copies += s.copies;
+            t.unique += s.unique;
+            t.duplicate += s.duplicate;
+            t.late += s.late;
+        }
+        if let Some(plan) = cfg.storm() {
+            let sent = storm.as_ref().map_or(0, |s| s.copies);
+            let per_chunk = plan.copies / plan.chunks;
+            if sent < per_chunk * plan.chunks {
+                self.report.failures.push(format!(
+                    "duplicate storm: {sent} copies sent, {} planned",
+                    per_chunk * plan.chunks
+                ));
+            } else {
+                self.fired("duplicate_storm");
+            }
+            if storm.as_ref().map_or(0, |s| s.unique) < 2 {
+                self.report.failures.push(format!(
+                    "duplicate storm: its id never expired and came back ({storm:?})"
+                ));
+            }
+            *self.report.planned.entry("duplicate_storm").or_default() += 1;
+        }
+        let skewed_chunks = manifests.iter().filter(|m| m.skewed_records > 0).count();
+        *self.report.fired.entry("clock_skew").or_default() =
+            u32::try_from(skewed_chunks).unwrap_or(u32::MAX);
+        self.report.storm = storm;
     }
 
     /// Restarts armed with the fail point and waits for it to abort the run.

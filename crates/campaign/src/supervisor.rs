@@ -57,12 +57,29 @@ impl Supervisor {
     /// Starts a run (the last must have ended), with a fail point armed if given and
     /// extra flags appended.
     pub fn start(&mut self, fail_point: Option<(&str, u32)>, extra: &[&str]) -> anyhow::Result<()> {
+        let args = self.args.clone();
+        self.spawn(&args, fail_point, extra)
+    }
+
+    /// Starts a run with its usual flags edited by `edit` (a wrong start on purpose).
+    pub fn start_edited(&mut self, edit: impl FnOnce(&mut Vec<String>)) -> anyhow::Result<()> {
+        let mut args = self.args.clone();
+        edit(&mut args);
+        self.spawn(&args, None, &[])
+    }
+
+    fn spawn(
+        &mut self,
+        args: &[String],
+        fail_point: Option<(&str, u32)>,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(self.child.is_none(), "the processor is already running");
         self.runs += 1;
         let log = File::create(self.log_path())?;
         self.port = free_port()?;
         let mut cmd = Command::new(binary("paydedup-processor")?);
-        cmd.args(&self.args)
+        cmd.args(args)
             .args(["--metrics-addr", &format!("127.0.0.1:{}", self.port)])
             .args(extra)
             .env("RUST_LOG", "info")
@@ -157,6 +174,17 @@ impl Supervisor {
     }
 }
 
+/// Sets `flag`'s value in a command line, appending the flag if it is not there.
+pub fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(i) if i + 1 < args.len() => args[i + 1] = value.to_owned(),
+        _ => {
+            args.push(flag.to_owned());
+            args.push(value.to_owned());
+        }
+    }
+}
+
 /// Whether `GET /readyz` answers 200.
 fn ready(port: u16) -> bool {
     use std::io::{Read, Write};
@@ -179,5 +207,18 @@ fn ready(port: u16) -> bool {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_flag;
+
+    #[test]
+    fn set_flag_replaces_a_value_or_appends_the_flag() {
+        let mut a: Vec<String> = ["run", "--topic", "payments"].map(String::from).to_vec();
+        set_flag(&mut a, "--topic", "other");
+        set_flag(&mut a, "--window-secs", "7");
+        assert_eq!(a, ["run", "--topic", "other", "--window-secs", "7"]);
     }
 }

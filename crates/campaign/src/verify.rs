@@ -41,6 +41,8 @@ pub struct Truth {
     pub malformed_by_code: BTreeMap<String, i128>,
     /// Currency → (unique payments, sum of amount_minor).
     pub by_currency: BTreeMap<String, (i128, i128)>,
+    /// Storm id → how many times it is a new payment (it expired and came back).
+    pub storm_unique: BTreeMap<String, i128>,
 }
 
 impl Truth {
@@ -59,6 +61,12 @@ impl Truth {
         self.late_key_known += i128::from(t.late_key_known);
         for (code, n) in &m.malformed_by_code {
             *self.malformed_by_code.entry(code.clone()).or_default() += i128::from(*n);
+        }
+        if let Some(s) = &m.storm {
+            *self
+                .storm_unique
+                .entry(s.transaction_id.clone())
+                .or_default() += i128::from(s.unique);
         }
         for (c, v) in &m.by_currency {
             let e = self.by_currency.entry(c.clone()).or_default();
@@ -166,14 +174,28 @@ fn kinds(wh: &Warehouse, truth: &Truth, v: &mut Verdict) -> anyhow::Result<()> {
         single(wh, "SELECT COUNT(*) FROM `${dataset}.payments`")?,
         truth.unique,
     );
+    // Every id once, but a storm's id: once per time it expired and came back.
+    let repeats: i128 = truth.storm_unique.values().map(|u| (u - 1).max(0)).sum();
     check(
         "distinct transaction ids in payments",
         single(
             wh,
             "SELECT COUNT(DISTINCT transaction_id) FROM `${dataset}.payments`",
         )?,
-        truth.unique,
+        truth.unique - repeats,
     );
+    for (id, unique) in &truth.storm_unique {
+        check(
+            "the duplicate storm's id in payments",
+            single(
+                wh,
+                &format!(
+                    "SELECT COUNT(*) FROM `${{dataset}}.payments` WHERE transaction_id = '{id}'"
+                ),
+            )?,
+            *unique,
+        );
+    }
     check(
         "duplicates",
         single(

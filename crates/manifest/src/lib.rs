@@ -79,6 +79,34 @@ pub struct Manifest {
     /// earlier runs' records).
     pub first_offset: Vec<Option<i64>>,
     pub elapsed_secs: f64,
+    /// The largest event time of a valid, non-late record (where a run that follows
+    /// this one must start its event time to continue the stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_time: Option<DateTime<Utc>>,
+    /// The duplicate storm of this run, if there was one (its copies are also counted
+    /// in the totals above, by kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormTotals>,
+    /// Records sent by a producer with a skewed clock (`--skew-rate`), of any kind.
+    #[serde(default)]
+    pub skewed_records: u64,
+}
+
+/// One payment sent again and again: what its copies became.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StormTotals {
+    pub transaction_id: String,
+    pub partition: usize,
+    pub copies: u64,
+    /// Copies that arrived after the previous occurrence expired from the dedup index
+    /// (or the very first): each is a row in `payments`, so this id is in `payments`
+    /// this many times.
+    pub unique: u64,
+    pub duplicate: u64,
+    pub late: u64,
+    /// Event time the occurrence still remembered at the end of the run was first
+    /// seen; a run continuing the storm passes it on (`--storm-alive-since`).
+    pub alive_since: Option<DateTime<Utc>>,
 }
 
 /// Why a manifest could not be loaded (the I/O or JSON error is the `source`).
@@ -119,6 +147,9 @@ impl Manifest {
             by_currency: BTreeMap::new(),
             first_offset: vec![None; partitions],
             elapsed_secs: 0.0,
+            max_event_time: None,
+            storm: None,
+            skewed_records: 0,
         }
     }
 
