@@ -88,8 +88,12 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormTotals>,
     /// Records sent by a producer with a skewed clock (`--skew-rate`), of any kind.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub skewed_records: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One payment sent again and again: what its copies became.
@@ -231,6 +235,8 @@ mod tests {
             counts(3, 0, 0)
         );
         assert_eq!(serde_json::to_string(&m).unwrap(), expected);
+        // A manifest written before the storm and skew fields still loads.
+        assert_eq!(serde_json::from_str::<Manifest>(&expected).unwrap(), m);
     }
 
     #[test]
