@@ -6,7 +6,8 @@
 //! inside and after the state commit; between a sink acknowledgement and the outbox
 //! delete), SIGTERM, broker kill -9 and SIGSTOP, emulator outages, a full state
 //! volume, damaged state files. At the end an independent verifier ([`verify`]) reads
-//! the tables with its own SQL and checks them against the simulator's manifests.
+//! the tables with its own SQL and checks them against the simulator's manifests, and
+//! the final state's dedup index is compared with a replay of the whole topic.
 //!
 //! The same [`run`] serves the short fixed-seed campaign in the test suite and the
 //! long one (`paydedup-campaign --seed N --events 10000000 --long`). A failing seed
@@ -17,9 +18,11 @@
 //! - [`supervisor`]: the processor's runs;
 //! - [`volume`]: a size-limited state volume for disk-full episodes;
 //! - [`corrupt`]: damaging state files, backups;
-//! - [`warehouse`], [`verify`]: the independent verifier.
+//! - [`warehouse`], [`verify`]: the independent verifier;
+//! - [`model`]: the dedup index the state must end with, from a replay of the topic.
 
 pub mod corrupt;
+pub mod model;
 pub mod plan;
 pub mod producer;
 pub mod supervisor;

@@ -15,6 +15,7 @@ use paydedup_testkit::{Broker, Emulator};
 use crate::corrupt::{copy_tree, corrupt};
 use paydedup_manifest::{Manifest, StormTotals};
 
+use crate::model::{compare, replay_topic, state_live_dedup, DedupModel};
 use crate::plan::{schedule, skew_hours_ahead, Fault, FaultCounts, Misstart};
 use crate::producer::{Producer, ProducerConfig, StormPlan};
 use crate::supervisor::{set_flag, Ended, Supervisor, SIGABRT};
@@ -26,6 +27,8 @@ const TOPIC: &str = "payments";
 /// A second topic, for the wrong start that points the state at it.
 const OTHER_TOPIC: &str = "payments-other";
 const DATASET: &str = "campaign";
+/// The processor's default `--allowed-lateness-secs`, which the campaign runs with.
+const ALLOWED_LATENESS_SECS: i64 = 300;
 
 #[derive(Debug, Clone)]
 pub struct CampaignConfig {
@@ -100,6 +103,10 @@ pub struct Report {
     /// Damaged state the processor refused (then restored from a backup) vs ran on.
     pub corruption_detected: u32,
     pub corruption_tolerated: u32,
+    /// Dedup entries alive in the final state, and how it differs from a replay of the
+    /// input through the dedup model (empty: the same).
+    pub dedup_index_live: u64,
+    pub dedup_index_differences: Vec<String>,
     /// The duplicate storm, summed over its chunks.
     pub storm: Option<StormTotals>,
     /// Things that went otherwise than planned but are not, by themselves, a failure.
@@ -119,6 +126,7 @@ impl Report {
                 problems.push(format!("{kind}: {fired} of {planned} fired"));
             }
         }
+        problems.extend(self.dedup_index_differences.iter().cloned());
         if !self.verdict.exact() {
             problems.push(format!(
                 "the tables are not exact: {} lost, {} doubled, {} invented; {}",
@@ -161,6 +169,15 @@ impl fmt::Display for Report {
             "corruptions: {} refused by the processor (restored from a backup), {} ran on",
             self.corruption_detected, self.corruption_tolerated
         )?;
+        writeln!(
+            f,
+            "dedup index: {} live entries, {} differences from a replay of the input",
+            self.dedup_index_live,
+            self.dedup_index_differences.len()
+        )?;
+        for d in &self.dedup_index_differences {
+            writeln!(f, "  {d}")?;
+        }
         if let Some(s) = &self.storm {
             writeln!(
                 f,
@@ -732,12 +749,39 @@ impl Campaign {
         Ok(())
     }
 
-    /// Ends whatever runs, then a clean bounded run delivers everything.
+    /// Ends whatever runs, then a clean bounded run delivers everything. Before the
+    /// drain (which moves watermarks past the open windows), the dedup index the
+    /// state ended with is compared with an independent replay of the whole topic.
     fn finish(&mut self) -> anyhow::Result<()> {
+        self.bounded_run(&["--exit-when-caught-up"])?;
+        self.check_dedup_index()?;
+        self.bounded_run(&["--exit-when-caught-up", "--drain"])
+    }
+
+    fn check_dedup_index(&mut self) -> anyhow::Result<()> {
+        let mut model = DedupModel::new(ALLOWED_LATENESS_SECS, self.retention_secs);
+        let read = replay_topic(
+            &self.broker.bootstrap(),
+            TOPIC,
+            i32::try_from(self.partitions).unwrap_or(1),
+            &mut model,
+        )?;
+        let state = state_live_dedup(&self.volume.state_dir())?;
+        let differences = compare(&model.live(), &state);
+        let live: u64 = state.values().map(|l| l.live).sum();
+        eprintln!(
+            "campaign: dedup index: {live} live entries; replay of {read} records: {} differences",
+            differences.len()
+        );
+        self.report.dedup_index_live = live;
+        self.report.dedup_index_differences = differences;
+        Ok(())
+    }
+
+    fn bounded_run(&mut self, flags: &[&str]) -> anyhow::Result<()> {
         for _ in 0..8 {
             self.processor.kill();
-            self.processor
-                .start(None, &["--exit-when-caught-up", "--drain"])?;
+            self.processor.start(None, flags)?;
             match self.processor.wait(Duration::from_secs(3600)) {
                 Some(Ended::Code(0)) => return Ok(()),
                 other => {

@@ -27,6 +27,21 @@ pub fn run(args: &StateArgs) -> anyhow::Result<String> {
         StateStore::open_read_only(&args.state_dir)
             .with_context(|| format!("opening {}", args.state_dir.display()))?
     };
+    if args.live_dedup {
+        let live = store.live_dedup()?;
+        if args.json {
+            return Ok(serde_json::to_string_pretty(&live)?);
+        }
+        let mut out = String::from("partition  watermark                     live  digest\n");
+        for (p, l) in &live {
+            let wm = l.watermark.map(ts).unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{p:<10} {wm:<28} {:>6}  {:016x}\n",
+                l.live, l.digest
+            ));
+        }
+        return Ok(out);
+    }
     let stats = store.stats()?;
     if args.json {
         return Ok(serde_json::to_string_pretty(&stats)?);

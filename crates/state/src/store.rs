@@ -601,5 +601,8 @@ impl StateStore {
     }
 }
 
+mod live_dedup;
+pub use live_dedup::{entry_digest, LiveDedup};
+
 #[cfg(test)]
 mod tests;

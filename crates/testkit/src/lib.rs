@@ -233,9 +233,32 @@ pub fn emulator_python() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The launcher that makes the emulator work offline (scripts/bqemu_launcher.py).
-pub fn emulator_launcher() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bqemu_launcher.py")
+/// The launcher that makes the emulator work offline (`scripts/bqemu_launcher.py` of
+/// the checkout under test), found at run time: above `PAYDEDUP_REPO`, the package
+/// `cargo test` runs (`CARGO_MANIFEST_DIR` in the environment) or the working
+/// directory. Not `env!("CARGO_MANIFEST_DIR")`: the build cache is shared between
+/// clones and cargo does not rebuild when only the checkout's path changes, so a path
+/// baked in at compile time can name another, or a deleted, checkout.
+pub fn emulator_launcher() -> anyhow::Result<PathBuf> {
+    const LAUNCHER: &str = "scripts/bqemu_launcher.py";
+    let starts: Vec<PathBuf> = ["PAYDEDUP_REPO", "CARGO_MANIFEST_DIR"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .chain(std::env::current_dir().ok())
+        .collect();
+    for start in &starts {
+        if let Some(p) = start
+            .ancestors()
+            .map(|dir| dir.join(LAUNCHER))
+            .find(|p| p.is_file())
+        {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{LAUNCHER} not found above {starts:?}; run from the repository, or set PAYDEDUP_REPO to it"
+    )
 }
 
 /// A running BigQuery emulator (`bqemulator`) with persistent storage in a temporary
@@ -269,7 +292,7 @@ impl Emulator {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = append_log(&self.dir.path().join("emulator.log"))?;
         let child = Command::new(emulator_python()?)
-            .arg(emulator_launcher())
+            .arg(emulator_launcher()?)
             .arg("start")
             .args([
                 "--rest-host",

@@ -40,6 +40,11 @@ pub struct StateArgs {
     /// (needs exclusive access: stop the processor first).
     #[arg(long)]
     pub compact: bool,
+    /// Print, per partition, the dedup entries alive under its committed watermark: how
+    /// many, and a digest of them (to compare the index with an independent replay of
+    /// the input; see docs/reliability.md).
+    #[arg(long)]
+    pub live_dedup: bool,
 }
 
 /// Everything `run` is configured with.
