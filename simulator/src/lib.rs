@@ -101,8 +101,9 @@ pub fn run(config: &Config) -> anyhow::Result<Summary> {
                 .clone()
                 .unwrap_or_else(|| format!("tx-storm-{:016x}", config.seed)),
             copies: config.storm_copies,
-            // Spread over the run, never more than every other record.
-            every: ((expected / config.storm_copies as f64) as u64).max(2),
+            // Spread over the run (with room to spare at the end), never more than
+            // every other record.
+            every: ((expected / (config.storm_copies as f64 + 1.0)) as u64).max(2),
             alive_since_micros: config.storm_alive_since.map(|t| t.timestamp_micros()),
         }),
     });

@@ -250,8 +250,10 @@ impl Traffic {
     /// which turns late once the watermark passes it.
     fn storm_copy(&mut self) -> Option<SimRecord> {
         let storm = self.storm.as_ref()?;
-        if storm.report.copies >= storm.cfg.copies || !self.produced.is_multiple_of(storm.cfg.every)
-        {
+        // Due at every `every`-th record; a copy that had to wait is sent late, so
+        // the run sends them all.
+        let due = (storm.report.copies + 1).saturating_mul(storm.cfg.every);
+        if storm.report.copies >= storm.cfg.copies || self.produced < due {
             return None;
         }
         let partition = storm.partition;
