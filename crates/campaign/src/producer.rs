@@ -164,7 +164,7 @@ fn produce(cfg: &ProducerConfig, control: &(Mutex<Control>, Condvar)) {
             .map(|s| {
                 (
                     s.transaction_id.as_str(),
-                    s.copies / s.chunks.max(1),
+                    s.copies.div_ceil(s.chunks.max(1)),
                     storm_alive_since,
                 )
             });

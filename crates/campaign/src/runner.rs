@@ -679,7 +679,7 @@ impl Campaign {
         }
         if let Some(plan) = cfg.storm() {
             let sent = storm.as_ref().map_or(0, |s| s.copies);
-            let per_chunk = plan.copies / plan.chunks;
+            let per_chunk = plan.copies.div_ceil(plan.chunks);
             if sent < per_chunk * plan.chunks {
                 self.report.failures.push(format!(
                     "duplicate storm: {sent} copies sent, {} planned",
