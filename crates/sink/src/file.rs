@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, Table};
+use crate::{
+    identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow, Table,
+};
 
 pub struct FileSink {
     dir: PathBuf,
@@ -198,9 +200,45 @@ impl Sink for FileSink {
         let wanted = std::mem::replace(cache, rest);
         Ok(wanted.into_iter().filter(|(s, _)| *s >= from).collect())
     }
+
+    fn scan_rows(
+        &mut self,
+        table: Table,
+        partitions: &[i32],
+        _columns: &[&str],
+        each: &mut dyn FnMut(&StoredRow) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        self.scan_file(table, partitions, each)
+    }
 }
 
 impl FileSink {
+    /// Every row of `table` on one of `partitions`.
+    fn scan_file(
+        &self,
+        table: Table,
+        partitions: &[i32],
+        each: &mut dyn FnMut(&StoredRow) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        let path = self.path(table);
+        let file = File::open(&path).map_err(|e| io("opening", &path, e))?;
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| io("reading", &path, e))?;
+            let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+                .map_err(|e| {
+                    SinkError::Fatal(format!("{}: a row is not a JSON object: {e}", path.display()))
+                })?;
+            let row = StoredRow(row);
+            let on = row
+                .int("source_partition")
+                .is_some_and(|p| partitions.iter().any(|q| i64::from(*q) == p));
+            if on {
+                each(&row)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Identities of one partition's rows of `table` from sequence `from` on.
     fn read_identities(
         &self,

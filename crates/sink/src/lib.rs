@@ -6,6 +6,7 @@
 //! - [`memory`]: [`MemorySink`], an in-memory test double for fast unit tests (the file
 //!   and BigQuery sinks are tested for real beside it, with the same conformance suite).
 //! - [`identity`]: [`RowIdentity`], the columns that say which row a row is.
+//! - [`stored`]: [`StoredRow`], a row read back from a sink.
 //! - [`conformance`]: the suite every sink must pass.
 
 pub mod bigquery;
@@ -13,10 +14,12 @@ pub mod conformance;
 pub mod file;
 pub mod identity;
 pub mod memory;
+pub mod stored;
 
 pub use bigquery::{BigQueryConfig, BigQuerySink};
 pub use file::FileSink;
 pub use identity::RowIdentity;
+pub use stored::StoredRow;
 pub use memory::MemorySink;
 pub use paydedup_state::Table;
 
@@ -103,6 +106,19 @@ pub trait Sink: Send {
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, RowIdentity)>, SinkError>;
+
+    /// Calls `each` with every row of `table` whose `source_partition` is one of
+    /// `partitions`, in no particular order, as column → value with at least `columns`.
+    /// Values are what the sink stores: typed JSON (file sink) or strings (BigQuery,
+    /// TIMESTAMP as int64 µs); read them with [`StoredRow`]'s helpers. `restore` rebuilds
+    /// a state directory from these rows.
+    fn scan_rows(
+        &mut self,
+        table: Table,
+        partitions: &[i32],
+        columns: &[&str],
+        each: &mut dyn FnMut(&StoredRow) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError>;
 
     /// Rows up to `through_seq` were dead-lettered and will never be appended: expect
     /// the sequence after them next. Sinks that never reject rows ignore it.

@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, Table};
+use crate::{
+    identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow, Table,
+};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemorySink {
@@ -78,6 +80,23 @@ impl Sink for MemorySink {
             );
         }
         Ok(out)
+    }
+
+    fn scan_rows(
+        &mut self,
+        table: Table,
+        partitions: &[i32],
+        _columns: &[&str],
+        each: &mut dyn FnMut(&StoredRow) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        for p in partitions {
+            for row in self.rows.get(&(table, *p)).into_iter().flatten() {
+                let map = serde_json::from_slice(row)
+                    .map_err(|e| SinkError::Fatal(format!("stored row is not JSON: {e}")))?;
+                each(&StoredRow(map))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -213,6 +213,15 @@ mod tests {
         ) -> Result<Vec<(u64, paydedup_sink::RowIdentity)>, SinkError> {
             self.0.lock().unwrap().stored_identities(t, p, from, to)
         }
+        fn scan_rows(
+            &mut self,
+            t: Table,
+            partitions: &[i32],
+            columns: &[&str],
+            each: &mut dyn FnMut(&paydedup_sink::StoredRow) -> Result<(), SinkError>,
+        ) -> Result<(), SinkError> {
+            self.0.lock().unwrap().scan_rows(t, partitions, columns, each)
+        }
     }
 
     fn cfg(dir: &std::path::Path) -> RelayConfig {

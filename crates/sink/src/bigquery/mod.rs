@@ -29,7 +29,7 @@ use std::sync::Arc;
 use paydedup_state::{StateStore, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError};
+use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow};
 pub use auth::Credentials;
 use auth::TokenSource;
 pub use rest::QueryResult;
@@ -387,6 +387,30 @@ impl Sink for BigQuerySink {
                 Ok((seq as u64, id))
             })
             .collect()
+    }
+
+    fn scan_rows(
+        &mut self,
+        table: Table,
+        partitions: &[i32],
+        columns: &[&str],
+        each: &mut dyn FnMut(&StoredRow) -> Result<(), SinkError>,
+    ) -> Result<(), SinkError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        let r = self.wh.query(&format!(
+            "SELECT {} FROM `${{dataset}}.{}` WHERE source_partition IN ({})",
+            columns.join(", "),
+            table.name(),
+            list.join(", ")
+        ))?;
+        for cells in r.rows {
+            let map = r.columns.iter().cloned().zip(cells).collect();
+            each(&StoredRow(map))?;
+        }
+        Ok(())
     }
 
     fn skip(&mut self, table: Table, partition: i32, through_seq: u64) -> Result<(), SinkError> {
