@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{
-    identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow, Table,
-};
+use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow, Table};
 
 pub struct FileSink {
     dir: PathBuf,
@@ -226,7 +224,10 @@ impl FileSink {
             let line = line.map_err(|e| io("reading", &path, e))?;
             let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
                 .map_err(|e| {
-                    SinkError::Fatal(format!("{}: a row is not a JSON object: {e}", path.display()))
+                    SinkError::Fatal(format!(
+                        "{}: a row is not a JSON object: {e}",
+                        path.display()
+                    ))
                 })?;
             let row = StoredRow(row);
             let on = row

@@ -19,9 +19,9 @@ pub mod stored;
 pub use bigquery::{BigQueryConfig, BigQuerySink};
 pub use file::FileSink;
 pub use identity::RowIdentity;
-pub use stored::StoredRow;
 pub use memory::MemorySink;
 pub use paydedup_state::Table;
+pub use stored::StoredRow;
 
 use thiserror::Error;
 

@@ -4,9 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{
-    identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow, Table,
-};
+use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow, Table};
 
 #[derive(Debug, Default, Clone)]
 pub struct MemorySink {

@@ -65,8 +65,10 @@ mod tests {
 
     #[test]
     fn reads_the_file_sinks_json_and_bigquerys_strings_alike() {
-        let file = row(json!({"source_offset": 7, "event_time": "1970-01-01T00:00:01.000002Z",
-                              "fraud_flagged": true, "currency": "EUR", "kafka_timestamp": null}));
+        let file = row(
+            json!({"source_offset": 7, "event_time": "1970-01-01T00:00:01.000002Z",
+                              "fraud_flagged": true, "currency": "EUR", "kafka_timestamp": null}),
+        );
         let bq = row(json!({"source_offset": "7", "event_time": "1000002",
                             "fraud_flagged": "true", "currency": "EUR"}));
         for r in [file, bq] {

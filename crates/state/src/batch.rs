@@ -59,6 +59,54 @@ impl StateBatch {
         });
     }
 
+    fn delete_meta(&mut self, key: Vec<u8>) {
+        self.ops.push(Op::Delete {
+            cf: cf::CF_META,
+            key,
+        });
+    }
+
+    /// Marks a record beyond a restored position whose row the sink holds in `table`.
+    pub fn set_landed_record(&mut self, partition: i32, offset: i64, table: Table) {
+        self.put(
+            cf::CF_META,
+            meta::landed_record(partition, offset),
+            vec![table.id()],
+        );
+    }
+
+    /// The landed record was replayed.
+    pub fn clear_landed_record(&mut self, partition: i32, offset: i64) {
+        self.delete_meta(meta::landed_record(partition, offset));
+    }
+
+    /// Marks an open window whose `payment_metrics` row the sink already holds.
+    pub fn set_landed_window(&mut self, partition: i32, start: i64, currency: &str) {
+        self.put(
+            cf::CF_META,
+            meta::landed_window(partition, start, currency),
+            Vec::new(),
+        );
+    }
+
+    /// The landed window closed.
+    pub fn clear_landed_window(&mut self, partition: i32, start: i64, currency: &str) {
+        self.delete_meta(meta::landed_window(partition, start, currency));
+    }
+
+    /// The max event time `partition` reaches once its landed records are replayed.
+    pub fn set_max_event_floor(&mut self, partition: i32, micros: i64) {
+        self.put(
+            cf::CF_META,
+            meta::max_event_floor(partition),
+            micros.to_be_bytes(),
+        );
+    }
+
+    pub fn clear_max_event_floor(&mut self, partition: i32) {
+        self.delete_meta(meta::max_event_floor(partition));
+    }
+
     /// An output row with its sequence number (allocated by the caller, dense per
     /// (table, partition)); [`StateBatch::set_next_seq`] must record the next one.
     pub fn put_outbox(&mut self, table: Table, partition: i32, seq: u64, row: Vec<u8>) {

@@ -142,6 +142,34 @@ pub mod meta {
     /// The committed expiry horizon (see `expiry`).
     pub const HORIZON: &[u8] = b"horizon";
 
+    /// A record beyond a restored state's position whose row the sink already holds
+    /// (value: the table's id): replayed for its state effects, its row not sent again.
+    pub fn landed_record(partition: i32, offset: i64) -> Vec<u8> {
+        let mut k = with_partition(LANDED_RECORD_PREFIX, partition);
+        k.extend_from_slice(&offset.to_be_bytes());
+        k
+    }
+
+    pub const LANDED_RECORD_PREFIX: &[u8] = b"landed/";
+
+    /// A window whose `payment_metrics` row the sink already holds but which a restored
+    /// state still has open: closed without sending its row again.
+    pub fn landed_window(partition: i32, window_start_micros: i64, currency: &str) -> Vec<u8> {
+        let mut k = LANDED_WINDOW_PREFIX.to_vec();
+        k.extend_from_slice(&super::window_key(partition, window_start_micros, currency));
+        k
+    }
+
+    pub const LANDED_WINDOW_PREFIX: &[u8] = b"landedwin/";
+
+    /// The max event time a restored partition reaches once its landed records are
+    /// replayed (implied by the windows the sink holds closed).
+    pub fn max_event_floor(partition: i32) -> Vec<u8> {
+        with_partition(MAX_EVENT_FLOOR_PREFIX, partition)
+    }
+
+    pub const MAX_EVENT_FLOOR_PREFIX: &[u8] = b"floor/";
+
     /// A sink's own bookkeeping for a (table, partition), e.g. a BigQuery stream name.
     pub fn sink(table: Table, partition: i32) -> Vec<u8> {
         let mut k = b"sink/".to_vec();

@@ -601,7 +601,9 @@ impl StateStore {
     }
 }
 
+mod landed;
 mod live_dedup;
+pub use landed::LandedAhead;
 pub use live_dedup::{entry_digest, LiveDedup};
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod closing;
 pub mod dedupe;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod landed;
 pub mod outcome;
 pub mod prefetch;
 pub mod rows;
@@ -85,6 +86,9 @@ pub struct BatchStats {
     pub key_mismatch: u64,
     pub windows_closed: u64,
     pub outbox_rows: u64,
+    /// Landed records (a restored state's replay) whose row the sink holds in another
+    /// table than the replay decided.
+    pub landed_disagreements: u64,
     /// Invalid records per validation code.
     pub invalid_by_code: BTreeMap<&'static str, u64>,
 }
@@ -104,6 +108,14 @@ pub struct Pipeline {
     /// (table, partition) whose next sequence changed since the last flush into a
     /// batch: `seq` marks them, `flush_seqs` writes them.
     dirty_seqs: BTreeSet<(Table, i32)>,
+    /// A restored state's records beyond its position whose rows the sink already
+    /// holds: partition → offset → table. Replayed for their state effects; their rows
+    /// are not sent again (see `landed.rs`).
+    landed: HashMap<i32, BTreeMap<i64, Table>>,
+    /// Open windows whose `payment_metrics` row the sink already holds.
+    landed_windows: BTreeSet<WindowKey>,
+    /// Partition → the max event time it reaches once its landed records are replayed.
+    floors: HashMap<i32, i64>,
 }
 
 /// (partition, window start µs, currency code).
@@ -158,12 +170,21 @@ impl Pipeline {
             })?;
             windows.insert((p, start, currency), agg);
         }
+        let ahead = store.landed_ahead()?;
+        let landed_windows = ahead
+            .windows
+            .iter()
+            .filter_map(|(p, start, c)| Some((*p, *start, Currency::from_code(c)?.code())))
+            .collect();
         Ok(Pipeline {
             cfg,
             partitions,
             next_seq,
             windows,
             dirty_seqs: BTreeSet::new(),
+            landed: ahead.records.into_iter().collect(),
+            landed_windows,
+            floors: ahead.floors.into_iter().collect(),
         })
     }
 
@@ -220,8 +241,21 @@ impl Pipeline {
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();
         for (r, d) in records.iter().zip(&decoded) {
-            let (table, seq, row) = self.record(r, d, &mut state, &mut windows_touched, &mut stats);
-            batch.put_outbox(table, r.partition, seq, row);
+            // A record whose row the sink already holds (a restored state replaying
+            // past its position) has its state effects, not its row.
+            let landed = self.take_landed(r, &mut batch);
+            let (table, seq, row) = self.record(
+                r,
+                d,
+                landed.is_none(),
+                &mut state,
+                &mut windows_touched,
+                &mut stats,
+            );
+            match landed {
+                None => batch.put_outbox(table, r.partition, seq, row),
+                Some(held) => self.check_landed(r, table, held, &mut stats),
+            }
         }
 
         // 3. Close the windows the watermarks have passed.
@@ -273,11 +307,13 @@ impl Pipeline {
     }
 
     /// One record: classify it, apply its outcome's state effects, render its row.
-    /// Returns the row with its table and sequence.
+    /// Returns the row with its table and sequence; with `send` false (a landed record)
+    /// everything happens but the sequence allocation (the row is then not sent).
     fn record<'a>(
         &mut self,
         r: &InputRecord<'_>,
         decoded: &'a Result<PaymentEvent, ValidationError>,
+        send: bool,
         state: &mut BatchState<'a>,
         touched: &mut BTreeSet<WindowKey>,
         stats: &mut BatchStats,
@@ -290,7 +326,11 @@ impl Pipeline {
         let outcome = classify(decoded, existing, wm, self.cfg.retention_micros);
         stats.count(r, &outcome);
         let table = outcome.table();
-        let seq = self.seq(table, r.partition);
+        let seq = if send {
+            self.seq(table, r.partition)
+        } else {
+            0
+        };
         let row = match outcome {
             // Invalid and late records change no state.
             Outcome::Invalid { error } => rows::processing_error(r, error, seq),

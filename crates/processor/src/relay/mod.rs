@@ -220,7 +220,10 @@ mod tests {
             columns: &[&str],
             each: &mut dyn FnMut(&paydedup_sink::StoredRow) -> Result<(), SinkError>,
         ) -> Result<(), SinkError> {
-            self.0.lock().unwrap().scan_rows(t, partitions, columns, each)
+            self.0
+                .lock()
+                .unwrap()
+                .scan_rows(t, partitions, columns, each)
         }
     }
 
