@@ -37,6 +37,7 @@ pub mod pipeline;
 pub mod processor;
 pub mod reconcile;
 pub mod relay;
+pub mod restore;
 pub mod shutdown;
 pub mod state_cmd;
 pub mod wiring;

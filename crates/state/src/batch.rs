@@ -94,19 +94,6 @@ impl StateBatch {
         self.delete_meta(meta::landed_window(partition, start, currency));
     }
 
-    /// The max event time `partition` reaches once its landed records are replayed.
-    pub fn set_max_event_floor(&mut self, partition: i32, micros: i64) {
-        self.put(
-            cf::CF_META,
-            meta::max_event_floor(partition),
-            micros.to_be_bytes(),
-        );
-    }
-
-    pub fn clear_max_event_floor(&mut self, partition: i32) {
-        self.delete_meta(meta::max_event_floor(partition));
-    }
-
     /// An output row with its sequence number (allocated by the caller, dense per
     /// (table, partition)); [`StateBatch::set_next_seq`] must record the next one.
     pub fn put_outbox(&mut self, table: Table, partition: i32, seq: u64, row: Vec<u8>) {

@@ -162,14 +162,6 @@ pub mod meta {
 
     pub const LANDED_WINDOW_PREFIX: &[u8] = b"landedwin/";
 
-    /// The max event time a restored partition reaches once its landed records are
-    /// replayed (implied by the windows the sink holds closed).
-    pub fn max_event_floor(partition: i32) -> Vec<u8> {
-        with_partition(MAX_EVENT_FLOOR_PREFIX, partition)
-    }
-
-    pub const MAX_EVENT_FLOOR_PREFIX: &[u8] = b"floor/";
-
     /// A sink's own bookkeeping for a (table, partition), e.g. a BigQuery stream name.
     pub fn sink(table: Table, partition: i32) -> Vec<u8> {
         let mut k = b"sink/".to_vec();

@@ -5,9 +5,7 @@
 //! for records beyond it (the relay delivers each table on its own): those records are
 //! read again and go through the pipeline like any other — so the dedup index, windows
 //! and watermark evolve exactly as they did the first time — but their rows are not
-//! sent again. Once a partition's last landed record is passed, its max event time
-//! rises to the floor the sink's closed windows imply (a drain or an idle advance
-//! moved it past them the first time).
+//! sent again.
 //!
 //! If the replay puts a landed record in another table than the sink holds it in, the
 //! record stays where it is (it is in the warehouse once) and the disagreement is
@@ -15,11 +13,10 @@
 
 use paydedup_state::{StateBatch, Table};
 
-use super::{watermark, BatchStats, InputRecord, Pipeline};
+use super::{BatchStats, InputRecord, Pipeline};
 
 impl Pipeline {
-    /// Whether the sink already holds `r`'s row (and in which table); clears the mark,
-    /// and applies the partition's max event floor once its last landed record passed.
+    /// Whether the sink already holds `r`'s row (and in which table); clears the mark.
     pub(super) fn take_landed(
         &mut self,
         r: &InputRecord<'_>,
@@ -39,22 +36,8 @@ impl Pipeline {
         }
         if marks.is_empty() {
             self.landed.remove(&r.partition);
-            self.apply_floor(r.partition, batch);
         }
         held
-    }
-
-    /// Raises a partition's max event time to its floor, once.
-    fn apply_floor(&mut self, partition: i32, batch: &mut StateBatch) {
-        let Some(floor) = self.floors.remove(&partition) else {
-            return;
-        };
-        let progress = self.partitions.entry(partition).or_default();
-        progress.max_event_micros = watermark::advance(progress.max_event_micros, floor);
-        if let Some(m) = progress.max_event_micros {
-            batch.set_max_event_time(partition, m);
-        }
-        batch.clear_max_event_floor(partition);
     }
 
     pub(super) fn check_landed(

@@ -114,8 +114,6 @@ pub struct Pipeline {
     landed: HashMap<i32, BTreeMap<i64, Table>>,
     /// Open windows whose `payment_metrics` row the sink already holds.
     landed_windows: BTreeSet<WindowKey>,
-    /// Partition → the max event time it reaches once its landed records are replayed.
-    floors: HashMap<i32, i64>,
 }
 
 /// (partition, window start µs, currency code).
@@ -184,7 +182,6 @@ impl Pipeline {
             dirty_seqs: BTreeSet::new(),
             landed: ahead.records.into_iter().collect(),
             landed_windows,
-            floors: ahead.floors.into_iter().collect(),
         })
     }
 

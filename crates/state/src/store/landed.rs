@@ -1,6 +1,6 @@
 //! What a restored state must not send again: the records beyond its position whose
-//! rows the sink already holds, the windows the sink already holds closed, and the max
-//! event time those imply (see `paydedup-processor restore`).
+//! rows the sink already holds, and the windows the sink already holds closed (see
+//! `paydedup-processor restore`).
 
 use std::collections::BTreeMap;
 
@@ -15,8 +15,6 @@ pub struct LandedAhead {
     pub records: BTreeMap<i32, BTreeMap<i64, Table>>,
     /// (partition, window start µs, currency) of windows held closed by the sink.
     pub windows: Vec<(i32, i64, String)>,
-    /// Partition → max event time it reaches once its landed records are replayed.
-    pub floors: BTreeMap<i32, i64>,
 }
 
 impl StateStore {
@@ -44,7 +42,6 @@ impl StateStore {
             out.windows.push(w);
             Ok(())
         })?;
-        out.floors = self.scan_meta_i64(meta::MAX_EVENT_FLOOR_PREFIX)?;
         Ok(out)
     }
 }
@@ -62,7 +59,6 @@ mod tests {
         b.set_landed_record(1, 300, Table::DedupAudit);
         b.set_landed_record(1, 301, Table::Payments);
         b.set_landed_window(1, 60_000_000, "EUR");
-        b.set_max_event_floor(1, 42);
         s.commit(b).unwrap();
         let l = s.landed_ahead().unwrap();
         assert_eq!(
@@ -70,12 +66,10 @@ mod tests {
             BTreeMap::from([(300, Table::DedupAudit), (301, Table::Payments)])
         );
         assert_eq!(l.windows, vec![(1, 60_000_000, "EUR".to_owned())]);
-        assert_eq!(l.floors, BTreeMap::from([(1, 42)]));
         let mut b = StateBatch::new();
         b.clear_landed_record(1, 300);
         b.clear_landed_record(1, 301);
         b.clear_landed_window(1, 60_000_000, "EUR");
-        b.clear_max_event_floor(1);
         s.commit(b).unwrap();
         assert_eq!(s.landed_ahead().unwrap(), LandedAhead::default());
     }
