@@ -61,7 +61,9 @@ pub enum Disagreement {
     #[error(
         "{table} partition {partition}: the sink holds {sink} rows, but this state holds nothing for the \
          partition; new rows would be dropped as already present. Start with the state directory that \
-         wrote those rows (or a copy of it), or deliver to an empty dataset or directory"
+         wrote those rows (or a copy of it), rebuild it from the sink (`paydedup-processor restore` with \
+         the flags of `run`; `run` does it itself without --no-auto-restore), or deliver to an empty \
+         dataset or directory"
     )]
     EmptyStateFacesRows {
         table: Table,

@@ -19,6 +19,9 @@ pub struct Cli {
 pub enum Command {
     /// Consume, deduplicate, enrich and deliver (the processor).
     Run(Box<RunConfig>),
+    /// Rebuild an empty state directory from what the sink holds (the flags of `run`):
+    /// for a lost or unusable volume, or a partition's new owner.
+    Restore(Box<RunConfig>),
     /// Print what a state directory holds: keys, bytes, offsets, watermarks, outbox depth.
     State(StateArgs),
     /// Check the delivered output (and the simulator's manifest); exit non-zero on a mismatch.

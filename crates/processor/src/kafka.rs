@@ -268,6 +268,19 @@ impl KafkaSource {
         tpl
     }
 
+    /// The log end offset (high watermark) of every owned partition.
+    pub fn log_ends(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let mut out = BTreeMap::new();
+        for &p in &self.owned {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, Duration::from_secs(30))
+                .with_context(|| format!("reading the end of partition {p}"))?;
+            out.insert(p, high);
+        }
+        Ok(out)
+    }
+
     /// Lag per owned partition (high watermark minus the checkpointed next offset), or
     /// `None` when the broker did not answer for some partition.
     pub fn lag(&self, next_offset: impl Fn(i32) -> Option<i64>) -> Option<Vec<(i32, i64)>> {

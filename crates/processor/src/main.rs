@@ -32,6 +32,13 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Restore(_) => {
+            let config = RunConfig::parse_layered(std::env::args_os().skip(2))?;
+            init_logging(config.process.log_format);
+            let report = wiring::restore(&config)?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Run(_) => {
             // Parsed again on its own so the config file can be layered under the flags.
             let config = RunConfig::parse_layered(std::env::args_os().skip(2))?;

@@ -1,10 +1,11 @@
 //! Wiring: builds a running [`Processor`] from a [`RunConfig`] and runs it.
 //!
-//! Order matters: the state store opens first (it holds the position), the pipeline
+//! Order matters: the state store opens first (it holds the position); an empty one
+//! facing a sink that holds rows is rebuilt from the sink (`restore`); the pipeline
 //! loads its in-memory view from it, the consumer is assigned at the checkpointed
-//! offsets (one record early, to check the log), state and sink are checked to agree (`agreement`), the relay starts on
-//! whatever the outbox already holds, and only then does
-//! `/readyz` turn ready.
+//! offsets (one record early, to check the log), state and sink are checked to agree
+//! (`agreement`), the relay starts on whatever the outbox already holds, and only then
+//! does `/readyz` turn ready.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::processor::{Exit, LoopSettings, Processor};
 use crate::relay::{OutboxRelay, RelayConfig};
+use crate::restore::{self, rebuild::RebuildConfig, RestoreError, RestoreReport};
 use crate::shutdown::Shutdown;
 
 /// A duration as i64 microseconds (the pipeline's unit). Settings are bounded far
@@ -52,20 +54,24 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Exit> {
 
 fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<Processor> {
     let store = Arc::new(open_store(config)?);
-    let pipeline = Pipeline::load(pipeline_config(config)?, &store)?;
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
-    identity::bind(
-        &store,
-        &StateIdentity {
-            topic: source.topic().to_owned(),
-            partitions: source.partition_count(),
-            allowed_lateness_secs: config.pipeline.allowed_lateness.as_secs(),
-            window_secs: config.pipeline.window.as_secs(),
-        },
-    )
-    .with_context(|| format!("starting on {}", config.store.state_dir.display()))?;
-    source.assign(|p| pipeline.next_offset(p), &store.last_records()?)?;
     let mut sink = open_sink(config, &store)?;
+    // A lost volume: an empty state facing a sink that holds rows is rebuilt from the
+    // sink (unless told to stop; the start-up agreement below then refuses it).
+    if !config.store.no_auto_restore
+        && restore::is_empty(&store)?
+        && retry_while_unavailable(config, SinkError::is_retryable, || {
+            restore::sink_holds_rows(sink.as_mut(), source.owned())
+        })?
+    {
+        tracing::warn!(state_dir = %config.store.state_dir.display(), partitions = ?source.owned(), "The state directory is empty but the sink holds rows for its partitions: restoring it from the sink.");
+        let report = restore_into(config, &store, sink.as_mut(), &source)?;
+        tracing::info!(%report, "Restored the state from the sink.");
+    }
+    let pipeline = Pipeline::load(pipeline_config(config)?, &store)?;
+    identity::bind(&store, &state_identity(config, &source))
+        .with_context(|| format!("starting on {}", config.store.state_dir.display()))?;
+    source.assign(|p| pipeline.next_offset(p), &store.last_records()?)?;
     let mut relay_config = relay_config(config);
     relay_config.verify_resent_below =
         agree_with_sink(config, &store, sink.as_mut(), source.owned())?;
@@ -87,6 +93,55 @@ fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Re
         metrics,
         shutdown,
     ))
+}
+
+fn state_identity(config: &RunConfig, source: &KafkaSource) -> StateIdentity {
+    StateIdentity {
+        topic: source.topic().to_owned(),
+        partitions: source.partition_count(),
+        allowed_lateness_secs: config.pipeline.allowed_lateness.as_secs(),
+        window_secs: config.pipeline.window.as_secs(),
+    }
+}
+
+/// `paydedup-processor restore`: rebuilds the (empty) state directory of this
+/// instance's partitions from the sink, and binds it to the topic and settings.
+pub fn restore(config: &RunConfig) -> anyhow::Result<RestoreReport> {
+    let store = Arc::new(open_store(config)?);
+    let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
+    let mut sink = open_sink(config, &store)?;
+    restore_into(config, &store, sink.as_mut(), &source)
+}
+
+fn restore_into(
+    config: &RunConfig,
+    store: &StateStore,
+    sink: &mut dyn Sink,
+    source: &KafkaSource,
+) -> anyhow::Result<RestoreReport> {
+    let p = pipeline_config(config)?;
+    let cfg = RebuildConfig {
+        allowed_lateness_micros: p.allowed_lateness_micros,
+        retention_micros: p.retention_micros,
+        window_micros: p.window_micros,
+        fraud_ttl_micros: StoreOptions::default().fraud_ttl_micros,
+        fraud: p.fraud,
+    };
+    let log_end = source.log_ends()?;
+    let report = retry_while_unavailable(
+        config,
+        |e: &RestoreError| matches!(e, RestoreError::Sink { source, .. } if source.is_retryable()),
+        || restore::restore(store, &mut *sink, source.owned(), &log_end, &cfg),
+    )
+    .with_context(|| {
+        format!(
+            "restoring {} from the sink",
+            config.store.state_dir.display()
+        )
+    })?;
+    identity::bind(store, &state_identity(config, source))
+        .with_context(|| format!("binding {}", config.store.state_dir.display()))?;
+    Ok(report)
 }
 
 fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {

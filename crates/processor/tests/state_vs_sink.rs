@@ -51,17 +51,34 @@ fn an_empty_or_foreign_state_never_has_rows_dropped_as_present() {
     assert!(run(&broker, &state, &out).status.success());
     let delivered = canonical_output(&out, &[]);
 
-    // An empty state facing that sink: stops before sending anything.
-    let empty = run(&broker, &d.join("empty"), &out);
+    // An empty state facing that sink, told not to restore: stops before sending
+    // anything, naming the way out.
+    let empty = processor_command(
+        &broker,
+        "payments",
+        &d.join("empty"),
+        &out,
+        &["--no-auto-restore"],
+    )
+    .args(["--exit-when-caught-up", "--drain"])
+    .output()
+    .unwrap();
     assert!(
         !empty.status.success(),
         "an empty state started against a full sink"
     );
     assert!(
-        stderr(&empty).contains("this state holds nothing for the partition"),
+        stderr(&empty).contains("this state holds nothing for the partition")
+            && stderr(&empty).contains("paydedup-processor restore"),
         "{}",
         stderr(&empty)
     );
+    assert_eq!(canonical_output(&out, &[]), delivered, "the sink changed");
+
+    // Without the flag it rebuilds itself from the sink, which already holds
+    // everything: nothing to send, nothing sent.
+    let restored = run(&broker, &d.join("empty-2"), &out);
+    assert!(restored.status.success(), "{}", stderr(&restored));
     assert_eq!(canonical_output(&out, &[]), delivered, "the sink changed");
 
     // The older backup replays the second half: the same rows, verified one by one

@@ -148,6 +148,11 @@ pub struct StoreSettings {
     #[arg(id = "ttl_compaction_secs", long = "ttl-compaction-secs", env = "PAYDEDUP_TTL_COMPACTION_SECS",
           value_name = "SECS", default_value = "600", value_parser = parse::seconds)]
     pub ttl_compaction_every: Duration,
+    /// Stop, instead of rebuilding it from the sink (`restore`), when the state
+    /// directory is empty and the sink holds rows for the owned partitions (a lost
+    /// volume).
+    #[arg(long, env = "PAYDEDUP_NO_AUTO_RESTORE")]
+    pub no_auto_restore: bool,
 }
 
 /// The outbox relay and the sink it delivers to.

@@ -74,6 +74,24 @@ pub struct RestoreReport {
     pub elapsed_ms: u64,
 }
 
+impl std::fmt::Display for RestoreReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "restored partitions {:?} from {} rows in {} ms: positions {:?}, {} records beyond them already delivered (replayed, not resent), {} dedup entries, {} open windows, {} closed windows to send, {} fraud keys",
+            self.partitions,
+            self.rows_read,
+            self.elapsed_ms,
+            self.positions,
+            self.landed_ahead,
+            self.dedup_entries,
+            self.open_windows,
+            self.windows_emitted,
+            self.fraud_keys
+        )
+    }
+}
+
 /// Whether a state directory holds nothing yet (no position, no outbox, no windows).
 pub fn is_empty(store: &StateStore) -> Result<bool, StateError> {
     Ok(store.next_offsets()?.is_empty()
