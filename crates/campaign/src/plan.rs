@@ -76,6 +76,8 @@ pub enum Fault {
     Misstart(Misstart),
     /// The next chunk partly from a producer whose clock is this many seconds off.
     ClockSkew { secs: i64 },
+    /// SIGKILL and the state directory deleted: the restart restores from the sink.
+    LostVolume,
 }
 
 impl Fault {
@@ -92,6 +94,7 @@ impl Fault {
             Fault::Corruption { .. } => "corruption",
             Fault::Misstart(_) => "misstart",
             Fault::ClockSkew { .. } => "clock_skew",
+            Fault::LostVolume => "lost_volume",
         }
     }
 
@@ -118,6 +121,8 @@ pub struct FaultCounts {
     pub misstarts: u32,
     /// Chunks from a skewed producer, alternately an hour ahead and behind.
     pub clock_skews: u32,
+    /// State directories deleted (restored from the warehouse on restart).
+    pub lost_volumes: u32,
 }
 
 impl FaultCounts {
@@ -134,6 +139,7 @@ impl FaultCounts {
             corruptions: 4,
             misstarts: 5,
             clock_skews: 2,
+            lost_volumes: 2,
         }
     }
 
@@ -151,6 +157,7 @@ impl FaultCounts {
             corruptions: 20,
             misstarts: 20,
             clock_skews: 6,
+            lost_volumes: 10,
         }
     }
 }
@@ -197,6 +204,7 @@ pub fn schedule(seed: u64, counts: &FaultCounts, rounds: usize) -> Vec<Vec<Fault
             Misstart::ALL[i as usize % Misstart::ALL.len()],
         ));
     }
+    during.extend((0..counts.lost_volumes).map(|_| Fault::LostVolume));
     for i in 0..counts.clock_skews {
         let secs = if i % 2 == 0 { 3_600 } else { -3_600 };
         during.push(Fault::ClockSkew { secs });
@@ -246,6 +254,7 @@ mod tests {
         assert_eq!(count("corruption"), c.corruptions);
         assert_eq!(count("misstart"), c.misstarts);
         assert_eq!(count("clock_skew"), c.clock_skews);
+        assert_eq!(count("lost_volume"), c.lost_volumes);
         for m in Misstart::ALL {
             assert!(plan.contains(&Fault::Misstart(m)), "{m:?}");
         }

@@ -526,6 +526,7 @@ impl Campaign {
     fn inject(&mut self, fault: &Fault, producer: &Producer) -> anyhow::Result<()> {
         match fault {
             Fault::Misstart(m) => self.misstart(*m)?,
+            Fault::LostVolume => self.lost_volume()?,
             Fault::ClockSkew { secs } => producer.skew_next_chunk(*secs),
             Fault::Kill => {
                 if self.kill_running() {
@@ -644,7 +645,14 @@ impl Campaign {
                 "301".into(),
             ),
         };
-        self.processor.start_edited(|a| set_flag(a, flag, &value))?;
+        self.processor.start_edited(|a| {
+            set_flag(a, flag, &value);
+            if m == Misstart::EmptyState {
+                // Told not to rebuild itself from the sink (the lost-volume fault
+                // covers that): it must refuse.
+                a.push("--no-auto-restore".into());
+            }
+        })?;
         let ended = self.processor.wait(Duration::from_secs(90));
         let log = self.processor.log();
         match ended {
@@ -658,6 +666,29 @@ impl Campaign {
             }
         }
         let _ = std::fs::remove_dir_all(&empty);
+        Ok(())
+    }
+
+    /// Kills the processor and deletes its state directory (a lost volume); the next
+    /// start must rebuild the state from the warehouse and go on.
+    fn lost_volume(&mut self) -> anyhow::Result<()> {
+        self.kill_running();
+        let state = self.volume.state_dir();
+        if state.exists() {
+            std::fs::remove_dir_all(&state)?;
+        }
+        self.processor.start(None, &[])?;
+        self.processor.wait_ready(Duration::from_secs(120));
+        let log = self.processor.log();
+        if log.contains("Restored the state from the sink") {
+            self.fired("lost_volume");
+        } else {
+            self.report.notes.push(format!(
+                "lost volume: run {} did not restore (nothing delivered yet?): {}",
+                self.processor.runs(),
+                log.lines().last().unwrap_or("")
+            ));
+        }
         Ok(())
     }
 
