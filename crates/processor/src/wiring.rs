@@ -1,7 +1,8 @@
 //! Wiring: builds a running [`Processor`] from a [`RunConfig`] and runs it.
 //!
-//! Order matters: the state store opens first (it holds the position); an empty one
-//! facing a sink that holds rows is rebuilt from the sink (`restore`); the pipeline
+//! Order matters: the state store opens first (it holds the position); owned
+//! partitions it holds nothing for but the sink holds rows for are rebuilt from the
+//! sink (`restore`); the pipeline
 //! loads its in-memory view from it, the consumer is assigned at the checkpointed
 //! offsets (one record early, to check the log), state and sink are checked to agree
 //! (`agreement`), the relay starts on whatever the outbox already holds, and only then
@@ -55,18 +56,20 @@ pub fn run(config: &RunConfig) -> anyhow::Result<Exit> {
 fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<Processor> {
     let store = Arc::new(open_store(config)?);
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
-    let mut sink = open_sink(config, &store)?;
-    // A lost volume: an empty state facing a sink that holds rows is rebuilt from the
-    // sink (unless told to stop; the start-up agreement below then refuses it).
-    if !config.store.no_auto_restore
-        && restore::is_empty(&store)?
-        && retry_while_unavailable(config, SinkError::is_retryable, || {
-            restore::sink_holds_rows(sink.as_mut(), source.owned())
-        })?
-    {
-        tracing::warn!(state_dir = %config.store.state_dir.display(), partitions = ?source.owned(), "The state directory is empty but the sink holds rows for its partitions: restoring it from the sink.");
-        let report = restore_into(config, &store, sink.as_mut(), &source)?;
-        tracing::info!(%report, "Restored the state from the sink.");
+    let mut sink = open_sink(config, &store, source.owned())?;
+    // A lost volume, or partitions taken over: owned partitions the state holds
+    // nothing for but the sink holds rows for are rebuilt from the sink (unless told to
+    // stop; the start-up agreement below then refuses them).
+    if !config.store.no_auto_restore {
+        let unpositioned = restore::unpositioned(&store, source.owned())?;
+        let missing = retry_while_unavailable(config, SinkError::is_retryable, || {
+            restore::partitions_with_rows(sink.as_mut(), &unpositioned)
+        })?;
+        if !missing.is_empty() {
+            tracing::warn!(state_dir = %config.store.state_dir.display(), partitions = ?missing, "The state holds nothing for partitions the sink holds rows for: restoring them from the sink.");
+            let report = restore_into(config, &store, sink.as_mut(), &source, &missing)?;
+            tracing::info!(%report, "Restored the state from the sink.");
+        }
     }
     let pipeline = Pipeline::load(pipeline_config(config)?, &store)?;
     identity::bind(&store, &state_identity(config, &source))
@@ -109,8 +112,8 @@ fn state_identity(config: &RunConfig, source: &KafkaSource) -> StateIdentity {
 pub fn restore(config: &RunConfig) -> anyhow::Result<RestoreReport> {
     let store = Arc::new(open_store(config)?);
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
-    let mut sink = open_sink(config, &store)?;
-    restore_into(config, &store, sink.as_mut(), &source)
+    let mut sink = open_sink(config, &store, source.owned())?;
+    restore_into(config, &store, sink.as_mut(), &source, source.owned())
 }
 
 fn restore_into(
@@ -118,6 +121,7 @@ fn restore_into(
     store: &StateStore,
     sink: &mut dyn Sink,
     source: &KafkaSource,
+    partitions: &[i32],
 ) -> anyhow::Result<RestoreReport> {
     let p = pipeline_config(config)?;
     let cfg = RebuildConfig {
@@ -131,7 +135,7 @@ fn restore_into(
     let report = retry_while_unavailable(
         config,
         |e: &RestoreError| matches!(e, RestoreError::Sink { source, .. } if source.is_retryable()),
-        || restore::restore(store, &mut *sink, source.owned(), &log_end, &cfg),
+        || restore::restore(store, &mut *sink, partitions, &log_end, &cfg),
     )
     .with_context(|| {
         format!(
@@ -230,13 +234,16 @@ fn relay_config(config: &RunConfig) -> RelayConfig {
     }
 }
 
-fn open_sink(config: &RunConfig, store: &Arc<StateStore>) -> anyhow::Result<Box<dyn Sink>> {
+fn open_sink(
+    config: &RunConfig,
+    store: &Arc<StateStore>,
+    owned: &[i32],
+) -> anyhow::Result<Box<dyn Sink>> {
     match &config.relay.sink {
-        SinkTarget::File(dir) => {
-            Ok(Box::new(FileSink::open(dir).with_context(|| {
-                format!("opening the file sink at {}", dir.display())
-            })?))
-        }
+        SinkTarget::File(dir) => Ok(Box::new(
+            FileSink::open_owned(dir, owned)
+                .with_context(|| format!("opening the file sink at {}", dir.display()))?,
+        )),
         SinkTarget::BigQuery { target } => {
             let cfg = config.bigquery.config(target)?;
             let sink = retry_while_unavailable(config, SinkError::is_retryable, || {

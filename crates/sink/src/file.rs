@@ -24,6 +24,8 @@ pub struct FileSink {
     /// Identities read ahead for a resend that is being verified: one scan of the file
     /// serves the whole overlap, which the relay asks for in ascending pieces.
     identities: HashMap<(Table, i32), BTreeMap<u64, RowIdentity>>,
+    /// Held exclusive locks, one per owned partition (see [`FileSink::open_owned`]).
+    _locks: Vec<File>,
 }
 
 #[derive(Deserialize)]
@@ -48,10 +50,45 @@ impl FileSink {
             next: HashMap::new(),
             fsync: true,
             identities: HashMap::new(),
+            _locks: Vec::new(),
         };
         for table in Table::ALL {
             sink.recover(table)?;
         }
+        Ok(sink)
+    }
+
+    /// Opens the sink as the one deliverer of `partitions`: an exclusive lock per
+    /// partition (`DIR/.owner-p<P>.lock`, held until the process exits, released by the
+    /// kernel if it dies). A second processor configured to own one of them is fenced
+    /// at start ([`SinkError::Fenced`]), so two owners of a partition never both
+    /// deliver. (Advisory `flock` locks: the directory must be on a local or
+    /// lock-honouring filesystem.)
+    pub fn open_owned(dir: &Path, partitions: &[i32]) -> Result<FileSink, SinkError> {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+        let mut locks = Vec::with_capacity(partitions.len());
+        for &p in partitions {
+            let path = dir.join(format!(".owner-p{p}.lock"));
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| io("opening", &path, e))?;
+            match file.try_lock() {
+                Ok(()) => locks.push(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(SinkError::Fenced {
+                        partition: p,
+                        holder: format!("it holds {}", path.display()),
+                    })
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("locking", &path, e)),
+            }
+        }
+        let mut sink = FileSink::open(dir)?;
+        sink._locks = locks;
         Ok(sink)
     }
 
@@ -278,6 +315,18 @@ mod tests {
 
     fn row(p: i32, s: u64) -> Vec<u8> {
         format!("{{\"source_partition\":{p},\"outbox_seq\":{s}}}").into_bytes()
+    }
+
+    #[test]
+    fn a_second_owner_of_a_partition_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = FileSink::open_owned(dir.path(), &[0, 1]).unwrap();
+        let e = FileSink::open_owned(dir.path(), &[1, 2]).err().unwrap();
+        assert!(matches!(e, SinkError::Fenced { partition: 1, .. }), "{e}");
+        // Other partitions are free; the lock goes with its holder.
+        assert!(FileSink::open_owned(dir.path(), &[2, 3]).is_ok());
+        drop(first);
+        assert!(FileSink::open_owned(dir.path(), &[1]).is_ok());
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum SinkError {
     /// rows before it are valid and must be re-sent, only that one is dead-lettered.
     #[error("row {index} of the append rejected by the sink: {reason}")]
     Rejected { index: usize, reason: String },
+    /// Another processor delivers this partition: this one must not (fencing).
+    #[error("partition {partition} is delivered by another processor ({holder}); two owners of one partition never both deliver")]
+    Fenced { partition: i32, holder: String },
     /// Anything else that will not get better by retrying.
     #[error("sink error: {0}")]
     Fatal(String),
@@ -69,6 +72,7 @@ impl SinkError {
             SinkError::Transient(_) => "transient",
             SinkError::Gap { .. } => "gap",
             SinkError::Rejected { .. } => "rejected",
+            SinkError::Fenced { .. } => "fenced",
             SinkError::Fatal(_) => "fatal",
         }
     }

@@ -83,6 +83,7 @@ impl RelayError {
             RelayError::SinkUnavailable { .. } => "sink_unavailable",
             RelayError::Sink { source, .. } => match source {
                 SinkError::Gap { .. } => "sink_gap",
+                SinkError::Fenced { .. } => "fenced",
                 _ => "sink_fatal",
             },
             RelayError::SkipRejected { .. } => "sink_skip",

@@ -39,8 +39,8 @@ use rebuild::{rebuild, RebuildConfig, Rebuilt};
 
 #[derive(Debug, Error)]
 pub enum RestoreError {
-    #[error("restore writes into an empty state directory, and this one holds state (move it away, or point --state-dir elsewhere)")]
-    NotEmpty,
+    #[error("restore writes only partitions a state holds nothing for, and this one already has a position on partition {partition} (move the directory away, or point --state-dir elsewhere)")]
+    NotEmpty { partition: i32 },
     #[error("reading {table} from the sink")]
     Sink {
         table: Table,
@@ -92,27 +92,38 @@ impl std::fmt::Display for RestoreReport {
     }
 }
 
-/// Whether a state directory holds nothing yet (no position, no outbox, no windows).
-pub fn is_empty(store: &StateStore) -> Result<bool, StateError> {
-    Ok(store.next_offsets()?.is_empty()
-        && store.next_seqs()?.is_empty()
-        && store.windows()?.is_empty())
+/// The partitions of `owned` a state holds nothing for: no position, no sequence.
+pub fn unpositioned(store: &StateStore, owned: &[i32]) -> Result<Vec<i32>, StateError> {
+    let offsets = store.next_offsets()?;
+    let seqs = store.next_seqs()?;
+    Ok(owned
+        .iter()
+        .copied()
+        .filter(|p| !offsets.contains_key(p) && !seqs.keys().any(|(_, q)| q == p))
+        .collect())
 }
 
-/// Whether the sink holds any row of `partitions` (what makes an empty state unsafe).
-pub fn sink_holds_rows(sink: &mut dyn Sink, partitions: &[i32]) -> Result<bool, SinkError> {
-    for t in Table::ALL {
-        for &p in partitions {
+/// The partitions of `partitions` the sink holds rows for (where a state that holds
+/// nothing would have its rows dropped as already present).
+pub fn partitions_with_rows(
+    sink: &mut dyn Sink,
+    partitions: &[i32],
+) -> Result<Vec<i32>, SinkError> {
+    let mut out = Vec::new();
+    for &p in partitions {
+        for t in Table::ALL {
             if sink.next_seq(t, p)?.unwrap_or(0) > 0 {
-                return Ok(true);
+                out.push(p);
+                break;
             }
         }
     }
-    Ok(false)
+    Ok(out)
 }
 
-/// Rebuilds `partitions` into the empty `store` from what `sink` holds; `log_end` is
-/// each partition's log end offset (Kafka's high watermark), where known.
+/// Rebuilds `partitions` into `store`, which must hold nothing for them (it may hold
+/// other partitions: a processor that takes partitions over), from what `sink` holds;
+/// `log_end` is each partition's log end offset (Kafka's high watermark), where known.
 pub fn restore(
     store: &StateStore,
     sink: &mut dyn Sink,
@@ -121,9 +132,13 @@ pub fn restore(
     cfg: &RebuildConfig,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    if !is_empty(store)? {
-        return Err(RestoreError::NotEmpty);
+    let free = unpositioned(store, partitions)?;
+    if let Some(&partition) = partitions.iter().find(|p| !free.contains(p)) {
+        return Err(RestoreError::NotEmpty { partition });
     }
+    // A state that holds other partitions keeps its global expiry horizon and the fraud
+    // history it has (shared across partitions; scores are advisory).
+    let fresh = store.next_offsets()?.is_empty();
     let mut facts = Facts::default();
     let mut rows_read = 0u64;
     for table in Table::ALL {
@@ -144,7 +159,7 @@ pub fn restore(
     }
     let rebuilt = rebuild(&facts, partitions, log_end, cfg)?;
     let mut batch = StateBatch::new();
-    let mut report = write(&rebuilt, sink, cfg, &mut batch)?;
+    let mut report = write(&rebuilt, sink, cfg, store, fresh, &mut batch)?;
     store.commit(batch)?;
     report.partitions = partitions.to_vec();
     report.rows_read = rows_read;
@@ -159,6 +174,8 @@ fn write(
     r: &Rebuilt,
     sink: &mut dyn Sink,
     cfg: &RebuildConfig,
+    store: &StateStore,
+    fresh: bool,
     batch: &mut StateBatch,
 ) -> Result<RestoreReport, RestoreError> {
     let mut report = RestoreReport::default();
@@ -199,7 +216,7 @@ fn write(
             batch.set_next_seq(t, p, next);
         }
     }
-    if let Some(wm) = min_wm {
+    if let (Some(wm), true) = (min_wm, fresh) {
         batch.set_horizon(wm);
     }
     for (id, e) in &r.dedup {
@@ -213,12 +230,20 @@ fn write(
     for (p, start, currency) in &r.landed_windows {
         batch.set_landed_window(*p, *start, currency);
     }
-    for (card, state) in &r.cards {
-        batch.put_fraud(paydedup_fraud::CardState::key(card), state.encode());
+    let fraud = r
+        .cards
+        .iter()
+        .map(|(card, s)| (paydedup_fraud::CardState::key(card), s.encode()))
+        .chain(
+            r.customers
+                .iter()
+                .map(|(c, s)| (paydedup_fraud::CustomerState::key(c), s.encode())),
+        );
+    for (key, value) in fraud {
+        if fresh || store.get_fraud(&key)?.is_none() {
+            batch.put_fraud(key, value);
+            report.fraud_keys += 1;
+        }
     }
-    for (customer, state) in &r.customers {
-        batch.put_fraud(paydedup_fraud::CustomerState::key(customer), state.encode());
-    }
-    report.fraud_keys = (r.cards.len() + r.customers.len()) as u64;
     Ok(report)
 }

@@ -261,5 +261,9 @@ fn restore_refuses_a_state_that_is_not_empty() {
         &rebuild_config(),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("empty state directory"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("already has a position on partition 0"),
+        "{e}"
+    );
 }
