@@ -247,7 +247,7 @@ fn open_sink(
         SinkTarget::BigQuery { target } => {
             let cfg = config.bigquery.config(target)?;
             let sink = retry_while_unavailable(config, SinkError::is_retryable, || {
-                BigQuerySink::open(&cfg, store.clone())
+                BigQuerySink::open(&cfg, store.clone(), owned)
             })
             .with_context(|| {
                 format!(

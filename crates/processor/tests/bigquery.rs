@@ -91,8 +91,21 @@ fn sigkill_during_delivery_changes_nothing() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let (mut kills, mut mid_relay) = (0, 0);
     for _ in 0..40 {
-        let mut child = spawn_processor(&broker, "payments", &state, &dir.path().join("x"), &f);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(700..1600)));
+        // Kills land after start-up (claiming the partitions, opening streams,
+        // agreeing with the sink), while rows are being delivered.
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let mut run = f.clone();
+        run.extend(["--metrics-addr", addr.as_str()]);
+        let mut child = spawn_processor(&broker, "payments", &state, &dir.path().join("x"), &run);
+        let started = Instant::now();
+        while http_get(&addr, "/readyz").as_deref() != Some("ready\n") {
+            assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..900)));
         if child.try_wait().unwrap().is_some() {
             break;
         }
@@ -236,5 +249,87 @@ fn emulator_outage_pauses_then_resumes_without_loss() {
         "processor failed after the outage: {status}"
     );
     let (ok, table) = reconcile_bigquery(&emu, "outage", &manifest);
+    assert!(ok, "{table}");
+}
+
+/// Two processors for the same partitions: the second claims them (restoring its empty
+/// state from the warehouse), the first's write streams are finalized, so the first
+/// stops at its next append with `delivered by another processor`; the tables stay
+/// exact.
+#[test]
+fn a_second_owner_fences_the_first_and_the_tables_stay_exact() {
+    let broker = Broker::start().unwrap();
+    let emu = Emulator::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(&broker, "payments", 2, 40_000, 23, &[], d);
+    let manifest = d.join("manifest-payments.json");
+    let mut flags = bigquery_flags(&emu, "fenced");
+    flags.extend(["--relay-batch".into(), "200".into()]);
+    let unused = d.join("unused");
+
+    let mut a = processor_command(
+        &broker,
+        "payments",
+        &d.join("state-a"),
+        &unused,
+        &args(&flags),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Let A deliver part of it.
+    let started = Instant::now();
+    loop {
+        // Not `emulator_query`: the dataset may not exist yet.
+        let url = format!(
+            "{}/bigquery/v2/projects/{}/queries",
+            emu.rest_url(),
+            emu.project
+        );
+        let body = serde_json::json!({"query": "SELECT COUNT(*) FROM fenced.payments", "useLegacySql": false});
+        let answer: serde_json::Value =
+            serde_json::from_str(&http_post_json(&url, &body.to_string())).unwrap_or_default();
+        let n = answer["rows"][0]["f"][0]["v"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        if n > 2_000 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "A delivers nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // B takes both partitions over and runs to the end.
+    process_to_end(
+        &broker,
+        "payments",
+        &d.join("state-b"),
+        &unused,
+        &args(&flags),
+    );
+    // A finds itself fenced at its next append and stops, non-zero.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = a.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced processor kept running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(a.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("is delivered by another processor"), "{err}");
+
+    let (ok, table) = reconcile_bigquery(&emu, "fenced", &manifest);
     assert!(ok, "{table}");
 }

@@ -13,12 +13,18 @@
 //! claims an offset the table does not hold (the emulator uses up an offset when its
 //! insert fails): the table, not the stream, is the truth.
 //!
+//! Only one processor delivers a partition: it claims the partition's owner epoch at
+//! open and registers every stream it opens; a newer owner finalizes the older owner's
+//! streams ([`fence`]).
+//!
+//! - [`fence`]: owner epochs and stream registration.
 //! - [`schema`]: columns, writer descriptors, JSON → protobuf rows.
 //! - [`write`]: the Storage Write gRPC calls.
 //! - [`rest`]: datasets, DDL, queries.
 //! - [`auth`]: which credentials to send.
 
 pub mod auth;
+pub mod fence;
 pub mod rest;
 pub mod schema;
 pub mod write;
@@ -32,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::{identity, plan_append, AppendOutcome, RowIdentity, Sink, SinkError, StoredRow};
 pub use auth::Credentials;
 use auth::TokenSource;
+use fence::Fence;
 pub use rest::QueryResult;
 use rest::Rest;
 use write::{Appended, Writer};
@@ -136,6 +143,7 @@ pub struct BigQuerySink {
     writer: Writer,
     store: Arc<StateStore>,
     streams: HashMap<(Table, i32), StreamState>,
+    fence: Fence,
 }
 
 const MAX_ATTEMPTS: usize = 5;
@@ -143,17 +151,85 @@ const MAX_ATTEMPTS: usize = 5;
 const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 impl BigQuerySink {
-    /// Connects, creates dataset, tables and views if missing.
-    pub fn open(cfg: &BigQueryConfig, store: Arc<StateStore>) -> Result<BigQuerySink, SinkError> {
+    /// Connects, creates dataset, tables and views if missing, and claims `owned`
+    /// (the previous owners' streams are finalized; see [`fence`]). Streams this state
+    /// stored under an earlier claim are finalized too: new ones open on first use.
+    pub fn open(
+        cfg: &BigQueryConfig,
+        store: Arc<StateStore>,
+        owned: &[i32],
+    ) -> Result<BigQuerySink, SinkError> {
         let wh = Warehouse::connect(cfg)?;
         wh.apply_ddl()?;
-        let writer = Writer::new(&cfg.grpc_url, wh.token.clone());
-        Ok(BigQuerySink {
+        fence::ddl(&wh)?;
+        let mut writer = Writer::new(&cfg.grpc_url, wh.token.clone());
+        let fence = Fence::claim(&wh, &mut writer, owned)?;
+        let mut sink = BigQuerySink {
             wh,
             writer,
             store,
             streams: HashMap::new(),
-        })
+            fence,
+        };
+        sink.open_streams(owned)?;
+        Ok(sink)
+    }
+
+    /// A new stream for every (table, owned partition), registered under this claim in
+    /// one statement: streams stored under an earlier claim were finalized by it.
+    fn open_streams(&mut self, owned: &[i32]) -> Result<(), SinkError> {
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let mut opened = Vec::new();
+        for t in Table::ALL {
+            let path = self.table_path(t);
+            for &p in owned {
+                let name = self.wh.rt.block_on(self.writer.create_stream(&path))?;
+                opened.push((t, p, name));
+            }
+        }
+        self.fence.register(&self.wh, &mut self.writer, &opened)?;
+        // Each stream starts at its table's position for the partition.
+        let list = owned
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut next: HashMap<(Table, i32), u64> = HashMap::new();
+        for t in Table::ALL {
+            let r = self.wh.query(&format!(
+                "SELECT source_partition, MAX(outbox_seq) AS max_seq FROM `${{dataset}}.{}` \
+                 WHERE source_partition IN ({list}) GROUP BY source_partition",
+                t.name()
+            ))?;
+            for i in 0..r.rows.len() {
+                if let (Some(p), Some(m)) =
+                    (r.get_i64(i, "source_partition"), r.get_i64(i, "max_seq"))
+                {
+                    next.insert((t, i32::try_from(p).unwrap_or(-1)), m as u64 + 1);
+                }
+            }
+        }
+        for (t, p, name) in opened {
+            let floor = self.stored(t, p)?.floor;
+            let base = next.get(&(t, p)).copied().unwrap_or(0).max(floor);
+            let stored = StoredStream {
+                stream: name,
+                base,
+                floor,
+            };
+            self.persist(t, p, &stored)?;
+            self.streams.insert(
+                (t, p),
+                StreamState {
+                    stored,
+                    next: Some(base),
+                },
+            );
+        }
+        tracing::info!(partitions = ?owned, "Opened BigQuery write streams.");
+        Ok(())
     }
 
     fn table_path(&self, table: Table) -> String {
@@ -191,6 +267,11 @@ impl BigQuerySink {
         let next = self.table_next(table, partition, floor)?;
         let path = self.table_path(table);
         let name = self.wh.rt.block_on(self.writer.create_stream(&path))?;
+        self.fence.register(
+            &self.wh,
+            &mut self.writer,
+            &[(table, partition, name.clone())],
+        )?;
         tracing::info!(table = %table, partition, base = next, reason = why, "Opened a new BigQuery write stream.");
         let stored = StoredStream {
             stream: name,

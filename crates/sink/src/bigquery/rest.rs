@@ -26,6 +26,8 @@ pub struct Rest {
 pub struct QueryResult {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<Value>>,
+    /// Rows a DML statement changed (`numDmlAffectedRows`).
+    pub affected_rows: Option<u64>,
 }
 
 impl QueryResult {
@@ -164,6 +166,10 @@ impl Rest {
         let mut result = QueryResult {
             columns,
             rows: Vec::new(),
+            affected_rows: page["numDmlAffectedRows"]
+                .as_str()
+                .and_then(|n| n.parse().ok())
+                .or_else(|| page["numDmlAffectedRows"].as_u64()),
         };
         loop {
             if let Some(rows) = page["rows"].as_array() {

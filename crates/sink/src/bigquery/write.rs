@@ -12,7 +12,8 @@ use gcp_bigquery_client::google::cloud::bigquery::storage::v1::append_rows_respo
 use gcp_bigquery_client::google::cloud::bigquery::storage::v1::big_query_write_client::BigQueryWriteClient;
 use gcp_bigquery_client::google::cloud::bigquery::storage::v1::write_stream::Type as StreamType;
 use gcp_bigquery_client::google::cloud::bigquery::storage::v1::{
-    AppendRowsRequest, CreateWriteStreamRequest, ProtoRows, ProtoSchema, WriteStream,
+    AppendRowsRequest, CreateWriteStreamRequest, FinalizeWriteStreamRequest, ProtoRows,
+    ProtoSchema, WriteStream,
 };
 use paydedup_state::Table;
 use tonic::metadata::MetadataValue;
@@ -146,6 +147,38 @@ impl Writer {
                 Err(match classify_status(&s) {
                     Err(e) => e,
                     Ok(_) => SinkError::Fatal(format!("creating a write stream: {s}")),
+                })
+            }
+        }
+    }
+
+    /// Finalizes `stream`: later appends to it fail. A stream already finalized or gone
+    /// is fine (that is the goal).
+    pub async fn finalize_stream(&mut self, stream: &str) -> Result<(), SinkError> {
+        let mut c = self.client().await?;
+        let req = self
+            .request(
+                FinalizeWriteStreamRequest {
+                    name: stream.to_owned(),
+                },
+                &format!("name={stream}"),
+            )
+            .await?;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, c.finalize_write_stream(req))
+            .await
+            .map_err(|_| {
+                SinkError::Transient(format!(
+                    "finalizing a write stream got no answer in {CALL_TIMEOUT:?}"
+                ))
+            })?;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
+            Err(s) => {
+                self.client = None;
+                Err(match classify_status(&s) {
+                    Err(e) => e,
+                    Ok(_) => SinkError::Fatal(format!("finalizing a write stream: {s}")),
                 })
             }
         }
