@@ -157,7 +157,11 @@ impl FaultCounts {
             corruptions: 20,
             misstarts: 20,
             clock_skews: 6,
-            lost_volumes: 10,
+            // A restore reads the warehouse's rows back; through the emulator's REST
+            // pages that takes minutes once it holds millions (a known limit, see
+            // docs/operations.md), so the long campaign leaves lost volumes to the
+            // short one and to tests/restore.rs.
+            lost_volumes: 0,
         }
     }
 }
