@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use paydedup_testkit::Broker;
+use paydedup_testkit::{free_port, Broker};
 use rand::{Rng, SeedableRng};
 
 /// Columns a restore may change: fraud history is rebuilt in event-time order (and is
@@ -65,7 +65,7 @@ fn assert_dense(output: &std::path::Path) {
 fn a_lost_volume_is_restored_from_the_sink_and_the_output_stays_exact() {
     let broker = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let manifest = simulate(&broker, "payments", 3, 60_000, 8, &[], dir.path());
+    let manifest = simulate(&broker, "payments", 3, 120_000, 8, &[], dir.path());
     // Small relay appends and a slow relay batch: rows wait in the outbox, so a lost
     // state loses undelivered rows (their records must be read again).
     let tuning = [
@@ -91,9 +91,18 @@ fn a_lost_volume_is_restored_from_the_sink_and_the_output_stays_exact() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(8);
     let total = manifest["totals"]["records"].as_i64().unwrap();
     let (mut lost, mut lost_with_undelivered) = (0, 0);
-    for _ in 0..30 {
-        let mut child = spawn_processor(&broker, "payments", &state, &out, &tuning);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(400..1_200)));
+    for _ in 0..60 {
+        // Kills land after start-up (which includes the restore), mid-stream.
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let mut run = tuning.to_vec();
+        run.extend(["--metrics-addr", addr.as_str()]);
+        let mut child = spawn_processor(&broker, "payments", &state, &out, &run);
+        let started = std::time::Instant::now();
+        while http_get(&addr, "/readyz").as_deref() != Some("ready\n") {
+            assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the processor exited on its own"
@@ -104,14 +113,19 @@ fn a_lost_volume_is_restored_from_the_sink_and_the_output_stays_exact() {
         if consumed >= total {
             break;
         }
-        // Every other kill, the volume is lost with it.
-        if rng.gen_bool(0.5) {
+        // Every other kill the volume is lost with it (always, once undelivered rows
+        // are still missing from the plan).
+        let want_undelivered = lost >= 3 && lost_with_undelivered < 2 && undelivered > 0;
+        if rng.gen_bool(0.5) || want_undelivered {
             std::fs::remove_dir_all(&state).unwrap();
             lost += 1;
             lost_with_undelivered += u32::from(undelivered > 0);
             eprintln!(
                 "lost the state at {consumed}/{total} consumed, {undelivered} rows undelivered"
             );
+        }
+        if lost >= 3 && lost_with_undelivered >= 2 && rng.gen_bool(0.3) {
+            break;
         }
     }
     assert!(lost >= 3, "only {lost} volumes lost mid-stream");
