@@ -13,6 +13,10 @@ use chrono::{DateTime, Duration, Utc};
 use paydedup_manifest::Manifest;
 use paydedup_testkit::binary;
 
+/// How many times the target production may go on while faults are still injected
+/// (a slow machine injects slowly; the faults need traffic to land in).
+const PRODUCTION_CAP: u64 = 6;
+
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     pub brokers: String,
@@ -93,9 +97,10 @@ impl Producer {
 
     /// Produces the next chunk partly from a producer whose clock is `secs` off.
     pub fn skew_next_chunk(&self, secs: i64) {
-        let (lock, _) = &*self.control;
+        let (lock, cv) = &*self.control;
         let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
         c.skews.push_back(secs);
+        cv.notify_all();
     }
 
     /// Whether production is going on now.
@@ -128,29 +133,39 @@ impl Producer {
 fn produce(cfg: &ProducerConfig, control: &(Mutex<Control>, Condvar)) {
     let (lock, cv) = control;
     // Event time runs from far enough back that the last chunk still ends in the past
-    // (even if production goes on 3x longer than planned while faults are injected):
+    // (even if production goes on PRODUCTION_CAP times longer than planned while faults
+    // are injected):
     // each chunk's events, the minute between chunks, the hours skews may add.
     let chunks = cfg.events / cfg.chunk.max(1) + 1;
     let span = Duration::seconds((cfg.events / cfg.event_rate.max(1) + chunks * 60) as i64);
-    let mut start: DateTime<Utc> =
-        Utc::now() - span * 3 - Duration::hours(2 + i64::from(cfg.skew_hours_ahead));
+    let mut start: DateTime<Utc> = Utc::now()
+        - span * PRODUCTION_CAP as i32
+        - Duration::hours(2 + i64::from(cfg.skew_hours_ahead));
     let mut index = 0u64;
     let mut storm_alive_since: Option<DateTime<Utc>> = None;
     loop {
         {
             let mut c = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while c.paused && !c.finishing {
+            loop {
+                if c.error.is_some() {
+                    return;
+                }
+                // Before finishing, production goes on (faults need traffic), up to
+                // PRODUCTION_CAP times the target; past it, it waits (not ends): a clock
+                // skew planned later still gets its chunk.
+                let target = if c.finishing {
+                    cfg.events
+                } else {
+                    cfg.events * PRODUCTION_CAP
+                };
+                let capped = c.produced >= target && c.skews.is_empty();
+                if capped && c.finishing {
+                    return;
+                }
+                if !(capped || (c.paused && !c.finishing)) {
+                    break;
+                }
                 c = cv.wait(c).unwrap_or_else(|e| e.into_inner());
-            }
-            // Before finishing, production goes on (faults need traffic), up to 3x.
-            let target = if c.finishing {
-                cfg.events
-            } else {
-                cfg.events * 3
-            };
-            // A planned clock skew still waiting gets its chunk even past the target.
-            if (c.produced >= target && c.skews.is_empty()) || c.error.is_some() {
-                return;
             }
             c.busy = true;
         }
