@@ -11,18 +11,6 @@ use common::*;
 use paydedup_testkit::Broker;
 use rand::{Rng, SeedableRng};
 
-/// Fraud columns depend on the order in which *different* partitions' records reach the
-/// processor (card state spans partitions), which no two runs share; every other column
-/// is a function of each partition's own record order and must be identical.
-const CROSS_PARTITION_COLUMNS: [&str; 6] = [
-    "fraud_score",
-    "fraud_flagged",
-    "fraud_reasons",
-    "card_count_10m",
-    "card_count_1h",
-    "flagged_count",
-];
-
 #[test]
 fn sigkill_at_random_moments_changes_nothing() {
     let broker = Broker::start().unwrap();

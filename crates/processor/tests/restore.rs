@@ -15,12 +15,12 @@ use rand::{Rng, SeedableRng};
 /// cross-partition anyway), and rows of records whose rows were lost with the state
 /// are sent again under new sequences.
 const VARYING: [&str; 7] = [
-    "fraud_score",
-    "fraud_flagged",
-    "fraud_reasons",
-    "card_count_10m",
-    "card_count_1h",
-    "flagged_count",
+    CROSS_PARTITION_COLUMNS[0],
+    CROSS_PARTITION_COLUMNS[1],
+    CROSS_PARTITION_COLUMNS[2],
+    CROSS_PARTITION_COLUMNS[3],
+    CROSS_PARTITION_COLUMNS[4],
+    CROSS_PARTITION_COLUMNS[5],
     "outbox_seq",
 ];
 
