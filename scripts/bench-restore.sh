@@ -6,6 +6,7 @@
 #
 #   scripts/bench-restore.sh 1000000          # RECORDS (default 1000000)
 #   PARTITIONS=4 DIR=/var/tmp/bench-restore scripts/bench-restore.sh 10000000
+#   RETENTION=172800 scripts/bench-restore.sh 10000000   # every id still alive: 10 M keys
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
@@ -14,9 +15,11 @@ PARTITIONS="${PARTITIONS:-4}"
 DIR="${DIR:-$(mktemp -d /var/tmp/paydedup-bench-restore.XXXXXX)}"
 
 "$ROOT/scripts/setup.sh"
-cargo build --release --locked --all-features --manifest-path "$ROOT/Cargo.toml" \
-  -p paydedup-simulator -p paydedup-processor >&2
-BIN="$CARGO_TARGET_DIR/release"
+if [[ -z "${BIN:-}" ]]; then # BIN=DIR: binaries built (and copied) beforehand
+  cargo build --release --locked --all-features --manifest-path "$ROOT/Cargo.toml" \
+    -p paydedup-simulator -p paydedup-processor >&2
+  BIN="$CARGO_TARGET_DIR/release"
+fi
 
 rm -rf "$DIR" && mkdir -p "$DIR/tansu"
 PIDS=()
@@ -36,7 +39,7 @@ for _ in $(seq 1 300); do
 done
 
 FLAGS=(--brokers "127.0.0.1:$PORT" --topic payments --sink "file:$DIR/out" --log-format text
-  --metrics-addr 127.0.0.1:0)
+  --metrics-addr 127.0.0.1:0 --retention-secs "${RETENTION:-3600}")
 echo "==> producing $RECORDS records" >&2
 "$BIN/paydedup-simulator" --brokers "127.0.0.1:$PORT" --topic payments \
   --create-partitions "$PARTITIONS" --count "$RECORDS" --seed 11 --quiet \

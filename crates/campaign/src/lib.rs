@@ -19,12 +19,15 @@
 //! - [`volume`]: a size-limited state volume for disk-full episodes;
 //! - [`corrupt`]: damaging state files, backups;
 //! - [`warehouse`], [`verify`]: the independent verifier;
-//! - [`model`]: the dedup index the state must end with, from a replay of the topic.
+//! - [`model`]: the dedup index the state must end with, from a replay of the topic;
+//! - [`rescale`]: the instance count changed under load (1 → 2 → 4 → 3 → 1), with
+//!   SIGKILLs during the hand-offs.
 
 pub mod corrupt;
 pub mod model;
 pub mod plan;
 pub mod producer;
+pub mod rescale;
 pub mod supervisor;
 pub mod verify;
 pub mod volume;

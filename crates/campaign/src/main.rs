@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use paydedup_campaign::plan::FaultCounts;
+use paydedup_campaign::rescale::{run_rescale, RescaleConfig};
 use paydedup_campaign::{run, CampaignConfig};
 
 /// Inject faults on a schedule drawn from a seed while payments flow from the
@@ -28,8 +29,9 @@ struct Args {
     /// Rounds the faults are spread over.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    #[arg(long, default_value_t = 3)]
-    partitions: i32,
+    /// Partitions of the topic (default 3; 8 with --rescale).
+    #[arg(long)]
+    partitions: Option<i32>,
     /// Records per simulator run.
     #[arg(long, default_value_t = 3_000)]
     chunk: u64,
@@ -48,6 +50,17 @@ struct Args {
     /// Copies of the duplicate storm's one payment (0: no storm).
     #[arg(long, default_value_t = 10_000)]
     storm_copies: u64,
+    /// Instead of the fault campaign: change the instance count through these counts
+    /// under load (e.g. `1,2,4,3,1`; the last must be 1), a SIGKILL inside each
+    /// hand-off, then the same verifier; prints the hand-off pauses.
+    #[arg(long, value_delimiter = ',')]
+    rescale: Vec<u32>,
+    /// With --rescale: no SIGKILLs (to measure the hand-off pause alone).
+    #[arg(long)]
+    no_kills: bool,
+    /// With --rescale: seconds of load between two changes.
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
     /// Where logs, manifests and backups go (kept).
     #[arg(long, default_value = "campaign-run")]
     dir: PathBuf,
@@ -55,10 +68,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    if !a.rescale.is_empty() {
+        return rescale(&a);
+    }
     let cfg = CampaignConfig {
         seed: a.seed,
         events: a.events,
-        partitions: a.partitions,
+        partitions: a.partitions.unwrap_or(3),
         rounds: a.rounds,
         counts: if a.long {
             FaultCounts::long()
@@ -71,7 +87,7 @@ fn main() -> ExitCode {
         volume_mib: a.volume_mib,
         retention_secs: a.retention_secs,
         storm_copies: a.storm_copies,
-        dir: a.dir,
+        dir: a.dir.clone(),
     };
     match run(&cfg) {
         Ok(report) => {
@@ -89,6 +105,41 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("campaign seed {} could not run: {e:#}", cfg.seed);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn rescale(a: &Args) -> ExitCode {
+    let cfg = RescaleConfig {
+        seed: a.seed,
+        partitions: a.partitions.unwrap_or(8),
+        counts: a.rescale.clone(),
+        events: a.events,
+        chunk: a.chunk,
+        rate: a.rate,
+        event_rate: a.event_rate,
+        retention_secs: a.retention_secs,
+        settle: std::time::Duration::from_secs(a.settle_secs),
+        kills: !a.no_kills,
+        dir: a.dir.clone(),
+    };
+    match run_rescale(&cfg) {
+        Ok(report) => {
+            println!("{report}");
+            match report.check() {
+                Ok(()) => {
+                    println!("PASS");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("rescale seed {} could not run: {e:#}", cfg.seed);
             ExitCode::FAILURE
         }
     }

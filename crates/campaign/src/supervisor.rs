@@ -172,6 +172,54 @@ impl Supervisor {
     pub fn runs(&self) -> u32 {
         self.runs
     }
+
+    /// SIGTERM without waiting (a pod being deleted); see [`Supervisor::wait`].
+    pub fn signal_term(&self) -> anyhow::Result<()> {
+        match self.child.as_ref() {
+            Some(c) => signal(c.id(), "TERM"),
+            None => Ok(()),
+        }
+    }
+
+    /// The current run's `/metrics` text, if it answers.
+    pub fn metrics(&self) -> Option<String> {
+        self.child.as_ref()?;
+        http_get(self.port, "/metrics")
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+    }
+}
+
+/// `paydedup_next_offset` per partition from a `/metrics` text.
+pub fn next_offsets(metrics: &str) -> std::collections::BTreeMap<i32, i64> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("paydedup_next_offset{partition=\""))
+        .filter_map(|rest| {
+            let (p, value) = rest.split_once("\"} ")?;
+            Some((p.parse().ok()?, value.trim().parse::<f64>().ok()? as i64))
+        })
+        .collect()
+}
+
+/// A plain HTTP GET on 127.0.0.1: the status and the body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// Sets `flag`'s value in a command line, appending the flag if it is not there.
@@ -187,21 +235,7 @@ pub fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
 
 /// Whether `GET /readyz` answers 200.
 fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .is_err()
-    {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    matches!(http_get(port, "/readyz"), Some((200, _)))
 }
 
 impl Drop for Supervisor {
@@ -220,5 +254,11 @@ mod tests {
         set_flag(&mut a, "--topic", "other");
         set_flag(&mut a, "--window-secs", "7");
         assert_eq!(a, ["run", "--topic", "other", "--window-secs", "7"]);
+    }
+
+    #[test]
+    fn next_offsets_are_read_from_the_metrics_text() {
+        let text = "# HELP paydedup_next_offset x\npaydedup_next_offset{partition=\"0\"} 17\npaydedup_next_offset{partition=\"12\"} 3\npaydedup_lag{partition=\"0\"} 9\n";
+        assert_eq!(super::next_offsets(text), [(0, 17), (12, 3)].into());
     }
 }

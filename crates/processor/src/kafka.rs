@@ -23,13 +23,6 @@ use crate::identity::IdentityError;
 use crate::pipeline::InputRecord;
 use crate::shutdown::Shutdown;
 
-/// The partitions this instance owns: p with p mod count = index.
-pub fn owned_partitions(partition_count: i32, index: i32, count: i32) -> Vec<i32> {
-    (0..partition_count)
-        .filter(|p| p % count == index)
-        .collect()
-}
-
 /// Errors after which consuming cannot go on correctly: the topic or the checkpointed
 /// position is gone. Anything else (a broker restarting) is retried by librdkafka.
 fn is_fatal(e: &KafkaError) -> bool {
@@ -68,10 +61,13 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Creates the consumer and works out the owned partitions from the topic's metadata.
+    /// Creates the consumer and works out the owned partitions from the topic's
+    /// partition count (`owned_of`; see `topology`). The set may be empty: the caller
+    /// decides what an instance that owns nothing does.
     pub fn connect(
         settings: &KafkaSettings,
         properties: &std::collections::BTreeMap<String, String>,
+        owned_of: impl FnOnce(i32) -> Vec<i32>,
     ) -> anyhow::Result<KafkaSource> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &settings.brokers)
@@ -89,17 +85,7 @@ impl KafkaSource {
         }
         let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
         let partition_count = partition_count(&consumer, settings)?;
-        let (index, count) = (
-            i32::try_from(settings.instance_index)?,
-            i32::try_from(settings.instance_count.get())?,
-        );
-        let owned = owned_partitions(partition_count, index, count);
-        if owned.is_empty() {
-            bail!(
-                "instance {index} of {count} owns no partitions of `{}` ({partition_count} partitions)",
-                settings.topic
-            );
-        }
+        let owned = owned_of(partition_count);
         Ok(KafkaSource {
             consumer,
             topic: settings.topic.clone(),
@@ -352,16 +338,4 @@ fn partition_count(consumer: &BaseConsumer, settings: &KafkaSettings) -> anyhow:
         bail!("topic `{topic}` does not exist on {brokers}");
     }
     Ok(found.partitions().len() as i32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn static_ownership_splits_partitions() {
-        assert_eq!(owned_partitions(4, 0, 1), vec![0, 1, 2, 3]);
-        assert_eq!(owned_partitions(5, 1, 2), vec![1, 3]);
-        assert_eq!(owned_partitions(1, 1, 2), Vec::<i32>::new());
-    }
 }

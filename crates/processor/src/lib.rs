@@ -40,4 +40,5 @@ pub mod relay;
 pub mod restore;
 pub mod shutdown;
 pub mod state_cmd;
+pub mod topology;
 pub mod wiring;

@@ -22,12 +22,40 @@ use crate::metrics::events::{
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchStats, Pipeline};
 use crate::shutdown::Shutdown;
+use crate::topology::InstanceCount;
 
 /// Why the loop ended normally.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Exit {
     Signal,
     CaughtUp,
+    /// The instance count changed: the partitions must be handed over (`wiring`
+    /// starts again on the new set).
+    Rescaled {
+        from: u32,
+        to: u32,
+    },
+}
+
+/// Watches the instance count the loop was built for.
+#[derive(Clone)]
+pub struct RescaleWatch {
+    pub count: InstanceCount,
+    pub built_with: u32,
+    /// How long a fenced relay waits for the count to change before it is an error:
+    /// another instance that noticed a new count first may claim a partition this
+    /// one still owns under the old count.
+    pub fenced_grace: Duration,
+}
+
+impl RescaleWatch {
+    fn changed(&self) -> Option<Exit> {
+        let now = self.count.get();
+        (now != self.built_with).then_some(Exit::Rescaled {
+            from: self.built_with,
+            to: now,
+        })
+    }
 }
 
 /// The loop's own settings.
@@ -54,6 +82,8 @@ pub struct Processor {
     pub settings: LoopSettings,
     pub metrics: Metrics,
     pub shutdown: Shutdown,
+    /// Set when the count can change while running (`--statefulset`).
+    pub rescale: Option<RescaleWatch>,
     flow: Flow,
     last_group_commit: Instant,
     last_lag_check: Instant,
@@ -81,6 +111,7 @@ impl Processor {
             settings,
             metrics,
             shutdown,
+            rescale: None,
             flow: Flow::Reading,
             last_group_commit: Instant::now(),
             last_lag_check: Instant::now(),
@@ -96,7 +127,20 @@ impl Processor {
                 tracing::info!("Shutdown requested; the last batch is committed.");
                 return Ok(Exit::Signal);
             }
+            if let Some(exit) = self.rescale.as_ref().and_then(RescaleWatch::changed) {
+                tracing::warn!(
+                    ?exit,
+                    "The instance count changed; handing partitions over."
+                );
+                return Ok(exit);
+            }
             if let Some(failure) = self.checkpoint.relay().take_failure() {
+                if failure.code() == "fenced" {
+                    if let Some(exit) = self.await_rescale() {
+                        tracing::warn!(error = %failure, ?exit, "Fenced by the partition's next owner; handing partitions over.");
+                        return Ok(exit);
+                    }
+                }
                 return Err(anyhow!("the outbox relay stopped: {failure}"));
             }
             self.apply_backpressure()?;
@@ -118,6 +162,20 @@ impl Processor {
                 return Ok(exit);
             }
         }
+    }
+
+    /// A fenced relay, with a count that can change: waits a little for this
+    /// instance to see the count the fencing one already saw.
+    fn await_rescale(&self) -> Option<Exit> {
+        let watch = self.rescale.as_ref()?;
+        let deadline = Instant::now() + watch.fenced_grace;
+        while Instant::now() < deadline && !self.shutdown.requested() {
+            if let Some(exit) = watch.changed() {
+                return Some(exit);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        watch.changed()
     }
 
     /// Polls and processes one batch, or handles an empty poll.
@@ -284,11 +342,16 @@ impl Processor {
         flush_timeout: Duration,
     ) -> anyhow::Result<Exit> {
         let relay = self.checkpoint.into_relay();
-        let result = result.and_then(|exit| {
-            relay
-                .flush(flush_timeout)
-                .map_err(|e| anyhow!("delivering the outbox before exit: {e}"))?;
-            Ok(exit)
+        let result = result.and_then(|exit| match relay.flush(flush_timeout) {
+            Ok(()) => Ok(exit),
+            // A hand-off loses nothing it cannot deliver now: rows of partitions kept
+            // stay in the outbox for the next relay, rows of partitions handed over are
+            // re-derived by their new owner, which restores from what the sink holds.
+            Err(e) if matches!(exit, Exit::Rescaled { .. }) => {
+                tracing::warn!(error = %e, "Not everything was delivered before the hand-off; the outbox keeps it.");
+                Ok(exit)
+            }
+            Err(e) => Err(anyhow!("delivering the outbox before exit: {e}")),
         });
         relay.stop();
         result

@@ -9,14 +9,14 @@
 //! does `/readyz` turn ready.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
 use paydedup_sink::{BigQuerySink, FileSink, Sink, SinkError};
-use paydedup_state::{StateStore, StoreOptions, Table};
+use paydedup_state::{StateError, StateStore, StoreOptions, Table};
 
 use crate::activity::PartitionActivity;
 use crate::agreement::{self, AgreementError};
@@ -27,10 +27,11 @@ use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
-use crate::processor::{Exit, LoopSettings, Processor};
+use crate::processor::{Exit, LoopSettings, Processor, RescaleWatch};
 use crate::relay::{OutboxRelay, RelayConfig};
 use crate::restore::{self, rebuild::RebuildConfig, RestoreError, RestoreReport};
 use crate::shutdown::Shutdown;
+use crate::topology::{owned_partitions, Topology};
 
 /// A duration as i64 microseconds (the pipeline's unit). Settings are bounded far
 /// below the overflow (see `config::parse`).
@@ -39,23 +40,91 @@ fn micros(d: Duration) -> i64 {
 }
 
 /// Runs the processor until a signal, the end of a bounded run, or an error.
+///
+/// With a count that follows a StatefulSet, one process runs one [`Processor`] per
+/// instance count it sees: when the count changes the processor stops (delivering what
+/// it can), and the next one starts on the new set of partitions — forgetting those it
+/// handed over, restoring those it took over from the sink.
 pub fn run(config: &RunConfig) -> anyhow::Result<Exit> {
     let shutdown = Shutdown::install()?;
     let metrics = Metrics::new();
     let ready = Readiness::default();
     let addr = health::serve(config.process.metrics_addr, metrics.clone(), ready.clone())?;
-    tracing::info!(metrics = %addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic, "Processor starting.");
-    let mut processor = build(config, metrics, shutdown)?;
-    ready.set(true);
-    let result = processor.run();
-    ready.set(false);
+    let topology = Topology::from_settings(&config.instances)?;
+    tracing::info!(metrics = %addr, brokers = %config.kafka.brokers, topic = %config.kafka.topic,
+        instance = topology.index, instances = topology.count.get(), "Processor starting.");
     let flush_timeout = config.relay.sink_give_up.max(Duration::from_secs(30));
-    processor.finish(result, flush_timeout)
+    let mut handing_off = false;
+    loop {
+        let count = topology.count.get();
+        let built = build(
+            config,
+            &topology,
+            count,
+            handing_off,
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
+        handing_off = true;
+        let Some(mut processor) = built else {
+            if config.instances.statefulset.is_none() {
+                anyhow::bail!(
+                    "instance {} of {count} owns no partitions of `{}`",
+                    topology.index,
+                    config.kafka.topic
+                );
+            }
+            // Scaled below this instance's index (it is about to be stopped), or more
+            // instances than partitions: wait to own something.
+            tracing::warn!(
+                instance = topology.index,
+                instances = count,
+                "This instance owns no partitions; waiting for the instance count to change."
+            );
+            ready.set(true);
+            while topology.count.get() == count {
+                if shutdown.requested() {
+                    return Ok(Exit::Signal);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            ready.set(false);
+            continue;
+        };
+        ready.set(true);
+        let result = processor.run();
+        ready.set(false);
+        match processor.finish(result, flush_timeout)? {
+            Exit::Rescaled { from, to } => {
+                tracing::warn!(from, to, "Starting again under the new instance count.");
+            }
+            exit => return Ok(exit),
+        }
+    }
 }
 
-fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<Processor> {
-    let store = Arc::new(open_store(config)?);
-    let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
+/// Builds the processor for the partitions instance `topology.index` owns among
+/// `count` instances; `None` when that is none.
+fn build(
+    config: &RunConfig,
+    topology: &Topology,
+    count: u32,
+    handing_off: bool,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<Option<Processor>> {
+    let store = Arc::new(if handing_off {
+        reopen_store(config)?
+    } else {
+        open_store(config)?
+    });
+    let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
+        owned_partitions(n, topology.index, count)
+    })?;
+    forget_unowned(config, &store, source.owned())?;
+    if source.owned().is_empty() {
+        return Ok(None);
+    }
     let mut sink = open_sink(config, &store, source.owned())?;
     // A lost volume, or partitions taken over: owned partitions the state holds
     // nothing for but the sink holds rows for are rebuilt from the sink (unless told to
@@ -79,9 +148,9 @@ fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Re
     relay_config.verify_resent_below =
         agree_with_sink(config, &store, sink.as_mut(), source.owned())?;
     let relay = OutboxRelay::spawn(store.clone(), sink, relay_config, metrics.clone())?;
-    spawn_ttl_compaction(store.clone(), config.store.ttl_compaction_every);
+    spawn_ttl_compaction(Arc::downgrade(&store), config.store.ttl_compaction_every);
     let owned = source.owned().to_vec();
-    Ok(Processor::new(
+    let mut processor = Processor::new(
         source,
         pipeline,
         Checkpoint::new(store, relay, metrics.clone(), owned.clone()),
@@ -95,7 +164,38 @@ fn build(config: &RunConfig, metrics: Metrics, shutdown: Shutdown) -> anyhow::Re
         },
         metrics,
         shutdown,
-    ))
+    );
+    if config.instances.statefulset.is_some() {
+        processor.rescale = Some(RescaleWatch {
+            count: topology.count.clone(),
+            built_with: count,
+            fenced_grace: config.instances.topology_check_every * 3,
+        });
+    }
+    Ok(Some(processor))
+}
+
+/// Drops the state of partitions this instance held but no longer owns (see
+/// `StateStore::forget_partitions`): handed over to another instance, they come back,
+/// if ever, restored from the sink as it then stands.
+fn forget_unowned(config: &RunConfig, store: &StateStore, owned: &[i32]) -> anyhow::Result<()> {
+    let lost: Vec<i32> = store
+        .partitions_held()?
+        .into_iter()
+        .filter(|p| !owned.contains(p))
+        .collect();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let gone = store.forget_partitions(&lost).with_context(|| {
+        format!(
+            "forgetting partitions {lost:?} in {}",
+            config.store.state_dir.display()
+        )
+    })?;
+    tracing::warn!(partitions = ?lost, dedup_entries = gone.dedup_entries, undelivered_rows = gone.outbox_rows,
+        open_windows = gone.windows, "Forgot the state of partitions this instance no longer owns (their owner restores them from the sink).");
+    Ok(())
 }
 
 fn state_identity(config: &RunConfig, source: &KafkaSource) -> StateIdentity {
@@ -111,7 +211,18 @@ fn state_identity(config: &RunConfig, source: &KafkaSource) -> StateIdentity {
 /// instance's partitions from the sink, and binds it to the topic and settings.
 pub fn restore(config: &RunConfig) -> anyhow::Result<RestoreReport> {
     let store = Arc::new(open_store(config)?);
-    let source = KafkaSource::connect(&config.kafka, &config.kafka_properties())?;
+    let topology = Topology::from_settings(&config.instances)?;
+    let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
+        topology.owned(n)
+    })?;
+    if source.owned().is_empty() {
+        anyhow::bail!(
+            "instance {} of {} owns no partitions of `{}`: nothing to restore",
+            topology.index,
+            topology.count.get(),
+            config.kafka.topic
+        );
+    }
     let mut sink = open_sink(config, &store, source.owned())?;
     restore_into(config, &store, sink.as_mut(), &source, source.owned())
 }
@@ -146,6 +257,23 @@ fn restore_into(
     identity::bind(store, &state_identity(config, source))
         .with_context(|| format!("binding {}", config.store.state_dir.display()))?;
     Ok(report)
+}
+
+/// Opens the store, waiting out this process's own TTL compaction thread, which may
+/// still hold the previous processor's handle for the length of one compaction.
+fn reopen_store(config: &RunConfig) -> anyhow::Result<StateStore> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_store(config) {
+            Err(e)
+                if started.elapsed() < Duration::from_secs(300)
+                    && matches!(e.downcast_ref(), Some(StateError::Locked { .. })) =>
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {
@@ -262,7 +390,9 @@ fn open_sink(
 
 /// Runs a full compaction of the TTL column families periodically, so expired keys
 /// leave the disk even when the write rate is too low to trigger compactions.
-fn spawn_ttl_compaction(store: Arc<StateStore>, every: Duration) {
+/// Holds the store weakly: once the processor is gone (a hand-off reopens the store),
+/// the thread ends at its next turn instead of keeping the directory's lock.
+fn spawn_ttl_compaction(store: Weak<StateStore>, every: Duration) {
     if every.is_zero() {
         return;
     }
@@ -270,9 +400,7 @@ fn spawn_ttl_compaction(store: Arc<StateStore>, every: Duration) {
         .name("ttl-compaction".into())
         .spawn(move || loop {
             std::thread::sleep(every);
-            if Arc::strong_count(&store) == 1 {
-                return;
-            }
+            let Some(store) = store.upgrade() else { return };
             if let Err(e) = store.compact() {
                 tracing::warn!(error = %e, "TTL compaction failed.");
             }

@@ -25,5 +25,7 @@ pub use batch::StateBatch;
 pub use error::StateError;
 pub use expiry::ExpiryHorizon;
 pub use keys::DedupEntry;
-pub use store::{entry_digest, LandedAhead, LiveDedup, StateStats, StateStore, StoreOptions};
+pub use store::{
+    entry_digest, Forgotten, LandedAhead, LiveDedup, StateStats, StateStore, StoreOptions,
+};
 pub use table::Table;

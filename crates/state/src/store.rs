@@ -601,8 +601,10 @@ impl StateStore {
     }
 }
 
+mod forget;
 mod landed;
 mod live_dedup;
+pub use forget::Forgotten;
 pub use landed::LandedAhead;
 pub use live_dedup::{entry_digest, LiveDedup};
 

@@ -4,6 +4,8 @@
 //!   its own temporary folder, on a free 127.0.0.1 port; killed on drop.
 //! - [`binary`]: the path of a workspace binary (`paydedup-simulator`, …) built by the
 //!   same `cargo test` run.
+//! - [`KubernetesApiDouble`]: a test double of the one Kubernetes API request the
+//!   processor makes (a StatefulSet's replicas); no cluster runs here.
 //!
 //! The broker binary comes from `PAYDEDUP_TANSU` or the cache that
 //! `scripts/install-tansu.sh` fills (`~/.cache/paydedup/tansu/bin/tansu`). Tests never use
@@ -12,6 +14,8 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -349,4 +353,106 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// **Test double** of the Kubernetes API server, for the one request paydedup makes:
+/// `GET /apis/apps/v1/namespaces/{namespace}/statefulsets/{name}`, answered with the
+/// StatefulSet's `spec.replicas` as the test sets it. No Kubernetes cluster runs on
+/// this machine; the processor's client code is the real one (`--kube-api` points it
+/// here, over plain HTTP, without the service account's token).
+pub struct KubernetesApiDouble {
+    port: u16,
+    replicas: Arc<AtomicU32>,
+    requests: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+}
+
+impl KubernetesApiDouble {
+    pub fn start(
+        namespace: &str,
+        name: &str,
+        replicas: u32,
+    ) -> anyhow::Result<KubernetesApiDouble> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let api = KubernetesApiDouble {
+            port,
+            replicas: Arc::new(AtomicU32::new(replicas)),
+            requests: Arc::new(AtomicU32::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let path = format!("/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}");
+        let (replicas, requests, stop) =
+            (api.replicas.clone(), api.requests.clone(), api.stop.clone());
+        std::thread::Builder::new()
+            .name("kubernetes-api-double".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            requests.fetch_add(1, Ordering::AcqRel);
+                            let _ = answer(stream, &path, replicas.load(Ordering::Acquire));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })?;
+        Ok(api)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What `kubectl scale statefulset … --replicas=n` changes.
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.store(n, Ordering::Release);
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for KubernetesApiDouble {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn answer(mut stream: TcpStream, path: &str, replicas: u32) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let target = line.split_whitespace().nth(1).unwrap_or("");
+    let (status, body) = if line.starts_with("GET ") && target == path {
+        (
+            "200 OK",
+            format!(
+                r#"{{"kind":"StatefulSet","apiVersion":"apps/v1","spec":{{"replicas":{replicas}}},"status":{{"replicas":{replicas}}}}}"#
+            ),
+        )
+    } else {
+        (
+            "404 Not Found",
+            r#"{"kind":"Status","code":404}"#.to_owned(),
+        )
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }

@@ -57,6 +57,8 @@ pub struct RunConfig {
     #[command(flatten)]
     pub kafka: KafkaSettings,
     #[command(flatten)]
+    pub instances: InstanceSettings,
+    #[command(flatten)]
     pub pipeline: PipelineSettings,
     #[command(flatten)]
     pub store: StoreSettings,
@@ -82,12 +84,6 @@ pub struct KafkaSettings {
     /// that counts lives in the state store).
     #[arg(long, env = "PAYDEDUP_GROUP_ID", default_value = "paydedup")]
     pub group_id: String,
-    /// This instance's index; it owns partitions p with p mod count = index.
-    #[arg(long, env = "PAYDEDUP_INSTANCE_INDEX", default_value_t = 0)]
-    pub instance_index: u32,
-    /// Number of instances.
-    #[arg(long, env = "PAYDEDUP_INSTANCE_COUNT", default_value = "1")]
-    pub instance_count: NonZeroU32,
     /// Max records per batch (one atomic commit).
     #[arg(long, env = "PAYDEDUP_BATCH_SIZE", default_value = "5000")]
     pub batch_size: NonZeroUsize,
@@ -99,6 +95,35 @@ pub struct KafkaSettings {
     /// first, flags override).
     #[arg(id = "kafka", long = "kafka", value_name = "KEY=VALUE", value_parser = parse::key_value)]
     pub properties: Vec<(String, String)>,
+}
+
+/// How many instances run and which one this is (see `topology`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Instances")]
+pub struct InstanceSettings {
+    /// This instance's index: it owns the partitions p with p mod count = index.
+    /// Default 0, or with --statefulset the pod's ordinal (HOSTNAME `name-N`).
+    #[arg(long, env = "PAYDEDUP_INSTANCE_INDEX")]
+    pub instance_index: Option<u32>,
+    /// Number of instances, fixed for the life of the process (default 1).
+    #[arg(long, env = "PAYDEDUP_INSTANCE_COUNT", conflicts_with = "statefulset")]
+    pub instance_count: Option<NonZeroU32>,
+    /// Kubernetes: the instance count is this StatefulSet's `spec.replicas`, followed
+    /// while running; a changed count hands partitions over (docs/operations.md).
+    #[arg(long, env = "PAYDEDUP_STATEFULSET")]
+    pub statefulset: Option<String>,
+    /// With --statefulset: the Kubernetes API server's URL (default: in-cluster,
+    /// with the pod's service account).
+    #[arg(long, env = "PAYDEDUP_KUBE_API", requires = "statefulset")]
+    pub kube_api: Option<String>,
+    /// With --statefulset: the StatefulSet's namespace (default: POD_NAMESPACE, then
+    /// the service account's).
+    #[arg(long, env = "PAYDEDUP_KUBE_NAMESPACE", requires = "statefulset")]
+    pub kube_namespace: Option<String>,
+    /// With --statefulset: how often to read the instance count, seconds.
+    #[arg(id = "topology_check_secs", long = "topology-check-secs", env = "PAYDEDUP_TOPOLOGY_CHECK_SECS",
+          value_name = "SECS", default_value = "10", value_parser = parse::seconds)]
+    pub topology_check_every: Duration,
 }
 
 /// The pipeline's decisions: lateness, retention, windows, validation, fraud.
@@ -241,12 +266,15 @@ impl RunConfig {
     /// The rules that relate settings to each other.
     pub fn validate(&self) -> anyhow::Result<()> {
         let k = &self.kafka;
-        if k.instance_index >= k.instance_count.get() {
-            bail!(
-                "--instance-index must be in 0..{}, got {}",
-                k.instance_count,
-                k.instance_index
-            );
+        let i = &self.instances;
+        if let (Some(index), None) = (i.instance_index, &i.statefulset) {
+            let count = i.instance_count.unwrap_or(NonZeroU32::MIN);
+            if index >= count.get() {
+                bail!("--instance-index must be in 0..{count}, got {index}");
+            }
+        }
+        if i.topology_check_every.is_zero() {
+            bail!("--topology-check-secs must be positive");
         }
         let p = &self.pipeline;
         if p.retention < p.allowed_lateness {
