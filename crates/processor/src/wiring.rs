@@ -16,7 +16,7 @@ use anyhow::Context;
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
 use paydedup_sink::{BigQuerySink, FileSink, Sink, SinkError};
-use paydedup_state::{StateError, StateStore, StoreOptions, Table};
+use paydedup_state::{Forgotten, StateError, StateStore, StoreOptions, Table};
 
 use crate::activity::PartitionActivity;
 use crate::agreement::{self, AgreementError};
@@ -25,6 +25,7 @@ use crate::config::{RunConfig, SinkTarget};
 use crate::health::{self, Readiness};
 use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
+use crate::metrics::events::{OwnershipChanged, PartitionsRestored};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::processor::{Exit, LoopSettings, Processor, RescaleWatch};
@@ -121,7 +122,14 @@ fn build(
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
         owned_partitions(n, topology.index, count)
     })?;
-    forget_unowned(config, &store, source.owned())?;
+    let (lost, forgotten) = forget_unowned(config, &store, source.owned())?;
+    metrics.emit(OwnershipChanged {
+        instance: topology.index,
+        count,
+        owned: source.owned(),
+        lost: &lost,
+        forgotten,
+    });
     if source.owned().is_empty() {
         return Ok(None);
     }
@@ -137,7 +145,7 @@ fn build(
         if !missing.is_empty() {
             tracing::warn!(state_dir = %config.store.state_dir.display(), partitions = ?missing, "The state holds nothing for partitions the sink holds rows for: restoring them from the sink.");
             let report = restore_into(config, &store, sink.as_mut(), &source, &missing)?;
-            tracing::info!(%report, "Restored the state from the sink.");
+            metrics.emit(PartitionsRestored { report: &report });
         }
     }
     let pipeline = Pipeline::load(pipeline_config(config)?, &store)?;
@@ -178,24 +186,23 @@ fn build(
 /// Drops the state of partitions this instance held but no longer owns (see
 /// `StateStore::forget_partitions`): handed over to another instance, they come back,
 /// if ever, restored from the sink as it then stands.
-fn forget_unowned(config: &RunConfig, store: &StateStore, owned: &[i32]) -> anyhow::Result<()> {
+fn forget_unowned(
+    config: &RunConfig,
+    store: &StateStore,
+    owned: &[i32],
+) -> anyhow::Result<(Vec<i32>, Forgotten)> {
     let lost: Vec<i32> = store
         .partitions_held()?
         .into_iter()
         .filter(|p| !owned.contains(p))
         .collect();
-    if lost.is_empty() {
-        return Ok(());
-    }
     let gone = store.forget_partitions(&lost).with_context(|| {
         format!(
             "forgetting partitions {lost:?} in {}",
             config.store.state_dir.display()
         )
     })?;
-    tracing::warn!(partitions = ?lost, dedup_entries = gone.dedup_entries, undelivered_rows = gone.outbox_rows,
-        open_windows = gone.windows, "Forgot the state of partitions this instance no longer owns (their owner restores them from the sink).");
-    Ok(())
+    Ok((lost, gone))
 }
 
 fn state_identity(config: &RunConfig, source: &KafkaSource) -> StateIdentity {

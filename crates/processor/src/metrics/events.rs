@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use paydedup_sink::SinkError;
-use paydedup_state::Table;
+use paydedup_state::{Forgotten, Table};
 
 use super::Metrics;
 use crate::pipeline::BatchStats;
@@ -275,6 +275,51 @@ impl Event for RelayStopped<'_> {
             .with_label_values(&[self.error.code()])
             .inc();
         tracing::error!(error = %self.error, error_code = self.error.code(), "Outbox relay stopped.");
+    }
+}
+
+/// The set of partitions this instance owns was (re)computed; `lost` are those it held
+/// state for and no longer owns, now forgotten.
+pub struct OwnershipChanged<'a> {
+    pub instance: u32,
+    pub count: u32,
+    pub owned: &'a [i32],
+    pub lost: &'a [i32],
+    pub forgotten: Forgotten,
+}
+
+impl Event for OwnershipChanged<'_> {
+    fn emit(self, m: &Metrics) {
+        m.instance_count.set(i64::from(self.count));
+        m.owned_partitions.set(self.owned.len() as i64);
+        tracing::info!(instance = self.instance, instances = self.count, partitions = ?self.owned, "Owned partitions.");
+        if self.lost.is_empty() {
+            return;
+        }
+        m.partitions_handed_over.inc_by(self.lost.len() as u64);
+        for p in self.lost {
+            let p = p.to_string();
+            // A partition's gauges belong to its owner now.
+            let _ = m.watermark.remove_label_values(&[&p]);
+            let _ = m.next_offset.remove_label_values(&[&p]);
+            let _ = m.lag.remove_label_values(&[&p]);
+        }
+        let f = self.forgotten;
+        tracing::warn!(partitions = ?self.lost, dedup_entries = f.dedup_entries, undelivered_rows = f.outbox_rows,
+            open_windows = f.windows, "Forgot the state of partitions this instance no longer owns (their owner restores them from the sink).");
+    }
+}
+
+/// Partitions were rebuilt from the warehouse.
+pub struct PartitionsRestored<'a> {
+    pub report: &'a crate::restore::RestoreReport,
+}
+
+impl Event for PartitionsRestored<'_> {
+    fn emit(self, m: &Metrics) {
+        m.partitions_restored
+            .inc_by(self.report.partitions.len() as u64);
+        tracing::info!(report = %self.report, "Restored the state from the sink.");
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Metrics {
     next_offset: IntGaugeVec,
     lag: IntGaugeVec,
     paused: IntGauge,
+    instance_count: IntGauge,
+    owned_partitions: IntGauge,
+    partitions_handed_over: IntCounter,
+    partitions_restored: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -100,6 +104,10 @@ impl Metrics {
             next_offset: gauge_vec(&r, "paydedup_next_offset", "Checkpointed next Kafka offset per partition.", &["partition"]),
             lag: gauge_vec(&r, "paydedup_consumer_lag_records", "High watermark minus checkpointed offset, per partition.", &["partition"]),
             paused: gauge(&r, "paydedup_consumer_paused", "1 while consumption is paused by outbox backpressure."),
+            instance_count: gauge(&r, "paydedup_instance_count", "Instances the partitions are split over (fixed, or the StatefulSet's replicas)."),
+            owned_partitions: gauge(&r, "paydedup_owned_partitions", "Partitions this instance owns now."),
+            partitions_handed_over: counter(&r, "paydedup_partitions_handed_over_total", "Partitions this instance stopped owning and forgot (a changed instance count)."),
+            partitions_restored: counter(&r, "paydedup_partitions_restored_total", "Partitions rebuilt from the warehouse (a lost volume, or taken over)."),
             registry: r,
         }
     }

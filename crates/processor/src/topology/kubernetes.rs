@@ -152,3 +152,45 @@ fn read(path: &Path) -> Result<String, KubernetesError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{CountSource, InstanceCount};
+    use paydedup_testkit::KubernetesApiDouble;
+
+    /// The real client against the API double: the replicas, a change followed, and a
+    /// StatefulSet that is not there named in the error.
+    #[test]
+    fn replicas_are_read_and_followed() {
+        let api = KubernetesApiDouble::start("payments", "paydedup", 3).unwrap();
+        let set = StatefulSetReplicas::new("paydedup", Some(&api.url()), Some("payments")).unwrap();
+        assert_eq!(set.read().unwrap(), 3);
+        let count =
+            InstanceCount::start(CountSource::StatefulSet(set), Duration::from_millis(50)).unwrap();
+        assert_eq!(count.get(), 3);
+        api.set_replicas(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count.get() != 5 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(count.get(), 5);
+        let missing =
+            StatefulSetReplicas::new("other", Some(&api.url()), Some("payments")).unwrap();
+        let e = missing.read().unwrap_err().to_string();
+        assert!(e.contains("StatefulSet other") && e.contains("404"), "{e}");
+    }
+
+    /// An API server that is away keeps the last count (ownership must not flap).
+    #[test]
+    fn an_unreachable_api_keeps_the_last_count() {
+        let api = KubernetesApiDouble::start("payments", "paydedup", 2).unwrap();
+        let url = api.url();
+        let set = StatefulSetReplicas::new("paydedup", Some(&url), Some("payments")).unwrap();
+        let count =
+            InstanceCount::start(CountSource::StatefulSet(set), Duration::from_millis(50)).unwrap();
+        drop(api);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(count.get(), 2);
+    }
+}
