@@ -174,31 +174,6 @@ impl Topology {
     }
 }
 
-/// What changes for this instance when the count goes from one set to another.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HandOff {
-    /// Partitions this instance starts owning.
-    pub gained: Vec<i32>,
-    /// Partitions it stops owning.
-    pub lost: Vec<i32>,
-}
-
-/// The partitions gained and lost between two owned sets.
-pub fn hand_off(before: &[i32], after: &[i32]) -> HandOff {
-    HandOff {
-        gained: after
-            .iter()
-            .copied()
-            .filter(|p| !before.contains(p))
-            .collect(),
-        lost: before
-            .iter()
-            .copied()
-            .filter(|p| !after.contains(p))
-            .collect(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,20 +208,5 @@ mod tests {
         assert_eq!(hostname_ordinal("paydedup-"), None);
         assert_eq!(hostname_ordinal("paydedup-x1"), None);
         assert_eq!(hostname_ordinal("paydedup-+1"), None);
-    }
-
-    #[test]
-    fn a_hand_off_names_what_is_gained_and_lost() {
-        // Instance 0 going from 4 instances to 3 on 8 partitions.
-        let before = owned_partitions(8, 0, 4);
-        let after = owned_partitions(8, 0, 3);
-        assert_eq!(
-            hand_off(&before, &after),
-            HandOff {
-                gained: vec![3, 6],
-                lost: vec![4]
-            }
-        );
-        assert_eq!(hand_off(&after, &after), HandOff::default());
     }
 }
