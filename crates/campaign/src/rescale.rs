@@ -10,6 +10,9 @@
 //! the ones a smaller count removes (highest ordinal first); after each change it
 //! SIGKILLs a random pod within the hand-off and restarts it if it is still wanted.
 //!
+//! After the first step down that keeps pod 1 (4 → 3), pod 1 loses its volume: it is
+//! SIGKILLed, its state directory deleted, and it must restore from the warehouse.
+//!
 //! It measures the hand-off pause of every partition that moved: from the change of
 //! `replicas` until its new owner reports a position beyond the last one reported
 //! before. At the end a single instance catches up, the final dedup index is compared
@@ -98,6 +101,8 @@ pub struct RescaleReport {
     pub elapsed: Duration,
     pub steps: Vec<Step>,
     pub processor_runs: u32,
+    /// One instance's state directory was deleted mid-run and it restored itself.
+    pub lost_volume: bool,
     pub dedup_index_live: u64,
     pub dedup_index_differences: Vec<String>,
     pub failures: Vec<String>,
@@ -112,6 +117,9 @@ impl RescaleReport {
         }
         if !self.dedup_index_differences.is_empty() {
             problems.push("the final dedup index differs from a replay of the input".into());
+        }
+        if !self.lost_volume {
+            problems.push("the lost volume was not restored from the warehouse".into());
         }
         if self.kills && self.steps.iter().all(|s| s.killed.is_empty()) {
             problems.push("no instance was killed during a hand-off".into());
@@ -158,6 +166,11 @@ impl fmt::Display for RescaleReport {
                 secs(at(1.0))
             )?;
         }
+        writeln!(
+            f,
+            "lost volume (pod 1's state deleted mid-run): restored from the warehouse: {}",
+            self.lost_volume
+        )?;
         writeln!(
             f,
             "dedup index: {} live entries, {} differences from a replay of the input",
@@ -302,6 +315,19 @@ pub fn run_rescale(cfg: &RescaleConfig) -> anyhow::Result<RescaleReport> {
         }
         report.steps.push(step);
         std::thread::sleep(cfg.settle);
+        // At the widest count that keeps pod 1, one instance loses its volume mid-run.
+        if !report.lost_volume && pair[1] >= 2 && pair[1] < pair[0] {
+            lose_volume(&mut pods, 1, &cfg.dir)?;
+            report.lost_volume = pods
+                .pod(1)?
+                .log()
+                .contains("Restored the state from the sink");
+            eprintln!(
+                "rescale: pod 1 lost its volume; restored from the warehouse: {}",
+                report.lost_volume
+            );
+            std::thread::sleep(cfg.settle);
+        }
     }
     eprintln!("rescale: producing the rest");
     let manifests = producer.finish()?;
@@ -325,6 +351,18 @@ pub fn run_rescale(cfg: &RescaleConfig) -> anyhow::Result<RescaleReport> {
     report.processor_runs = pods.runs();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// SIGKILLs pod `ordinal`, deletes its state directory, starts it on an empty one and
+/// waits until it is ready (it restores its partitions from the warehouse first).
+fn lose_volume(pods: &mut Pods, ordinal: u32, dir: &std::path::Path) -> anyhow::Result<()> {
+    let pod = pods.pod(ordinal)?;
+    pod.kill();
+    let state = dir.join(format!("state-{ordinal}"));
+    std::fs::remove_dir_all(&state).with_context(|| format!("deleting {}", state.display()))?;
+    pod.start(None, &[])?;
+    pod.wait_ready(Duration::from_secs(240));
+    Ok(())
 }
 
 /// The partitions whose owner differs between `from` and `to` instances.
@@ -368,13 +406,20 @@ fn hand_off(
     }
     // Within the hand-off: one pod killed, wanted ones restarted.
     let kill_at = changed + Duration::from_millis(rng.gen_range(300..4_000));
-    let victim = rng.gen_range(0..from.max(to));
     let mut killed = !cfg.kills;
-    while step.pauses.len() < moving.len() && changed.elapsed() < HAND_OFF_TIMEOUT {
+    while (step.pauses.len() < moving.len() || !killed) && changed.elapsed() < HAND_OFF_TIMEOUT {
         if !killed && Instant::now() >= kill_at {
             killed = true;
-            if pods.pod(victim)?.kill().is_some() {
-                step.killed.push(victim);
+            // Any pod still running: an old owner, a new one, or one being removed.
+            let running: Vec<u32> = (0..from.max(to))
+                .filter(|&i| pods.pods.get(i as usize).is_some_and(Supervisor::running))
+                .collect();
+            if !running.is_empty() {
+                let victim = running[(rng.gen::<u64>() % running.len() as u64) as usize];
+                eprintln!("rescale: SIGKILL pod {victim} (running: {running:?})");
+                if pods.pod(victim)?.kill().is_some() {
+                    step.killed.push(victim);
+                }
             }
         }
         for i in 0..to {
@@ -389,6 +434,10 @@ fn hand_off(
             }
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..to {
+        pods.ensure(i)?;
+        pods.pod(i)?.wait_ready(Duration::from_secs(120));
     }
     // The removed pods are gone (a pod that takes too long is killed, as Kubernetes
     // does after the grace period).
