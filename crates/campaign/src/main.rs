@@ -89,10 +89,23 @@ fn main() -> ExitCode {
         storm_copies: a.storm_copies,
         dir: a.dir.clone(),
     };
-    match run(&cfg) {
-        Ok(report) => {
+    let result = run(&cfg).map(|r| {
+        let verdict = r.check().map_err(|e| e.to_string());
+        (r.to_string(), verdict)
+    });
+    conclude("campaign", cfg.seed, result)
+}
+
+/// Prints a report and its verdict; the exit code says PASS or not.
+fn conclude(
+    what: &str,
+    seed: u64,
+    result: anyhow::Result<(String, Result<(), String>)>,
+) -> ExitCode {
+    match result {
+        Ok((report, verdict)) => {
             println!("{report}");
-            match report.check() {
+            match verdict {
                 Ok(()) => {
                     println!("PASS");
                     ExitCode::SUCCESS
@@ -104,7 +117,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("campaign seed {} could not run: {e:#}", cfg.seed);
+            eprintln!("{what} seed {seed} could not run: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -124,23 +137,9 @@ fn rescale(a: &Args) -> ExitCode {
         kills: !a.no_kills,
         dir: a.dir.clone(),
     };
-    match run_rescale(&cfg) {
-        Ok(report) => {
-            println!("{report}");
-            match report.check() {
-                Ok(()) => {
-                    println!("PASS");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Err(e) => {
-            eprintln!("rescale seed {} could not run: {e:#}", cfg.seed);
-            ExitCode::FAILURE
-        }
-    }
+    let result = run_rescale(&cfg).map(|r| {
+        let verdict = r.check();
+        (r.to_string(), verdict)
+    });
+    conclude("rescale", cfg.seed, result)
 }

@@ -180,17 +180,7 @@ impl fmt::Display for RescaleReport {
         for d in &self.dedup_index_differences {
             writeln!(f, "  {d}")?;
         }
-        writeln!(
-            f,
-            "verifier: {} lost, {} doubled, {} invented, {} other mismatches",
-            self.verdict.lost,
-            self.verdict.doubled,
-            self.verdict.invented,
-            self.verdict.mismatches.len()
-        )?;
-        for m in &self.verdict.mismatches {
-            writeln!(f, "  mismatch: {m}")?;
-        }
+        write!(f, "{}", self.verdict)?;
         for x in &self.failures {
             writeln!(f, "  FAILURE: {x}")?;
         }
@@ -479,45 +469,21 @@ fn processor_args(
     api: &KubernetesApiDouble,
     retention_secs: i64,
 ) -> Vec<String> {
-    [
-        "run",
-        "--brokers",
-        &broker.bootstrap(),
-        "--topic",
-        TOPIC,
-        "--log-format",
-        "text",
-        "--batch-size",
-        "500",
-        "--relay-batch",
-        "500",
-        // Idle partitions following the others would depend on wall-clock timing,
-        // which the ground truth does not model.
-        "--idle-timeout-secs",
-        "86400",
-        "--sink-give-up-secs",
-        "600",
-        "--bigquery-rest-url",
-        &emu.rest_url(),
-        "--bigquery-grpc-url",
-        &emu.grpc_url(),
-        "--bigquery-no-auth",
-        "--sink",
-        &format!("bigquery:{}.{DATASET}", emu.project),
-        "--retention-secs",
-        &retention_secs.to_string(),
-        "--statefulset",
-        STATEFULSET,
-        "--kube-api",
-        &api.url(),
-        "--kube-namespace",
-        NAMESPACE,
-        "--topology-check-secs",
-        "1",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect()
+    let mut a = crate::supervisor::processor_args(broker, emu, TOPIC, DATASET, retention_secs);
+    a.extend(
+        [
+            "--statefulset",
+            STATEFULSET,
+            "--kube-api",
+            &api.url(),
+            "--kube-namespace",
+            NAMESPACE,
+            "--topology-check-secs",
+            "1",
+        ]
+        .map(str::to_owned),
+    );
+    a
 }
 
 #[cfg(test)]

@@ -185,17 +185,7 @@ impl fmt::Display for Report {
                 s.transaction_id, s.copies, s.unique, s.unique, s.duplicate, s.late
             )?;
         }
-        writeln!(
-            f,
-            "verifier: {} lost, {} doubled, {} invented, {} other mismatches",
-            self.verdict.lost,
-            self.verdict.doubled,
-            self.verdict.invented,
-            self.verdict.mismatches.len()
-        )?;
-        for m in &self.verdict.mismatches {
-            writeln!(f, "  mismatch: {m}")?;
-        }
+        write!(f, "{}", self.verdict)?;
         for n in &self.notes {
             writeln!(f, "  note: {n}")?;
         }
@@ -327,37 +317,7 @@ fn processor_args(
     state: &Path,
     retention_secs: i64,
 ) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "run",
-        "--brokers",
-        &broker.bootstrap(),
-        "--topic",
-        TOPIC,
-        "--log-format",
-        "text",
-        "--batch-size",
-        "500",
-        "--relay-batch",
-        "500",
-        // Idle partitions following the others would depend on wall-clock timing,
-        // which the ground truth does not model.
-        "--idle-timeout-secs",
-        "86400",
-        "--sink-give-up-secs",
-        "600",
-        "--bigquery-rest-url",
-        &emu.rest_url(),
-        "--bigquery-grpc-url",
-        &emu.grpc_url(),
-        "--bigquery-no-auth",
-        "--sink",
-        &format!("bigquery:{}.{DATASET}", emu.project),
-        "--retention-secs",
-        &retention_secs.to_string(),
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
+    let mut a = crate::supervisor::processor_args(broker, emu, TOPIC, DATASET, retention_secs);
     a.push("--state-dir".into());
     a.push(state.display().to_string());
     a

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use paydedup_testkit::{binary, free_port, signal};
+use paydedup_testkit::{binary, free_port, signal, Broker, Emulator};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +220,48 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// `paydedup-processor run`'s flags for a campaign: the broker, the emulator's dataset,
+/// small batches (more commits, more places for a fault to land), `retention_secs`.
+pub fn processor_args(
+    broker: &Broker,
+    emu: &Emulator,
+    topic: &str,
+    dataset: &str,
+    retention_secs: i64,
+) -> Vec<String> {
+    [
+        "run",
+        "--brokers",
+        &broker.bootstrap(),
+        "--topic",
+        topic,
+        "--log-format",
+        "text",
+        "--batch-size",
+        "500",
+        "--relay-batch",
+        "500",
+        // Idle partitions following the others would depend on wall-clock timing,
+        // which the ground truth does not model.
+        "--idle-timeout-secs",
+        "86400",
+        "--sink-give-up-secs",
+        "600",
+        "--bigquery-rest-url",
+        &emu.rest_url(),
+        "--bigquery-grpc-url",
+        &emu.grpc_url(),
+        "--bigquery-no-auth",
+        "--sink",
+        &format!("bigquery:{}.{dataset}", emu.project),
+        "--retention-secs",
+        &retention_secs.to_string(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
 }
 
 /// Sets `flag`'s value in a command line, appending the flag if it is not there.

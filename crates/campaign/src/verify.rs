@@ -90,6 +90,24 @@ pub struct Verdict {
     pub mismatches: Vec<String>,
 }
 
+/// The verifier's line of a report, and every mismatch under it.
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "verifier: {} lost, {} doubled, {} invented, {} other mismatches",
+            self.lost,
+            self.doubled,
+            self.invented,
+            self.mismatches.len()
+        )?;
+        for m in &self.mismatches {
+            writeln!(f, "  mismatch: {m}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Verdict {
     pub fn exact(&self) -> bool {
         self.lost == 0 && self.doubled == 0 && self.invented == 0 && self.mismatches.is_empty()

@@ -195,13 +195,7 @@ fn main() {
     let store = open(&dir.path().join("restored"));
     let mut sink = FileSink::open_owned(&out_dir, &PARTITIONS).unwrap();
     let p = pipeline_config();
-    let cfg = RebuildConfig {
-        allowed_lateness_micros: p.allowed_lateness_micros,
-        retention_micros: p.retention_micros,
-        window_micros: p.window_micros,
-        fraud_ttl_micros: StoreOptions::default().fraud_ttl_micros,
-        fraud: p.fraud,
-    };
+    let cfg = RebuildConfig::of(&p, StoreOptions::default().fraud_ttl_micros);
     peak_rss_mib(true);
     let started = Instant::now();
     let report = restore(&store, &mut sink, &PARTITIONS, &log_end, &cfg).unwrap();

@@ -242,13 +242,7 @@ fn restore_into(
     partitions: &[i32],
 ) -> anyhow::Result<RestoreReport> {
     let p = pipeline_config(config)?;
-    let cfg = RebuildConfig {
-        allowed_lateness_micros: p.allowed_lateness_micros,
-        retention_micros: p.retention_micros,
-        window_micros: p.window_micros,
-        fraud_ttl_micros: StoreOptions::default().fraud_ttl_micros,
-        fraud: p.fraud,
-    };
+    let cfg = RebuildConfig::of(&p, StoreOptions::default().fraud_ttl_micros);
     let log_end = source.log_ends()?;
     let report = retry_while_unavailable(
         config,

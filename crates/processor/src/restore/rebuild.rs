@@ -52,6 +52,19 @@ pub struct RebuildConfig {
     pub fraud: FraudConfig,
 }
 
+impl RebuildConfig {
+    /// The rebuild's settings are the pipeline's, plus the fraud state's TTL.
+    pub fn of(p: &crate::pipeline::PipelineConfig, fraud_ttl_micros: i64) -> RebuildConfig {
+        RebuildConfig {
+            allowed_lateness_micros: p.allowed_lateness_micros,
+            retention_micros: p.retention_micros,
+            window_micros: p.window_micros,
+            fraud_ttl_micros,
+            fraud: p.fraud.clone(),
+        }
+    }
+}
+
 /// One partition's position and progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionRestore {
