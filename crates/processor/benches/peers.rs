@@ -1,0 +1,317 @@
+//! The processor core on the peer engines' input (`../shared/peers/gen_events.py`):
+//! the same NDJSON files Flink, Spark and the Python floor were measured on — random
+//! ids, 10 % duplicates 0–120 s later, a tenth of them conflicting, 5 s out of order.
+//!
+//! The five fields that input lacks (`merchant_category`, `ip_address`, `region`,
+//! `payment_method`, `schema_version`) are appended to each line with constant values.
+//! Records go to 4 partitions by a hash of their id (as keyed producers would), in file
+//! order, in batches of 5,000; lateness and retention 600 s (the peers' 10-minute
+//! watermark). Each batch: decode → dedup → fraud → windows → rows → one synced
+//! RocksDB commit, with its watermarks published to the TTL filters as the processor
+//! does. Two modes:
+//! - `--relay`: as in production, the outbox relay delivers every row to the real file
+//!   sink on its own thread; the run ends when the last row is acknowledged;
+//! - without: no relay, the rows stay in the outbox (the core alone).
+//!
+//! Prints one table row: events/s, p50/p99 batch latency, peak RSS, bytes of state on
+//! disk per live dedup key at the end, and the counts — unique, duplicate, conflict —
+//! which must equal the generator's manifest (the bench fails otherwise).
+//!
+//! cargo bench -p paydedup-processor --bench peers -- DATA_DIR [--relay]
+//! (`DATA_DIR.manifest.json` must be next to it, as `gen_events.py` writes it.) Under
+//! `cargo test` (no DATA_DIR) it generates nothing and only checks its line patching.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use paydedup_event::{
+    encode_json, Currency, DecodeLimits, PaymentEvent, PaymentMethod, TransactionId,
+};
+use paydedup_fraud::FraudConfig;
+use paydedup_processor::checkpoint::Checkpoint;
+use paydedup_processor::metrics::Metrics;
+use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
+use paydedup_processor::relay::{OutboxRelay, RelayConfig};
+use paydedup_sink::FileSink;
+use paydedup_state::{StateStore, StoreOptions};
+
+const PARTITIONS: [i32; 4] = [0, 1, 2, 3];
+const BATCH: usize = 5_000;
+const SECS: i64 = 1_000_000;
+
+/// `,"merchant_category":…` up to the five fields the peers' lines lack, taken from
+/// the event encoder itself so they are exactly what the decoder expects.
+fn missing_fields() -> String {
+    let e = PaymentEvent {
+        transaction_id: TransactionId::new_unchecked("tx-0"),
+        event_time: Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap(),
+        amount_minor: 1,
+        currency: Currency::from_code("EUR").unwrap(),
+        merchant_id: "m".into(),
+        merchant_category: 5411,
+        card_fingerprint: "0".repeat(32),
+        card_country: "DE".into(),
+        customer_id: "c".into(),
+        ip_address: "20.1.2.3".parse().unwrap(),
+        ip_country: "DE".into(),
+        device_id: "d".into(),
+        region: "eu-west".into(),
+        payment_method: PaymentMethod::Card,
+        schema_version: 1,
+    };
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&encode_json(&e)).unwrap();
+    let mut out = String::new();
+    for k in [
+        "merchant_category",
+        "ip_address",
+        "region",
+        "payment_method",
+        "schema_version",
+    ] {
+        out.push_str(&format!(",{}:{}", serde_json::Value::from(k), v[k]));
+    }
+    out
+}
+
+/// The line with the missing fields appended, and its transaction id.
+fn patch<'a>(line: &'a str, extra: &str, buf: &mut String) -> Option<&'a str> {
+    let body = line.trim_end().strip_suffix('}')?;
+    buf.clear();
+    buf.push_str(body);
+    buf.push_str(extra);
+    buf.push('}');
+    let rest = line.strip_prefix(r#"{"transaction_id":""#)?;
+    Some(&rest[..rest.find('"')?])
+}
+
+fn partition_of(id: &str) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % PARTITIONS.len() as u64) as i32
+}
+
+#[derive(serde::Deserialize)]
+struct Manifest {
+    events: u64,
+    distinct_ids: u64,
+    duplicates: u64,
+    conflicting_duplicates: u64,
+}
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let relay = args.iter().any(|a| a == "--relay");
+    let Some(data) = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(PathBuf::from)
+    else {
+        // Under `cargo test`: check the patching on one line of the peers' format.
+        let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
+        let mut buf = String::new();
+        assert_eq!(patch(line, &missing_fields(), &mut buf), Some("tx-00ab"));
+        let decoded = paydedup_event::decode(buf.as_bytes(), Utc::now(), &DecodeLimits::default());
+        assert!(decoded.is_ok(), "{decoded:?}");
+        return;
+    };
+    let manifest: Manifest = serde_json::from_slice(
+        &std::fs::read(data.with_extension("manifest.json"))
+            .or_else(|_| std::fs::read(format!("{}.manifest.json", data.display())))
+            .expect("the generator's manifest next to the data directory"),
+    )
+    .unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+
+    let work = tempfile::Builder::new()
+        .prefix("paydedup-bench-peers-")
+        .tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
+        .unwrap();
+    let state_dir = work.path().join("state");
+    let store = Arc::new(
+        StateStore::open(
+            &state_dir,
+            &StoreOptions {
+                sync: true,
+                dedup_retention_micros: Some(600 * SECS),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let config = PipelineConfig {
+        allowed_lateness_micros: 600 * SECS,
+        retention_micros: 600 * SECS,
+        window_micros: 60 * SECS,
+        decode: DecodeLimits::default(),
+        fraud: FraudConfig::default(),
+    };
+    let mut pipeline = Pipeline::load(config, &store).unwrap();
+    let metrics = Metrics::new();
+    let checkpoint = relay.then(|| {
+        let sink = FileSink::open_owned(&work.path().join("out"), &PARTITIONS).unwrap();
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(sink),
+            RelayConfig {
+                batch_rows: 5_000,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(10),
+                give_up_after: Duration::from_secs(300),
+                dead_letter_dir: work.path().join("dead-letter"),
+                verify_resent_below: Default::default(),
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        Checkpoint::new(store.clone(), relay, metrics.clone(), PARTITIONS.to_vec())
+    });
+
+    let extra = missing_fields();
+    let mut lines: Vec<(i32, String, String)> = Vec::with_capacity(BATCH);
+    let mut offsets = [0i64; PARTITIONS.len()];
+    let mut latencies: Vec<Duration> = Vec::new();
+    let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
+    let mut events = 0u64;
+    let started = Instant::now();
+    let mut flush = |lines: &mut Vec<(i32, String, String)>, latencies: &mut Vec<Duration>| {
+        if lines.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        let records: Vec<InputRecord<'_>> = lines
+            .iter()
+            .map(|(p, id, payload)| {
+                let o = &mut offsets[*p as usize];
+                *o += 1;
+                InputRecord {
+                    partition: *p,
+                    offset: *o - 1,
+                    key: Some(id.as_bytes()),
+                    payload: payload.as_bytes(),
+                    timestamp_ms: None,
+                }
+            })
+            .collect();
+        let (mut batch, stats) = pipeline.process(&records, &store).unwrap();
+        match &checkpoint {
+            Some(c) => c.commit(&pipeline, batch, &stats, t).unwrap(),
+            None => {
+                // What the checkpoint step does besides handing rows to the relay:
+                // publish the committed watermarks to the TTL filters.
+                let wms: Vec<(i32, i64)> = PARTITIONS
+                    .iter()
+                    .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
+                    .collect();
+                let min = wms.iter().map(|w| w.1).min();
+                if let Some(h) = min {
+                    batch.set_horizon(h);
+                }
+                for &(p, wm) in &wms {
+                    batch.set_partition_horizon(p, wm);
+                }
+                store.commit(batch).unwrap();
+                if let Some(h) = min {
+                    store.horizon().advance(h);
+                }
+                for &(p, wm) in &wms {
+                    store.advance_partition_horizon(p, wm);
+                }
+            }
+        }
+        latencies.push(t.elapsed());
+        unique += stats.unique;
+        duplicate += stats.duplicates;
+        conflict += stats.conflicts;
+        late += stats.late;
+        invalid += stats.invalid;
+        lines.clear();
+    };
+    let mut buf = String::new();
+    for f in &files {
+        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(f).unwrap());
+        for line in reader.lines() {
+            let line = line.unwrap();
+            let id = patch(&line, &extra, &mut buf).expect("a line of the peers' format");
+            lines.push((partition_of(id), id.to_owned(), buf.clone()));
+            events += 1;
+            if lines.len() == BATCH {
+                flush(&mut lines, &mut latencies);
+            }
+        }
+    }
+    flush(&mut lines, &mut latencies);
+    let committed = started.elapsed();
+    if let Some(c) = checkpoint {
+        let relay = c.into_relay();
+        relay.flush(Duration::from_secs(3600)).unwrap();
+        relay.stop();
+    }
+    let delivered = started.elapsed();
+    let rss = peak_rss_mib();
+    store.compact().unwrap();
+    let live: u64 = store.live_dedup().unwrap().values().map(|l| l.live).sum();
+    let state_bytes = dir_bytes(&state_dir);
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    let exact = events == manifest.events
+        && unique == manifest.distinct_ids
+        && duplicate + conflict == manifest.duplicates
+        && conflict == manifest.conflicting_duplicates
+        && late == 0
+        && invalid == 0;
+    println!("| input | mode | events/s (to commit) | events/s (to the sink) | p50 batch | p99 batch | peak RSS | state on disk per live key | unique / duplicate / conflict | = manifest |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.0} | {} | {:.0} ms | {:.0} ms | {} MiB | {:.0} B ({live} keys) | {unique} / {duplicate} / {conflict} | {} |",
+        data.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+        if relay { "relay → file sink" } else { "core, no relay" },
+        events as f64 / committed.as_secs_f64(),
+        if relay {
+            format!("{:.0}", events as f64 / delivered.as_secs_f64())
+        } else {
+            "–".into()
+        },
+        at(0.5),
+        at(0.99),
+        rss,
+        state_bytes as f64 / live.max(1) as f64,
+        if exact { "yes" } else { "NO" }
+    );
+    assert!(
+        exact,
+        "counts differ from the manifest: events {events}, late {late}, invalid {invalid}"
+    );
+}
