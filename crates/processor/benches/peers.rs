@@ -17,7 +17,7 @@
 //! disk per live dedup key at the end, and the counts — unique, duplicate, conflict —
 //! which must equal the generator's manifest (the bench fails otherwise).
 //!
-//! cargo bench -p paydedup-processor --bench peers -- DATA_DIR [--relay]
+//! cargo bench -p paydedup-processor --bench peers -- DATA_DIR [--relay] [--result-file F --tag T]
 //! (`DATA_DIR.manifest.json` must be next to it, as `gen_events.py` writes it.) Under
 //! `cargo test` (no DATA_DIR) it generates nothing and only checks its line patching.
 
@@ -128,10 +128,15 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let relay = args.iter().any(|a| a == "--relay");
+    // The data directory: the first argument that is not a flag or a flag's value.
     let Some(data) = args
         .iter()
-        .find(|a| !a.starts_with("--"))
-        .map(PathBuf::from)
+        .enumerate()
+        .find(|&(i, a)| {
+            let is_value = i > 0 && matches!(args[i - 1].as_str(), "--result-file" | "--tag");
+            !a.starts_with("--") && !is_value
+        })
+        .map(|(_, a)| PathBuf::from(a))
     else {
         // Under `cargo test`: check the patching on one line of the peers' format.
         let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
@@ -310,6 +315,37 @@ fn main() {
         state_bytes as f64 / live.max(1) as f64,
         if exact { "yes" } else { "NO" }
     );
+    // One JSON line in the peers' result format (scripts/bench-peers.sh tabulates them).
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let Some(path) = opt("--result-file") {
+        let wall = if relay { delivered } else { committed };
+        let line = serde_json::json!({
+            "engine": "paydedup",
+            "tag": opt("--tag").cloned().unwrap_or_default(),
+            "mode": if relay { "relay to file sink" } else { "core, no relay" },
+            "events": events,
+            "distinct_ids": manifest.distinct_ids,
+            "output_rows": unique,
+            "correct": exact,
+            "query_wall_s": (wall.as_secs_f64() * 100.0).round() / 100.0,
+            "events_per_s": (events as f64 / wall.as_secs_f64()).round(),
+            "peak_rss_mb": rss,
+            "p50_batch_ms": at(0.5).round(),
+            "p99_batch_ms": at(0.99).round(),
+            "state_bytes_per_live_key": (state_bytes as f64 / live.max(1) as f64).round(),
+        });
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
     assert!(
         exact,
         "counts differ from the manifest: events {events}, late {late}, invalid {invalid}"
