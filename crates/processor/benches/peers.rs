@@ -129,8 +129,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let relay = args.iter().any(|a| a == "--relay");
     // The data directory: the first argument that is not a flag or a flag's value.
+    // `cargo bench` passes --bench; under `cargo test` (which passes the test
+    // harness's flags, e.g. `--test-threads 2`) there is no data directory.
+    let bench = args.iter().any(|a| a == "--bench");
     let Some(data) = args
         .iter()
+        .filter(|_| bench)
         .enumerate()
         .find(|&(i, a)| {
             let is_value = i > 0 && matches!(args[i - 1].as_str(), "--result-file" | "--tag");
@@ -289,6 +293,20 @@ fn main() {
     store.compact().unwrap();
     let live: u64 = store.live_dedup().unwrap().values().map(|l| l.live).sum();
     let state_bytes = dir_bytes(&state_dir);
+    // Where the bytes are: SST + memtable bytes per column family.
+    let stats = store.stats().unwrap();
+    let per_cf: Vec<String> = stats
+        .bytes
+        .iter()
+        .map(|(cf, b)| format!("{cf} {:.0} MB", *b as f64 / 1e6))
+        .collect();
+    eprintln!(
+        "state: {:.0} MB in the directory; {}; {} dedup keys stored ({live} live), {} fraud keys",
+        state_bytes as f64 / 1e6,
+        per_cf.join(", "),
+        stats.dedup_keys,
+        stats.fraud_keys
+    );
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
     let exact = events == manifest.events
@@ -337,6 +355,11 @@ fn main() {
             "p50_batch_ms": at(0.5).round(),
             "p99_batch_ms": at(0.99).round(),
             "state_bytes_per_live_key": (state_bytes as f64 / live.max(1) as f64).round(),
+            "dedup_bytes_per_live_key": (stats.bytes.get("dedup").copied().unwrap_or(0) as f64
+                / live.max(1) as f64)
+                .round(),
+            "bytes_by_column_family": stats.bytes,
+            "fraud_keys": stats.fraud_keys,
         });
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

@@ -114,11 +114,14 @@ fn run(input: &[(String, Vec<u8>)], batch: usize, sync: bool) -> (f64, f64, f64)
 }
 
 fn main() {
+    // `cargo bench` passes --bench; under `cargo test` it runs small.
+    let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::args()
         .skip(1)
+        .filter(|_| bench)
         .find(|a| a.parse::<usize>().is_ok())
         .and_then(|a| a.parse().ok())
-        .unwrap_or(500_000);
+        .unwrap_or(if bench { 500_000 } else { 20_000 });
     let input = events(n);
     println!("processor core, {n} events (10 % duplicates), one partition, one thread");
     println!(

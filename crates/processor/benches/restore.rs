@@ -151,6 +151,7 @@ fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::args()
         .skip(1)
+        .filter(|_| bench)
         .find_map(|a| a.parse().ok())
         .unwrap_or(if bench { 1_000_000 } else { 20_000 });
     let dir = tempfile::Builder::new()
