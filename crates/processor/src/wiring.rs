@@ -122,6 +122,18 @@ fn build(
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
         owned_partitions(n, topology.index, count)
     })?;
+    // Owning nothing (a mistyped count, or a pod about to be removed) forgets nothing:
+    // state is dropped only by an instance that owns partitions, for those it does not.
+    if source.owned().is_empty() {
+        metrics.emit(OwnershipChanged {
+            instance: topology.index,
+            count,
+            owned: &[],
+            lost: &[],
+            forgotten: Forgotten::default(),
+        });
+        return Ok(None);
+    }
     let (lost, forgotten) = forget_unowned(config, &store, source.owned())?;
     metrics.emit(OwnershipChanged {
         instance: topology.index,
@@ -130,9 +142,6 @@ fn build(
         lost: &lost,
         forgotten,
     });
-    if source.owned().is_empty() {
-        return Ok(None);
-    }
     let mut sink = open_sink(config, &store, source.owned())?;
     // A lost volume, or partitions taken over: owned partitions the state holds
     // nothing for but the sink holds rows for are rebuilt from the sink (unless told to

@@ -144,3 +144,46 @@ fn state_is_bound_to_its_topic_and_decision_settings() {
     let out = run("payments", &[], "o1");
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
+
+/// A mistyped instance count that leaves this instance owning nothing stops with a
+/// clear error — and leaves the state alone: the state of partitions is dropped only
+/// by an instance that owns others (a real hand-off), never by a start that fails.
+#[test]
+fn an_instance_that_owns_nothing_stops_and_keeps_its_state() {
+    let broker = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    simulate(&broker, "payments", 1, 200, 3, &[], dir.path());
+    let (state, output) = (dir.path().join("state"), dir.path().join("out"));
+    process_to_end(&broker, "payments", &state, &output, &[]);
+    let positions = || {
+        let out = std::process::Command::new(binary("paydedup-processor").unwrap())
+            .args(["state", "--json", "--state-dir"])
+            .arg(&state)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["next_offsets"].clone()
+    };
+    let before = positions();
+    assert_eq!(before["0"], serde_json::json!(200), "{before}");
+    let out = processor_command(
+        &broker,
+        "payments",
+        &state,
+        &output,
+        &["--instance-index", "1", "--instance-count", "2"],
+    )
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("owns no partitions"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        positions(),
+        before,
+        "the failed start must not forget the state"
+    );
+}

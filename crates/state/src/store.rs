@@ -131,9 +131,6 @@ fn cf_options(
     o
 }
 
-/// The most WAL the state keeps on disk (see `StateStore::open`).
-const WAL_BOUND_BYTES: u64 = 256 << 20;
-
 impl StateStore {
     /// Opens (creating if needed) the state directory for read and write. Fails with
     /// [`StateError::Locked`] if another process holds it.
@@ -151,13 +148,6 @@ impl StateStore {
         db_opts.increase_parallelism(2);
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
-        // A WAL file is deleted only once every column family with writes in it has
-        // flushed them. `meta` takes a few bytes per batch and would flush rarely, so
-        // without a bound the WAL grows to RocksDB's default of 4× all write buffers
-        // (~2.5 GB here, measured on the peers' 2 M input: 2.2 GB of a 2.4 GB state
-        // directory). The bound makes RocksDB flush the column families that pin old
-        // WAL files instead.
-        db_opts.set_max_total_wal_size(WAL_BOUND_BYTES);
         let cfs = cf::ALL.iter().map(|name| {
             ColumnFamilyDescriptor::new(
                 *name,
