@@ -31,7 +31,7 @@ use paydedup_event::{
     encode_json, Currency, DecodeLimits, PaymentEvent, PaymentMethod, TransactionId,
 };
 use paydedup_fraud::FraudConfig;
-use paydedup_processor::checkpoint::Checkpoint;
+use paydedup_processor::checkpoint::{Checkpoint, Watermarks};
 use paydedup_processor::metrics::Metrics;
 use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
@@ -238,26 +238,10 @@ fn main() {
         match &checkpoint {
             Some(c) => c.commit(&pipeline, batch, &stats, t).unwrap(),
             None => {
-                // What the checkpoint step does besides handing rows to the relay:
-                // publish the committed watermarks to the TTL filters.
-                let wms: Vec<(i32, i64)> = PARTITIONS
-                    .iter()
-                    .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
-                    .collect();
-                let min = wms.iter().map(|w| w.1).min();
-                if let Some(h) = min {
-                    batch.set_horizon(h);
-                }
-                for &(p, wm) in &wms {
-                    batch.set_partition_horizon(p, wm);
-                }
+                // The checkpoint step without the relay: the same watermarks.
+                let watermarks = Watermarks::stamp(&pipeline, &PARTITIONS, &mut batch);
                 store.commit(batch).unwrap();
-                if let Some(h) = min {
-                    store.horizon().advance(h);
-                }
-                for &(p, wm) in &wms {
-                    store.advance_partition_horizon(p, wm);
-                }
+                watermarks.publish(&store);
             }
         }
         latencies.push(t.elapsed());

@@ -74,35 +74,59 @@ impl Checkpoint {
         stats: &BatchStats,
         started: Instant,
     ) -> anyhow::Result<()> {
-        let watermarks: Vec<(i32, i64)> = self
-            .owned
-            .iter()
-            .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
-            .collect();
-        let horizon = watermarks.iter().map(|(_, wm)| *wm).min();
-        if let Some(h) = horizon {
-            batch.set_horizon(h);
-        }
-        for &(p, wm) in &watermarks {
-            batch.set_partition_horizon(p, wm);
-        }
+        let watermarks = Watermarks::stamp(pipeline, &self.owned, &mut batch);
         let commit_started = Instant::now();
         self.relay
             .commit(&self.store, batch)
             .context("committing the batch to the state store")?;
         let commit: Duration = commit_started.elapsed();
-        if let Some(h) = horizon {
-            self.store.horizon().advance(h);
-        }
-        for &(p, wm) in &watermarks {
-            self.store.advance_partition_horizon(p, wm);
-        }
+        watermarks.publish(&self.store);
         self.metrics.emit(BatchCommitted {
             stats,
             batch: started.elapsed(),
             commit,
         });
         Ok(())
+    }
+}
+
+/// A batch's committed watermarks: recorded in the batch, then — only once the batch
+/// is committed — published to the TTL filters (a filter must never see a watermark a
+/// crash could roll back).
+pub struct Watermarks {
+    per_partition: Vec<(i32, i64)>,
+    /// The minimum over the partitions: the global expiry horizon.
+    horizon: Option<i64>,
+}
+
+impl Watermarks {
+    /// Records the owned partitions' watermarks in `batch`.
+    pub fn stamp(pipeline: &Pipeline, owned: &[i32], batch: &mut StateBatch) -> Watermarks {
+        let per_partition: Vec<(i32, i64)> = owned
+            .iter()
+            .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
+            .collect();
+        let horizon = per_partition.iter().map(|(_, wm)| *wm).min();
+        if let Some(h) = horizon {
+            batch.set_horizon(h);
+        }
+        for &(p, wm) in &per_partition {
+            batch.set_partition_horizon(p, wm);
+        }
+        Watermarks {
+            per_partition,
+            horizon,
+        }
+    }
+
+    /// Publishes them to the store's TTL filters; call after the batch's commit.
+    pub fn publish(&self, store: &StateStore) {
+        if let Some(h) = self.horizon {
+            store.horizon().advance(h);
+        }
+        for &(p, wm) in &self.per_partition {
+            store.advance_partition_horizon(p, wm);
+        }
     }
 }
 

@@ -135,7 +135,7 @@ impl Processor {
                 return Ok(exit);
             }
             if let Some(failure) = self.checkpoint.relay().take_failure() {
-                if failure.code() == "fenced" {
+                if failure.is_fenced() {
                     if let Some(exit) = self.await_rescale() {
                         tracing::warn!(error = %failure, ?exit, "Fenced by the partition's next owner; handing partitions over.");
                         return Ok(exit);

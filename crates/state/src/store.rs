@@ -367,23 +367,34 @@ impl StateStore {
     }
 
     /// Calls `each` with (key after `prefix`, value) for every meta key under `prefix`.
-    fn scan_meta(
+    /// Every key of `cf` starting with `prefix`, in order, with its value.
+    fn scan_prefix(
         &self,
+        cf: &str,
         prefix: &[u8],
         mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
-        let cf = self.cf(CF_META)?;
+        let handle = self.cf(cf)?;
         for item in self
             .db
-            .iterator_cf(cf, IteratorMode::From(prefix, Direction::Forward))
+            .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             if !k.starts_with(prefix) {
                 break;
             }
-            each(&k[prefix.len()..], &v)?;
+            each(&k, &v)?;
         }
         Ok(())
+    }
+
+    /// Every `meta` key under `prefix`, with the prefix cut off.
+    fn scan_meta(
+        &self,
+        prefix: &[u8],
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        self.scan_prefix(CF_META, prefix, |k, v| each(&k[prefix.len()..], v))
     }
 
     fn scan_meta_i64(&self, prefix: &[u8]) -> Result<BTreeMap<i32, i64>, StateError> {

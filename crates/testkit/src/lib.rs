@@ -363,7 +363,6 @@ impl Drop for Emulator {
 pub struct KubernetesApiDouble {
     port: u16,
     replicas: Arc<AtomicU32>,
-    requests: Arc<AtomicU32>,
     stop: Arc<AtomicBool>,
 }
 
@@ -379,19 +378,16 @@ impl KubernetesApiDouble {
         let api = KubernetesApiDouble {
             port,
             replicas: Arc::new(AtomicU32::new(replicas)),
-            requests: Arc::new(AtomicU32::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let path = format!("/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}");
-        let (replicas, requests, stop) =
-            (api.replicas.clone(), api.requests.clone(), api.stop.clone());
+        let (replicas, stop) = (api.replicas.clone(), api.stop.clone());
         std::thread::Builder::new()
             .name("kubernetes-api-double".into())
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            requests.fetch_add(1, Ordering::AcqRel);
                             let _ = answer(stream, &path, replicas.load(Ordering::Acquire));
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -408,11 +404,6 @@ impl KubernetesApiDouble {
     /// What `kubectl scale statefulset … --replicas=n` changes.
     pub fn set_replicas(&self, n: u32) {
         self.replicas.store(n, Ordering::Release);
-    }
-
-    /// Requests answered so far.
-    pub fn requests(&self) -> u32 {
-        self.requests.load(Ordering::Acquire)
     }
 }
 

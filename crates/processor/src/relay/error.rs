@@ -75,6 +75,17 @@ pub enum RelayError {
 }
 
 impl RelayError {
+    /// The sink refused this processor: another owns the partition now (see `fence`).
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            RelayError::Sink {
+                source: SinkError::Fenced { .. },
+                ..
+            }
+        )
+    }
+
     /// A stable, bounded code for metric labels and logs.
     pub fn code(&self) -> &'static str {
         match self {

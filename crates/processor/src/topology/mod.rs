@@ -136,13 +136,6 @@ impl InstanceCount {
         Ok(InstanceCount { current })
     }
 
-    /// A count that never changes (tests, `restore`).
-    pub fn fixed(n: u32) -> InstanceCount {
-        InstanceCount {
-            current: Arc::new(AtomicU32::new(n)),
-        }
-    }
-
     pub fn get(&self) -> u32 {
         self.current.load(Ordering::Acquire)
     }

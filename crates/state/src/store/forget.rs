@@ -16,7 +16,7 @@
 //! Kept: fraud history (it belongs to no partition, only shapes scores, and expires by
 //! TTL) and the sink's own bookkeeping (`sink/…`: a new claim replaces it).
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{IteratorMode, WriteBatch};
 
 use super::StateStore;
 use crate::cf::{CF_DEDUP, CF_META, CF_OUTBOX, CF_WINDOW};
@@ -73,18 +73,23 @@ impl StateStore {
             let mut landed_windows = meta::LANDED_WINDOW_PREFIX.to_vec();
             landed_windows.extend_from_slice(&p.to_be_bytes());
             for prefix in [landed, landed_windows] {
-                self.each_key(CF_META, &prefix, |k| wb.delete_cf(meta_cf, k))?;
+                self.scan_prefix(CF_META, &prefix, |k, _| {
+                    wb.delete_cf(meta_cf, k);
+                    Ok(())
+                })?;
             }
             let window_cf = self.cf(CF_WINDOW)?;
-            self.each_key(CF_WINDOW, &p.to_be_bytes(), |k| {
+            self.scan_prefix(CF_WINDOW, &p.to_be_bytes(), |k, _| {
                 out.windows += 1;
-                wb.delete_cf(window_cf, k)
+                wb.delete_cf(window_cf, k);
+                Ok(())
             })?;
             let outbox_cf = self.cf(CF_OUTBOX)?;
             for table in Table::ALL {
-                self.each_key(CF_OUTBOX, &keys::outbox_prefix(table, p), |k| {
+                self.scan_prefix(CF_OUTBOX, &keys::outbox_prefix(table, p), |k, _| {
                     out.outbox_rows += 1;
-                    wb.delete_cf(outbox_cf, k)
+                    wb.delete_cf(outbox_cf, k);
+                    Ok(())
                 })?;
             }
         }
@@ -100,26 +105,6 @@ impl StateStore {
             .write_opt(wb, &self.write_options)
             .map_err(|e| self.rocks(e))?;
         Ok(out)
-    }
-
-    fn each_key(
-        &self,
-        cf: &str,
-        prefix: &[u8],
-        mut each: impl FnMut(&[u8]),
-    ) -> Result<(), StateError> {
-        let handle = self.cf(cf)?;
-        for item in self
-            .db
-            .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward))
-        {
-            let (k, _) = item.map_err(|e| self.rocks(e))?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            each(&k);
-        }
-        Ok(())
     }
 }
 
