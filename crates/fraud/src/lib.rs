@@ -6,6 +6,7 @@
 //!   and the updated state. No I/O, no clock: the same inputs in the same order always
 //!   give the same answer, which is what lets a replay after a crash reproduce it.
 
+mod codec;
 pub mod config;
 pub mod signals;
 pub mod state;

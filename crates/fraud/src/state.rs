@@ -2,9 +2,13 @@
 //!
 //! Every encoded value starts with the 8-byte big-endian last-seen event time: the state
 //! store's TTL compaction filter reads it to drop cards and customers not seen for the
-//! configured TTL. The rest is JSON: small, versionable, easy to inspect.
-
+//! configured TTL. The rest is a fixed binary layout ([`crate::codec`]): a card or
+//! customer is read and written back for every unique payment, so its encoding is on
+//! the hot path (JSON cost more than the fraud rules themselves). Values written as
+//! JSON by earlier builds are still read.
 use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, Reader, Writer};
 
 /// How many event times per card are kept (enough for any sane velocity threshold).
 pub const MAX_RECENT: usize = 64;
@@ -40,19 +44,29 @@ pub struct CustomerState {
     pub devices: Vec<String>,
 }
 
-fn encode<T: Serialize>(last_seen: i64, v: &T) -> Vec<u8> {
-    let mut out = last_seen.to_be_bytes().to_vec();
-    // Serialising plain structs of numbers and strings cannot fail.
-    out.extend(serde_json::to_vec(v).unwrap_or_default());
-    out
+/// A value that does not parse (written by an incompatible build, or damaged) is treated
+/// as no history rather than failing the pipeline: fraud signals are advisory.
+fn decode<T: for<'de> Deserialize<'de> + Default>(
+    b: &[u8],
+    binary: impl FnOnce(i64, &mut Reader<'_>) -> Option<T>,
+) -> T {
+    let Some(last_seen) = b.get(..8).and_then(|t| t.try_into().ok()) else {
+        return T::default();
+    };
+    let last_seen = i64::from_be_bytes(last_seen);
+    match b.get(8) {
+        Some(&codec::TAG) => binary(last_seen, &mut Reader::new(&b[9..])).unwrap_or_default(),
+        // `{`: a JSON value of an earlier build.
+        Some(b'{') => serde_json::from_slice(&b[8..]).unwrap_or_default(),
+        _ => T::default(),
+    }
 }
 
-fn decode<T: for<'de> Deserialize<'de> + Default>(b: &[u8]) -> T {
-    // A value that does not parse (written by an incompatible build) is treated as no
-    // history rather than failing the pipeline: fraud signals are advisory.
-    b.get(8..)
-        .and_then(|json| serde_json::from_slice(json).ok())
-        .unwrap_or_default()
+fn writer(last_seen: i64) -> Writer {
+    let mut w = Writer::with_capacity(64);
+    w.bytes(&last_seen.to_be_bytes());
+    w.u8(codec::TAG);
+    w
 }
 
 impl CardState {
@@ -63,11 +77,45 @@ impl CardState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        encode(self.last_seen_micros, self)
+        let mut w = writer(self.last_seen_micros);
+        let n = w.count(self.recent.len());
+        for t in self.recent.iter().take(n) {
+            w.i64(*t);
+        }
+        let n = w.count(self.amounts.len());
+        for a in self.amounts.iter().take(n) {
+            w.str(&a.currency);
+            w.u64(a.n);
+            w.f64(a.mean);
+            w.f64(a.m2);
+        }
+        w.opt_str(self.last_ip_country.as_deref());
+        w.i64(self.last_ip_country_micros);
+        w.finish()
     }
 
     pub fn decode(b: &[u8]) -> CardState {
-        decode(b)
+        decode(b, |last_seen_micros, r| {
+            let recent = (0..r.count()?).map(|_| r.i64()).collect::<Option<_>>()?;
+            let amounts = (0..r.count()?)
+                .map(|_| {
+                    Some(AmountStats {
+                        currency: r.str()?,
+                        n: r.u64()?,
+                        mean: r.f64()?,
+                        m2: r.f64()?,
+                    })
+                })
+                .collect::<Option<_>>()?;
+            let state = CardState {
+                last_seen_micros,
+                recent,
+                amounts,
+                last_ip_country: r.opt_str()?,
+                last_ip_country_micros: r.i64()?,
+            };
+            r.end().then_some(state)
+        })
     }
 }
 
@@ -79,11 +127,23 @@ impl CustomerState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        encode(self.last_seen_micros, self)
+        let mut w = writer(self.last_seen_micros);
+        let n = w.count(self.devices.len());
+        for d in self.devices.iter().take(n) {
+            w.str(d);
+        }
+        w.finish()
     }
 
     pub fn decode(b: &[u8]) -> CustomerState {
-        decode(b)
+        decode(b, |last_seen_micros, r| {
+            let devices = (0..r.count()?).map(|_| r.str()).collect::<Option<_>>()?;
+            let state = CustomerState {
+                last_seen_micros,
+                devices,
+            };
+            r.end().then_some(state)
+        })
     }
 }
 
@@ -102,5 +162,64 @@ mod tests {
         assert_eq!(i64::from_be_bytes(b[..8].try_into().unwrap()), 123);
         assert_eq!(CardState::decode(&b), c);
         assert_eq!(CardState::decode(b"short"), CardState::default());
+    }
+
+    fn card() -> CardState {
+        CardState {
+            last_seen_micros: 1_700_000_000_000_000,
+            recent: vec![1_699_999_000_000_000, 1_700_000_000_000_000],
+            amounts: vec![AmountStats {
+                currency: "EUR".into(),
+                n: 3,
+                mean: 1234.5,
+                m2: 0.25,
+            }],
+            last_ip_country: Some("DE".into()),
+            last_ip_country_micros: 1_700_000_000_000_000,
+        }
+    }
+
+    #[test]
+    fn every_field_round_trips_and_a_customer_too() {
+        let c = card();
+        assert_eq!(CardState::decode(&c.encode()), c);
+        let no_country = CardState {
+            last_ip_country: None,
+            ..card()
+        };
+        assert_eq!(CardState::decode(&no_country.encode()), no_country);
+        let cu = CustomerState {
+            last_seen_micros: -5,
+            devices: vec!["d-1".into(), "".into(), "ü-2".into()],
+        };
+        assert_eq!(CustomerState::decode(&cu.encode()), cu);
+    }
+
+    #[test]
+    fn json_values_of_earlier_builds_are_still_read() {
+        let c = card();
+        let mut old = c.last_seen_micros.to_be_bytes().to_vec();
+        old.extend(serde_json::to_vec(&c).unwrap());
+        assert_eq!(CardState::decode(&old), c);
+    }
+
+    #[test]
+    fn a_damaged_value_is_no_history_not_a_panic() {
+        let b = card().encode();
+        // Every truncation, and trailing garbage, decode to the empty state.
+        for n in 0..b.len() {
+            assert_eq!(
+                CardState::decode(&b[..n]),
+                CardState::default(),
+                "cut at {n}"
+            );
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(CardState::decode(&longer), CardState::default());
+        // A length that claims more than the value holds.
+        let mut lying = card().encode();
+        lying[9] = 255;
+        assert_eq!(CardState::decode(&lying), CardState::default());
     }
 }

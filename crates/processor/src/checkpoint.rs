@@ -1,13 +1,14 @@
 //! The checkpoint step: one batch's effects become durable, then visible.
 //!
 //! Every batch — a polled batch or the drain at the end of a bounded run — goes through
-//! [`Checkpoint::commit`], which does, in this order:
+//! [`Checkpoint::commit`] (or [`Checkpoint::commit_overlapped`]), which does, in this
+//! order:
 //!
 //! 1. records the **expiry horizons** in the batch: each owned partition's watermark
 //!    (a dedup entry expires by its own partition's, so a quiet partition keeps only
 //!    its own entries) and their minimum (the fallback), so the compaction filters only
 //!    ever use committed watermarks;
-//! 2. **commits** the batch through the relay ([`OutboxRelay::commit`]): its rows are
+//! 2. **commits** the batch through the relay ([`RelayCommitter::commit`]): its rows are
 //!    counted in the outbox depth (the backpressure signal), then state deltas, outbox
 //!    rows, next offsets and watermarks go to disk in one atomic RocksDB write (synced
 //!    when `--sync`), then the relay thread wakes;
@@ -15,19 +16,31 @@
 //!    the commit is on disk;
 //! 4. reports the **`BatchCommitted`** event (metrics and logs).
 //!
-//! A failed commit returns an error and the process exits: the pipeline's in-memory
-//! state is then ahead of the disk, and only a restart from RocksDB re-aligns them.
+//! Steps 2–4 of a polled batch run on a commit thread of their own while the processor
+//! polls and processes the next batch: the RocksDB write (WAL, fsync, memtable inserts)
+//! and the pipeline then use the two cores at once. Only one commit is ever in flight:
+//! the next one starts after it has finished ([`Checkpoint::settle`]), so commits land
+//! in batch order, and the pipeline reads the in-flight batch's dedup and fraud writes
+//! from its own copy (`pipeline::prefetch::InFlight`). Nothing outside the process sees
+//! a batch before its commit is durable: the relay is woken, and the horizons and the
+//! consumer group's offsets move, only after it.
+//!
+//! A failed commit returns an error (at the latest when the next batch settles it) and
+//! the process exits: the pipeline's in-memory state is then ahead of the disk, and only
+//! a restart from RocksDB re-aligns them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use paydedup_state::{StateBatch, StateStore};
+use anyhow::{anyhow, Context};
+use paydedup_state::{StateBatch, StateError, StateStore};
 
 use crate::metrics::events::BatchCommitted;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchStats, Pipeline};
-use crate::relay::OutboxRelay;
+use crate::relay::{OutboxRelay, RelayCommitter};
 
 pub struct Checkpoint {
     store: Arc<StateStore>,
@@ -35,6 +48,68 @@ pub struct Checkpoint {
     metrics: Metrics,
     /// Every partition this instance owns: the horizon is the minimum over all of them.
     owned: Vec<i32>,
+    /// The commit running on its own thread, if any.
+    in_flight: Option<InFlightCommit>,
+    /// The next offset of every owned partition as of the last durable commit.
+    durable_offsets: BTreeMap<i32, i64>,
+}
+
+/// A commit on the commit thread, and the offsets it makes durable.
+struct InFlightCommit {
+    /// `None` once joined.
+    thread: Option<JoinHandle<Result<Duration, StateError>>>,
+    offsets: BTreeMap<i32, i64>,
+}
+
+impl InFlightCommit {
+    /// The batch's time from its start to its durable commit.
+    fn join(&mut self) -> anyhow::Result<Option<Duration>> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(None);
+        };
+        thread
+            .join()
+            .map_err(|_| anyhow!("the commit thread panicked"))?
+            .context("committing the batch to the state store")
+            .map(Some)
+    }
+}
+
+impl Drop for InFlightCommit {
+    /// A commit abandoned on an error path is still waited for: the process must not
+    /// exit, or reopen the store, under a write in progress.
+    fn drop(&mut self) {
+        if let Err(e) = self.join() {
+            tracing::error!(error = %format!("{e:#}"), "The last commit failed; a restart replays its batch.");
+        }
+    }
+}
+
+/// Steps 2–4 of the checkpoint, on whichever thread runs them.
+struct CommitStep {
+    store: Arc<StateStore>,
+    committer: RelayCommitter,
+    metrics: Metrics,
+    watermarks: Watermarks,
+    stats: BatchStats,
+    started: Instant,
+}
+
+impl CommitStep {
+    /// Returns the batch's time from its start to its durable commit.
+    fn run(self, batch: StateBatch) -> Result<Duration, StateError> {
+        let commit_started = Instant::now();
+        self.committer.commit(&self.store, batch)?;
+        let commit: Duration = commit_started.elapsed();
+        self.watermarks.publish(&self.store);
+        let batch = self.started.elapsed();
+        self.metrics.emit(BatchCommitted {
+            stats: &self.stats,
+            batch,
+            commit,
+        });
+        Ok(batch)
+    }
 }
 
 impl Checkpoint {
@@ -49,6 +124,8 @@ impl Checkpoint {
             relay,
             metrics,
             owned,
+            in_flight: None,
+            durable_offsets: BTreeMap::new(),
         }
     }
 
@@ -60,33 +137,92 @@ impl Checkpoint {
         &self.relay
     }
 
-    /// Gives the relay back, for the final flush.
-    pub fn into_relay(self) -> OutboxRelay {
-        self.relay
+    /// Waits for the in-flight commit, then gives the relay back, for the final flush
+    /// (and, whatever that commit's fate, so that it can be stopped).
+    pub fn into_relay(mut self) -> (OutboxRelay, anyhow::Result<()>) {
+        let settled = self.settle().map(drop);
+        (self.relay, settled)
+    }
+
+    /// The next offset of `partition` as of the last durable commit.
+    pub fn durable_offset(&self, partition: i32) -> Option<i64> {
+        self.durable_offsets.get(&partition).copied()
+    }
+
+    fn step(
+        &self,
+        pipeline: &Pipeline,
+        batch: &mut StateBatch,
+        stats: &BatchStats,
+        started: Instant,
+    ) -> CommitStep {
+        CommitStep {
+            store: self.store.clone(),
+            committer: self.relay.committer(),
+            metrics: self.metrics.clone(),
+            watermarks: Watermarks::stamp(pipeline, &self.owned, batch),
+            stats: stats.clone(),
+            started,
+        }
+    }
+
+    fn offsets(&self, pipeline: &Pipeline) -> BTreeMap<i32, i64> {
+        self.owned
+            .iter()
+            .filter_map(|&p| Some((p, pipeline.next_offset(p)?)))
+            .collect()
     }
 
     /// Commits `batch` (produced by `pipeline`, whose watermarks it carries) and makes
-    /// it visible to the relay and the metrics. `started` is when the batch began.
+    /// it visible to the relay and the metrics, before returning. `started` is when the
+    /// batch began.
     pub fn commit(
-        &self,
+        &mut self,
         pipeline: &Pipeline,
         mut batch: StateBatch,
         stats: &BatchStats,
         started: Instant,
     ) -> anyhow::Result<()> {
-        let watermarks = Watermarks::stamp(pipeline, &self.owned, &mut batch);
-        let commit_started = Instant::now();
-        self.relay
-            .commit(&self.store, batch)
+        self.settle()?;
+        let step = self.step(pipeline, &mut batch, stats, started);
+        step.run(batch)
             .context("committing the batch to the state store")?;
-        let commit: Duration = commit_started.elapsed();
-        watermarks.publish(&self.store);
-        self.metrics.emit(BatchCommitted {
-            stats,
-            batch: started.elapsed(),
-            commit,
-        });
+        self.durable_offsets = self.offsets(pipeline);
         Ok(())
+    }
+
+    /// The same as [`Checkpoint::commit`], but returns as soon as the commit has started
+    /// on the commit thread, after the previous one has finished: that one's time from
+    /// start to durable commit is returned.
+    pub fn commit_overlapped(
+        &mut self,
+        pipeline: &Pipeline,
+        mut batch: StateBatch,
+        stats: &BatchStats,
+        started: Instant,
+    ) -> anyhow::Result<Option<Duration>> {
+        let previous = self.settle()?;
+        let step = self.step(pipeline, &mut batch, stats, started);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || step.run(batch))
+            .context("starting the commit thread")?;
+        self.in_flight = Some(InFlightCommit {
+            thread: Some(thread),
+            offsets: self.offsets(pipeline),
+        });
+        Ok(previous)
+    }
+
+    /// Waits for the in-flight commit, if any: an error if it failed, else its batch's
+    /// time from start to durable commit.
+    pub fn settle(&mut self) -> anyhow::Result<Option<Duration>> {
+        let Some(mut commit) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let took = commit.join()?;
+        self.durable_offsets = std::mem::take(&mut commit.offsets);
+        Ok(took)
     }
 }
 
@@ -167,7 +303,7 @@ mod tests {
             Metrics::new(),
         )
         .unwrap();
-        let checkpoint = Checkpoint::new(store.clone(), relay, Metrics::new(), vec![0, 1]);
+        let mut checkpoint = Checkpoint::new(store.clone(), relay, Metrics::new(), vec![0, 1]);
         // Partition 1: one payment at 10:00, then nothing. Partition 0: one payment
         // every 10 s of event time for 4 hours.
         let mut input = vec![(1, encode_json(&payment("quiet", 0, 100)))];
@@ -197,6 +333,8 @@ mod tests {
         // About 65 minutes of its ids (~390) plus the quiet one may stay; 1,441 did.
         let keys = store.stats().unwrap().dedup_keys;
         assert!(keys <= 400, "{keys} dedup keys kept");
-        checkpoint.into_relay().stop();
+        let (relay, settled) = checkpoint.into_relay();
+        settled.unwrap();
+        relay.stop();
     }
 }

@@ -195,15 +195,16 @@ impl Processor {
         let _entered = span.enter();
         self.activity.saw(&records);
         let (batch, stats) = self.pipeline.process(&records, self.checkpoint.store())?;
+        // The commit runs while the next batch is polled and processed.
         self.checkpoint
-            .commit(&self.pipeline, batch, &stats, started)?;
+            .commit_overlapped(&self.pipeline, batch, &stats, started)?;
         drop(records);
         drop(messages);
         self.publish_progress();
         if self.last_group_commit.elapsed() >= GROUP_COMMIT_EVERY {
             self.last_group_commit = Instant::now();
             self.source
-                .report_progress(|p| self.pipeline.next_offset(p))?;
+                .report_progress(|p| self.checkpoint.durable_offset(p))?;
         }
         Ok(None)
     }
@@ -236,6 +237,8 @@ impl Processor {
     /// Nothing arrived: end a bounded run once every owned partition is caught up and
     /// every row delivered.
     fn on_empty_poll(&mut self) -> anyhow::Result<Option<Exit>> {
+        // Nothing to overlap the last commit with: finish it now.
+        self.checkpoint.settle()?;
         self.publish_progress();
         if self.flow == Flow::Paused || !self.caught_up || !self.settings.exit_when_caught_up {
             return Ok(None);
@@ -341,7 +344,14 @@ impl Processor {
         result: anyhow::Result<Exit>,
         flush_timeout: Duration,
     ) -> anyhow::Result<Exit> {
-        let relay = self.checkpoint.into_relay();
+        let (relay, settled) = self.checkpoint.into_relay();
+        let result = match (result, settled) {
+            (result, Ok(())) => result,
+            (Ok(_), Err(e)) => Err(e),
+            (Err(first), Err(e)) => {
+                Err(first.context(format!("and the last commit failed: {e:#}")))
+            }
+        };
         let result = result.and_then(|exit| match relay.flush(flush_timeout) {
             Ok(()) => Ok(exit),
             // A hand-off loses nothing it cannot deliver now: rows of partitions kept

@@ -8,6 +8,8 @@
 //! - [`store`]: [`StateStore`], whose single [`StateStore::commit`] makes a batch durable
 //!   atomically: the effects of offsets `[a, b)` and `next_offset = b` are on disk
 //!   together or not at all.
+//! - [`resident`]: [`resident::ResidentKeys`], the keys a column family holds, in memory,
+//!   so lookups of absent keys (most of them) never reach RocksDB.
 //! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
 //! - [`error`]: the error type, [`StateError`].
 //! - [`fail_point`]: named places where a test build can die on demand.
@@ -18,6 +20,7 @@ pub mod error;
 pub mod expiry;
 pub mod fail_point;
 pub mod keys;
+pub mod resident;
 pub mod store;
 pub mod table;
 

@@ -39,7 +39,7 @@ use paydedup_state::keys::{parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
 
 use outcome::{classify, Outcome};
-use prefetch::BatchState;
+use prefetch::{BatchState, InFlight};
 use rows::AuditKind;
 use window::WindowAgg;
 
@@ -114,6 +114,9 @@ pub struct Pipeline {
     landed: HashMap<i32, BTreeMap<i64, Table>>,
     /// Open windows whose `payment_metrics` row the sink already holds.
     landed_windows: BTreeSet<WindowKey>,
+    /// The dedup and fraud values of the last batch, whose commit may still be running
+    /// (see `prefetch`).
+    in_flight: InFlight,
 }
 
 /// (partition, window start µs, currency code).
@@ -182,6 +185,7 @@ impl Pipeline {
             dirty_seqs: BTreeSet::new(),
             landed: ahead.records.into_iter().collect(),
             landed_windows,
+            in_flight: InFlight::default(),
         })
     }
 
@@ -231,7 +235,7 @@ impl Pipeline {
         let now = Utc::now();
         let decoded: Vec<Result<PaymentEvent, ValidationError>> =
             records.iter().map(|r| self.decode_record(r, now)).collect();
-        let mut state = BatchState::read(&decoded, store)?;
+        let mut state = BatchState::read(&decoded, &self.in_flight, store)?;
         let mut stats = BatchStats::default();
         let mut batch = StateBatch::new();
 
@@ -259,7 +263,7 @@ impl Pipeline {
         stats.windows_closed = self.close_passed_windows(&mut batch);
 
         // 4. State deltas: dedup keys, fraud state, open windows, sequences, positions.
-        state.into_deltas(&mut batch);
+        self.in_flight = state.into_deltas(&mut batch);
         for key in windows_touched {
             // A window closed in step 3 was deleted there; only open ones are written.
             if let Some(agg) = self.windows.get(&key) {

@@ -10,7 +10,13 @@
 //! its own `FraudTable`, keyed by the id the event carries, and only the store key
 //! (`card/…`, `customer/…`) knows the prefix.
 //!
-//! At the end, [`BatchState::into_deltas`] writes back only what the batch changed.
+//! At the end, [`BatchState::into_deltas`] writes back only what the batch changed, and
+//! keeps a copy of it as the next batch's [`InFlight`]: the checkpoint may still be
+//! making this batch durable while the next one is read (commit and processing overlap
+//! on two threads), so the next batch reads what this one wrote from that copy first.
+//! The copy equals what the store holds once the commit lands, so a read gives the same
+//! answer whether the commit has finished or not; and only the last batch can be in
+//! flight (the checkpoint waits for a commit before starting the next).
 
 use std::collections::HashMap;
 
@@ -137,10 +143,39 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         &mut slot.state
     }
 
-    fn into_deltas(self, batch: &mut StateBatch) {
+    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut HashMap<Vec<u8>, Vec<u8>>) {
         for slot in self.slots.into_iter().filter(|s| s.changed) {
-            batch.put_fraud(slot.key, slot.state.encode());
+            let value = slot.state.encode();
+            in_flight.insert(slot.key.clone(), value.clone());
+            batch.put_fraud(slot.key, value);
         }
+    }
+}
+
+/// The dedup and fraud values the previous batch wrote (see the module docs).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    dedup: HashMap<[u8; 16], DedupEntry>,
+    fraud: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl InFlight {
+    /// Answers `keys` from the in-flight values where it can; asks `store` for the rest,
+    /// in one bulk read.
+    fn read<K: std::hash::Hash + Eq, V: Clone, E>(
+        in_flight: &HashMap<K, V>,
+        keys: &[K],
+        store: impl FnOnce(&[&K]) -> Result<Vec<Option<V>>, E>,
+    ) -> Result<Vec<Option<V>>, E> {
+        let asked: Vec<&K> = keys.iter().filter(|k| !in_flight.contains_key(k)).collect();
+        let mut answers = store(&asked)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|k| match in_flight.get(k) {
+                Some(v) => Some(v.clone()),
+                None => answers.next().flatten(),
+            })
+            .collect())
     }
 }
 
@@ -155,16 +190,22 @@ pub struct BatchState<'a> {
 }
 
 impl<'a> BatchState<'a> {
-    /// Reads, in two bulk reads, the dedup and fraud state of every valid record.
+    /// Reads, in two bulk reads, the dedup and fraud state of every valid record: the
+    /// previous batch's writes from `in_flight`, the rest from `store`.
     pub fn read(
         decoded: &'a [Result<PaymentEvent, ValidationError>],
+        in_flight: &InFlight,
         store: &StateStore,
     ) -> Result<BatchState<'a>, StateError> {
         let keys = BatchKeys::of(decoded);
-        let dedup_values = store.get_dedup_many(&keys.dedup)?;
+        let dedup_values = InFlight::read(&in_flight.dedup, &keys.dedup, |asked| {
+            store.get_dedup_many(asked)
+        })?;
         // One read for both kinds; the two id lists split the answer again.
         let fraud_keys = keys.fraud_keys();
-        let fraud_values = store.get_fraud_many(&fraud_keys)?;
+        let fraud_values = InFlight::read(&in_flight.fraud, &fraud_keys, |asked| {
+            store.get_fraud_many(asked)
+        })?;
         Ok(BatchState::from_reads(
             keys,
             dedup_values,
@@ -222,16 +263,24 @@ impl<'a> BatchState<'a> {
         assess(event, card, customer, cfg)
     }
 
-    /// Writes what the batch changed: dedup entries (in write order), then card and
-    /// customer state (each in key order).
-    pub fn into_deltas(self, batch: &mut StateBatch) {
+    /// Writes what the batch changed: dedup entries, card and customer state, each in
+    /// key order; returns the same values as the next batch's [`InFlight`].
+    ///
+    /// Key order matters for speed, not meaning (each key is written once per batch):
+    /// RocksDB's memtable inserts a run of ascending keys by walking forward from the
+    /// previous one, instead of descending its skiplist from the top for each random key.
+    pub fn into_deltas(mut self, batch: &mut StateBatch) -> InFlight {
+        let mut in_flight = InFlight::default();
+        self.dedup_written.sort_unstable();
         for key in self.dedup_written {
             if let Some(Some(entry)) = self.dedup.get(&key) {
                 batch.put_dedup(key, entry);
+                in_flight.dedup.insert(key, *entry);
             }
         }
-        self.cards.into_deltas(batch);
-        self.customers.into_deltas(batch);
+        self.cards.into_deltas(batch, &mut in_flight.fraud);
+        self.customers.into_deltas(batch, &mut in_flight.fraud);
+        in_flight
     }
 }
 

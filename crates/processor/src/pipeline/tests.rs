@@ -128,6 +128,56 @@ fn every_record_lands_in_exactly_one_table() {
     assert_eq!(first["conflict_count"], 1);
 }
 
+/// Runs the stream cut into batches [start, end) with one pipeline, each batch
+/// committed only after the next one has been processed: as the processor does when a
+/// commit runs on its own thread while the next batch is processed.
+fn run_overlapped(batches: &[(usize, usize)]) -> Outbox {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let input = stream();
+    let mut p = Pipeline::load(cfg(), &store).unwrap();
+    let mut in_flight: Option<StateBatch> = None;
+    for &(start, end) in batches {
+        let records: Vec<InputRecord<'_>> = input[start..end]
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| InputRecord {
+                partition: 0,
+                offset: (start + i) as i64,
+                key: Some(k.as_bytes()),
+                payload: v,
+                timestamp_ms: ts_ms(),
+            })
+            .collect();
+        let (batch, _) = p.process(&records, &store).unwrap();
+        if let Some(previous) = in_flight.replace(batch) {
+            store.commit(previous).unwrap();
+        }
+    }
+    store.commit(in_flight.take().unwrap()).unwrap();
+    let mut out = BTreeMap::new();
+    for t in Table::ALL {
+        let rows = store.outbox_rows(t, 0, 1000).unwrap();
+        if !rows.is_empty() {
+            out.insert((t, 0), rows);
+        }
+    }
+    out
+}
+
+/// A batch read while its predecessor's commit is still in flight must see that
+/// predecessor's dedup and fraud writes (the duplicate of `a` and the conflict of `b`
+/// come one batch after them).
+#[test]
+fn a_batch_processed_before_the_previous_commit_lands_sees_its_writes() {
+    let (whole, _) = run(&[(0, 8)]);
+    assert_eq!(whole, run_overlapped(&[(0, 2), (2, 4), (4, 8)]));
+    assert_eq!(
+        whole,
+        run_overlapped(&(0..8).map(|i| (i, i + 1)).collect::<Vec<_>>())
+    );
+}
+
 #[test]
 fn batch_boundaries_do_not_change_the_output() {
     let (whole, _) = run(&[(0, 8)]);

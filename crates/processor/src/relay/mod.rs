@@ -66,6 +66,41 @@ struct Shared {
     failure: Mutex<Option<RelayError>>,
 }
 
+/// Commits batches whose rows this relay delivers; `Send`, so a commit can run on its
+/// own thread while the processor works on the next batch.
+pub struct RelayCommitter {
+    shared: Arc<Shared>,
+    metrics: Metrics,
+}
+
+impl RelayCommitter {
+    /// Commits `batch` to the store and hands its outbox rows to the relay.
+    ///
+    /// NOTE: the rows are counted *before* the commit. From the instant they are on
+    /// disk the relay may find them on its own poll, deliver them and subtract them
+    /// from the depth; counting after the commit would let that subtraction come
+    /// first, saturate at zero, and leave the depth too high forever (a bounded run
+    /// would never exit, backpressure would eventually pause for good). If the commit
+    /// fails the count stays too high, but the processor then exits.
+    pub fn commit(&self, store: &StateStore, batch: StateBatch) -> Result<(), StateError> {
+        let rows = batch.outbox_rows();
+        let depth = self.shared.depth.fetch_add(rows, Ordering::AcqRel) + rows;
+        store.commit(batch)?;
+        self.metrics.emit(OutboxDepthChanged { rows: depth });
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the relay thread: there are new rows.
+    fn wake(&self) {
+        let (lock, cv) = &self.shared.wake;
+        if let Ok(mut w) = lock.lock() {
+            *w = true;
+            cv.notify_one();
+        }
+    }
+}
+
 pub struct OutboxRelay {
     shared: Arc<Shared>,
     handle: Option<JoinHandle<()>>,
@@ -114,29 +149,18 @@ impl OutboxRelay {
         self.shared.depth.load(Ordering::Acquire)
     }
 
-    /// Commits `batch` to the store and hands its outbox rows to the relay.
-    ///
-    /// NOTE: the rows are counted *before* the commit. From the instant they are on
-    /// disk the relay may find them on its own poll, deliver them and subtract them
-    /// from the depth; counting after the commit would let that subtraction come
-    /// first, saturate at zero, and leave the depth too high forever (a bounded run
-    /// would never exit, backpressure would eventually pause for good). If the commit
-    /// fails the count stays too high, but the processor then exits.
+    /// Commits `batch` to the store and hands its outbox rows to the relay (see
+    /// [`RelayCommitter::commit`]).
     pub fn commit(&self, store: &StateStore, batch: StateBatch) -> Result<(), StateError> {
-        let rows = batch.outbox_rows();
-        let depth = self.shared.depth.fetch_add(rows, Ordering::AcqRel) + rows;
-        store.commit(batch)?;
-        self.metrics.emit(OutboxDepthChanged { rows: depth });
-        self.wake();
-        Ok(())
+        self.committer().commit(store, batch)
     }
 
-    /// Wakes the relay thread: there are new rows.
-    fn wake(&self) {
-        let (lock, cv) = &self.shared.wake;
-        if let Ok(mut w) = lock.lock() {
-            *w = true;
-            cv.notify_one();
+    /// A handle that commits batches for this relay from another thread (the
+    /// checkpoint's commit thread).
+    pub fn committer(&self) -> RelayCommitter {
+        RelayCommitter {
+            shared: self.shared.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -104,6 +104,7 @@ impl StateStore {
         self.db
             .write_opt(wb, &self.write_options)
             .map_err(|e| self.rocks(e))?;
+        self.forget_resident(partitions);
         Ok(out)
     }
 }

@@ -215,3 +215,55 @@ fn dedup_entries_expire_by_their_own_partitions_horizon() {
     s.compact().unwrap();
     assert_eq!(s.stats().unwrap().dedup_keys, 100);
 }
+
+/// The resident sets answer "absent" without RocksDB, so a key they miss would be a
+/// duplicate let through: they must hold every stored key after a reopen (filled by
+/// the scan), after a commit, and only lose a partition's keys when it is forgotten.
+#[test]
+fn resident_keys_hold_every_stored_key_across_reopen_and_forgetting() {
+    let dir = tempfile::tempdir().unwrap();
+    let on = |p: i32, t: i64| DedupEntry {
+        partition: p,
+        ..entry(t)
+    };
+    let card = |id: &str| {
+        let mut v = 5i64.to_be_bytes().to_vec();
+        v.extend_from_slice(id.as_bytes());
+        v
+    };
+    {
+        let s = open(dir.path());
+        assert_eq!(s.resident_keys(), Some((0, 0)));
+        let mut b = StateBatch::new();
+        b.put_dedup(keys::dedup_key("a"), &on(0, 5));
+        b.put_dedup(keys::dedup_key("b"), &on(0, 6));
+        b.put_dedup(keys::dedup_key("c"), &on(1, 7));
+        b.put_fraud(b"card/k".to_vec(), card("k"));
+        s.commit(b).unwrap();
+        assert_eq!(s.resident_keys(), Some((3, 1)));
+        assert_eq!(
+            s.get_fraud_many(&[b"card/k".to_vec(), b"card/z".to_vec()])
+                .unwrap(),
+            vec![Some(card("k")), None]
+        );
+    }
+    let s = open(dir.path());
+    assert_eq!(s.resident_keys(), Some((3, 1)));
+    let ids = ["a", "b", "c", "d"].map(keys::dedup_key);
+    assert_eq!(
+        s.get_dedup_many(&ids).unwrap(),
+        vec![Some(on(0, 5)), Some(on(0, 6)), Some(on(1, 7)), None]
+    );
+    assert_eq!(
+        s.get_fraud_many(&[b"card/k".to_vec()]).unwrap(),
+        vec![Some(card("k"))]
+    );
+    s.forget_partitions(&[1]).unwrap();
+    assert_eq!(s.resident_keys(), Some((2, 1)));
+    assert_eq!(s.get_dedup_many(&ids[2..3]).unwrap(), vec![None]);
+    drop(s);
+    // An inspection has no sets and asks RocksDB for everything.
+    let ro = StateStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(ro.resident_keys(), None);
+    assert_eq!(ro.get_dedup_many(&ids[..1]).unwrap(), vec![Some(on(0, 5))]);
+}
