@@ -24,6 +24,8 @@ use std::sync::{Arc, RwLock};
 
 use rocksdb::compaction_filter::Decision;
 
+use crate::keys::{dedup_value_partition, value_time};
+
 /// Shared, monotonic "everything with a time below this is eligible" horizon, in
 /// microseconds of event time. `i64::MIN` until the first watermark is committed.
 #[derive(Debug, Clone)]
@@ -77,11 +79,11 @@ pub fn ttl_filter(
     ttl_micros: Arc<AtomicI64>,
 ) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
     move |_level, _key, value| {
-        let Some(time) = value.get(..8).and_then(|b| b.try_into().ok()) else {
+        let Some(time) = value_time(value) else {
             return Decision::Keep;
         };
         let ttl = ttl_micros.load(Ordering::Acquire);
-        if is_expired(i64::from_be_bytes(time), ttl, horizon.get()) {
+        if is_expired(time, ttl, horizon.get()) {
             Decision::Remove
         } else {
             Decision::Keep
@@ -97,17 +99,13 @@ pub fn dedup_filter(
     ttl_micros: Arc<AtomicI64>,
 ) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
     move |_level, _key, value| {
-        let (Some(time), Some(partition)) = (
-            value.get(..8).and_then(|b| b.try_into().ok()),
-            value.get(24..28).and_then(|b| b.try_into().ok()),
-        ) else {
+        let (Some(time), Some(partition)) = (value_time(value), dedup_value_partition(value))
+        else {
             return Decision::Keep;
         };
-        let horizon = partitions
-            .get(i32::from_be_bytes(partition))
-            .unwrap_or_else(|| global.get());
+        let horizon = partitions.get(partition).unwrap_or_else(|| global.get());
         let ttl = ttl_micros.load(Ordering::Acquire);
-        if is_expired(i64::from_be_bytes(time), ttl, horizon) {
+        if is_expired(time, ttl, horizon) {
             Decision::Remove
         } else {
             Decision::Keep

@@ -55,6 +55,18 @@ impl DedupEntry {
     }
 }
 
+/// The time a dedup or fraud value starts with (8 bytes big-endian, µs): what the TTL
+/// compaction filters and the resident key sets expire a key by. `None` for a value
+/// too short to carry one (such a value never expires).
+pub fn value_time(value: &[u8]) -> Option<i64> {
+    be_i64(value.get(..8)?)
+}
+
+/// The partition of an encoded [`DedupEntry`] (bytes 24..28), without decoding the rest.
+pub fn dedup_value_partition(value: &[u8]) -> Option<i32> {
+    be_i32(value.get(24..28)?)
+}
+
 /// Outbox key: table id, partition, sequence.
 pub fn outbox_key(table: Table, partition: i32, seq: u64) -> [u8; 13] {
     let mut k = [0u8; 13];

@@ -1,7 +1,8 @@
 //! [`ResidentKeys`]: which keys a column family holds, kept in memory, so that a lookup
-//! of a key the store does not hold never reaches RocksDB. On real traffic that is most
-//! lookups: nine in ten transaction ids are new, and nearly every card and customer is
-//! seen for the first time within the fraud TTL.
+//! of a key the store does not hold never reaches RocksDB: nine in ten transaction ids
+//! are new, and so is every card and customer on its first payment (on the peers'
+//! input, 5.9 M card and customer keys for up to 20 M fraud lookups over 10 M events: most
+//! fraud lookups are hits, which the set cannot spare).
 //!
 //! **The invariant: every key the column family holds is resident** (no false
 //! negatives). The converse need not hold: a resident fingerprint whose key is gone
@@ -13,7 +14,7 @@
 //! A key is held as a 64-bit fingerprint and one packed `u64`: its time in whole seconds
 //! rounded up (so the set never lets go of a key before the store's own expiry rule
 //! would) and the partition whose watermark expires it. 16 bytes and a control byte per
-//! key; 10 M keys take about 290 MB.
+//! key; 10 M keys take about 290 MB (by arithmetic: 2^24 buckets at hashbrown's load factor).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -10,6 +10,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::StateStore;
 use crate::batch::Op;
 use crate::cf::{CF_DEDUP, CF_FRAUD};
+use crate::keys::{be_u64, dedup_value_partition, value_time};
 use crate::resident::ResidentKeys;
 use crate::StateError;
 
@@ -27,56 +28,76 @@ pub(super) struct Resident {
     fraud_swept_at: Option<i64>,
 }
 
-/// A dedup key's fingerprint: its first 8 bytes (the key is itself a 128-bit hash).
-fn dedup_fingerprint(key: &[u8]) -> u64 {
-    key.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or_else(|| xxh3_64(key))
+impl Resident {
+    fn set(&mut self, kind: Kind) -> &mut ResidentKeys {
+        match kind {
+            Kind::Dedup => &mut self.dedup,
+            Kind::Fraud => &mut self.fraud,
+        }
+    }
 }
 
-fn fraud_fingerprint(key: &[u8]) -> u64 {
-    xxh3_64(key)
+/// The two column families with resident sets, and how each one's keys and values
+/// become a set entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dedup,
+    Fraud,
 }
 
-/// The time every dedup and fraud value starts with, and the partition a dedup entry
-/// carries at bytes 24..28 (fraud state belongs to no partition: 0).
-fn time_and_partition(value: &[u8], with_partition: bool) -> (i64, i32) {
-    // A value too short to carry a time never expires from the set (as from the store).
-    let time = value
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(i64::from_be_bytes)
-        .unwrap_or(i64::MAX);
-    let partition = with_partition
-        .then(|| value.get(24..28).and_then(|b| b.try_into().ok()))
-        .flatten()
-        .map(i32::from_be_bytes)
-        .unwrap_or(0);
-    (time, partition)
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::Dedup, Kind::Fraud];
+
+    fn of(cf: &str) -> Option<Kind> {
+        match cf {
+            CF_DEDUP => Some(Kind::Dedup),
+            CF_FRAUD => Some(Kind::Fraud),
+            _ => None,
+        }
+    }
+
+    fn cf(self) -> &'static str {
+        match self {
+            Kind::Dedup => CF_DEDUP,
+            Kind::Fraud => CF_FRAUD,
+        }
+    }
+
+    /// A dedup key is itself a 128-bit hash: its first 8 bytes. A fraud key is text.
+    fn fingerprint(self, key: &[u8]) -> u64 {
+        match self {
+            Kind::Dedup => key
+                .get(..8)
+                .and_then(be_u64)
+                .unwrap_or_else(|| xxh3_64(key)),
+            Kind::Fraud => xxh3_64(key),
+        }
+    }
+
+    /// The set entry of one stored key: (fingerprint, time, partition). The time and
+    /// partition are read as the compaction filters read them (`keys::value_time`,
+    /// `keys::dedup_value_partition`); a value without a time never expires, and fraud
+    /// state belongs to no partition (0).
+    fn entry(self, key: &[u8], value: &[u8]) -> (u64, i64, i32) {
+        let time = value_time(value).unwrap_or(i64::MAX);
+        let partition = match self {
+            Kind::Dedup => dedup_value_partition(value).unwrap_or(0),
+            Kind::Fraud => 0,
+        };
+        (self.fingerprint(key), time, partition)
+    }
 }
 
-/// The fingerprints a committed batch adds, taken before the batch is consumed.
-pub(super) struct Additions(Vec<(bool, u64, i64, i32)>);
+/// The set entries a committed batch adds, taken before the batch is consumed.
+pub(super) struct Additions(Vec<(Kind, (u64, i64, i32))>);
 
 impl Additions {
     pub(super) fn of(ops: &[Op]) -> Additions {
-        let mut out = Vec::new();
-        for op in ops {
-            if let Op::Put { cf, key, value } = op {
-                let dedup = *cf == CF_DEDUP;
-                if dedup || *cf == CF_FRAUD {
-                    let fp = if dedup {
-                        dedup_fingerprint(key)
-                    } else {
-                        fraud_fingerprint(key)
-                    };
-                    let (time, partition) = time_and_partition(value, dedup);
-                    out.push((dedup, fp, time, partition));
-                }
-            }
-        }
-        Additions(out)
+        let puts = ops.iter().filter_map(|op| match op {
+            Op::Put { cf, key, value } => Some((Kind::of(cf)?, key, value)),
+            Op::Delete { .. } => None,
+        });
+        Additions(puts.map(|(kind, k, v)| (kind, kind.entry(k, v))).collect())
     }
 }
 
@@ -92,26 +113,19 @@ impl StateStore {
     /// Fills the sets from the column families (at open, before any commit).
     pub(super) fn load_resident(&self) -> Result<Mutex<Resident>, StateError> {
         let mut r = Resident::default();
-        for (name, set, with_partition) in [
-            (CF_DEDUP, &mut r.dedup, true),
-            (CF_FRAUD, &mut r.fraud, false),
-        ] {
+        for kind in Kind::ALL {
             let mut ro = ReadOptions::default();
             // A one-off scan: do not evict the lookups' working set for it.
             ro.fill_cache(false);
             ro.set_readahead_size(4 << 20);
+            let set = r.set(kind);
             for item in self
                 .db
-                .iterator_cf_opt(self.cf(name)?, ro, IteratorMode::Start)
+                .iterator_cf_opt(self.cf(kind.cf())?, ro, IteratorMode::Start)
             {
                 let (k, v) = item.map_err(|e| self.rocks(e))?;
-                let fp = if with_partition {
-                    dedup_fingerprint(&k)
-                } else {
-                    fraud_fingerprint(&k)
-                };
-                let (time, partition) = time_and_partition(&v, with_partition);
-                set.insert(fp, time, partition);
+                let (fingerprint, time, partition) = kind.entry(&k, &v);
+                set.insert(fingerprint, time, partition);
             }
         }
         Ok(Mutex::new(r))
@@ -123,9 +137,8 @@ impl StateStore {
         let Some(mut r) = self.resident() else {
             return;
         };
-        for (dedup, fp, time, partition) in added.0 {
-            let set = if dedup { &mut r.dedup } else { &mut r.fraud };
-            set.insert(fp, time, partition);
+        for (kind, (fingerprint, time, partition)) in added.0 {
+            r.set(kind).insert(fingerprint, time, partition);
         }
         let now = self.horizons.fraud.get();
         if now == i64::MIN {
@@ -159,16 +172,12 @@ impl StateStore {
     /// Which of `keys` the column family `cf` (dedup or fraud) may hold: all of them
     /// without the sets (a read-only inspection).
     pub(super) fn may_hold<K: AsRef<[u8]>>(&self, cf: &str, keys: &[K]) -> Vec<bool> {
-        let Some(r) = self.resident() else {
+        let (Some(mut r), Some(kind)) = (self.resident(), Kind::of(cf)) else {
             return vec![true; keys.len()];
         };
-        let (set, fingerprint): (&ResidentKeys, fn(&[u8]) -> u64) = if cf == CF_DEDUP {
-            (&r.dedup, dedup_fingerprint)
-        } else {
-            (&r.fraud, fraud_fingerprint)
-        };
+        let set = r.set(kind);
         keys.iter()
-            .map(|k| set.may_hold(fingerprint(k.as_ref())))
+            .map(|k| set.may_hold(kind.fingerprint(k.as_ref())))
             .collect()
     }
 

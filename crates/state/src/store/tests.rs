@@ -267,3 +267,41 @@ fn resident_keys_hold_every_stored_key_across_reopen_and_forgetting() {
     assert_eq!(ro.resident_keys(), None);
     assert_eq!(ro.get_dedup_many(&ids[..1]).unwrap(), vec![Some(on(0, 5))]);
 }
+
+/// The sets let go of a dedup key only when the store's own expiry rule would: alive
+/// at `time + retention == horizon` (the boundary), gone once the horizon passes it.
+/// A sweep that let go early would let a duplicate through as unique.
+#[test]
+fn resident_dedup_keys_are_swept_by_the_store_expiry_rule() {
+    const S: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        dedup_retention_micros: Some(10 * S),
+        ..StoreOptions::default()
+    };
+    let s = StateStore::open(dir.path(), &opts).unwrap();
+    let at = |id: &str, t: i64| {
+        let mut b = StateBatch::new();
+        b.put_dedup(keys::dedup_key(id), &entry(t));
+        b
+    };
+    s.commit(at("a", 100 * S)).unwrap();
+    s.commit(at("b", 105 * S)).unwrap();
+    // a's last alive horizon: 100 s + 10 s. A commit after it publishes sweeps.
+    s.advance_partition_horizon(0, 110 * S);
+    s.commit(at("c", 111 * S)).unwrap();
+    assert_eq!(s.resident_keys(), Some((3, 0)));
+    let ab = [keys::dedup_key("a"), keys::dedup_key("b")];
+    assert_eq!(
+        s.get_dedup_many(&ab).unwrap(),
+        vec![Some(entry(100 * S)), Some(entry(105 * S))]
+    );
+    // Past a's expiry by more than a quarter of the retention: the next commit sweeps.
+    s.advance_partition_horizon(0, 113 * S);
+    s.commit(at("d", 114 * S)).unwrap();
+    assert_eq!(s.resident_keys(), Some((3, 0)));
+    assert_eq!(
+        s.get_dedup_many(&ab).unwrap(),
+        vec![None, Some(entry(105 * S))]
+    );
+}
