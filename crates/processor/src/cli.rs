@@ -26,4 +26,7 @@ pub enum Command {
     State(StateArgs),
     /// Check the delivered output (and the simulator's manifest); exit non-zero on a mismatch.
     Reconcile(crate::reconcile::ReconcileArgs),
+    /// Probe a running processor's `/healthz` (or `/readyz`); exit 0 when it answers
+    /// 200. The container images' HEALTHCHECK.
+    Healthcheck(crate::health::HealthcheckArgs),
 }

@@ -39,6 +39,7 @@ fn run() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Healthcheck(args) => paydedup_processor::health::probe(&args),
         Command::Restore(_) => {
             let config = RunConfig::parse_layered(std::env::args_os().skip(2))?;
             init_logging(config.process.log_format);

@@ -25,7 +25,7 @@ use crate::config::{RunConfig, SinkTarget};
 use crate::health::{self, Readiness};
 use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
-use crate::metrics::events::{OwnershipChanged, PartitionsRestored};
+use crate::metrics::events::{OwnershipChanged, PartitionsRestored, StateSizeMeasured};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::processor::{Exit, LoopSettings, Processor, RescaleWatch};
@@ -118,6 +118,12 @@ fn build(
         reopen_store(config)?
     } else {
         open_store(config)?
+    });
+    let weak = Arc::downgrade(&store);
+    metrics.on_render("state_size", move |m| {
+        if let Some(bytes) = weak.upgrade().and_then(|s| s.size_bytes().ok()) {
+            m.emit(StateSizeMeasured { bytes });
+        }
     });
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
         owned_partitions(n, topology.index, count)

@@ -24,6 +24,8 @@ pub(crate) enum Op {
 pub struct StateBatch {
     pub(crate) ops: Vec<Op>,
     outbox_rows: u64,
+    /// Per stream given rows, its end sequence (exclusive), for the outbox age.
+    outbox_ends: Vec<(Table, i32, u64)>,
 }
 
 impl StateBatch {
@@ -98,6 +100,14 @@ impl StateBatch {
     /// (table, partition)); [`StateBatch::set_next_seq`] must record the next one.
     pub fn put_outbox(&mut self, table: Table, partition: i32, seq: u64, row: Vec<u8>) {
         self.outbox_rows += 1;
+        match self
+            .outbox_ends
+            .iter_mut()
+            .find(|(t, p, _)| (*t, *p) == (table, partition))
+        {
+            Some((_, _, end)) => *end = (*end).max(seq + 1),
+            None => self.outbox_ends.push((table, partition, seq + 1)),
+        }
         self.put(cf::CF_OUTBOX, keys::outbox_key(table, partition, seq), row);
     }
 
@@ -150,6 +160,11 @@ impl StateBatch {
 
     pub fn outbox_rows(&self) -> u64 {
         self.outbox_rows
+    }
+
+    /// Each (table, partition) given outbox rows, with the sequence after its last.
+    pub fn outbox_ends(&self) -> &[(Table, i32, u64)] {
+        &self.outbox_ends
     }
 
     pub fn is_empty(&self) -> bool {

@@ -605,23 +605,32 @@ impl StateStore {
         Ok(n)
     }
 
+    /// Bytes the column family holds: SST files and memtables (RocksDB's own
+    /// accounting, no scan).
+    fn cf_bytes(&self, name: &str) -> Result<u64, StateError> {
+        let cf = self.cf(name)?;
+        let prop = |p: &str| -> Result<u64, StateError> {
+            Ok(self
+                .db
+                .property_int_value_cf(cf, p)
+                .map_err(|e| self.rocks(e))?
+                .unwrap_or(0))
+        };
+        Ok(prop("rocksdb.total-sst-files-size")? + prop("rocksdb.size-all-mem-tables")?)
+    }
+
+    /// Bytes the whole store holds (SST files and memtables), cheap enough to read at
+    /// every metrics scrape.
+    pub fn size_bytes(&self) -> Result<u64, StateError> {
+        cf::ALL.iter().map(|name| self.cf_bytes(name)).sum()
+    }
+
     /// Counts dedup keys that are logically alive under each partition's watermark
     /// is the processor's job; this counts what is physically stored.
     pub fn stats(&self) -> Result<StateStats, StateError> {
         let mut bytes = BTreeMap::new();
         for name in cf::ALL {
-            let cf = self.cf(name)?;
-            let prop = |p: &str| -> Result<u64, StateError> {
-                Ok(self
-                    .db
-                    .property_int_value_cf(cf, p)
-                    .map_err(|e| self.rocks(e))?
-                    .unwrap_or(0))
-            };
-            bytes.insert(
-                name.to_owned(),
-                prop("rocksdb.total-sst-files-size")? + prop("rocksdb.size-all-mem-tables")?,
-            );
+            bytes.insert(name.to_owned(), self.cf_bytes(name)?);
         }
         let mut outbox_depth = BTreeMap::new();
         for ((t, _), n) in self.outbox_depths()? {

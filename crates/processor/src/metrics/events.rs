@@ -193,6 +193,29 @@ impl Event for OutboxDepthChanged {
     }
 }
 
+/// Measured at a scrape: how long the oldest undelivered outbox row has waited.
+pub struct OutboxAgeMeasured {
+    pub age: std::time::Duration,
+}
+
+impl Event for OutboxAgeMeasured {
+    fn emit(self, m: &Metrics) {
+        m.outbox_oldest_age.set(self.age.as_secs_f64());
+    }
+}
+
+/// Measured at a scrape: bytes in the state store.
+pub struct StateSizeMeasured {
+    pub bytes: u64,
+}
+
+impl Event for StateSizeMeasured {
+    fn emit(self, m: &Metrics) {
+        m.state_size
+            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+    }
+}
+
 /// The sink acknowledged rows.
 pub struct RowsDelivered {
     pub table: Table,

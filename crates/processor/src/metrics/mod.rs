@@ -7,9 +7,12 @@
 
 pub mod events;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub use events::Event;
@@ -40,11 +43,43 @@ pub struct Metrics {
     owned_partitions: IntGauge,
     partitions_handed_over: IntCounter,
     partitions_restored: IntCounter,
+    outbox_oldest_age: Gauge,
+    state_size: IntGauge,
+    /// Gauges measured at each scrape (an age grows with no event to report it), by
+    /// name, so a rebuilt processor replaces its predecessor's.
+    on_render: Arc<Mutex<BTreeMap<&'static str, RenderHook>>>,
 }
+
+type RenderHook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid");
     r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+/// The error counters are exported at 0 from the start: the processor exits right
+/// after counting a relay failure, and a series first seen at 1 in its last scrape
+/// is one `increase()` cannot see rise.
+const SINK_ERROR_CODES: &[&str] = &["transient", "gap", "rejected", "fenced", "fatal"];
+const RELAY_FAILURE_CODES: &[&str] = &[
+    "state",
+    "outbox_hole",
+    "sink_unavailable",
+    "sink_gap",
+    "fenced",
+    "sink_fatal",
+    "sink_skip",
+    "dead_letter_io",
+    "flush_timeout",
+    "replay_differs",
+    "verify_read",
+];
+
+fn zeroed(c: IntCounterVec, codes: &[&str]) -> IntCounterVec {
+    for code in codes {
+        c.with_label_values(&[code]);
+    }
     c
 }
 
@@ -64,6 +99,35 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric names are valid");
     r.register(Box::new(g.clone())).expect("registered once");
     g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("metric names are valid");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+/// `paydedup_build_info` (which build is running, for dashboards and for telling a
+/// rollout apart from a restart) and the standard `process_*` metrics (start time,
+/// memory, CPU, file descriptors), which the restart alert reads.
+fn register_process_info(r: Registry) -> Registry {
+    let info = IntGaugeVec::new(
+        Opts::new("paydedup_build_info", "The running build; always 1."),
+        &["version", "revision"],
+    )
+    .expect("metric names are valid");
+    info.with_label_values(&[
+        env!("CARGO_PKG_VERSION"),
+        option_env!("PAYDEDUP_REVISION").unwrap_or("unknown"),
+    ])
+    .set(1);
+    r.register(Box::new(info)).expect("registered once");
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("registered once");
+    r
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
@@ -96,11 +160,11 @@ impl Metrics {
             outbox_depth: gauge(&r, "paydedup_outbox_depth_rows", "Rows committed but not yet acknowledged by the sink."),
             relay_rows: counter_vec(&r, "paydedup_relay_rows_total", "Rows delivered to the sink, by table.", &["table"]),
             relay_already_present: counter(&r, "paydedup_relay_already_present_rows_total", "Rows resent after a restart that the sink already held."),
-            sink_errors: counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by error code (transient, gap, rejected, fatal).", &["kind"]),
+            sink_errors: zeroed(counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by error code (transient, gap, rejected, fenced, fatal).", &["kind"]), SINK_ERROR_CODES),
             dead_letter_rows: counter(&r, "paydedup_dead_letter_rows_total", "Rows the sink rejected as invalid, written to the dead-letter store."),
-            relay_failures: counter_vec(&r, "paydedup_relay_failures_total", "Times the relay stopped, by error code; the processor then exits non-zero.", &["error_code"]),
-            watermark: gauge_vec(&r, "paydedup_watermark_seconds", "Event-time watermark per partition (Unix seconds).", &["partition"]),
-            combined_watermark: gauge(&r, "paydedup_combined_watermark_seconds", "Minimum watermark over active partitions (Unix seconds)."),
+            relay_failures: zeroed(counter_vec(&r, "paydedup_relay_failures_total", "Times the relay stopped, by error code; the processor then exits non-zero.", &["error_code"]), RELAY_FAILURE_CODES),
+            watermark: gauge_vec(&r, "paydedup_watermark_timestamp_seconds", "Event-time watermark per partition (Unix seconds).", &["partition"]),
+            combined_watermark: gauge(&r, "paydedup_combined_watermark_timestamp_seconds", "Minimum watermark over active partitions (Unix seconds)."),
             next_offset: gauge_vec(&r, "paydedup_next_offset", "Checkpointed next Kafka offset per partition.", &["partition"]),
             lag: gauge_vec(&r, "paydedup_consumer_lag_records", "High watermark minus checkpointed offset, per partition.", &["partition"]),
             paused: gauge(&r, "paydedup_consumer_paused", "1 while consumption is paused by outbox backpressure."),
@@ -108,7 +172,10 @@ impl Metrics {
             owned_partitions: gauge(&r, "paydedup_owned_partitions", "Partitions this instance owns now."),
             partitions_handed_over: counter(&r, "paydedup_partitions_handed_over_total", "Partitions this instance stopped owning and forgot (a changed instance count)."),
             partitions_restored: counter(&r, "paydedup_partitions_restored_total", "Partitions rebuilt from the warehouse (a lost volume, or taken over)."),
-            registry: r,
+            outbox_oldest_age: float_gauge(&r, "paydedup_outbox_oldest_row_age_seconds", "How long the oldest undelivered outbox row has waited since its commit (0 when none; rows found at start count from the start)."),
+            state_size: gauge(&r, "paydedup_state_size_bytes", "Bytes in the state store: SST files and memtables, all column families."),
+            on_render: Arc::default(),
+            registry: register_process_info(r),
         }
     }
 
@@ -117,8 +184,20 @@ impl Metrics {
         event.emit(self);
     }
 
+    /// Runs `hook` before every render, replacing an earlier hook of the same name.
+    pub fn on_render(&self, name: &'static str, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.on_render.lock() {
+            hooks.insert(name, Box::new(hook));
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
+        if let Ok(hooks) = self.on_render.lock() {
+            for hook in hooks.values() {
+                hook(self);
+            }
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -20,6 +20,7 @@
 //! - `dead_letter`: the dead-letter store; [`RelayError`]: why the relay stops;
 //! - `resend_check`: resent rows below the sink's position must be the sink's rows.
 
+mod age;
 mod dead_letter;
 mod error;
 mod resend_check;
@@ -37,7 +38,7 @@ use paydedup_state::{StateBatch, StateError, StateStore, Table};
 
 pub use error::RelayError;
 
-use crate::metrics::events::{OutboxDepthChanged, RelayStopped};
+use crate::metrics::events::{OutboxAgeMeasured, OutboxDepthChanged, RelayStopped};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -64,6 +65,8 @@ struct Shared {
     wake: (Mutex<bool>, Condvar),
     /// Why the relay stopped, until the processor takes it.
     failure: Mutex<Option<RelayError>>,
+    /// When the undelivered rows were committed.
+    ages: age::OutboxAges,
 }
 
 /// Commits batches whose rows this relay delivers; `Send`, so a commit can run on its
@@ -85,6 +88,9 @@ impl RelayCommitter {
     pub fn commit(&self, store: &StateStore, batch: StateBatch) -> Result<(), StateError> {
         let rows = batch.outbox_rows();
         let depth = self.shared.depth.fetch_add(rows, Ordering::AcqRel) + rows;
+        self.shared
+            .ages
+            .committed(batch.outbox_ends().iter().copied(), Instant::now());
         store.commit(batch)?;
         self.metrics.emit(OutboxDepthChanged { rows: depth });
         self.wake();
@@ -116,9 +122,22 @@ impl OutboxRelay {
         metrics: Metrics,
     ) -> Result<OutboxRelay, RelayError> {
         let shared = Arc::new(Shared::default());
-        let initial: u64 = store.outbox_depths()?.values().sum();
+        let depths = store.outbox_depths()?;
+        let initial: u64 = depths.values().sum();
         shared.depth.store(initial, Ordering::Release);
+        let next_seqs = store.next_seqs()?;
+        let waiting = depths
+            .keys()
+            .filter_map(|&(t, p)| Some((t, p, *next_seqs.get(&(t, p))?)));
+        shared.ages.committed(waiting, Instant::now());
         metrics.emit(OutboxDepthChanged { rows: initial });
+        let weak = Arc::downgrade(&shared);
+        metrics.on_render("outbox_age", move |m| {
+            if let Some(shared) = weak.upgrade() {
+                let age = shared.ages.oldest(Instant::now());
+                m.emit(OutboxAgeMeasured { age });
+            }
+        });
         let mut worker = worker::Worker {
             store,
             sink,

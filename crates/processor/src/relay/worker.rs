@@ -120,6 +120,7 @@ impl Worker {
         self.store
             .outbox_delete_through(table, partition, through)?;
         fail_point::hit(fail_point::RELAY_AFTER_DELETE);
+        self.shared.ages.delivered(table, partition, through);
         let n = through - first_seq + 1;
         let prev = self
             .shared
