@@ -210,8 +210,9 @@ if wants tansu; then
 fi
 
 if wants bqemulator; then
-  # The wheels come from PyPI through the host's pip (the machine reaches PyPI; an
-  # image build need not), into a wheelhouse kept per requirements.txt.
+  # The wheels come from PyPI through the host's pip, into a wheelhouse kept per
+  # requirements.txt: here PyPI is reached through a TLS-inspecting proxy whose CA
+  # only the host trusts, so pip inside an image build fails (checked).
   REQ="$ROOT/deploy/images/bqemulator/requirements.txt"
   WHEELS="$IMAGES/wheels-$(sha256sum "$REQ" | cut -c1-12)"
   if [[ ! -e "$WHEELS/.complete" ]]; then
@@ -237,8 +238,7 @@ if wants bqemulator; then
   # The wheels follow from requirements.txt, so it stands for them in the hash.
   build localhost/paydedup/bqemulator:dev "$(inputs_hash "$ROOT/deploy/images/bqemulator/Dockerfile" \
       "$REQ" "$ROOT/deploy/images/bqemulator/healthcheck.py" "$ROOT/scripts/bqemu_launcher.py")" \
-    --build-arg PIP_NO_INDEX=1 \
-    --build-arg PIP_FIND_LINKS=/build/wheels \
+    --build-arg PIP_INSTALL_ARGS="--no-index --find-links /build/wheels" \
     -f "$ROOT/deploy/images/bqemulator/Dockerfile" "$CTX"
 fi
 
