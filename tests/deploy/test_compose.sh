@@ -190,6 +190,8 @@ wait_done topic 120
 wait_healthy processor 120
 wait_done simulator 300
 echo "    stack up and $COUNT payments sent in $(( $(date +%s) - S )) s" >&2
+ro=$(podman inspect --format '{{.HostConfig.ReadonlyRootfs}} {{.Config.User}}' "$(C processor)")
+[[ "$ro" == "true 10001:10001" ]] || fail "processor container: read-only root, user = $ro"
 # What the restart policies absorbed of podman-compose starting everything at once.
 for s in "${SERVICES[@]}"; do
   echo -n "$s $(podman inspect --format '{{.RestartCount}}' "$(C "$s")"), "
