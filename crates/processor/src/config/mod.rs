@@ -372,7 +372,13 @@ mod tests {
         assert!(bad(&["--sink", "s3:bucket"]).contains("unknown sink"));
         assert!(bad(&["--kafka", "enable.auto.commit=true"]).contains("managed by paydedup"));
         assert!(bad(&["--batch-size", "0"]).contains("--batch-size"));
-        assert!(bad(&["--sink", "bigquery:p.d"]).contains("needs credentials"));
+        assert!(bad(&[
+            "--sink",
+            "bigquery:p.d",
+            "--bigquery-token-timeout-secs",
+            "0"
+        ])
+        .contains("--bigquery-token-timeout-secs"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
