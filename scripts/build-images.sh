@@ -14,9 +14,9 @@
 # With no names it builds all of them. Idempotent: the base's root filesystem is cached
 # as a tarball in $PAYDEDUP_CACHE/images and imported only when the image is missing
 # (PAYDEDUP_REBUILD_BASE=1 makes it again), the wheels are fetched once per
-# requirements.txt, and podman's layer cache turns an unchanged image into a no-op. It
-# never runs cargo: build the binaries first (scripts/test.sh, or cargo build
-# --release). Installs podman, runc, debootstrap and what else it needs when missing,
+# requirements.txt, and an image whose inputs (files, base, this script) did not change
+# is not rebuilt: a warm run takes seconds. It never runs cargo: build the binaries
+# first (scripts/test.sh, or cargo build --release). Installs podman, runc, debootstrap and what else it needs when missing,
 # and writes /etc/containers/containers.conf when absent.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
