@@ -139,8 +139,13 @@ pub fn ensure_topic(
             "topic `{topic}` does not exist on {brokers}; create it or pass --create-partitions N"
         );
     };
+    // The user's properties (TLS, SASL) apply to the admin client too: without them
+    // it spoke plaintext to a TLS listener and timed out.
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        cfg.set(k, v);
+    }
     let admin: AdminClient<DefaultClientContext> =
         cfg.create().context("creating the Kafka admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
