@@ -53,12 +53,19 @@ SELECT
 FROM seqs
 GROUP BY table_name, source_partition;
 
--- Amounts: per currency and 1-minute window, sum of payments = sum of closed metrics.
+-- Amounts: per currency and window, sum of payments = sum of closed metrics. The
+-- window size is the one payment_metrics was closed with (window_end - window_start;
+-- 1 minute while there is none), so the view holds for any --window-secs; reconcile
+-- refuses to judge when that size is not its configured one.
 CREATE OR REPLACE VIEW `${dataset}.v_amount_reconciliation` AS
-WITH p AS (
-  SELECT TIMESTAMP_TRUNC(event_time, MINUTE) AS window_start, currency,
-         COUNT(*) AS payment_count, SUM(amount_minor) AS amount_minor_sum
-  FROM `${dataset}.payments`
+WITH size AS (
+  SELECT COALESCE(MAX(UNIX_MICROS(window_end) - UNIX_MICROS(window_start)), 60000000) AS micros
+  FROM `${dataset}.payment_metrics`
+),
+p AS (
+  SELECT TIMESTAMP_MICROS(UNIX_MICROS(event_time) - MOD(UNIX_MICROS(event_time), size.micros)) AS window_start,
+         currency, COUNT(*) AS payment_count, SUM(amount_minor) AS amount_minor_sum
+  FROM `${dataset}.payments` CROSS JOIN size
   GROUP BY window_start, currency
 ),
 m AS (

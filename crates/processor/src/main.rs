@@ -31,13 +31,11 @@ fn run() -> anyhow::Result<()> {
             print!("{}", state_cmd::run(&args)?);
             Ok(())
         }
-        Command::Reconcile(args) => {
-            let (table, ok) = reconcile::run(&args)?;
-            print!("{table}");
-            if !ok {
-                anyhow::bail!("reconciliation failed");
-            }
-            Ok(())
+        Command::Reconcile(_) => {
+            // Parsed again on its own so the config file is layered under the flags, as
+            // for `run`. Its exit code tells a wrong output (1) from one it could not
+            // check (2), which `run`'s error path cannot.
+            std::process::exit(i32::from(reconcile::main(std::env::args_os().skip(2))))
         }
         Command::Healthcheck(args) => paydedup_processor::health::probe(&args),
         Command::Restore(_) => {

@@ -7,15 +7,30 @@
 //! creates `late_events.jsonl`).
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use chrono::DateTime;
 use paydedup_sink::Table;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 
 use super::ground_truth::Observed;
+
+/// Why the file sink's output cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} line {line}: {source}", path.display())]
+    Row {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+}
 
 /// A row of `payments`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -26,6 +41,10 @@ pub struct Payment {
     pub event_time: i64,
     pub amount_minor: i64,
     pub currency: String,
+    /// When the record reached Kafka (microseconds), if it said: what scheduled mode
+    /// calls settled.
+    #[serde(default, deserialize_with = "rfc3339_micros_opt")]
+    pub kafka_timestamp: Option<i64>,
     pub source_partition: i32,
     pub source_offset: i64,
     pub outbox_seq: u64,
@@ -45,6 +64,12 @@ pub enum AuditKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Audit {
     pub kind: AuditKind,
+    /// The repeat's own event time (microseconds): a repeat is on time, so it moved
+    /// its partition's watermark like a payment.
+    #[serde(deserialize_with = "rfc3339_micros")]
+    pub event_time: i64,
+    #[serde(default, deserialize_with = "rfc3339_micros_opt")]
+    pub kafka_timestamp: Option<i64>,
     pub source_partition: i32,
     pub source_offset: i64,
     pub outbox_seq: u64,
@@ -73,6 +98,10 @@ pub struct Metrics {
     /// Microseconds since the epoch.
     #[serde(deserialize_with = "rfc3339_micros")]
     pub window_start: i64,
+    /// Microseconds since the epoch: with `window_start`, the window size the
+    /// processor used.
+    #[serde(deserialize_with = "rfc3339_micros")]
+    pub window_end: i64,
     pub currency: String,
     pub payment_count: u64,
     pub amount_minor_sum: i64,
@@ -82,9 +111,20 @@ pub struct Metrics {
 
 fn rfc3339_micros<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let s = String::deserialize(d)?;
-    DateTime::parse_from_rfc3339(&s)
+    parse_micros(&s).map_err(D::Error::custom)
+}
+
+/// A nullable timestamp (`kafka_timestamp` is null for a record without one).
+fn rfc3339_micros_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_micros(&s).map_err(D::Error::custom))
+        .transpose()
+}
+
+fn parse_micros(s: &str) -> Result<i64, String> {
+    DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_micros())
-        .map_err(|e| D::Error::custom(format!("timestamp `{s}`: {e}")))
+        .map_err(|e| format!("timestamp `{s}`: {e}"))
 }
 
 /// The columns every row carries: its partition and its place in that partition's
@@ -145,7 +185,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// Reads `<dir>/<table>.jsonl` for every table.
-    pub fn read(dir: &Path) -> anyhow::Result<Ledger> {
+    pub fn read(dir: &Path) -> Result<Ledger, LedgerError> {
         Ok(Ledger {
             payments: read_table(dir, Table::Payments)?,
             audit: read_table(dir, Table::DedupAudit)?,
@@ -162,6 +202,56 @@ impl Ledger {
         let audit = offsets(&self.audit);
         let (late, errors) = (offsets(&self.late), offsets(&self.errors));
         payments.chain(audit).chain(late).chain(errors).collect()
+    }
+
+    /// `(partition, offset, event_time, kafka_timestamp)` of the accepted records
+    /// (`payments` and `dedup_audit`: on time, so each moved its partition's
+    /// watermark): what scheduled mode settles by (`super::settled`).
+    pub fn accepted_rows(&self) -> impl Iterator<Item = (i32, i64, i64, Option<i64>)> + '_ {
+        let payments = self.payments.iter().map(|r| {
+            (
+                r.source_partition,
+                r.source_offset,
+                r.event_time,
+                r.kafka_timestamp,
+            )
+        });
+        let audit = self.audit.iter().map(|r| {
+            (
+                r.source_partition,
+                r.source_offset,
+                r.event_time,
+                r.kafka_timestamp,
+            )
+        });
+        payments.chain(audit)
+    }
+
+    /// The rows kept by `record` (the four record tables, by partition and offset)
+    /// and `window` (`payment_metrics`, by partition and window start).
+    pub fn filtered(
+        &self,
+        record: impl Fn(i32, i64) -> bool,
+        window: impl Fn(i32, i64) -> bool,
+    ) -> Ledger {
+        fn keep<T: Record + Clone>(rows: &[T], f: &impl Fn(i32, i64) -> bool) -> Vec<T> {
+            rows.iter()
+                .filter(|r| f(r.partition(), r.offset()))
+                .cloned()
+                .collect()
+        }
+        Ledger {
+            payments: keep(&self.payments, &record),
+            audit: keep(&self.audit, &record),
+            late: keep(&self.late, &record),
+            errors: keep(&self.errors, &record),
+            metrics: self
+                .metrics
+                .iter()
+                .filter(|m| window(m.source_partition, m.window_start))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// `(partition, outbox_seq)` of every row, per table, in [`Table::ALL`] order.
@@ -201,19 +291,29 @@ impl Ledger {
 }
 
 /// One table's rows; none if its file does not exist.
-fn read_table<T: DeserializeOwned>(dir: &Path, table: Table) -> anyhow::Result<Vec<T>> {
+fn read_table<T: DeserializeOwned>(dir: &Path, table: Table) -> Result<Vec<T>, LedgerError> {
     let path = dir.join(format!("{}.jsonl", table.name()));
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(source) => return Err(LedgerError::Read { path, source }),
     };
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        let row = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
-        rows.push(row);
+        let line = match line {
+            Ok(l) => l,
+            Err(source) => return Err(LedgerError::Read { path, source }),
+        };
+        match serde_json::from_str(&line) {
+            Ok(row) => rows.push(row),
+            Err(source) => {
+                return Err(LedgerError::Row {
+                    path,
+                    line: i + 1,
+                    source,
+                })
+            }
+        }
     }
     Ok(rows)
 }
@@ -226,17 +326,19 @@ pub fn test_payment(id: &str, partition: i32, offset: i64) -> Payment {
         event_time: 0,
         amount_minor: 100,
         currency: "EUR".to_owned(),
+        kafka_timestamp: None,
         source_partition: partition,
         source_offset: offset,
         outbox_seq: 0,
     }
 }
 
-/// A partition-0 EUR metrics row for the checks' tests.
+/// A partition-0 EUR metrics row of a 60 s window, for the checks' tests.
 #[cfg(test)]
 pub fn test_metrics(window_start: i64, payment_count: u64, amount_minor_sum: i64) -> Metrics {
     Metrics {
         window_start,
+        window_end: window_start + 60_000_000,
         currency: "EUR".to_owned(),
         payment_count,
         amount_minor_sum,
@@ -249,7 +351,7 @@ pub fn test_metrics(window_start: i64, payment_count: u64, amount_minor_sum: i64
 mod tests {
     use super::*;
 
-    const PAYMENT: &str = r#"{"transaction_id":"t1","event_time":"2024-05-01T12:00:30.000001Z","amount_minor":1250,"amount":"12.50","currency":"EUR","source_partition":1,"source_offset":7,"outbox_seq":0,"fraud_score":3}"#;
+    const PAYMENT: &str = r#"{"transaction_id":"t1","event_time":"2024-05-01T12:00:30.000001Z","amount_minor":1250,"amount":"12.50","currency":"EUR","kafka_timestamp":"2024-05-01T12:00:30.123Z","source_partition":1,"source_offset":7,"outbox_seq":0,"fraud_score":3}"#;
 
     #[test]
     fn reads_the_columns_it_needs_and_ignores_the_rest() {
@@ -257,7 +359,7 @@ mod tests {
         std::fs::write(dir.path().join("payments.jsonl"), format!("{PAYMENT}\n")).unwrap();
         std::fs::write(
             dir.path().join("dedup_audit.jsonl"),
-            "{\"kind\":\"conflict\",\"source_partition\":1,\"source_offset\":8,\"outbox_seq\":0}\n",
+            "{\"kind\":\"conflict\",\"event_time\":\"2024-05-01T12:00:31Z\",\"kafka_timestamp\":null,\"source_partition\":1,\"source_offset\":8,\"outbox_seq\":0}\n",
         )
         .unwrap();
         let ledger = Ledger::read(dir.path()).unwrap();
@@ -268,12 +370,15 @@ mod tests {
                 event_time: 1_714_564_830_000_001,
                 amount_minor: 1250,
                 currency: "EUR".into(),
+                kafka_timestamp: Some(1_714_564_830_123_000),
                 source_partition: 1,
                 source_offset: 7,
                 outbox_seq: 0,
             }]
         );
         assert_eq!(ledger.audit[0].kind, AuditKind::Conflict);
+        assert_eq!(ledger.audit[0].event_time, 1_714_564_831_000_000);
+        assert_eq!(ledger.audit[0].kafka_timestamp, None);
         assert!(ledger.late.is_empty() && ledger.metrics.is_empty());
         assert_eq!(ledger.source_offsets(), vec![(1, 7), (1, 8)]);
         let o = ledger.observed();
@@ -306,7 +411,7 @@ mod tests {
         std::fs::remove_file(dir.path().join("payments.jsonl")).unwrap();
         std::fs::write(
             dir.path().join("dedup_audit.jsonl"),
-            "{\"kind\":\"maybe\",\"source_partition\":0,\"source_offset\":0,\"outbox_seq\":0}\n",
+            "{\"kind\":\"maybe\",\"event_time\":\"2024-05-01T12:00:31Z\",\"source_partition\":0,\"source_offset\":0,\"outbox_seq\":0}\n",
         )
         .unwrap();
         let e = format!("{:#}", Ledger::read(dir.path()).unwrap_err());
