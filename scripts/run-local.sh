@@ -48,26 +48,11 @@ on_error() {
 }
 trap 'on_error $LINENO' ERR
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))"; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
-}
+source "$ROOT/scripts/local-services.sh"
 
 KAFKA_PORT="$(free_port)"
 echo "==> starting tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage in $RUN/tansu)" >&2
-# NOTE: tansu reads generic variables (STORAGE_ENGINE, LISTENER_URL, …) and a .env in
-# its working directory, so it gets a clean environment and a folder of its own; the
-# SQLite URL is relative because an absolute one is joined onto the working directory.
-(cd "$RUN/tansu" && exec env -i PATH="$PATH" RUST_LOG=warn "$PAYDEDUP_TANSU" broker \
-  --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --storage-engine sqlite://tansu.db >"$RUN/tansu.log" 2>&1) &
-PIDS+=($!)
-wait_port "$KAFKA_PORT"
+start_tansu "$RUN/tansu" "$KAFKA_PORT"
 
 REST_PORT="$(free_port)"
 GRPC_PORT="$(free_port)"

@@ -61,26 +61,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    if python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))"; then return 0; fi
-    sleep 0.1
-  done
-  fail "nothing listens on 127.0.0.1:$1"
-}
+source "$ROOT/scripts/local-services.sh"
 
 KAFKA_PORT="$(free_port)"
 echo "==> tansu on 127.0.0.1:$KAFKA_PORT" >&2
-# tansu reads generic variables (STORAGE_ENGINE, LISTENER_URL, …) and a .env in its
-# working directory: a clean environment and a folder of its own (as run-local.sh).
-mkdir -p "$T/tansu"
-(cd "$T/tansu" && exec env -i PATH="$PATH" RUST_LOG=warn "$PAYDEDUP_TANSU" broker \
-  --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --storage-engine sqlite://tansu.db >"$T/tansu.log" 2>&1) &
-PIDS+=($!)
-wait_port "$KAFKA_PORT"
+start_tansu "$T/tansu" "$KAFKA_PORT" || fail "tansu did not start"
 
 echo "==> $COUNT records into a 2-partition topic" >&2
 "$BIN/paydedup-simulator" --brokers "127.0.0.1:$KAFKA_PORT" --topic payments \
@@ -159,6 +144,10 @@ def processed(text):
     return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("paydedup_records_total{"))
 
 until(f"the processor processed {count} records", lambda: processed(exposition()) == count)
+# Lag is measured on the processor's own schedule, not with every batch: a scrape right
+# after the last record may come before the first measurement.
+until("the processor measured its lag",
+      lambda: "paydedup_consumer_lag_records" in families(exposition()))
 text = exposition()
 exported = families(text)
 

@@ -34,14 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; for f in "$WORK"/*.log; do echo "--- $f" >&2; tail -n 15 "$f" >&2; done; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$1)))" && return 0
-    sleep 0.1
-  done
-  fail "nothing listens on 127.0.0.1:$1"
-}
+source "$ROOT/scripts/local-services.sh"
 
 # A CA, and a server certificate for 127.0.0.1 (an IP SAN: librdkafka checks the
 # broker's name against the certificate by default, and the test keeps that on).
@@ -61,13 +54,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=someone else" \
 start_broker() {
   local name="$1" tls_port="$2"; shift 2
   local plain_port; plain_port="$(free_port)"
-  mkdir -p "$WORK/$name"
-  (cd "$WORK/$name" && exec env -i PATH="$PATH" RUST_LOG=warn "$PAYDEDUP_TANSU" broker \
-    --listener-url "tcp://127.0.0.1:$plain_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$tls_port" \
-    --storage-engine sqlite://tansu.db "$@" >"$WORK/$name-tansu.log" 2>&1) &
-  PIDS+=($!)
-  wait_port "$plain_port"
+  start_tansu "$WORK/$name-tansu" "$plain_port" "$tls_port" "$@" || fail "tansu did not start"
   cat >"$WORK/$name-stunnel.conf" <<CONF
 foreground = yes
 pid =
@@ -80,7 +67,7 @@ key = $WORK/server.key
 CONF
   "$STUNNEL" "$WORK/$name-stunnel.conf" >"$WORK/$name-stunnel.log" 2>&1 &
   PIDS+=($!)
-  wait_port "$tls_port"
+  wait_port "$tls_port" || fail "stunnel did not start"
 }
 
 # produce_and_process NAME PORT COUNT [--kafka K=V …]: the simulator produces COUNT
@@ -126,14 +113,10 @@ must_fail tls-untrusted-ca "a client that does not trust the broker's CA" \
 # SCRAM users live in the broker's storage: create one through a broker without
 # authentication on the same SQLite file, stop it, then start the authenticating one.
 BOOT_PORT="$(free_port)"
-mkdir -p "$WORK/sasl"
-(cd "$WORK/sasl" && exec env -i PATH="$PATH" RUST_LOG=warn "$PAYDEDUP_TANSU" broker \
-  --listener-url "tcp://127.0.0.1:$BOOT_PORT" --advertised-listener-url "tcp://127.0.0.1:$BOOT_PORT" \
-  --storage-engine sqlite://tansu.db >"$WORK/sasl-bootstrap.log" 2>&1) &
-BOOT=$!
-wait_port "$BOOT_PORT"
+start_tansu "$WORK/sasl-tansu" "$BOOT_PORT" || fail "tansu did not start"
+BOOT=${PIDS[-1]}
 "$PAYDEDUP_TANSU" user create --broker "tcp://127.0.0.1:$BOOT_PORT" --mechanism scram512 \
-  paydedup test-only-secret >>"$WORK/sasl-bootstrap.log" 2>&1 || fail "creating the SCRAM user"
+  paydedup test-only-secret >"$WORK/sasl-bootstrap.log" 2>&1 || fail "creating the SCRAM user"
 kill "$BOOT"; wait "$BOOT" 2>/dev/null || true
 
 SASL_PORT="$(free_port)"
