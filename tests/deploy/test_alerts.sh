@@ -98,11 +98,18 @@ prometheus --config.file="$T/prometheus.yml" --storage.tsdb.path="$T/tsdb" \
 PIDS+=($!)
 wait_port "$PROM_PORT"
 
+# The reconcile alerts read what `reconcile --metrics-file` writes: its names are checked
+# too (the result itself does not matter here: the output is still being written).
+"$BIN/paydedup-processor" reconcile --output "file:$T/output" --metrics-file "$T/reconcile.prom" \
+  >"$T/reconcile.log" 2>&1 || true
+[[ -s "$T/reconcile.prom" ]] || fail "reconcile --metrics-file wrote nothing"
+
 echo "==> asserting the scrape, the series and the rules" >&2
-python3 - "$METRICS_PORT" "$PROM_PORT" "$PROM_DIR/alerts.yml" "$COUNT" <<'EOF'
+python3 - "$METRICS_PORT" "$PROM_PORT" "$PROM_DIR/alerts.yml" "$COUNT" "$T/reconcile.prom" <<'EOF'
 import json, re, sys, time, urllib.parse, urllib.request
 
 metrics_port, prom_port, rules_file, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+reconcile_prom = open(sys.argv[5]).read()
 PROM = f"http://127.0.0.1:{prom_port}"
 failures = []
 
@@ -170,11 +177,12 @@ if not re.search(r'^paydedup_build_info\{[^}]*revision="[^"]*"[^}]*\} 1$', text,
 # Every metric a rule reads must exist, or the rule is silently never true. Labelled
 # counters that only appear once something failed are the exception.
 rules_text = open(rules_file).read()
-exprs = re.findall(r"^\s+expr: (?:\|\n)?(.*?)^\s+for:", rules_text, re.M | re.S)
+exprs = re.findall(r"^\s+expr: (?:\|\n)?(.*?)^\s+(?:for|labels):", rules_text, re.M | re.S)
 read = set(re.findall(r"\b((?:paydedup|process)_[a-z_]+)\b", "\n".join(exprs)))
 only_on_failure = {"paydedup_relay_failures_total", "paydedup_sink_errors_total"}
-for name in sorted(read - only_on_failure - exported):
-    failures.append(f"a rule reads {name}, which the processor does not export")
+exported_by_reconcile = families(reconcile_prom)
+for name in sorted(read - only_on_failure - exported - exported_by_reconcile):
+    failures.append(f"a rule reads {name}, which neither the processor nor reconcile exports")
 
 # Prometheus: the target is up and the processor's series are queryable.
 def target_up():
