@@ -3,24 +3,32 @@
   python k8s_manifests.py check ROOT
       every manifest against the Kubernetes API schemas (kubernetes-validate, strict,
       several versions), the ServiceMonitor against its own schema below, and the
-      properties the manifests promise (hardening, probes, grace period, wiring).
+      properties the manifests promise (hardening, probes, grace period, wiring), for
+      each choice of BigQuery credentials: GKE workload identity (k8s/ as written) and
+      a key Secret (the k8s/key-secret component's patches applied here; where kubectl
+      is installed, `kubectl kustomize` must render both the same way).
   python k8s_manifests.py mutants ROOT
       that each of a list of harmful edits to the manifests fails `check`.
   python k8s_manifests.py pod ROOT OUT.yaml HOST_PORT processor=IMG simulator=IMG tansu=IMG bqemulator=IMG
       the processor's StatefulSet pod template as a Pod podman can play, with a broker,
       the BigQuery emulator and the simulator beside it (see pod() for what changes).
   python k8s_manifests.py run-args ROOT processor|reconcile [ARG ...]
-      that pod's processor container, or the reconcile CronJob's, as `podman run`
-      arguments (IMAGE in place of the image), to run in the pod.
+      that pod's processor container (ARGs appended to its arguments), or the
+      reconcile CronJob's (each --FLAG=VALUE replacing that flag, --FLAG= removing
+      it), as `podman run` arguments (IMAGE in place of the image), to run in the pod.
 
 Every check names what broke; `check` exits non-zero on any.
 """
 
 import copy
+import difflib
 import glob
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import jsonschema
 import kubernetes_validate
@@ -118,7 +126,26 @@ SERVICE_MONITOR = {
 # each with the check that stands in for it.
 OWN_SCHEMA = {"ServiceMonitor", "Kustomization"}
 
+# The choices of BigQuery credentials (k8s/README.md): the component that makes each
+# (None: k8s/ as written, GKE workload identity).
+VARIANTS = {"workload identity": None, "key Secret": "key-secret"}
+# Where the key-secret component puts the key, and the ServiceAccount annotation
+# workload identity reads.
+KEY_MODE = 0o440
+WORKLOAD_IDENTITY = "iam.gke.io/gcp-service-account"
+# Credentials other than Application Default Credentials: none in these manifests.
+CREDENTIAL_FLAGS = {"PAYDEDUP_BIGQUERY_CREDENTIALS", "PAYDEDUP_BIGQUERY_TOKEN_ENV", "PAYDEDUP_BIGQUERY_NO_AUTH"}
+# What reconcile must read as the processor does: the dataset, and the windows it
+# checks the metrics with (it refuses a window size that is not the processor's).
+SHARED_SETTINGS = {"PAYDEDUP_SINK", "PAYDEDUP_WINDOW_SECS", "PAYDEDUP_ALLOWED_LATENESS_SECS",
+                   "PAYDEDUP_FUTURE_TOLERANCE_SECS"}
+# The CronJob's scheduled mode: its margin must exceed the delivery delay the alerts
+# allow (PaydedupConsumerLagHigh: a 10-minute backlog), its lookback cover two runs
+# (docs/operations.md, "Scheduled mode").
+MIN_SETTLE_SECS = 600
+
 FAILURES = []
+VARIANT = [None]
 
 # The podman pod (pod()): its name, the simulator's record count, the emulator's dataset
 # and where the processor finds the emulator on the pod's localhost.
@@ -133,7 +160,7 @@ BIGQUERY_EMULATOR = {
 
 
 def fail(message):
-    FAILURES.append(message)
+    FAILURES.append(f"[{VARIANT[0]}] {message}" if VARIANT[0] else message)
 
 
 def expect(condition, message):
@@ -143,12 +170,85 @@ def expect(condition, message):
 
 
 def load(root):
-    """{file name: [documents]} of k8s/*.yaml."""
+    """{file name: [documents]} of k8s/*.yaml and of the components'
+    k8s/NAME/kustomization.yaml (as `NAME/kustomization.yaml`)."""
     docs = {}
-    for path in sorted(glob.glob(os.path.join(root, "k8s", "*.yaml"))):
+    paths = glob.glob(os.path.join(root, "k8s", "*.yaml")) + glob.glob(os.path.join(root, "k8s", "*", "kustomization.yaml"))
+    for path in sorted(paths):
         with open(path) as f:
-            docs[os.path.basename(path)] = [d for d in yaml.safe_load_all(f) if d]
+            docs[os.path.relpath(path, os.path.join(root, "k8s"))] = [d for d in yaml.safe_load_all(f) if d]
     return docs
+
+
+def split(docs):
+    """(kustomization, {component: its Kustomization}, the resources' docs) of load()'s
+    result."""
+    docs = copy.deepcopy(docs)
+    (k,) = docs.pop("kustomization.yaml", [None])
+    components = {}
+    for name in [n for n in docs if "/" in n]:
+        (c,) = docs.pop(name)
+        components[name.split("/")[0]] = c
+    return k, components, docs
+
+
+# --- kustomize's strategic merge patches, as far as the components use them ------------
+
+# The lists a strategic merge patch merges by key instead of replacing (the Kubernetes
+# API's patchMergeKey of each field the components patch).
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "ports": "containerPort"}
+
+
+def merge(target, patch):
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        elif isinstance(value, list) and key in MERGE_KEYS:
+            items = target.setdefault(key, [])
+            for item in value:
+                same = next((t for t in items if t.get(MERGE_KEYS[key]) == item.get(MERGE_KEYS[key])), None)
+                if same is None:
+                    items.append(copy.deepcopy(item))
+                else:
+                    merge(same, item)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def apply_component(name, component, docs):
+    """`docs` with `component`'s patches applied (strategic merge patches with a target
+    kind and name: what the components here use; anything else is a failure)."""
+    docs = copy.deepcopy(docs)
+    if not expect(component.get("apiVersion") == "kustomize.config.k8s.io/v1alpha1"
+                  and component.get("kind") == "Component",
+                  f"{name}/kustomization.yaml: not a kustomize.config.k8s.io/v1alpha1 Component"):
+        return docs
+    unknown = set(component) - {"apiVersion", "kind", "patches"}
+    expect(not unknown, f"{name}/kustomization.yaml: fields this test does not apply: {sorted(unknown)}")
+    for p in component.get("patches", []):
+        target = p.get("target", {})
+        patch = yaml.safe_load(p.get("patch", "")) if "patch" in p else None
+        if not expect(isinstance(patch, dict) and set(target) == {"kind", "name"}
+                      and patch.get("kind") == target["kind"] and patch.get("metadata", {}).get("name") == target["name"],
+                      f"{name}: a patch that is not an inline strategic merge patch of one kind and name: {p}"):
+            continue
+        hits = [d for items in docs.values() for d in items
+                if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]]
+        if expect(len(hits) == 1, f"{name}: patch target {target['kind']}/{target['name']} matches {len(hits)} objects"):
+            merge(hits[0], {k: v for k, v in patch.items() if k not in ("apiVersion", "kind", "metadata")})
+    return docs
+
+
+def variants(components, docs):
+    """{variant: docs} for each choice of credentials (VARIANTS)."""
+    out = {}
+    for variant, component in VARIANTS.items():
+        if component is None:
+            out[variant] = docs
+        elif expect(component in components, f"k8s/{component}/kustomization.yaml is missing"):
+            out[variant] = apply_component(component, components[component], docs)
+    return out
 
 
 def seconds(value):
@@ -158,12 +258,16 @@ def seconds(value):
 # --- what the Rust code reads -------------------------------------------------------
 
 def env_names(root, *dirs):
-    """The PAYDEDUP_* variables the code under `dirs` declares (`env = "…"`)."""
+    """The variables the code under `dirs` reads: the PAYDEDUP_* ones its flags declare
+    (`env = "…"`) and those it reads itself (`env::var("…")`, `env::var_os("…")`, as
+    Application Default Credentials read GOOGLE_APPLICATION_CREDENTIALS)."""
     names = set()
     for d in dirs:
         for path in glob.glob(os.path.join(root, d, "**", "*.rs"), recursive=True):
             with open(path) as f:
-                names.update(re.findall(r'env\s*=\s*"(PAYDEDUP_[A-Z0-9_]+)"', f.read()))
+                text = f.read()
+            names.update(re.findall(r'env\s*=\s*"(PAYDEDUP_[A-Z0-9_]+)"', text))
+            names.update(re.findall(r'env::var(?:_os)?\(\s*"([A-Z][A-Z0-9_]*)"\s*\)', text))
     return names
 
 
@@ -212,8 +316,7 @@ def validate_schemas(docs):
                     fail(f"{where}: {e.message}")
 
 
-def check_kustomization(docs):
-    (k,) = docs.pop("kustomization.yaml", [None])
+def check_kustomization(k, components, docs):
     if not expect(k, "k8s/kustomization.yaml is missing"):
         return
     expect(k.get("apiVersion") == "kustomize.config.k8s.io/v1beta1" and k.get("kind") == "Kustomization",
@@ -221,7 +324,13 @@ def check_kustomization(docs):
     expect(k.get("namespace") == NAMESPACE, f"kustomization.yaml: namespace is not {NAMESPACE}")
     expect(sorted(k.get("resources", [])) == sorted(docs),
            f"kustomization.yaml lists {sorted(k.get('resources', []))}, k8s/ holds {sorted(docs)}")
-    unknown = set(k) - {"apiVersion", "kind", "namespace", "resources", "images"}
+    # Components are the credentials' choice: each one a directory here, all checked
+    # whether on or off (VARIANTS).
+    for c in k.get("components") or []:
+        expect(c in components, f"kustomization.yaml: component {c} is not a directory of k8s/ with a kustomization.yaml")
+    expect(sorted(components) == sorted(c for c in VARIANTS.values() if c),
+           f"k8s/ holds components {sorted(components)}; this test checks {sorted(c for c in VARIANTS.values() if c)}")
+    unknown = set(k) - {"apiVersion", "kind", "namespace", "resources", "components", "images"}
     expect(not unknown, f"kustomization.yaml: fields this test does not check: {sorted(unknown)}")
 
 
@@ -299,41 +408,107 @@ def env_map(container):
 def check_env(root, objects):
     """Every variable is one the program reads (clap ignores a misspelt one silently)
     and every ConfigMap reference resolves."""
-    processor_env = env_names(root, "crates/processor/src")
+    # The processor's flags, its Kubernetes client (POD_NAMESPACE) and the BigQuery
+    # client's Application Default Credentials (crates/sink: GOOGLE_APPLICATION_CREDENTIALS).
+    processor_env = env_names(root, "crates/processor/src", "crates/sink/src")
     simulator_env = env_names(root, "simulator/src")
-    # Read by code outside clap: the Kubernetes client (crates/processor/src/topology),
-    # and the Application Default Credentials the BigQuery client is gaining.
-    other = {"POD_NAMESPACE", "GOOGLE_APPLICATION_CREDENTIALS"}
     maps = objects.get("ConfigMap", {})
     for workload, template in pod_templates(objects):
         for c in template["spec"]["containers"]:
-            known = (simulator_env if "simulator" in c["image"] else processor_env) | other
+            known = simulator_env if "simulator" in c["image"] else processor_env
             for name, e in env_map(c).items():
                 expect(name in known, f"{workload}: {name} is not a variable {c['image']} reads")
                 ref = e.get("valueFrom", {}).get("configMapKeyRef")
                 if ref:
                     expect(ref["key"] in maps.get(ref["name"], {}).get("data", {}),
                            f"{workload}: {name} refers to ConfigMap {ref['name']} key {ref['key']}, which is not there")
+            # envFrom: every key of the ConfigMap becomes a variable of the container.
+            for src in c.get("envFrom", []):
+                ref = src.get("configMapRef")
+                if not expect(ref and not src.get("prefix"), f"{workload}: envFrom other than a whole ConfigMap: {src}"):
+                    continue
+                if expect(ref["name"] in maps, f"{workload}: envFrom ConfigMap {ref['name']}, which is not there"):
+                    for key in maps[ref["name"]].get("data", {}):
+                        expect(key in known, f"{workload}: ConfigMap {ref['name']} key {key} is not a variable {c['image']} reads")
             for arg in c.get("args", []):
                 for var in re.findall(r"\$\((\w+)\)", str(arg)):
-                    expect(var in env_map(c), f"{workload}: argument {arg} expands {var}, which the container does not define")
+                    expect(var in env_of(c, maps), f"{workload}: argument {arg} expands {var}, which the container does not define")
     for name, cm in maps.items():
         sink = cm.get("data", {}).get("PAYDEDUP_SINK")
         if sink is not None:
             expect(re.fullmatch(r"bigquery:[\w-]+\.\w+", sink), f"ConfigMap {name}: PAYDEDUP_SINK {sink} is not bigquery:PROJECT.DATASET")
 
 
-def credentials_are_mounted(workload, spec, container):
-    env = env_map(container)
-    path = env.get("PAYDEDUP_BIGQUERY_CREDENTIALS", {}).get("value")
-    if not expect(path, f"{workload}: no PAYDEDUP_BIGQUERY_CREDENTIALS"):
+def env_of(container, maps):
+    """{name: the env entry, or ("ConfigMap", name) for one from envFrom} as the kubelet
+    sets them: envFrom first, env overriding."""
+    out = {}
+    for src in container.get("envFrom", []):
+        ref = src.get("configMapRef") or {}
+        for key in maps.get(ref.get("name"), {}).get("data", {}):
+            out[key] = ("ConfigMap", ref["name"])
+    out.update(env_map(container))
+    return out
+
+
+def setting_source(container, maps, name):
+    """Where variable `name` of `container` comes from: ("ConfigMap", map, key),
+    ("value", literal), ("other", entry) or None (unset)."""
+    e = env_of(container, maps).get(name)
+    if e is None:
+        return None
+    if isinstance(e, tuple):
+        return ("ConfigMap", e[1], name)
+    ref = e.get("valueFrom", {}).get("configMapKeyRef")
+    if ref:
+        return ("ConfigMap", ref["name"], ref["key"])
+    return ("value", e["value"]) if "value" in e else ("other", repr(e))
+
+
+def from_config_map(container, maps, name):
+    """The ConfigMap `name` comes from in `container`, or None (a literal, or unset)."""
+    src = setting_source(container, maps, name)
+    return src[1] if src and src[0] == "ConfigMap" else None
+
+
+def check_credentials(variant, objects, workload, spec, container):
+    """BigQuery credentials are Application Default Credentials: in the workload identity
+    variant, the pod's ServiceAccount names a Google service account and nothing names
+    a key; in the key Secret variant, GOOGLE_APPLICATION_CREDENTIALS names a file on a
+    read-only mount of a Secret that is not optional. No other credential setting."""
+    maps = objects.get("ConfigMap", {})
+    env = env_of(container, maps)
+    for name in sorted(CREDENTIAL_FLAGS & set(env)):
+        fail(f"{workload}: {name} is set (Application Default Credentials serve both variants)")
+    secrets = {v["name"]: v["secret"] for v in spec.get("volumes", []) if "secret" in v}
+    path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if VARIANTS[variant] is None:
+        sa = objects.get("ServiceAccount", {}).get(spec.get("serviceAccountName"), {})
+        account = sa.get("metadata", {}).get("annotations", {}).get(WORKLOAD_IDENTITY, "")
+        expect(re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]@[a-z][-a-z0-9]{4,28}[a-z0-9]\.iam\.gserviceaccount\.com", account),
+               f"{workload}: ServiceAccount {spec.get('serviceAccountName')} has no {WORKLOAD_IDENTITY} annotation naming a Google service account")
+        expect(path is None, f"{workload}: GOOGLE_APPLICATION_CREDENTIALS is set without the key Secret "
+                             "(the processor stops at start when the file is missing)")
+        expect(not secrets, f"{workload}: mounts Secret volumes {sorted(secrets)} without the key-secret component")
         return
-    expect(env.get("GOOGLE_APPLICATION_CREDENTIALS", {}).get("value") == path,
-           f"{workload}: GOOGLE_APPLICATION_CREDENTIALS does not name the same key file")
-    secrets = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
-    expect(any(m["name"] in secrets and m.get("readOnly") and path.startswith(m["mountPath"].rstrip("/") + "/")
-               for m in container.get("volumeMounts", [])),
-           f"{workload}: {path} is not on a read-only Secret mount")
+    if not expect(path, f"{workload}: no GOOGLE_APPLICATION_CREDENTIALS: Application Default Credentials "
+                        "would not read the key"):
+        return
+    path = path.get("value") if isinstance(path, dict) else None
+    if not expect(path, f"{workload}: GOOGLE_APPLICATION_CREDENTIALS is not a literal path"):
+        return
+    mounts = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not expect(len(mounts) == 1 and mounts[0]["name"] in secrets and mounts[0].get("readOnly"),
+                  f"{workload}: {path} is not on a read-only Secret mount"):
+        return
+    secret = secrets[mounts[0]["name"]]
+    expect(not secret.get("optional"), f"{workload}: the key Secret is optional: the processor would stop "
+                                       f"at start on the missing {path} instead of the pod waiting for it")
+    expect(secret.get("defaultMode") == KEY_MODE, f"{workload}: the key's defaultMode is not 0440")
+    key = path[len(mounts[0]["mountPath"].rstrip("/")) + 1:]
+    items = secret.get("items")
+    expect(key == "key.json" if not items else any(i.get("path") == key for i in items),
+           f"{workload}: {path} is not the Secret's key.json")
 
 
 def check_processor(root, objects):
@@ -377,9 +552,9 @@ def check_processor(root, objects):
     grace = spec.get("terminationGracePeriodSeconds", 30)
     expect(grace > flush, f"{w}: terminationGracePeriodSeconds {grace} does not outlast the exit flush ({flush} s)")
     # BigQuery by default, from the ConfigMap.
-    ref = env.get("PAYDEDUP_SINK", {}).get("valueFrom", {}).get("configMapKeyRef")
-    expect(ref, f"{w}: PAYDEDUP_SINK does not come from the ConfigMap")
-    credentials_are_mounted(w, spec, c)
+    expect(from_config_map(c, objects.get("ConfigMap", {}), "PAYDEDUP_SINK"),
+           f"{w}: PAYDEDUP_SINK does not come from the ConfigMap")
+    check_credentials(VARIANT[0], objects, w, spec, c)
     # RBAC: get on this StatefulSet, bound to the pod's account.
     sa = spec.get("serviceAccountName")
     expect(sa in objects.get("ServiceAccount", {}), f"{w}: ServiceAccount {sa} is not defined")
@@ -420,32 +595,98 @@ def check_jobs(objects):
             expect(job["spec"].get("backoffLimit") == 0, f"Job/{name}: a retry would produce everything again")
     crons = objects.get("CronJob", {})
     expect(crons, "no reconcile CronJob")
+    maps = objects.get("ConfigMap", {})
+    processors = [s["spec"]["template"]["spec"]["containers"][0] for s in objects.get("StatefulSet", {}).values()]
     for name, cron in crons.items():
         w = f"CronJob/{name}"
         job = cron["spec"]["jobTemplate"]["spec"]
         spec = job["template"]["spec"]
         (c,) = spec["containers"]
-        args = c.get("args", [])
-        expect(args[:1] == ["reconcile"] and "--output" in args, f"{w}: not `reconcile --output …`")
+        args = flags(c.get("args", []))
+        expect(c.get("args", [])[:1] == ["reconcile"], f"{w}: does not run `reconcile`")
+        expect(cron["spec"].get("suspend") is not True, f"{w}: suspended")
+        # Scheduled mode: only what is settled, so a live stream cannot fail it.
+        settle = args.get("--settle-secs")
+        if expect(settle and re.fullmatch(r"\d+", settle),
+                  f"{w}: not scheduled mode (--settle-secs SECS): the whole output fails on a live pipeline"):
+            expect(int(settle) >= MIN_SETTLE_SECS,
+                   f"{w}: --settle-secs {settle} is within the delivery delay the alerts allow ({MIN_SETTLE_SECS} s)")
+        expect("--settled-before" not in args, f"{w}: --settled-before fixes the bound for every run")
+        expect("--manifest" not in args, f"{w}: --manifest (a whole run's ground truth) in scheduled mode")
+        interval = cron_interval(cron["spec"].get("schedule", ""))
+        lookback = int(args.get("--lookback-secs", "86400"))
+        if expect(interval, f"{w}: schedule {cron['spec'].get('schedule')!r} is not one this test reads (hourly or daily)"):
+            expect(lookback >= 2 * interval,
+                   f"{w}: --lookback-secs {lookback} is less than two schedule intervals ({interval} s): records can go unchecked")
+        output = args.get("--output")
+        expect(output in (None, "$(PAYDEDUP_SINK)"), f"{w}: --output {output} is not the processor's sink")
+        # The processor's dataset and windows, from the same ConfigMap and nowhere else.
+        for setting in sorted(SHARED_SETTINGS):
+            mine = setting_source(c, maps, setting)
+            for p in processors:
+                expect(mine == setting_source(p, maps, setting) and (mine is None or mine[0] == "ConfigMap"),
+                       f"{w}: {setting} is not the processor's, from the same ConfigMap")
         expect(cron["spec"].get("concurrencyPolicy") == "Forbid", f"{w}: runs may overlap")
         expect(job.get("backoffLimit") == 0, f"{w}: a mismatch is retried instead of failing the Job")
         expect(spec.get("restartPolicy") == "Never", f"{w}: restartPolicy is not Never")
-        credentials_are_mounted(w, spec, c)
+        check_credentials(VARIANT[0], objects, w, spec, c)
+
+
+def flags(args):
+    """{--flag: value} of `args` (`--flag=value` or `--flag value`; a flag without a
+    value maps to "")."""
+    out = {}
+    i = 0
+    while i < len(args):
+        a = str(args[i])
+        if a.startswith("--") and "=" in a:
+            k, v = a.split("=", 1)
+            out[k] = v
+        elif a.startswith("--"):
+            nxt = str(args[i + 1]) if i + 1 < len(args) else ""
+            if nxt and not nxt.startswith("--"):
+                out[a] = nxt
+                i += 1
+            else:
+                out[a] = ""
+        i += 1
+    return out
+
+
+def cron_interval(schedule):
+    """Seconds between runs of an hourly (`M * * * *`) or daily (`M H * * *`) schedule,
+    else None."""
+    f = schedule.split()
+    if len(f) == 5 and f[2:] == ["*", "*", "*"] and f[0].isdigit():
+        if f[1] == "*":
+            return 3600
+        if f[1].isdigit():
+            return 86400
+    return None
 
 
 def check_docs(root, docs):
-    """The failures of every check over `docs` ({file: [documents]})."""
+    """The failures of every check over `docs` (load()'s {file: [documents]}), for each
+    choice of credentials."""
     FAILURES.clear()
-    docs = copy.deepcopy(docs)
-    check_kustomization(docs)
-    validate_schemas(docs)
-    objects = by_kind(docs)
-    check_namespaces(objects)
-    check_hardening(objects)
-    check_env(root, objects)
-    check_processor(root, objects)
-    check_jobs(objects)
+    kustomization, components, resources = split(docs)
+    check_kustomization(kustomization, components, resources)
+    for variant, vdocs in variants(components, resources).items():
+        VARIANT[0] = variant
+        # The schemas of what a component changed (the rest is the same documents).
+        validate_schemas(vdocs if vdocs is resources else changed(resources, vdocs))
+        objects = by_kind(vdocs)
+        check_namespaces(objects)
+        check_hardening(objects)
+        check_env(root, objects)
+        check_processor(root, objects)
+        check_jobs(objects)
+    VARIANT[0] = None
     return list(FAILURES)
+
+
+def changed(before, after):
+    return {f: [d for d in items if d not in before.get(f, [])] for f, items in after.items()}
 
 
 def sts_of(docs):
@@ -462,6 +703,44 @@ def cron_of(docs):
 
 def drop_env(container, name):
     container["env"] = [e for e in container["env"] if e["name"] != name]
+
+
+def reconcile_of(docs):
+    return cron_of(docs)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def set_flag(container, flag, value):
+    """`flag`'s value in `container`'s args (value None: the flag removed)."""
+    args = [a for a in container["args"] if not str(a).startswith(flag + "=")]
+    if value is not None:
+        args.append(f"{flag}={value}")
+    container["args"] = args
+
+
+def key_patch(docs, kind):
+    """The key-secret component's patch of `kind`, parsed; edit it, then store_patches()."""
+    component = docs["key-secret/kustomization.yaml"][0]
+    patches = [yaml.safe_load(p["patch"]) for p in component["patches"]]
+    return component, patches, next(p for p in patches if p["kind"] == kind)
+
+
+def store_patches(component, patches):
+    for p, parsed in zip(component["patches"], patches):
+        p["patch"] = yaml.safe_dump(parsed)
+
+
+def edit_key_patch(kind, edit):
+    def mutate(docs):
+        component, patches, patch = key_patch(docs, kind)
+        edit(patch)
+        store_patches(component, patches)
+    return mutate
+
+
+def patched_container(patch):
+    spec = patch["spec"]["template"]["spec"] if patch["kind"] == "StatefulSet" else \
+        patch["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return spec, spec["containers"][0]
 
 
 # Edits that must each fail a check: the checks above are only worth something if a
@@ -491,7 +770,31 @@ MUTANTS = {
     "readiness on /healthz": lambda d: processor_of(d)["readinessProbe"]["httpGet"].update(path="/healthz"),
     "file sink": lambda d: next(x for x in d["config.yaml"] if x["kind"] == "ConfigMap")["data"].update(
         PAYDEDUP_SINK="file:/var/lib/paydedup/output"),
-    "no key file": lambda d: drop_env(processor_of(d), "PAYDEDUP_BIGQUERY_CREDENTIALS"),
+    "key by flag, not ADC": edit_key_patch("StatefulSet", lambda p: patched_container(p)[1]["env"].append(
+        {"name": "PAYDEDUP_BIGQUERY_CREDENTIALS", "value": "/var/run/secrets/paydedup/bigquery/key.json"})),
+    "key Secret without the variable": edit_key_patch("CronJob", lambda p: patched_container(p)[1].pop("env")),
+    "optional key Secret": edit_key_patch("StatefulSet", lambda p: patched_container(p)[0]["volumes"][0][
+        "secret"].update(optional=True)),
+    "key not read-only": edit_key_patch("StatefulSet", lambda p: patched_container(p)[1]["volumeMounts"][0].pop(
+        "readOnly")),
+    "key world-readable": edit_key_patch("CronJob", lambda p: patched_container(p)[0]["volumes"][0][
+        "secret"].update(defaultMode=0o644)),
+    "variable naming a missing key": lambda d: processor_of(d)["env"].append(
+        {"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/run/secrets/paydedup/bigquery/key.json"}),
+    "no workload identity": lambda d: next(x for x in d["reconcile.yaml"] if x["kind"] == "ServiceAccount")[
+        "metadata"].pop("annotations"),
+    "component not applied": lambda d: d["key-secret/kustomization.yaml"][0].update(kind="Kustomization"),
+    "misspelt ConfigMap key": lambda d: next(x for x in d["config.yaml"] if x["kind"] == "ConfigMap")["data"].update(
+        PAYDEDUP_SINKS="bigquery:p.d"),
+    "reconcile suspended": lambda d: cron_of(d)["spec"].update(suspend=True),
+    "reconcile over the whole output": lambda d: set_flag(reconcile_of(d), "--settle-secs", None),
+    "settle margin under the delivery delay": lambda d: set_flag(reconcile_of(d), "--settle-secs", "120"),
+    "lookback of one run": lambda d: set_flag(reconcile_of(d), "--lookback-secs", "3600"),
+    "reconcile with a fixed bound": lambda d: set_flag(reconcile_of(d), "--settled-before", "2026-01-01T00:00:00Z"),
+    "processor's window not reconcile's": lambda d: processor_of(d)["env"].append(
+        {"name": "PAYDEDUP_WINDOW_SECS", "value": "30"}),
+    "reconcile's sink not the processor's": lambda d: reconcile_of(d).update(
+        env=[{"name": "PAYDEDUP_SINK", "value": "bigquery:other.dataset"}]),
     "state off the claim": lambda d: next(
         e for e in processor_of(d)["env"] if e["name"] == "PAYDEDUP_STATE_DIR").update(value="/data/state"),
     "outside the namespace": lambda d: d["reconcile.yaml"][0]["metadata"].update(namespace="default"),
@@ -516,16 +819,79 @@ def mutants(root):
     return 1 if survived else 0
 
 
+def kustomize_matches(root, docs):
+    """Where kubectl is installed: `kubectl kustomize` renders k8s/ without and with each
+    component as this test reads it (the components applied by apply_component, the
+    images as kustomization.yaml sets them). Returns a note for the output."""
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        return "no kubectl: the components' patches were applied by this test alone"
+    kustomization, components, resources = split(docs)
+    rendered = variants(components, resources)
+    for variant, component in VARIANTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.copytree(os.path.join(root, "k8s"), os.path.join(tmp, "k8s"))
+            k = copy.deepcopy(kustomization)
+            k["components"] = [component] if component else []
+            with open(os.path.join(tmp, "k8s", "kustomization.yaml"), "w") as f:
+                yaml.safe_dump(k, f)
+            out = subprocess.run([kubectl, "kustomize", os.path.join(tmp, "k8s")],
+                                 capture_output=True, text=True)
+        if not expect(out.returncode == 0, f"kubectl kustomize ({variant}): {out.stderr.strip()}"):
+            continue
+        theirs = {(d["kind"], d["metadata"]["name"]): unordered(d) for d in yaml.safe_load_all(out.stdout) if d}
+        ours = {(d["kind"], d["metadata"]["name"]): unordered(with_images(d, kustomization.get("images", [])))
+                for items in rendered.get(variant, {}).values() for d in items}
+        expect(sorted(theirs) == sorted(ours),
+               f"kubectl kustomize ({variant}) renders {sorted(theirs)}, this test reads {sorted(ours)}")
+        for key in sorted(set(theirs) & set(ours)):
+            if theirs[key] != ours[key]:
+                a = yaml.safe_dump(ours[key], sort_keys=True).splitlines()
+                b = yaml.safe_dump(theirs[key], sort_keys=True).splitlines()
+                diff = "\n".join(difflib.unified_diff(a, b, "this test", "kubectl kustomize", lineterm="", n=2))
+                fail(f"kubectl kustomize ({variant}) renders {key[0]}/{key[1]} differently:\n{diff}")
+    return f"kubectl kustomize renders {' and '.join(VARIANTS)} as checked"
+
+
+def unordered(doc):
+    """`doc` with the lists a patch merges by key sorted by it: where a merged item lands
+    differs between kustomize releases (v5.5 puts new ones first) and means nothing to
+    the API server for these lists (no env entry here refers to another)."""
+    if isinstance(doc, dict):
+        return {k: sorted((unordered(i) for i in v), key=lambda i: str(i.get(MERGE_KEYS[k])))
+                if k in MERGE_KEYS and isinstance(v, list) and all(isinstance(i, dict) for i in v)
+                else unordered(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [unordered(i) for i in doc]
+    return doc
+
+
+def with_images(doc, images):
+    """`doc` with kustomize's `images:` transformation (newName, newTag) applied."""
+    doc = copy.deepcopy(doc)
+    spec = {"StatefulSet": lambda d: d["spec"]["template"]["spec"], "Job": lambda d: d["spec"]["template"]["spec"],
+            "CronJob": lambda d: d["spec"]["jobTemplate"]["spec"]["template"]["spec"]}.get(doc["kind"])
+    if spec:
+        for c in spec(doc).get("initContainers", []) + spec(doc)["containers"]:
+            name, _, tag = c["image"].partition(":")
+            for i in images:
+                if i["name"] == name:
+                    c["image"] = f"{i.get('newName', name)}:{i.get('newTag', tag)}"
+    return doc
+
+
 def check(root):
     docs = load(root)
     check_docs(root, docs)
-    count = sum(len(d) for f, d in docs.items() if f != "kustomization.yaml")
+    note = kustomize_matches(root, docs)
+    count = sum(len(d) for f, d in docs.items() if f != "kustomization.yaml" and "/" not in f)
     if FAILURES:
         for f in FAILURES:
             print(f"FAIL {f}", file=sys.stderr)
         print(f"k8s/: {len(FAILURES)} failures", file=sys.stderr)
         return 1
-    print(f"k8s/: {count} objects valid against Kubernetes {', '.join(VERSIONS)} (strict) and checked")
+    print(f"k8s/: {count} objects valid against Kubernetes {', '.join(VERSIONS)} (strict) and checked, "
+          f"with {' and with '.join(VARIANTS)}; {note}")
     return 0
 
 
@@ -539,7 +905,8 @@ def pod_objects(root, images, host_port):
     What changes, and why:
       - images: the localhost dev tags scripts/build-images.sh builds;
       - `--statefulset NAME` → `--instance-index 0 --instance-count 1`: no API server;
-      - the sink: the emulator's dataset, no credentials (the Secret mount goes);
+      - the sink: the emulator's dataset, no credentials (k8s/ as written: workload
+        identity, nothing mounted; the ServiceAccount goes);
       - POD_NAMESPACE: a literal (podman refuses the fieldRef metadata.namespace);
       - the livenessProbe goes: podman 4.3 turns an httpGet probe into a HEALTHCHECK
         `curl -f http://localhost:PORT/PATH` run inside the container, and the image
@@ -554,7 +921,7 @@ def pod_objects(root, images, host_port):
     The securityContext, the other variables, mounts, ports and resources are kept.
     Returns the ConfigMap, the claims and the Pod.
     """
-    objects = by_kind({k: v for k, v in load(root).items() if k != "kustomization.yaml"})
+    objects = by_kind(split(load(root))[2])
     (sts,) = objects["StatefulSet"].values()
     template = copy.deepcopy(sts["spec"]["template"])
     spec = template["spec"]
@@ -563,13 +930,8 @@ def pod_objects(root, images, host_port):
     args = proc["args"]
     i = args.index("--statefulset")
     proc["args"] = args[:i] + ["--instance-index", "0", "--instance-count", "1"] + args[i + 2:]
-    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
-    spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in secret_volumes]
-    proc["volumeMounts"] = [m for m in proc["volumeMounts"] if m["name"] not in secret_volumes]
     env = []
     for e in proc["env"]:
-        if e["name"] in ("PAYDEDUP_BIGQUERY_CREDENTIALS", "GOOGLE_APPLICATION_CREDENTIALS"):
-            continue
         if e["name"] == "POD_NAMESPACE":
             e = {"name": "POD_NAMESPACE", "value": NAMESPACE}
         env.append(e)
@@ -627,13 +989,17 @@ def pod(root, out, images, host_port):
         yaml.safe_dump_all(pod_objects(root, images, host_port), f, sort_keys=False)
 
 
-def run_args(spec, container, config):
+def run_args(spec, container, config, secrets=None):
     """`podman run` options and arguments for `container` of pod `spec`, one a line: its
-    user, hardening, environment (ConfigMap references resolved from `config`, $(VAR)
-    in arguments expanded as the kubelet does), mounts (a claim's podman volume, a tmpfs
-    for an emptyDir), IMAGE in place of the image."""
+    user, hardening, environment (ConfigMap references and envFrom resolved from
+    `config`, $(VAR) in arguments expanded as the kubelet does), mounts (a claim's
+    podman volume, a tmpfs for an emptyDir, for a Secret the directory `secrets` maps
+    its name to, read-only), IMAGE in place of the image."""
     pod_sc, sc = spec.get("securityContext", {}), container.get("securityContext", {})
     env = {}
+    for src in container.get("envFrom", []):
+        assert src["configMapRef"]["name"] == config["metadata"]["name"], src
+        env.update(config["data"])
     for e in container.get("env", []):
         ref = e.get("valueFrom", {}).get("configMapKeyRef")
         env[e["name"]] = config["data"][ref["key"]] if ref else e["value"]
@@ -651,6 +1017,8 @@ def run_args(spec, container, config):
             out.append(f"--tmpfs={m['mountPath']}")
         elif "persistentVolumeClaim" in v:
             out.append(f"--volume={v['persistentVolumeClaim']['claimName']}:{m['mountPath']}")
+        elif "secret" in v and v["secret"]["secretName"] in (secrets or {}):
+            out.append(f"--volume={secrets[v['secret']['secretName']]}:{m['mountPath']}:ro")
         else:
             raise SystemExit(f"no podman equivalent here for volume {m['name']}")
     out.append("IMAGE")
@@ -658,25 +1026,57 @@ def run_args(spec, container, config):
     return out
 
 
+def override(args, extra):
+    """`args` with each --FLAG=VALUE of `extra` in place of that flag (appended if absent;
+    --FLAG= removes it)."""
+    args = list(args)
+    for e in extra:
+        flag, _, value = e.partition("=")
+        kept = []
+        skip = False
+        for a in args:
+            if skip:
+                skip = False
+                continue
+            if a == flag:
+                skip = True
+                continue
+            if not a.startswith(flag + "="):
+                kept.append(a)
+        args = kept + ([e] if value else [])
+    return args
+
+
 def podman_run(root, which, extra):
     """`which`: `processor` (the pod's processor container, its args followed by
-    `extra`) or `reconcile` (the CronJob's container, the sink pointed at the pod's
-    emulator like the processor's)."""
+    `extra`), `reconcile` (the CronJob's container, k8s/ as written: the sink pointed
+    at the pod's emulator like the processor's, no credentials) or `reconcile-key
+    SECRETS_DIR` (the CronJob's container with the key-secret component: the emulator's
+    endpoints but credentials from the key, Secret S mounted from SECRETS_DIR/S); for
+    reconcile, each --FLAG=VALUE of `extra` replaces that flag (override())."""
     config, *_, pod = pod_objects(root, {n: "IMAGE" for n in ("processor", "simulator", "tansu", "bqemulator")}, 0)
     proc = next(c for c in pod["spec"]["containers"] if c["name"] == "processor")
     if which == "processor":
         proc["args"] += extra
         return run_args(pod["spec"], proc, config)
-    objects = by_kind({k: v for k, v in load(root).items() if k != "kustomization.yaml"})
+    _, components, resources = split(load(root))
+    secrets = None
+    if which == "reconcile-key":
+        secrets_dir, *extra = extra
+        resources = apply_component(VARIANTS["key Secret"], components[VARIANTS["key Secret"]], resources)
+    objects = by_kind(resources)
     (cron,) = objects["CronJob"].values()
     spec = copy.deepcopy(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"])
     (c,) = spec["containers"]
-    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v}
-    spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in secret_volumes]
-    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] not in secret_volumes]
-    c["env"] = [e for e in c["env"] if not e["name"].endswith("CREDENTIALS")]
-    c["env"] += [e for e in proc["env"] if e["name"].startswith("PAYDEDUP_BIGQUERY_")]
-    return run_args(spec, c, config)
+    emulator = {k: v for k, v in BIGQUERY_EMULATOR.items()
+                if which == "reconcile" or k != "PAYDEDUP_BIGQUERY_NO_AUTH"}
+    c["env"] = c.get("env", []) + [{"name": k, "value": v} for k, v in emulator.items()] + \
+        [{"name": "PAYDEDUP_LOG_FORMAT", "value": "text"}]
+    if which == "reconcile-key":
+        secrets = {v["secret"]["secretName"]: os.path.join(secrets_dir, v["secret"]["secretName"])
+                   for v in spec["volumes"] if "secret" in v}
+    c["args"] = override(c["args"], extra)
+    return run_args(spec, c, config, secrets)
 
 
 if __name__ == "__main__":
