@@ -91,8 +91,10 @@ produce_and_process() {
 # must_fail NAME WHAT CMD…: the command exits non-zero within 60 s.
 must_fail() {
   local name="$1" what="$2"; shift 2
-  if timeout 60 "$@" >"$WORK/$name.log" 2>&1; then fail "$what succeeded"; fi
-  [[ $? -ne 124 ]] || fail "$what hung instead of failing"
+  local rc=0
+  timeout 60 "$@" >"$WORK/$name.log" 2>&1 || rc=$?
+  [[ $rc -ne 0 ]] || fail "$what succeeded"
+  [[ $rc -ne 124 ]] || fail "$what hung instead of failing"
   echo "ok: $what fails: $(grep -m1 -i 'error' "$WORK/$name.log" | cut -c1-160)" >&2
 }
 
