@@ -246,14 +246,12 @@ fn scheduled_reconcile_checks_only_what_is_settled_and_exits_0_1_or_2() {
     );
     emulator_query(&emu, "INSERT INTO sched.payments SELECT * FROM sched.held");
     emulator_query(&emu, "DROP TABLE sched.held");
-    let out = processor(&broker, &config, &state, &sink)
-        .args(["--exit-when-caught-up", "--drain"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    process_to_end(
+        &broker,
+        "payments",
+        &state,
+        Path::new("unused"),
+        &["--config", config.to_str().unwrap(), "--sink", &sink],
     );
     let (code, text, _) = reconcile(&config, &metrics, &[]);
     assert_eq!(code, 0, "{text}");

@@ -66,6 +66,10 @@ impl SinkError {
         matches!(self, SinkError::Transient(_))
     }
 
+    /// Every value [`SinkError::code`] returns (metrics export each at 0 from the
+    /// start); a new variant's code goes in both places.
+    pub const CODES: &'static [&'static str] = &["transient", "gap", "rejected", "fenced", "fatal"];
+
     /// A stable, bounded code for metric labels and logs.
     pub fn code(&self) -> &'static str {
         match self {

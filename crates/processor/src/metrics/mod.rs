@@ -61,21 +61,6 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 /// The error counters are exported at 0 from the start: the processor exits right
 /// after counting a relay failure, and a series first seen at 1 in its last scrape
 /// is one `increase()` cannot see rise.
-const SINK_ERROR_CODES: &[&str] = &["transient", "gap", "rejected", "fenced", "fatal"];
-const RELAY_FAILURE_CODES: &[&str] = &[
-    "state",
-    "outbox_hole",
-    "sink_unavailable",
-    "sink_gap",
-    "fenced",
-    "sink_fatal",
-    "sink_skip",
-    "dead_letter_io",
-    "flush_timeout",
-    "replay_differs",
-    "verify_read",
-];
-
 fn zeroed(c: IntCounterVec, codes: &[&str]) -> IntCounterVec {
     for code in codes {
         c.with_label_values(&[code]);
@@ -160,9 +145,9 @@ impl Metrics {
             outbox_depth: gauge(&r, "paydedup_outbox_depth_rows", "Rows committed but not yet acknowledged by the sink."),
             relay_rows: counter_vec(&r, "paydedup_relay_rows_total", "Rows delivered to the sink, by table.", &["table"]),
             relay_already_present: counter(&r, "paydedup_relay_already_present_rows_total", "Rows resent after a restart that the sink already held."),
-            sink_errors: zeroed(counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by error code (transient, gap, rejected, fenced, fatal).", &["kind"]), SINK_ERROR_CODES),
+            sink_errors: zeroed(counter_vec(&r, "paydedup_sink_errors_total", "Sink errors by error code (transient, gap, rejected, fenced, fatal).", &["kind"]), paydedup_sink::SinkError::CODES),
             dead_letter_rows: counter(&r, "paydedup_dead_letter_rows_total", "Rows the sink rejected as invalid, written to the dead-letter store."),
-            relay_failures: zeroed(counter_vec(&r, "paydedup_relay_failures_total", "Times the relay stopped, by error code; the processor then exits non-zero.", &["error_code"]), RELAY_FAILURE_CODES),
+            relay_failures: zeroed(counter_vec(&r, "paydedup_relay_failures_total", "Times the relay stopped, by error code; the processor then exits non-zero.", &["error_code"]), crate::relay::RelayError::CODES),
             watermark: gauge_vec(&r, "paydedup_watermark_timestamp_seconds", "Event-time watermark per partition (Unix seconds).", &["partition"]),
             combined_watermark: gauge(&r, "paydedup_combined_watermark_timestamp_seconds", "Minimum watermark over active partitions (Unix seconds)."),
             next_offset: gauge_vec(&r, "paydedup_next_offset", "Checkpointed next Kafka offset per partition.", &["partition"]),

@@ -86,6 +86,24 @@ impl RelayError {
         )
     }
 
+    /// Every value [`RelayError::code`] returns (metrics export each at 0 from the
+    /// start); a new variant's code goes in both places.
+    pub const CODES: &'static [&'static str] = &[
+        "state",
+        "outbox_hole",
+        "sink_unavailable",
+        "sink_gap",
+        "fenced",
+        "sink_fatal",
+        "sink_skip",
+        "dead_letter_io",
+        "flush_timeout",
+        "replay_differs",
+        "verify_read",
+        "spawn",
+        "poisoned",
+    ];
+
     /// A stable, bounded code for metric labels and logs.
     pub fn code(&self) -> &'static str {
         match self {
