@@ -4,7 +4,7 @@
 //! [`crate::StateStore::commit`] writes it as one RocksDB `WriteBatch`.
 
 use crate::cf;
-use crate::keys::{self, meta, DedupEntry};
+use crate::keys::{meta, DedupEntry};
 use crate::Table;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +20,34 @@ pub(crate) enum Op {
     },
 }
 
+/// The rows one batch gives one (table, partition), in the order they were put.
+#[derive(Debug)]
+pub(crate) struct StreamRows {
+    pub(crate) table: Table,
+    pub(crate) partition: i32,
+    pub(crate) rows: Vec<(u64, Vec<u8>)>,
+}
+
+impl StreamRows {
+    /// The rows in sequence order, cut where a sequence is skipped: one page each.
+    pub(crate) fn into_runs(mut self) -> Vec<(u64, Vec<Vec<u8>>)> {
+        self.rows.sort_unstable_by_key(|(seq, _)| *seq);
+        let mut runs: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
+        for (seq, row) in self.rows {
+            match runs.last_mut() {
+                Some((first, rows)) if *first + rows.len() as u64 == seq => rows.push(row),
+                _ => runs.push((seq, vec![row])),
+            }
+        }
+        runs
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct StateBatch {
     pub(crate) ops: Vec<Op>,
+    pub(crate) outbox: Vec<StreamRows>,
     outbox_rows: u64,
-    /// Per stream given rows, its end sequence (exclusive), for the outbox age.
-    outbox_ends: Vec<(Table, i32, u64)>,
 }
 
 impl StateBatch {
@@ -97,18 +119,26 @@ impl StateBatch {
     }
 
     /// An output row with its sequence number (allocated by the caller, dense per
-    /// (table, partition)); [`StateBatch::set_next_seq`] must record the next one.
+    /// (table, partition)); [`StateBatch::set_next_seq`] must record the next one. The
+    /// commit stores a stream's rows as pages (see [`crate::outbox_page`]).
     pub fn put_outbox(&mut self, table: Table, partition: i32, seq: u64, row: Vec<u8>) {
         self.outbox_rows += 1;
-        match self
-            .outbox_ends
-            .iter_mut()
-            .find(|(t, p, _)| (*t, *p) == (table, partition))
+        let i = match self
+            .outbox
+            .iter()
+            .position(|s| (s.table, s.partition) == (table, partition))
         {
-            Some((_, _, end)) => *end = (*end).max(seq + 1),
-            None => self.outbox_ends.push((table, partition, seq + 1)),
-        }
-        self.put(cf::CF_OUTBOX, keys::outbox_key(table, partition, seq), row);
+            Some(i) => i,
+            None => {
+                self.outbox.push(StreamRows {
+                    table,
+                    partition,
+                    rows: Vec::new(),
+                });
+                self.outbox.len() - 1
+            }
+        };
+        self.outbox[i].rows.push((seq, row));
     }
 
     pub fn set_next_seq(&mut self, table: Table, partition: i32, next: u64) {
@@ -163,15 +193,22 @@ impl StateBatch {
     }
 
     /// Each (table, partition) given outbox rows, with the sequence after its last.
-    pub fn outbox_ends(&self) -> &[(Table, i32, u64)] {
-        &self.outbox_ends
+    pub fn outbox_ends(&self) -> Vec<(Table, i32, u64)> {
+        self.outbox
+            .iter()
+            .map(|s| {
+                let end = s.rows.iter().map(|(seq, _)| seq + 1).max().unwrap_or(0);
+                (s.table, s.partition, end)
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.outbox.is_empty()
     }
 
+    /// How many writes the batch holds: its puts and deletes, and its outbox rows.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.outbox_rows as usize
     }
 }

@@ -174,6 +174,17 @@ pub mod meta {
 
     pub const LANDED_WINDOW_PREFIX: &[u8] = b"landedwin/";
 
+    /// The first undelivered sequence of a (table, partition): rows below it in a page
+    /// the relay has not finished are delivered (see `outbox_page`).
+    pub fn outbox_floor(table: Table, partition: i32) -> Vec<u8> {
+        let mut k = OUTBOX_FLOOR_PREFIX.to_vec();
+        k.push(table.id());
+        k.extend_from_slice(&partition.to_be_bytes());
+        k
+    }
+
+    pub const OUTBOX_FLOOR_PREFIX: &[u8] = b"outfloor/";
+
     /// A sink's own bookkeeping for a (table, partition), e.g. a BigQuery stream name.
     pub fn sink(table: Table, partition: i32) -> Vec<u8> {
         let mut k = b"sink/".to_vec();

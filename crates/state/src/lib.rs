@@ -3,6 +3,7 @@
 //! A tour of the crate:
 //! - [`cf`]: the column families and what each holds.
 //! - [`keys`]: byte layouts of keys and values (big-endian, so iteration is ordered).
+//! - [`outbox_page`]: a batch's rows of one (table, partition) as one compressed value.
 //! - [`table`]: the output tables rows are written for.
 //! - [`batch`]: [`StateBatch`], everything one processed batch changes.
 //! - [`store`]: [`StateStore`], whose single [`StateStore::commit`] makes a batch durable
@@ -20,6 +21,7 @@ pub mod error;
 pub mod expiry;
 pub mod fail_point;
 pub mod keys;
+pub mod outbox_page;
 pub mod resident;
 pub mod store;
 pub mod table;

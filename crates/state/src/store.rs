@@ -16,6 +16,7 @@ use crate::cf::{self, CF_DEDUP, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
+use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
 use resident::{Additions, Resident};
 
@@ -321,6 +322,17 @@ impl StateStore {
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
+        // Each stream's rows as pages, compressed here, on the committing thread.
+        for stream in batch.outbox {
+            let (table, partition) = (stream.table, stream.partition);
+            for (first, rows) in stream.into_runs() {
+                wb.put_cf(
+                    handle(CF_OUTBOX),
+                    keys::outbox_key(table, partition, first),
+                    outbox_page::encode(&rows),
+                );
+            }
+        }
         fail_point::hit(fail_point::COMMIT_BEFORE_WRITE);
         if fail_point::is_armed(fail_point::COMMIT_INSIDE) {
             // The same durability in two steps, so the test can die between them: the
@@ -522,13 +534,47 @@ impl StateStore {
             .map_err(|e| self.rocks(e))
     }
 
-    /// Up to `limit` outbox rows of one (table, partition), in sequence order.
+    /// Up to `limit` undelivered outbox rows of one (table, partition), in sequence
+    /// order, from its floor on.
     pub fn outbox_rows(
         &self,
         table: Table,
         partition: i32,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        let floor = self.outbox_floor(table, partition)?;
+        let mut out = Vec::new();
+        self.scan_pages(table, partition, |first, page| {
+            for row in outbox_page::decode(first, page, floor)? {
+                if out.len() >= limit {
+                    return Ok(false);
+                }
+                out.push(row);
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// The first undelivered sequence of a stream (0 when nothing was delivered).
+    fn outbox_floor(&self, table: Table, partition: i32) -> Result<u64, StateError> {
+        let cf = self.cf(CF_META)?;
+        Ok(self
+            .db
+            .get_cf(cf, meta::outbox_floor(table, partition))
+            .map_err(|e| self.rocks(e))?
+            .and_then(|v| keys::be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Calls `f(first_seq, value)` for each stored page of one stream in sequence
+    /// order, while it returns `true`.
+    fn scan_pages(
+        &self,
+        table: Table,
+        partition: i32,
+        mut f: impl FnMut(u64, &[u8]) -> Result<bool, StateError>,
+    ) -> Result<(), StateError> {
         let cf = self.cf(CF_OUTBOX)?;
         let prefix = keys::outbox_prefix(table, partition);
         let mut ro = ReadOptions::default();
@@ -536,48 +582,77 @@ impl StateStore {
         upper.extend_from_slice(&[0xff; 8]);
         upper.push(0xff);
         ro.set_iterate_upper_bound(upper);
-        let mut out = Vec::new();
         for item in self
             .db
             .iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            let Some((_, _, seq)) = keys::parse_outbox_key(&k) else {
+            let Some((_, _, first)) = keys::parse_outbox_key(&k) else {
                 break;
             };
-            out.push((seq, v.to_vec()));
-            if out.len() >= limit {
+            if !f(first, &v)? {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Deletes delivered rows `..= last_seq` of one (table, partition). Not synced: if
-    /// the delete is lost in a crash, the rows are sent again and the sink, idempotent
-    /// on the sequence, ignores them.
+    /// Records rows `..= last_seq` of one (table, partition) as delivered: the pages
+    /// they fill are deleted, and the floor moves past them (a page the relay has only
+    /// partly delivered stays, its delivered rows hidden). Not synced: if this is lost
+    /// in a crash, the rows are sent again and the sink, idempotent on the sequence,
+    /// ignores them.
     pub fn outbox_delete_through(
         &self,
         table: Table,
         partition: i32,
         last_seq: u64,
     ) -> Result<(), StateError> {
+        let next = last_seq.saturating_add(1);
+        // Pages wholly below `next` go; a page starting below it and reaching past it stays.
+        let mut keep_from = next;
+        self.scan_pages(table, partition, |first, page| {
+            if first >= next {
+                return Ok(false);
+            }
+            if first + outbox_page::row_count(page)? > next {
+                keep_from = first;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
         let cf = self.cf(CF_OUTBOX)?;
-        let from = keys::outbox_key(table, partition, 0);
-        let to = keys::outbox_key(table, partition, last_seq.saturating_add(1));
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(cf, from, to);
+        wb.delete_range_cf(
+            cf,
+            keys::outbox_key(table, partition, 0),
+            keys::outbox_key(table, partition, keep_from),
+        );
+        wb.put_cf(
+            self.cf(CF_META)?,
+            meta::outbox_floor(table, partition),
+            next.to_be_bytes(),
+        );
         self.db.write(wb).map_err(|e| self.rocks(e))
     }
 
     /// Number of rows waiting, per (table, partition).
     pub fn outbox_depths(&self) -> Result<BTreeMap<(Table, i32), u64>, StateError> {
         let cf = self.cf(CF_OUTBOX)?;
+        let mut floors = BTreeMap::new();
         let mut out = BTreeMap::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) = item.map_err(|e| self.rocks(e))?;
-            if let Some((t, p, _)) = keys::parse_outbox_key(&k) {
-                *out.entry((t, p)).or_insert(0) += 1;
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            if let Some((t, p, first)) = keys::parse_outbox_key(&k) {
+                let floor = match floors.get(&(t, p)) {
+                    Some(f) => *f,
+                    None => *floors.entry((t, p)).or_insert(self.outbox_floor(t, p)?),
+                };
+                let end = first + outbox_page::row_count(&v)?;
+                let waiting = end.saturating_sub(first.max(floor));
+                if waiting > 0 {
+                    *out.entry((t, p)).or_insert(0) += waiting;
+                }
             }
         }
         Ok(out)

@@ -56,6 +56,7 @@ impl StateStore {
         }
         let mut wb = WriteBatch::default();
         let meta_cf = self.cf(CF_META)?;
+        let depths = self.outbox_depths()?;
         for &p in partitions {
             for key in [
                 meta::next_offset(p),
@@ -67,6 +68,7 @@ impl StateStore {
             }
             for table in Table::ALL {
                 wb.delete_cf(meta_cf, meta::next_seq(table, p));
+                wb.delete_cf(meta_cf, meta::outbox_floor(table, p));
             }
             let mut landed = meta::LANDED_RECORD_PREFIX.to_vec();
             landed.extend_from_slice(&p.to_be_bytes());
@@ -86,8 +88,8 @@ impl StateStore {
             })?;
             let outbox_cf = self.cf(CF_OUTBOX)?;
             for table in Table::ALL {
+                out.outbox_rows += depths.get(&(table, p)).copied().unwrap_or(0);
                 self.scan_prefix(CF_OUTBOX, &keys::outbox_prefix(table, p), |k, _| {
-                    out.outbox_rows += 1;
                     wb.delete_cf(outbox_cf, k);
                     Ok(())
                 })?;

@@ -305,3 +305,64 @@ fn resident_dedup_keys_are_swept_by_the_store_expiry_rule() {
         vec![None, Some(entry(105 * S))]
     );
 }
+
+#[test]
+fn a_partly_delivered_page_hides_its_delivered_rows_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let mut b = StateBatch::new();
+        for seq in 0..10_u64 {
+            b.put_outbox(Table::Payments, 0, seq, format!("row{seq}").into_bytes());
+        }
+        s.commit(b).unwrap();
+        let mut b = StateBatch::new();
+        b.put_outbox(Table::Payments, 0, 10, b"row10".to_vec());
+        s.commit(b).unwrap();
+        // Rows 0..=3 delivered: the first page (0..10) stays, its first four hidden.
+        s.outbox_delete_through(Table::Payments, 0, 3).unwrap();
+        let seqs: Vec<u64> = s
+            .outbox_rows(Table::Payments, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, (4..=10).collect::<Vec<_>>());
+        // A limit inside a page.
+        assert_eq!(
+            s.outbox_rows(Table::Payments, 0, 2).unwrap(),
+            vec![(4, b"row4".to_vec()), (5, b"row5".to_vec())]
+        );
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.outbox_rows(Table::Payments, 0, 1).unwrap(),
+        vec![(4, b"row4".to_vec())],
+        "the floor is stored, not only held in memory"
+    );
+    assert_eq!(
+        s.outbox_depths().unwrap(),
+        BTreeMap::from([((Table::Payments, 0), 7)])
+    );
+    // Through the end of the first page: it is deleted, the second page is whole.
+    s.outbox_delete_through(Table::Payments, 0, 9).unwrap();
+    assert_eq!(
+        s.outbox_rows(Table::Payments, 0, 100).unwrap(),
+        vec![(10, b"row10".to_vec())]
+    );
+    s.outbox_delete_through(Table::Payments, 0, 10).unwrap();
+    assert!(s.outbox_rows(Table::Payments, 0, 100).unwrap().is_empty());
+    assert!(
+        s.outbox_depths().unwrap().is_empty(),
+        "no page is left behind"
+    );
+    // Forgetting the partition drops its floor: rows put again from 0 are all seen.
+    s.forget_partitions(&[0]).unwrap();
+    let mut b = StateBatch::new();
+    b.put_outbox(Table::Payments, 0, 0, b"again".to_vec());
+    s.commit(b).unwrap();
+    assert_eq!(
+        s.outbox_rows(Table::Payments, 0, 100).unwrap(),
+        vec![(0, b"again".to_vec())]
+    );
+}
