@@ -40,7 +40,10 @@ impl Default for StoreOptions {
             sync: true,
             dedup_retention_micros: Some(3_600 * 1_000_000),
             fraud_ttl_micros: 7 * 24 * 3_600 * 1_000_000,
-            block_cache_bytes: 128 << 20,
+            // Holds the fraud column family's working set at 10 M payments (~350 MB on
+            // disk, mostly cold): 128 MB → 256 MB took the peers' 10 M input from 46.8k
+            // to 56.7k events/s, peak RSS 576 → 737 MiB.
+            block_cache_bytes: 256 << 20,
         }
     }
 }
@@ -114,7 +117,14 @@ fn cf_options(
             // events, measured).
             table.set_cache_index_and_filter_blocks(false);
             o.set_block_based_table_factory(&table);
-            o.set_write_buffer_size(64 << 20);
+            // Small memtables: every key here is random, and inserting into a skiplist
+            // that fits the CPU caches is what the commit spends its time on (16 MB
+            // against 64 MB: ~15 % less CPU on the peers' 2 M input, noisy).
+            o.set_write_buffer_size(16 << 20);
+            // The resident sets keep lookups of absent keys away from RocksDB, so the
+            // lookups that come are hits: no bloom filter on the last level, where
+            // nearly all keys live (less memory, no filter probe on a hit).
+            o.set_optimize_filters_for_hits(true);
             // The same "most ids are new" argument for the memtable: a bloom filter
             // over whole keys answers absent lookups without walking the skiplist.
             o.set_memtable_prefix_bloom_ratio(0.1);
