@@ -22,6 +22,12 @@
 //! cargo bench -p paydedup-processor --bench peers -- DATA_DIR [--relay] [--result-file F --tag T]
 //! (`DATA_DIR.manifest.json` must be next to it, as `gen_events.py` writes it.) Under
 //! `cargo test` (no DATA_DIR) it generates nothing and only checks its line patching.
+//!
+//! Recovery after a crash: `-- DATA_DIR --crash` ends the run (after the last durable
+//! commit, before any clean close) with a real `kill -9` of itself and leaves the state
+//! directory; `-- --reopen STATE_DIR` then times what a restarted processor does before
+//! its first batch (open the store, replaying RocksDB's WAL; load the pipeline's state)
+//! and, separately, the resident key sets' background fill.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -131,6 +137,46 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The bench's store and pipeline settings (the peers' 10-minute watermark).
+fn settings() -> (StoreOptions, PipelineConfig) {
+    let store = StoreOptions {
+        sync: true,
+        dedup_retention_micros: Some(600 * SECS),
+        ..StoreOptions::default()
+    };
+    let pipeline = PipelineConfig {
+        allowed_lateness_micros: 600 * SECS,
+        retention_micros: 600 * SECS,
+        window_micros: 60 * SECS,
+        decode: DecodeLimits::default(),
+        fraud: FraudConfig::default(),
+    };
+    (store, pipeline)
+}
+
+/// What a processor restarted on `state_dir` does before its first batch, timed.
+fn reopen(state_dir: &Path) {
+    let (store_options, config) = settings();
+    let t = Instant::now();
+    let store = StateStore::open(state_dir, &store_options).unwrap();
+    let opened = t.elapsed();
+    let pipeline = Pipeline::load(config, &store).unwrap();
+    let ready = t.elapsed();
+    store.wait_resident().unwrap();
+    let filled = t.elapsed();
+    let (dedup, fraud) = store.resident_keys().unwrap_or_default();
+    let positions: i64 = PARTITIONS
+        .iter()
+        .filter_map(|&p| pipeline.next_offset(p))
+        .sum();
+    eprintln!("reopen: {:.2} s to open the store, {:.2} s with the pipeline loaded (ready for the first batch; {positions} records consumed before); resident sets filled in the background after {:.2} s ({dedup} dedup and {fraud} fraud keys); peak RSS {} MiB",
+        opened.as_secs_f64(),
+        ready.as_secs_f64(),
+        filled.as_secs_f64(),
+        peak_rss_mib()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let relay = args.iter().any(|a| a == "--relay");
@@ -138,6 +184,11 @@ fn main() {
     // `cargo bench` passes --bench; under `cargo test` (which passes the test
     // harness's flags, e.g. `--test-threads 2`) there is no data directory.
     let bench = args.iter().any(|a| a == "--bench");
+    let crash = args.iter().any(|a| a == "--crash");
+    if let Some(i) = args.iter().position(|a| a == "--reopen") {
+        reopen(Path::new(args.get(i + 1).expect("--reopen STATE_DIR")));
+        return;
+    }
     let Some(data) = args
         .iter()
         .filter(|_| bench)
@@ -175,19 +226,8 @@ fn main() {
         .tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
         .unwrap();
     let state_dir = work.path().join("state");
-    let store_options = StoreOptions {
-        sync: true,
-        dedup_retention_micros: Some(600 * SECS),
-        ..StoreOptions::default()
-    };
+    let (store_options, config) = settings();
     let store = Arc::new(StateStore::open(&state_dir, &store_options).unwrap());
-    let config = PipelineConfig {
-        allowed_lateness_micros: 600 * SECS,
-        retention_micros: 600 * SECS,
-        window_micros: 60 * SECS,
-        decode: DecodeLimits::default(),
-        fraud: FraudConfig::default(),
-    };
     let mut pipeline = Pipeline::load(config.clone(), &store).unwrap();
     let metrics = Metrics::new();
     let mut checkpoint = relay.then(|| {
@@ -285,6 +325,21 @@ fn main() {
         latencies.extend(c.settle().unwrap());
     }
     let committed = started.elapsed();
+    if crash {
+        // Everything is durable; nothing is closed cleanly (no memtable flush): the
+        // state a SIGKILL leaves.
+        let kept = work.keep();
+        eprintln!(
+            "crash: {events} events committed in {:.1} s ({:.0} events/s); kill -9 now; state left in {}",
+            committed.as_secs_f64(),
+            events as f64 / committed.as_secs_f64(),
+            kept.join("state").display()
+        );
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
+        unreachable!("kill -9 of this process returned");
+    }
     if let Some(c) = checkpoint {
         let (relay, settled) = c.into_relay();
         settled.unwrap();
@@ -324,10 +379,13 @@ fn main() {
     let store = StateStore::open(&state_dir, &store_options).unwrap();
     let opened = reopen.elapsed();
     let _pipeline = Pipeline::load(config, &store).unwrap();
+    let loaded = reopen.elapsed();
+    store.wait_resident().unwrap();
     let (resident_dedup, resident_fraud) = store.resident_keys().unwrap_or_default();
     eprintln!(
-        "reopen: {:.2} s to open the store ({resident_dedup} dedup and {resident_fraud} fraud keys resident), {:.2} s with the pipeline loaded",
+        "reopen: {:.2} s to open the store, {:.2} s with the pipeline loaded; resident sets filled in the background after {:.2} s ({resident_dedup} dedup and {resident_fraud} fraud keys)",
         opened.as_secs_f64(),
+        loaded.as_secs_f64(),
         reopen.elapsed().as_secs_f64()
     );
     latencies.sort();

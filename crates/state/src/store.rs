@@ -18,7 +18,7 @@ use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
 use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
-use resident::{Additions, Resident};
+use resident::{Additions, Resident, ResidentLoader};
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -81,7 +81,8 @@ struct Horizons {
 }
 
 pub struct StateStore {
-    db: DB,
+    /// Shared with the resident keys' loader thread while it scans.
+    db: Arc<DB>,
     path: PathBuf,
     horizons: Horizons,
     /// The dedup retention the compaction filter applies (µs).
@@ -89,7 +90,9 @@ pub struct StateStore {
     write_options: WriteOptions,
     /// The keys the dedup and fraud column families hold, in memory (`None` for a
     /// read-only inspection, whose lookups all go to RocksDB).
-    resident: Option<Mutex<Resident>>,
+    resident: Option<Arc<Mutex<Resident>>>,
+    /// The thread filling `resident` after open (see `store::resident`).
+    resident_loader: Option<Mutex<ResidentLoader>>,
     /// The fraud state's TTL (µs), for sweeping the resident fraud keys.
     fraud_ttl_micros: i64,
 }
@@ -180,12 +183,13 @@ impl StateStore {
         let mut write_options = WriteOptions::default();
         write_options.set_sync(opts.sync);
         let mut store = StateStore {
-            db,
+            db: Arc::new(db),
             path: path.to_owned(),
             horizons,
             retention,
             write_options,
             resident: None,
+            resident_loader: None,
             fraud_ttl_micros: opts.fraud_ttl_micros,
         };
         // Resume the compaction filters' horizons from the last commit.
@@ -229,7 +233,9 @@ impl StateStore {
                 }
             }
         }
-        store.resident = Some(store.load_resident()?);
+        let (resident, loader) = store.start_resident()?;
+        store.resident = Some(resident);
+        store.resident_loader = Some(Mutex::new(loader));
         Ok(store)
     }
 
@@ -254,12 +260,13 @@ impl StateStore {
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
             .map_err(|e| StateError::from_rocks(e, path))?;
         Ok(StateStore {
-            db,
+            db: Arc::new(db),
             path: path.to_owned(),
             horizons,
             retention,
             write_options: WriteOptions::default(),
             resident: None,
+            resident_loader: None,
             fraud_ttl_micros: opts.fraud_ttl_micros,
         })
     }

@@ -73,7 +73,6 @@ struct Shared {
 /// own thread while the processor works on the next batch.
 pub struct RelayCommitter {
     shared: Arc<Shared>,
-    metrics: Metrics,
 }
 
 impl RelayCommitter {
@@ -87,12 +86,12 @@ impl RelayCommitter {
     /// fails the count stays too high, but the processor then exits.
     pub fn commit(&self, store: &StateStore, batch: StateBatch) -> Result<(), StateError> {
         let rows = batch.outbox_rows();
-        let depth = self.shared.depth.fetch_add(rows, Ordering::AcqRel) + rows;
+        self.shared.depth.fetch_add(rows, Ordering::AcqRel);
         self.shared
             .ages
             .committed(batch.outbox_ends().iter().copied(), Instant::now());
         store.commit(batch)?;
-        self.metrics.emit(OutboxDepthChanged { rows: depth });
+        // The exported gauge is read from the counter at each scrape (see `spawn`).
         self.wake();
         Ok(())
     }
@@ -110,7 +109,6 @@ impl RelayCommitter {
 pub struct OutboxRelay {
     shared: Arc<Shared>,
     handle: Option<JoinHandle<()>>,
-    metrics: Metrics,
 }
 
 impl OutboxRelay {
@@ -132,8 +130,16 @@ impl OutboxRelay {
         shared.ages.committed(waiting, Instant::now());
         metrics.emit(OutboxDepthChanged { rows: initial });
         let weak = Arc::downgrade(&shared);
-        metrics.on_render("outbox_age", move |m| {
+        // The depth and age gauges are read at each scrape. NOTE: the depth is not
+        // emitted where it changes: the commit thread and the relay thread each compute
+        // a new value and then set the gauge, and when the two interleave the older
+        // value can land last and stay there (a paused consumer with the gauge showing
+        // 1 row while the counter held thousands: a CI failure of the outage test).
+        metrics.on_render("outbox", move |m| {
             if let Some(shared) = weak.upgrade() {
+                m.emit(OutboxDepthChanged {
+                    rows: shared.depth.load(Ordering::Acquire),
+                });
                 let age = shared.ages.oldest(Instant::now());
                 m.emit(OutboxAgeMeasured { age });
             }
@@ -142,7 +148,7 @@ impl OutboxRelay {
             store,
             sink,
             cfg,
-            metrics: metrics.clone(),
+            metrics,
             shared: shared.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -159,7 +165,6 @@ impl OutboxRelay {
         Ok(OutboxRelay {
             shared,
             handle: Some(handle),
-            metrics,
         })
     }
 
@@ -179,7 +184,6 @@ impl OutboxRelay {
     pub fn committer(&self) -> RelayCommitter {
         RelayCommitter {
             shared: self.shared.clone(),
-            metrics: self.metrics.clone(),
         }
     }
 
@@ -409,6 +413,41 @@ mod tests {
         .unwrap();
         relay.flush(Duration::from_secs(10)).unwrap();
         assert_eq!(oldest_age(&metrics), 0.0);
+        relay.stop();
+    }
+
+    fn depth_gauge(metrics: &Metrics) -> u64 {
+        let text = String::from_utf8(metrics.render()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("paydedup_outbox_depth_rows "))
+            .expect("the depth is exported");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The depth gauge shows the relay's counter at every scrape, whatever value a
+    /// thread that lost a race last set (here set by hand: the commit and relay threads
+    /// interleaving can leave a stale value, which the outage test once scraped).
+    #[test]
+    fn the_depth_gauge_is_the_counter_at_scrape_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let refusing = Arc::new(Mutex::new(MemorySink {
+            fail_next: usize::MAX,
+            ..MemorySink::default()
+        }));
+        let metrics = Metrics::new();
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(Shared(refusing)),
+            cfg(dir.path()),
+            metrics.clone(),
+        )
+        .unwrap();
+        relay.commit(&store, rows(5)).unwrap();
+        metrics.emit(OutboxDepthChanged { rows: 1 });
+        assert_eq!(relay.depth(), 5);
+        assert_eq!(depth_gauge(&metrics), 5);
         relay.stop();
     }
 

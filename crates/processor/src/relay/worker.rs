@@ -14,9 +14,7 @@ use paydedup_state::{fail_point, StateStore, Table};
 use rand::Rng;
 
 use super::{dead_letter, resend_check, RelayConfig, RelayError, Shared};
-use crate::metrics::events::{
-    OutboxDepthChanged, RowsDeadLettered, RowsDelivered, SinkWriteFailed,
-};
+use crate::metrics::events::{RowsDeadLettered, RowsDelivered, SinkWriteFailed};
 use crate::metrics::Metrics;
 
 pub(super) struct Worker {
@@ -122,16 +120,13 @@ impl Worker {
         fail_point::hit(fail_point::RELAY_AFTER_DELETE);
         self.shared.ages.delivered(table, partition, through);
         let n = through - first_seq + 1;
-        let prev = self
+        // Saturating: see `RelayCommitter::commit` (the gauge reads this at a scrape).
+        let _ = self
             .shared
             .depth
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
                 Some(d.saturating_sub(n))
-            })
-            .unwrap_or(0);
-        self.metrics.emit(OutboxDepthChanged {
-            rows: prev.saturating_sub(n),
-        });
+            });
         Ok(())
     }
 

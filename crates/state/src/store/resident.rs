@@ -1,10 +1,23 @@
 //! The store's [`ResidentKeys`] for its two keyed column families: how they are filled
 //! when the store opens, fed by commits, swept as watermarks advance, and consulted by
 //! the bulk lookups (see `crate::resident` for the invariant they keep).
+//!
+//! **Filled in the background.** At 10 M payments the fraud column family holds ~6 M
+//! keys, and scanning them took 4–5 s of every restart before the first batch. So the
+//! store opens at once and a loader thread scans both column families while batches
+//! run; until it has finished, a set answers "may hold" for every key, and every
+//! lookup goes to RocksDB, exactly as without the sets. That keeps the invariant at
+//! every instant: a key the store held when the scan's iterator was created is
+//! inserted by the loader; a key committed after the store opened is inserted by the
+//! commit (`record_commit`); inserting keeps the later time, so the two may come in
+//! either order. A key the loader inserts after a commit or sweep removed it is only a
+//! false positive, which costs one RocksDB read.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 
-use rocksdb::{IteratorMode, ReadOptions};
+use rocksdb::{IteratorMode, ReadOptions, DB};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::StateStore;
@@ -19,10 +32,17 @@ use crate::StateError;
 /// at most this fraction of the TTL's worth of expired keys beyond the store.
 const SWEEP_EVERY_FRACTION_OF_TTL: i64 = 4;
 
+/// How many scanned keys the loader inserts per lock: commits wait for the lock, so it
+/// is held for short stretches (about a millisecond).
+const LOAD_CHUNK: usize = 16 * 1024;
+
 #[derive(Default)]
 pub(super) struct Resident {
     dedup: ResidentKeys,
     fraud: ResidentKeys,
+    /// Set until the loader has scanned both column families: the sets may then miss
+    /// stored keys, so they answer nothing (see the module docs).
+    loading: bool,
     /// The watermark each set was last swept at.
     dedup_swept_at: Option<i64>,
     fraud_swept_at: Option<i64>,
@@ -88,6 +108,105 @@ impl Kind {
     }
 }
 
+/// The loader thread filling a store's sets; joined (or stopped) before the store closes.
+pub(super) struct ResidentLoader {
+    handle: Option<JoinHandle<Result<(), StateError>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ResidentLoader {
+    /// Starts scanning the dedup and fraud column families of `db` into `resident`,
+    /// which must be marked as loading.
+    pub(super) fn spawn(
+        db: Arc<DB>,
+        path: std::path::PathBuf,
+        resident: Arc<Mutex<Resident>>,
+    ) -> Result<ResidentLoader, StateError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("resident-keys".into())
+            .spawn(move || load(&db, &path, &resident, &stopping))
+            .map_err(|e| StateError::Rocks(format!("starting the resident keys' loader: {e}")))?;
+        Ok(ResidentLoader {
+            handle: Some(handle),
+            stop,
+        })
+    }
+
+    /// Waits for the loader; its error, if the scan failed (the sets then stay in
+    /// "loading" and every lookup goes to RocksDB: slower, never wrong).
+    pub(super) fn join(&mut self) -> Result<(), StateError> {
+        match self.handle.take() {
+            Some(h) => h.join().unwrap_or_else(|_| {
+                Err(StateError::Rocks(
+                    "the resident keys' loader panicked".into(),
+                ))
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ResidentLoader {
+    /// Stops an unfinished scan: its thread holds the database open.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.join();
+    }
+}
+
+/// A panic while holding the lock cannot leave a set missing a committed key (keys are
+/// only ever added after their commit), and a loader's handle is only taken, so a
+/// poisoned lock is usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The loader's scan: both column families, `LOAD_CHUNK` keys per lock, then the sets
+/// are complete. Returns early (sets still loading) when asked to stop.
+fn load(
+    db: &DB,
+    path: &std::path::Path,
+    resident: &Mutex<Resident>,
+    stop: &AtomicBool,
+) -> Result<(), StateError> {
+    let rocks = |e| StateError::from_rocks(e, path);
+    for kind in Kind::ALL {
+        let cf = db.cf_handle(kind.cf()).ok_or_else(|| StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("column family {} is missing", kind.cf()),
+        })?;
+        let mut ro = ReadOptions::default();
+        // A one-off scan: do not evict the lookups' working set for it.
+        ro.fill_cache(false);
+        ro.set_readahead_size(4 << 20);
+        let mut chunk = Vec::with_capacity(LOAD_CHUNK);
+        let mut items = db.iterator_cf_opt(cf, ro, IteratorMode::Start);
+        loop {
+            let item = items.next().transpose().map_err(rocks)?;
+            if let Some((k, v)) = &item {
+                chunk.push(kind.entry(k, v));
+            }
+            if chunk.len() == LOAD_CHUNK || (item.is_none() && !chunk.is_empty()) {
+                if stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                let mut r = lock(resident);
+                let set = r.set(kind);
+                for (fingerprint, time, partition) in chunk.drain(..) {
+                    set.insert(fingerprint, time, partition);
+                }
+            }
+            if item.is_none() {
+                break;
+            }
+        }
+    }
+    lock(resident).loading = false;
+    Ok(())
+}
+
 /// The set entries a committed batch adds, taken before the batch is consumed.
 pub(super) struct Additions(Vec<(Kind, (u64, i64, i32))>);
 
@@ -103,32 +222,30 @@ impl Additions {
 
 impl StateStore {
     fn resident(&self) -> Option<MutexGuard<'_, Resident>> {
-        // A panic while holding the lock cannot leave the set missing a committed key
-        // (keys are only ever added after their commit), so a poisoned lock is usable.
-        self.resident
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+        self.resident.as_deref().map(lock)
     }
 
-    /// Fills the sets from the column families (at open, before any commit).
-    pub(super) fn load_resident(&self) -> Result<Mutex<Resident>, StateError> {
-        let mut r = Resident::default();
-        for kind in Kind::ALL {
-            let mut ro = ReadOptions::default();
-            // A one-off scan: do not evict the lookups' working set for it.
-            ro.fill_cache(false);
-            ro.set_readahead_size(4 << 20);
-            let set = r.set(kind);
-            for item in self
-                .db
-                .iterator_cf_opt(self.cf(kind.cf())?, ro, IteratorMode::Start)
-            {
-                let (k, v) = item.map_err(|e| self.rocks(e))?;
-                let (fingerprint, time, partition) = kind.entry(&k, &v);
-                set.insert(fingerprint, time, partition);
-            }
+    /// Starts filling the sets from the column families (at open, before any commit):
+    /// the sets and their loader.
+    pub(super) fn start_resident(
+        &self,
+    ) -> Result<(Arc<Mutex<Resident>>, ResidentLoader), StateError> {
+        let resident = Arc::new(Mutex::new(Resident {
+            loading: true,
+            ..Resident::default()
+        }));
+        let loader = ResidentLoader::spawn(self.db.clone(), self.path.clone(), resident.clone())?;
+        Ok((resident, loader))
+    }
+
+    /// Waits until the resident sets are filled (they are filled in the background
+    /// after open; lookups are right either way, only slower until then). The scan's
+    /// error, if it failed.
+    pub fn wait_resident(&self) -> Result<(), StateError> {
+        match &self.resident_loader {
+            Some(l) => lock(l).join(),
+            None => Ok(()),
         }
-        Ok(Mutex::new(r))
     }
 
     /// Adds a durable commit's keys, then sweeps a set whose TTL's fraction has passed
@@ -175,6 +292,9 @@ impl StateStore {
         let (Some(mut r), Some(kind)) = (self.resident(), Kind::of(cf)) else {
             return vec![true; keys.len()];
         };
+        if r.loading {
+            return vec![true; keys.len()];
+        }
         let set = r.set(kind);
         keys.iter()
             .map(|k| set.may_hold(kind.fingerprint(k.as_ref())))

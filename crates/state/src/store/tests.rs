@@ -248,8 +248,14 @@ fn resident_keys_hold_every_stored_key_across_reopen_and_forgetting() {
         );
     }
     let s = open(dir.path());
-    assert_eq!(s.resident_keys(), Some((3, 1)));
     let ids = ["a", "b", "c", "d"].map(keys::dedup_key);
+    // The sets fill in the background; lookups are right before that too.
+    assert_eq!(
+        s.get_dedup_many(&ids).unwrap(),
+        vec![Some(on(0, 5)), Some(on(0, 6)), Some(on(1, 7)), None]
+    );
+    s.wait_resident().unwrap();
+    assert_eq!(s.resident_keys(), Some((3, 1)));
     assert_eq!(
         s.get_dedup_many(&ids).unwrap(),
         vec![Some(on(0, 5)), Some(on(0, 6)), Some(on(1, 7)), None]
@@ -365,4 +371,36 @@ fn a_partly_delivered_page_hides_its_delivered_rows_across_a_reopen() {
         s.outbox_rows(Table::Payments, 0, 100).unwrap(),
         vec![(0, b"again".to_vec())]
     );
+}
+
+/// While the resident sets are still loading, a lookup must not trust them: a key the
+/// loader has not reached yet is held by the store. Many keys, so that the scan is
+/// still running when the first lookups come (and if it is not, they must be right
+/// anyway); a store dropped mid-scan stops its loader and can be opened again at once.
+#[test]
+fn lookups_while_the_resident_sets_load_find_every_stored_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<[u8; 16]> = (0..200_000)
+        .map(|i| keys::dedup_key(&format!("id-{i}")))
+        .collect();
+    {
+        let s = open(dir.path());
+        for chunk in ids.chunks(20_000) {
+            let mut b = StateBatch::new();
+            for k in chunk {
+                b.put_dedup(*k, &entry(5));
+            }
+            s.commit(b).unwrap();
+        }
+    }
+    for _ in 0..3 {
+        let s = open(dir.path());
+        let last = &ids[ids.len() - 1000..];
+        assert!(s.get_dedup_many(last).unwrap().iter().all(Option::is_some));
+        drop(s);
+    }
+    let s = open(dir.path());
+    s.wait_resident().unwrap();
+    assert_eq!(s.resident_keys(), Some((ids.len(), 0)));
+    assert!(s.get_dedup_many(&ids).unwrap().iter().all(Option::is_some));
 }
