@@ -219,9 +219,12 @@ fn emulator_outage_pauses_then_resumes_without_loss() {
     let body = scrape(&metrics);
     let depth = gauge(&body, "paydedup_outbox_depth_rows");
     let consumed = gauge(&body, "paydedup_next_offset{");
+    // Paused at the bound (3000), resumed only below half of it: if the relay
+    // delivered some rows between the pause and the outage (a slow machine), the depth
+    // may be anywhere in between, never below.
     assert!(
-        depth >= 3000,
-        "outbox depth {depth} below the bound while paused"
+        depth >= 3000 / 2,
+        "outbox depth {depth} below the resume threshold while paused"
     );
     assert!(
         consumed < total as i64,
