@@ -364,13 +364,38 @@ mod tests {
         assert_eq!(store.outbox_rows(Table::Payments, 0, 10).unwrap().len(), 1);
     }
 
-    fn oldest_age(metrics: &Metrics) -> f64 {
+    /// The value of an unlabelled gauge, as a scrape renders it.
+    fn gauge(metrics: &Metrics, name: &str) -> f64 {
         let text = String::from_utf8(metrics.render()).unwrap();
         let line = text
             .lines()
-            .find(|l| l.starts_with("paydedup_outbox_oldest_row_age_seconds "))
-            .expect("the age is exported");
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} is exported"));
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn oldest_age(metrics: &Metrics) -> f64 {
+        gauge(metrics, "paydedup_outbox_oldest_row_age_seconds")
+    }
+
+    /// A relay over `store` whose sink refuses every append (retrying), reporting to
+    /// `metrics`.
+    fn spawn_refusing(
+        store: &Arc<StateStore>,
+        dir: &std::path::Path,
+        metrics: &Metrics,
+    ) -> OutboxRelay {
+        let refusing = Arc::new(Mutex::new(MemorySink {
+            fail_next: usize::MAX,
+            ..MemorySink::default()
+        }));
+        OutboxRelay::spawn(
+            store.clone(),
+            Box::new(Shared(refusing)),
+            cfg(dir),
+            metrics.clone(),
+        )
+        .unwrap()
     }
 
     /// The age gauge is wired to the relay: rows the sink keeps refusing age (rows
@@ -381,18 +406,8 @@ mod tests {
         let store = open_store(dir.path());
         store.commit(rows(4)).unwrap();
         // A sink that refuses everything: the found rows and a new commit wait.
-        let refusing = Arc::new(Mutex::new(MemorySink {
-            fail_next: usize::MAX,
-            ..MemorySink::default()
-        }));
         let metrics = Metrics::new();
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(Shared(refusing)),
-            cfg(dir.path()),
-            metrics.clone(),
-        )
-        .unwrap();
+        let relay = spawn_refusing(&store, dir.path(), &metrics);
         let mut b = StateBatch::new();
         b.put_outbox(Table::Payments, 1, 0, b"late".to_vec());
         b.set_next_seq(Table::Payments, 1, 1);
@@ -416,15 +431,6 @@ mod tests {
         relay.stop();
     }
 
-    fn depth_gauge(metrics: &Metrics) -> u64 {
-        let text = String::from_utf8(metrics.render()).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("paydedup_outbox_depth_rows "))
-            .expect("the depth is exported");
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
     /// The depth gauge shows the relay's counter at every scrape, whatever value a
     /// thread that lost a race last set (here set by hand: the commit and relay threads
     /// interleaving can leave a stale value, which the outage test once scraped).
@@ -432,22 +438,12 @@ mod tests {
     fn the_depth_gauge_is_the_counter_at_scrape_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
-        let refusing = Arc::new(Mutex::new(MemorySink {
-            fail_next: usize::MAX,
-            ..MemorySink::default()
-        }));
         let metrics = Metrics::new();
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(Shared(refusing)),
-            cfg(dir.path()),
-            metrics.clone(),
-        )
-        .unwrap();
+        let relay = spawn_refusing(&store, dir.path(), &metrics);
         relay.commit(&store, rows(5)).unwrap();
         metrics.emit(OutboxDepthChanged { rows: 1 });
         assert_eq!(relay.depth(), 5);
-        assert_eq!(depth_gauge(&metrics), 5);
+        assert_eq!(gauge(&metrics, "paydedup_outbox_depth_rows"), 5.0);
         relay.stop();
     }
 
