@@ -163,6 +163,15 @@ fn cf_options(
     o
 }
 
+/// The handle of column family `name` of the database at `path` (also used by threads
+/// that hold the database without the store).
+fn column_family<'a>(db: &'a DB, path: &Path, name: &str) -> Result<&'a ColumnFamily, StateError> {
+    db.cf_handle(name).ok_or_else(|| StateError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("column family {name} is missing"),
+    })
+}
+
 impl StateStore {
     /// Opens (creating if needed) the state directory for read and write. Fails with
     /// [`StateError::Locked`] if another process holds it.
@@ -291,10 +300,7 @@ impl StateStore {
     }
 
     fn cf(&self, name: &str) -> Result<&ColumnFamily, StateError> {
-        self.db.cf_handle(name).ok_or_else(|| StateError::Corrupt {
-            path: self.path.clone(),
-            detail: format!("column family {name} is missing"),
-        })
+        column_family(&self.db, &self.path, name)
     }
 
     fn rocks(&self, e: rocksdb::Error) -> StateError {

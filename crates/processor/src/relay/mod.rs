@@ -128,7 +128,6 @@ impl OutboxRelay {
             .keys()
             .filter_map(|&(t, p)| Some((t, p, *next_seqs.get(&(t, p))?)));
         shared.ages.committed(waiting, Instant::now());
-        metrics.emit(OutboxDepthChanged { rows: initial });
         let weak = Arc::downgrade(&shared);
         // The depth and age gauges are read at each scrape. NOTE: the depth is not
         // emitted where it changes: the commit thread and the relay thread each compute

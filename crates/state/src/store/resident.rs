@@ -173,10 +173,7 @@ fn load(
 ) -> Result<(), StateError> {
     let rocks = |e| StateError::from_rocks(e, path);
     for kind in Kind::ALL {
-        let cf = db.cf_handle(kind.cf()).ok_or_else(|| StateError::Corrupt {
-            path: path.to_owned(),
-            detail: format!("column family {} is missing", kind.cf()),
-        })?;
+        let cf = super::column_family(db, path, kind.cf())?;
         let mut ro = ReadOptions::default();
         // A one-off scan: do not evict the lookups' working set for it.
         ro.fill_cache(false);
@@ -287,18 +284,28 @@ impl StateStore {
     }
 
     /// Which of `keys` the column family `cf` (dedup or fraud) may hold: all of them
-    /// without the sets (a read-only inspection).
+    /// without the sets (a read-only inspection) or while they are still loading.
     pub(super) fn may_hold<K: AsRef<[u8]>>(&self, cf: &str, keys: &[K]) -> Vec<bool> {
-        let (Some(mut r), Some(kind)) = (self.resident(), Kind::of(cf)) else {
+        let resident = self.resident().filter(|r| !r.loading);
+        let (Some(mut r), Some(kind)) = (resident, Kind::of(cf)) else {
             return vec![true; keys.len()];
         };
-        if r.loading {
-            return vec![true; keys.len()];
-        }
         let set = r.set(kind);
         keys.iter()
             .map(|k| set.may_hold(kind.fingerprint(k.as_ref())))
             .collect()
+    }
+
+    /// Empties the sets and marks them loading, as they are at open before the loader
+    /// has reached any key (the loader of this store must have finished).
+    #[cfg(test)]
+    pub(super) fn reset_resident_to_loading(&self) {
+        if let Some(mut r) = self.resident() {
+            *r = Resident {
+                loading: true,
+                ..Resident::default()
+            };
+        }
     }
 
     /// How many keys each set holds: (dedup, fraud).
