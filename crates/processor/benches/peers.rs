@@ -29,15 +29,13 @@
 //! its first batch (open the store, replaying RocksDB's WAL; load the pipeline's state)
 //! and, separately, the resident key sets' background fill.
 
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+mod peers_input;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{TimeZone, Utc};
-use paydedup_event::{
-    encode_json, Currency, DecodeLimits, PaymentEvent, PaymentMethod, TransactionId,
-};
+use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
 use paydedup_processor::checkpoint::{Checkpoint, Watermarks};
 use paydedup_processor::metrics::Metrics;
@@ -45,6 +43,7 @@ use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
+use peers_input::{data_dir, lines, opt, peak_rss_mib, Manifest};
 
 /// The processor binary's allocator (`src/main.rs`), so the bench measures what runs.
 #[global_allocator]
@@ -54,72 +53,8 @@ const PARTITIONS: [i32; 4] = [0, 1, 2, 3];
 const BATCH: usize = 5_000;
 const SECS: i64 = 1_000_000;
 
-/// `,"merchant_category":…` up to the five fields the peers' lines lack, taken from
-/// the event encoder itself so they are exactly what the decoder expects.
-fn missing_fields() -> String {
-    let e = PaymentEvent {
-        transaction_id: TransactionId::new_unchecked("tx-0"),
-        event_time: Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap(),
-        amount_minor: 1,
-        currency: Currency::from_code("EUR").unwrap(),
-        merchant_id: "m".into(),
-        merchant_category: 5411,
-        card_fingerprint: "0".repeat(32),
-        card_country: "DE".into(),
-        customer_id: "c".into(),
-        ip_address: "20.1.2.3".parse().unwrap(),
-        ip_country: "DE".into(),
-        device_id: "d".into(),
-        region: "eu-west".into(),
-        payment_method: PaymentMethod::Card,
-        schema_version: 1,
-    };
-    let v: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&encode_json(&e)).unwrap();
-    let mut out = String::new();
-    for k in [
-        "merchant_category",
-        "ip_address",
-        "region",
-        "payment_method",
-        "schema_version",
-    ] {
-        out.push_str(&format!(",{}:{}", serde_json::Value::from(k), v[k]));
-    }
-    out
-}
-
-/// The line with the missing fields appended, and its transaction id.
-fn patch<'a>(line: &'a str, extra: &str, buf: &mut String) -> Option<&'a str> {
-    let body = line.trim_end().strip_suffix('}')?;
-    buf.clear();
-    buf.push_str(body);
-    buf.push_str(extra);
-    buf.push('}');
-    let rest = line.strip_prefix(r#"{"transaction_id":""#)?;
-    Some(&rest[..rest.find('"')?])
-}
-
 fn partition_of(id: &str) -> i32 {
     (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % PARTITIONS.len() as u64) as i32
-}
-
-#[derive(serde::Deserialize)]
-struct Manifest {
-    events: u64,
-    distinct_ids: u64,
-    duplicates: u64,
-    conflicting_duplicates: u64,
-}
-
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -179,10 +114,6 @@ fn reopen(state_dir: &Path) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let relay = args.iter().any(|a| a == "--relay");
-    // The data directory: the first argument that is not a flag or a flag's value.
-    // `cargo bench` passes --bench; under `cargo test` (which passes the test
-    // harness's flags, e.g. `--test-threads 2`) there is no data directory.
-    let bench = args.iter().any(|a| a == "--bench");
     let crash = args.iter().any(|a| a == "--crash");
     if let Some(i) = args.iter().position(|a| a == "--reopen") {
         reopen(Path::new(args.get(i + 1).expect("--reopen STATE_DIR")));
@@ -190,37 +121,12 @@ fn main() {
         eprintln!("peak RSS of the restart: {} MiB", peak_rss_mib());
         return;
     }
-    let Some(data) = args
-        .iter()
-        .filter(|_| bench)
-        .enumerate()
-        .find(|&(i, a)| {
-            let is_value = i > 0 && matches!(args[i - 1].as_str(), "--result-file" | "--tag");
-            !a.starts_with("--") && !is_value
-        })
-        .map(|(_, a)| PathBuf::from(a))
-    else {
+    let Some(data) = data_dir(&args, &["--result-file", "--tag"]) else {
         // Under `cargo test`: check the patching on one line of the peers' format.
-        let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
-        let mut buf = String::new();
-        assert_eq!(patch(line, &missing_fields(), &mut buf), Some("tx-00ab"));
-        let decoded = paydedup_event::decode(buf.as_bytes(), Utc::now(), &DecodeLimits::default());
-        assert!(decoded.is_ok(), "{decoded:?}");
+        peers_input::check_patching();
         return;
     };
-    let manifest: Manifest = serde_json::from_slice(
-        &std::fs::read(data.with_extension("manifest.json"))
-            .or_else(|_| std::fs::read(format!("{}.manifest.json", data.display())))
-            .expect("the generator's manifest next to the data directory"),
-    )
-    .unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&data)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
+    let manifest = Manifest::read(&data);
 
     let work = tempfile::Builder::new()
         .prefix("paydedup-bench-peers-")
@@ -250,8 +156,7 @@ fn main() {
         Checkpoint::new(store.clone(), relay, metrics.clone(), PARTITIONS.to_vec())
     });
 
-    let extra = missing_fields();
-    let mut lines: Vec<(i32, String, String)> = Vec::with_capacity(BATCH);
+    let mut batch_lines: Vec<(i32, String, String)> = Vec::with_capacity(BATCH);
     let mut offsets = [0i64; PARTITIONS.len()];
     let mut latencies: Vec<Duration> = Vec::new();
     // Where the loop's time goes: the pipeline, and waiting for the previous commit.
@@ -307,20 +212,14 @@ fn main() {
         invalid += stats.invalid;
         lines.clear();
     };
-    let mut buf = String::new();
-    for f in &files {
-        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(f).unwrap());
-        for line in reader.lines() {
-            let line = line.unwrap();
-            let id = patch(&line, &extra, &mut buf).expect("a line of the peers' format");
-            lines.push((partition_of(id), id.to_owned(), buf.clone()));
-            events += 1;
-            if lines.len() == BATCH {
-                flush(&mut lines, &mut latencies);
-            }
+    for (id, payload) in lines(&data) {
+        batch_lines.push((partition_of(&id), id, payload));
+        events += 1;
+        if batch_lines.len() == BATCH {
+            flush(&mut batch_lines, &mut latencies);
         }
     }
-    flush(&mut lines, &mut latencies);
+    flush(&mut batch_lines, &mut latencies);
     latencies.extend(in_flight.take().map(|c| c.join().unwrap()));
     if let Some(c) = checkpoint.as_mut() {
         latencies.extend(c.settle().unwrap());
@@ -403,11 +302,7 @@ fn main() {
         if exact { "yes" } else { "NO" }
     );
     // One JSON line in the peers' result format (scripts/bench-peers.sh tabulates them).
-    let opt = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
+    let opt = |name: &str| opt(&args, name);
     if let Some(path) = opt("--result-file") {
         let wall = if relay { delivered } else { committed };
         let line = serde_json::json!({

@@ -20,6 +20,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
 use crate::identity::IdentityError;
+use crate::log_end::LogEndProbe;
 use crate::pipeline::InputRecord;
 use crate::shutdown::Shutdown;
 
@@ -58,6 +59,10 @@ pub struct KafkaSource {
     /// Partitions whose first polled record is the last one the state consumed, read
     /// back to check the log (see [`KafkaSource::assign`]).
     log_checks: std::cell::RefCell<BTreeMap<i32, (i64, u64)>>,
+    /// The consumer's settings, for the log end probe's client.
+    client_config: ClientConfig,
+    /// Started by the first [`KafkaSource::lag`]; `None` inside if it could not start.
+    log_end_probe: std::cell::OnceCell<Option<LogEndProbe>>,
 }
 
 impl KafkaSource {
@@ -92,6 +97,8 @@ impl KafkaSource {
             partitions: partition_count,
             owned,
             log_checks: Default::default(),
+            client_config: cfg,
+            log_end_probe: Default::default(),
         })
     }
 
@@ -267,26 +274,34 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// Lag per owned partition (high watermark minus the checkpointed next offset), or
-    /// `None` when the broker did not answer for some partition.
-    pub fn lag(&self, next_offset: impl Fn(i32) -> Option<i64>) -> Option<Vec<(i32, i64)>> {
-        let mut lags = Vec::with_capacity(self.owned.len());
-        for &p in &self.owned {
-            let (low, high) =
-                match self
-                    .consumer
-                    .fetch_watermarks(&self.topic, p, Duration::from_secs(5))
-                {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::warn!(partition = p, error = %e, "Could not fetch watermarks.");
-                        return None;
-                    }
-                };
-            let next = next_offset(p).unwrap_or(low);
-            lags.push((p, (high - next).max(0)));
-        }
-        Some(lags)
+    /// Lag per owned partition (high watermark minus the checkpointed next offset) from
+    /// the log end probe's latest measurement, without waiting for the broker; `None`
+    /// before the first measurement and when the broker did not answer for some
+    /// partition. The first call starts the probe, measuring every `period`.
+    pub fn lag(
+        &self,
+        period: Duration,
+        next_offset: impl Fn(i32) -> Option<i64>,
+    ) -> Option<Vec<(i32, i64)>> {
+        let probe = self.log_end_probe.get_or_init(|| {
+            let client = self.client_config.create().map_err(anyhow::Error::from);
+            let probe = client.and_then(|c| {
+                LogEndProbe::start(c, self.topic.clone(), self.owned.clone(), period)
+                    .map_err(anyhow::Error::from)
+            });
+            probe
+                .inspect_err(|e| {
+                    tracing::error!(error = %format!("{e:#}"), "Could not start the log end probe; lag is not measured.");
+                })
+                .ok()
+        });
+        let offsets = probe.as_ref()?.latest()?.offsets?;
+        Some(
+            offsets
+                .into_iter()
+                .map(|(p, low, high)| (p, (high - next_offset(p).unwrap_or(low)).max(0)))
+                .collect(),
+        )
     }
 
     /// Publishes the checkpointed offsets to the consumer group, for lag monitoring only.

@@ -32,6 +32,7 @@ pub mod config;
 pub mod health;
 pub mod identity;
 pub mod kafka;
+pub mod log_end;
 pub mod metrics;
 pub mod pipeline;
 pub mod processor;

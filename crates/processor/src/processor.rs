@@ -257,11 +257,14 @@ impl Processor {
         Ok(None)
     }
 
-    /// Measures and reports lag, busy, idle or paused alike (a gauge that only moved
-    /// when idle would freeze exactly when the processor falls behind). `None` when the
-    /// broker did not answer for some partition.
+    /// Reports lag, busy, idle or paused alike (a gauge that only moved when idle would
+    /// freeze exactly when the processor falls behind): the log ends of the latest
+    /// background measurement (`log_end`) against the next offsets now. `None` before
+    /// the first measurement and when the broker did not answer for some partition.
     fn measure_lag(&self) -> Option<Vec<(i32, i64)>> {
-        let lags = self.source.lag(|p| self.pipeline.next_offset(p))?;
+        let lags = self
+            .source
+            .lag(LAG_CHECK_EVERY, |p| self.pipeline.next_offset(p))?;
         for &(partition, lag) in &lags {
             self.metrics.emit(ConsumerLagMeasured { partition, lag });
         }

@@ -51,6 +51,13 @@ impl Event for BatchCommitted<'_> {
         m.batches.inc();
         m.batch_seconds.observe(self.batch.as_secs_f64());
         m.commit_seconds.observe(self.commit.as_secs_f64());
+        // Emitted right after the commit is durable: now is the commit's time.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for ts in &s.kafka_timestamps_ms {
+            // A producer clock ahead of ours is fresh, not negative.
+            m.record_commit_latency
+                .observe((now_ms - ts).max(0) as f64 / 1e3);
+        }
         tracing::debug!(
             records = s.records,
             outbox_rows = s.outbox_rows,
@@ -380,6 +387,35 @@ mod tests {
         assert!(text.contains("paydedup_records_total{outcome=\"conflict\"} 1"));
         assert!(text.contains("paydedup_invalid_records_total{code=\"malformed_json\"} 1"));
         assert!(text.contains("paydedup_batches_total 1"));
+    }
+
+    #[test]
+    fn each_record_is_one_freshness_observation_at_commit() {
+        let m = Metrics::new();
+        let now = chrono::Utc::now().timestamp_millis();
+        // Two records produced 2 s ago, one 20 s ago, and one record without a timestamp.
+        let stats = BatchStats {
+            records: 4,
+            kafka_timestamps_ms: vec![now - 2_000, now - 2_000, now - 20_000],
+            ..BatchStats::default()
+        };
+        m.emit(BatchCommitted {
+            stats: &stats,
+            batch: Duration::from_millis(3),
+            commit: Duration::from_millis(1),
+        });
+        let text = rendered(&m);
+        let bucket = |le: &str| {
+            let prefix = format!("paydedup_record_commit_latency_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le}: {text}"))
+                .to_owned()
+        };
+        assert_eq!(bucket("1"), "0");
+        assert_eq!(bucket("2.5"), "2");
+        assert_eq!(bucket("30"), "3");
+        assert!(text.contains("paydedup_record_commit_latency_seconds_count 3"));
     }
 
     #[test]

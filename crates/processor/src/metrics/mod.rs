@@ -28,6 +28,7 @@ pub struct Metrics {
     batches: IntCounter,
     batch_seconds: Histogram,
     commit_seconds: Histogram,
+    record_commit_latency: Histogram,
     outbox_depth: IntGauge,
     relay_rows: IntCounterVec,
     relay_already_present: IntCounter,
@@ -116,10 +117,19 @@ fn register_process_info(r: Registry) -> Registry {
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    ]))
-    .expect("metric names are valid");
+    histogram_with(
+        r,
+        name,
+        help,
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ],
+    )
+}
+
+fn histogram_with(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("metric names are valid");
     r.register(Box::new(h.clone())).expect("registered once");
     h
 }
@@ -142,6 +152,10 @@ impl Metrics {
             batches: counter(&r, "paydedup_batches_total", "Batches processed and committed."),
             batch_seconds: histogram(&r, "paydedup_batch_duration_seconds", "Time to process one batch, commit included."),
             commit_seconds: histogram(&r, "paydedup_commit_duration_seconds", "Time of the atomic RocksDB commit (fsync included)."),
+            // Fine around the 250 ms a live pipeline should stay under; coarse for catch-up.
+            record_commit_latency: histogram_with(&r, "paydedup_record_commit_latency_seconds", "Kafka timestamp of each record to the durable commit of its batch (freshness of the outbox).", vec![
+                0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
             outbox_depth: gauge(&r, "paydedup_outbox_depth_rows", "Rows committed but not yet acknowledged by the sink."),
             relay_rows: counter_vec(&r, "paydedup_relay_rows_total", "Rows delivered to the sink, by table.", &["table"]),
             relay_already_present: counter(&r, "paydedup_relay_already_present_rows_total", "Rows resent after a restart that the sink already held."),

@@ -91,6 +91,10 @@ pub struct BatchStats {
     pub landed_disagreements: u64,
     /// Invalid records per validation code.
     pub invalid_by_code: BTreeMap<&'static str, u64>,
+    /// The Kafka timestamp of every record that has one, in milliseconds: at the
+    /// batch's durable commit each becomes one observation of the records' freshness
+    /// (Kafka timestamp → commit).
+    pub kafka_timestamps_ms: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -126,6 +130,7 @@ impl BatchStats {
     /// Counts one record's outcome (fraud flags are counted where they are scored).
     fn count(&mut self, r: &InputRecord<'_>, outcome: &Outcome<'_>) {
         self.records += 1;
+        self.kafka_timestamps_ms.extend(r.timestamp_ms);
         if let Some(event) = outcome.event() {
             if r.key != Some(event.transaction_id.as_str().as_bytes()) {
                 self.key_mismatch += 1;

@@ -1,0 +1,533 @@
+//! End to end through a real broker, on the peer engines' input: the processor binary
+//! consuming from tansu (SQLite engine, 4 partitions) and delivering to the file sink,
+//! against what the broker can serve at all.
+//!
+//! 1. **Throughput.** The first `--events N` lines of the data directory (default
+//!    1,000,000) are produced keyed by transaction id. Then, one after the other on the
+//!    same topic:
+//!    - the broker's **raw consume rate**: an rdkafka consumer that does nothing with
+//!      the records, with the processor's fetch settings, from offset 0 to the end;
+//!    - **the processor**: `paydedup-processor run --exit-when-caught-up`, from its
+//!      start (an empty state directory) until every record is committed and every row
+//!      acknowledged by the file sink; its output is checked (one row per record, one
+//!      `payments` row per distinct id).
+//! 2. **Latency at fixed rates** (`--rates 5000,20000`, `--secs 30` each): records are
+//!    produced at that rate (the Kafka timestamp is the producer's send time), first to
+//!    a do-nothing consumer (the broker's own part: Kafka timestamp → consumer has the
+//!    record), then, on a fresh topic, to a processor started and ready before. Reported:
+//!    - Kafka timestamp → **durable outbox commit**: the processor's own histogram
+//!      `paydedup_record_commit_latency_seconds` (one observation per record, at its
+//!      batch's commit); p50/p99/max are given as the bucket bound they fall in;
+//!    - Kafka timestamp → **row in the sink's file**: every row of the sink's files, read
+//!      as they grow (polled every 5 ms); the file sink writes a batch, fsyncs it, then
+//!      acknowledges, so a row is seen just before its acknowledgement.
+//!
+//! Recovery after SIGKILL with 10 M keys is the `peers` bench's `--crash`/`--reopen`.
+//!
+//! cargo bench -p paydedup-processor --bench e2e -- DATA_DIR [--events N] [--rates R1,R2] [--secs S] [--keep]
+//!
+//! `--keep` leaves the work directory (processor logs, state, sink files, the metrics
+//! of each latency run).
+//!
+//! Needs the tansu broker (`scripts/install-tansu.sh`). Under `cargo test` it only
+//! checks its line patching.
+
+mod peers_input;
+
+use std::collections::HashSet;
+use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paydedup_testkit::{binary, free_port, Broker};
+use peers_input::{data_dir, lines, opt, Manifest};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+
+fn producer(broker: &Broker) -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "500000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("a producer")
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+fn send(p: &BaseProducer, topic: &str, id: &str, payload: &str) {
+    let mut record = BaseRecord::to(topic).key(id).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                p.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => panic!("producing: {e}"),
+        }
+    }
+}
+
+fn flush(p: &BaseProducer) {
+    p.flush(Duration::from_secs(300))
+        .expect("every record acknowledged");
+}
+
+/// A consumer of every partition of `topic` from offset 0, with the processor's fetch
+/// settings (`kafka.rs`).
+fn raw_consumer(broker: &Broker, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "raw-consume")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.min.messages", "20000")
+        .create()
+        .expect("a consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("a partition");
+    }
+    consumer.assign(&tpl).expect("assigned");
+    consumer
+}
+
+/// Reads every partition from offset 0 until `total` records have arrived, doing
+/// nothing with them.
+fn raw_consume(broker: &Broker, topic: &str, total: u64) -> Duration {
+    let started = Instant::now();
+    let consumer = raw_consumer(broker, topic);
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    while seen < total {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.expect("a record");
+            // Touch the payload, as any consumer would.
+            bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len);
+            seen += 1;
+        }
+    }
+    let took = started.elapsed();
+    assert!(bytes > 0);
+    took
+}
+
+/// `paydedup-processor run` on `topic`, its state and sink under `work`.
+fn processor(broker: &Broker, topic: &str, work: &Path, metrics_port: u16, bounded: bool) -> Child {
+    let log = std::fs::File::create(work.join("processor.log")).expect("a log file");
+    let mut cmd = Command::new(binary("paydedup-processor").expect("the processor binary"));
+    cmd.arg("run")
+        .args(["--brokers", &broker.bootstrap(), "--topic", topic])
+        .arg("--state-dir")
+        .arg(work.join("state"))
+        .arg("--sink")
+        .arg(format!("file:{}", work.join("out").display()))
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        // The peers' 10-minute watermark, as the `peers` bench.
+        .args(["--allowed-lateness-secs", "600", "--retention-secs", "600"])
+        .args(["--window-secs", "60"])
+        .args(["--group-id", &format!("paydedup-{topic}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("a log file"))
+        .stderr(log);
+    if bounded {
+        cmd.arg("--exit-when-caught-up");
+    }
+    cmd.spawn().expect("the processor started")
+}
+
+/// Rows per table in the sink's files (`<table>.jsonl`).
+fn rows_by_table(out: &Path) -> Vec<(String, u64)> {
+    let mut tables: Vec<(String, u64)> = std::fs::read_dir(out)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                .map(|e| {
+                    let n = std::io::BufReader::new(std::fs::File::open(e.path()).unwrap())
+                        .lines()
+                        .count() as u64;
+                    let name = e.path().file_stem().unwrap().to_string_lossy().into_owned();
+                    (name, n)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tables.sort();
+    tables
+}
+
+fn get(url: &str) -> Option<String> {
+    reqwest::blocking::get(url).ok()?.text().ok()
+}
+
+fn wait_ready(port: u16, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the processor exited before it was ready: {status}");
+        }
+        if get(&format!("http://127.0.0.1:{port}/readyz")).is_some_and(|b| b.starts_with("ready")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the processor was not ready after 120 s");
+}
+
+/// A histogram's cumulative buckets from the metrics text: (upper bound, count).
+fn buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .filter_map(|l| {
+            let (le, count) = l.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound (ms) the `q` quantile falls under.
+fn bucket_quantile(b: &[(f64, u64)], q: f64) -> String {
+    let total = b.last().map_or(0, |x| x.1);
+    let rank = (total as f64 * q).ceil() as u64;
+    match b.iter().find(|(_, c)| *c >= rank.max(1)) {
+        Some((le, _)) if le.is_finite() => format!("≤ {:.0} ms", le * 1e3),
+        Some(_) => "> the last bucket".into(),
+        None => "–".into(),
+    }
+}
+
+/// Follows the sink's files as they grow; for every row with a Kafka timestamp, the time
+/// from it to when the row was first seen.
+struct SinkTail {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl SinkTail {
+    fn start(out: PathBuf) -> SinkTail {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut positions: std::collections::HashMap<PathBuf, (u64, String)> =
+                Default::default();
+            let mut latencies_ms = Vec::new();
+            let mut last_pass = false;
+            loop {
+                let stopping = flag.load(Ordering::Relaxed);
+                let now_ms = chrono::Utc::now().timestamp_micros() as f64 / 1e3;
+                for e in std::fs::read_dir(&out).into_iter().flatten().flatten() {
+                    let path = e.path();
+                    if path.extension().is_none_or(|x| x != "jsonl") {
+                        continue;
+                    }
+                    let (pos, partial) = positions.entry(path.clone()).or_default();
+                    let Ok(mut f) = std::fs::File::open(&path) else {
+                        continue;
+                    };
+                    if f.seek(SeekFrom::Start(*pos)).is_err() {
+                        continue;
+                    }
+                    let mut chunk = String::new();
+                    let Ok(n) = f.read_to_string(&mut chunk) else {
+                        continue;
+                    };
+                    *pos += n as u64;
+                    partial.push_str(&chunk);
+                    let complete = partial.rfind('\n').map_or(0, |i| i + 1);
+                    for row in partial[..complete].lines() {
+                        if let Some(ts) = kafka_timestamp_ms(row) {
+                            latencies_ms.push(now_ms - ts);
+                        }
+                    }
+                    partial.drain(..complete);
+                }
+                if last_pass {
+                    return latencies_ms;
+                }
+                last_pass = stopping;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        SinkTail { stop, thread }
+    }
+
+    fn finish(self) -> Vec<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the tail thread")
+    }
+}
+
+fn kafka_timestamp_ms(row: &str) -> Option<f64> {
+    const FIELD: &str = "\"kafka_timestamp\":\"";
+    let rest = &row[row.find(FIELD)? + FIELD.len()..];
+    let ts = chrono::DateTime::parse_from_rfc3339(&rest[..rest.find('"')?]).ok()?;
+    Some(ts.timestamp_micros() as f64 / 1e3)
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+struct Throughput {
+    events: u64,
+    produce: Duration,
+    raw: Duration,
+    processor: Duration,
+    rows: Vec<(String, u64)>,
+    exact: bool,
+}
+
+fn throughput(broker: &Broker, data: &Path, events: u64, work: &Path) -> Throughput {
+    let topic = "payments";
+    broker.create_topic(topic, PARTITIONS).expect("the topic");
+    let p = producer(broker);
+    let mut distinct = HashSet::new();
+    let mut sent = 0u64;
+    let started = Instant::now();
+    for (id, payload) in lines(data).take(events as usize) {
+        send(&p, topic, &id, &payload);
+        distinct.insert(xxhash_rust::xxh3::xxh3_64(id.as_bytes()));
+        sent += 1;
+        if sent.is_multiple_of(1000) {
+            p.poll(Duration::ZERO);
+        }
+    }
+    flush(&p);
+    let produce = started.elapsed();
+    eprintln!("produced {sent} records in {:.1} s", produce.as_secs_f64());
+
+    let raw = raw_consume(broker, topic, sent);
+    eprintln!("raw consume: {:.1} s", raw.as_secs_f64());
+
+    let dir = work.join("throughput");
+    std::fs::create_dir_all(&dir).unwrap();
+    let started = Instant::now();
+    let status = processor(broker, topic, &dir, free_port().unwrap(), true)
+        .wait()
+        .expect("the processor ran");
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "the processor failed: {status}; see {}",
+        dir.join("processor.log").display()
+    );
+    eprintln!("processor: {:.1} s", took.as_secs_f64());
+    let rows = rows_by_table(&dir.join("out"));
+    let total: u64 = rows.iter().map(|r| r.1).sum();
+    let payments = rows.iter().find(|r| r.0 == "payments").map_or(0, |r| r.1);
+    Throughput {
+        events: sent,
+        produce,
+        raw,
+        processor: took,
+        exact: total == sent && payments == distinct.len() as u64,
+        rows,
+    }
+}
+
+struct Latency {
+    rate: u64,
+    sent: u64,
+    achieved: f64,
+    /// Kafka timestamp → a do-nothing consumer has the record: the broker's own part.
+    raw_ms: Vec<f64>,
+    commit: Vec<(f64, u64)>,
+    sink_ms: Vec<f64>,
+}
+
+/// Consumes `total` records of `topic` as they are produced; for each, the time from its
+/// Kafka timestamp to its arrival.
+fn raw_latencies(broker: &Broker, topic: &str, total: u64) -> std::thread::JoinHandle<Vec<f64>> {
+    let consumer = raw_consumer(broker, topic);
+    std::thread::spawn(move || {
+        let mut latencies_ms = Vec::with_capacity(total as usize);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while (latencies_ms.len() as u64) < total && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let now_ms = chrono::Utc::now().timestamp_micros() as f64 / 1e3;
+                if let Some(ts) = rdkafka::Message::timestamp(&m).to_millis() {
+                    latencies_ms.push(now_ms - ts as f64);
+                }
+            }
+        }
+        latencies_ms
+    })
+}
+
+/// Produces the first `rate × secs` lines to `topic` at `rate`, paced in 1 ms steps
+/// (the Kafka timestamp is each record's send time); returns how many and the rate
+/// achieved.
+fn produce_paced(broker: &Broker, data: &Path, topic: &str, rate: u64, secs: u64) -> (u64, f64) {
+    let p = producer(broker);
+    let total = rate * secs;
+    let mut input = lines(data).take(total as usize);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let (id, payload) = input.next().expect("enough input lines");
+            send(&p, topic, &id, &payload);
+            sent += 1;
+        }
+        p.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    flush(&p);
+    (sent, sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// At `rate`: first the broker alone (a do-nothing consumer reading as records are
+/// produced, on a topic of its own), then the processor on a fresh topic.
+fn latency(broker: &Broker, data: &Path, rate: u64, secs: u64, work: &Path) -> Latency {
+    let raw_topic = format!("raw-{rate}");
+    broker
+        .create_topic(&raw_topic, PARTITIONS)
+        .expect("the topic");
+    let raw = raw_latencies(broker, &raw_topic, rate * secs);
+    produce_paced(broker, data, &raw_topic, rate, secs);
+    let mut raw_ms = raw.join().expect("the raw consumer");
+    raw_ms.sort_by(f64::total_cmp);
+
+    let topic = format!("payments-{rate}");
+    broker.create_topic(&topic, PARTITIONS).expect("the topic");
+    let dir = work.join(&topic);
+    std::fs::create_dir_all(dir.join("out")).unwrap();
+    let port = free_port().unwrap();
+    let mut child = processor(broker, &topic, &dir, port, false);
+    wait_ready(port, &mut child);
+    let tail = SinkTail::start(dir.join("out"));
+    let (sent, achieved) = produce_paced(broker, data, &topic, rate, secs);
+    // Every record is one row: wait until all are in the sink.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while rows_by_table(&dir.join("out"))
+        .iter()
+        .map(|r| r.1)
+        .sum::<u64>()
+        < sent
+    {
+        assert!(
+            Instant::now() < deadline,
+            "rows missing in the sink after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).expect("the metrics");
+    std::fs::write(dir.join("metrics.txt"), &metrics).unwrap();
+    let _ = paydedup_testkit::signal(child.id(), "TERM");
+    let _ = child.wait();
+    let mut sink_ms = tail.finish();
+    sink_ms.sort_by(f64::total_cmp);
+    Latency {
+        rate,
+        sent,
+        achieved,
+        raw_ms,
+        commit: buckets(&metrics, "paydedup_record_commit_latency_seconds"),
+        sink_ms,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(data) = data_dir(&args, &["--events", "--rates", "--secs"]) else {
+        peers_input::check_patching();
+        return;
+    };
+    let manifest = Manifest::read(&data);
+    let events: u64 = opt(&args, "--events").map_or(1_000_000, |v| v.parse().expect("--events N"));
+    let events = events.min(manifest.events);
+    let rates: Vec<u64> = opt(&args, "--rates")
+        .map_or("5000,20000", |v| v.as_str())
+        .split(',')
+        .map(|r| r.parse().expect("--rates R1,R2"))
+        .collect();
+    let secs: u64 = opt(&args, "--secs").map_or(30, |v| v.parse().expect("--secs S"));
+    let work = tempfile::Builder::new()
+        .prefix("paydedup-bench-e2e-")
+        .tempdir_in(std::env::var_os("BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()))
+        .unwrap();
+    let broker = Broker::start().expect("tansu (scripts/install-tansu.sh)");
+
+    let t = throughput(&broker, &data, events, work.path());
+    let rate = |d: Duration| t.events as f64 / d.as_secs_f64();
+    println!(
+        "| {} events from {} | records/s | seconds |",
+        t.events,
+        data.display()
+    );
+    println!("|---|---|---|");
+    println!(
+        "| produce (idempotent, acks=all) | {:.0} | {:.1} |",
+        rate(t.produce),
+        t.produce.as_secs_f64()
+    );
+    println!(
+        "| raw consume (rdkafka, nothing done) | {:.0} | {:.1} |",
+        rate(t.raw),
+        t.raw.as_secs_f64()
+    );
+    println!(
+        "| processor, start to every row acknowledged by the file sink | {:.0} ({:.2} × raw) | {:.1} |",
+        rate(t.processor),
+        t.raw.as_secs_f64() / t.processor.as_secs_f64(),
+        t.processor.as_secs_f64()
+    );
+    let rows: Vec<String> = t.rows.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    println!(
+        "\nrows: {}; one per record and one payment per distinct id: {}",
+        rows.join(", "),
+        if t.exact { "yes" } else { "NO" }
+    );
+
+    let runs: Vec<Latency> = rates
+        .iter()
+        .map(|&r| latency(&broker, &data, r, secs, work.path()))
+        .collect();
+    println!("\n| rate (records/s) | records | achieved | Kafka ts → raw consumer p50 / p99 / max | Kafka ts → outbox commit p50 / p99 / max | Kafka ts → row in the sink's file p50 / p99 / max |");
+    println!("|---|---|---|---|---|---|");
+    for l in &runs {
+        let sink = |q| quantile(&l.sink_ms, q);
+        let raw = |q| quantile(&l.raw_ms, q);
+        println!(
+            "| {} | {} | {:.0} | {:.0} / {:.0} / {:.0} ms | {} / {} / {} | {:.0} / {:.0} / {:.0} ms ({} rows) |",
+            l.rate,
+            l.sent,
+            l.achieved,
+            raw(0.5),
+            raw(0.99),
+            raw(1.0),
+            bucket_quantile(&l.commit, 0.5),
+            bucket_quantile(&l.commit, 0.99),
+            bucket_quantile(&l.commit, 1.0),
+            sink(0.5),
+            sink(0.99),
+            sink(1.0),
+            l.sink_ms.len()
+        );
+    }
+    if args.iter().any(|a| a == "--keep") {
+        eprintln!("kept: {}", work.keep().display());
+    }
+    assert!(t.exact, "the processor's output does not match its input");
+}

@@ -1,0 +1,150 @@
+//! The peer engines' input (`../shared/peers/gen_events.py`), as paydedup's benches read
+//! it: NDJSON files in a data directory with the generator's manifest beside it, each
+//! line completed with the five fields that input lacks (`merchant_category`,
+//! `ip_address`, `region`, `payment_method`, `schema_version`, constant values).
+//!
+//! Shared by the `peers` and `e2e` benches; each uses part of it.
+#![allow(dead_code)]
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use chrono::{TimeZone, Utc};
+use paydedup_event::{encode_json, Currency, PaymentEvent, PaymentMethod, TransactionId};
+
+/// `,"merchant_category":…` up to the five fields the peers' lines lack, taken from
+/// the event encoder itself so they are exactly what the decoder expects.
+pub fn missing_fields() -> String {
+    let e = PaymentEvent {
+        transaction_id: TransactionId::new_unchecked("tx-0"),
+        event_time: Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap(),
+        amount_minor: 1,
+        currency: Currency::from_code("EUR").unwrap(),
+        merchant_id: "m".into(),
+        merchant_category: 5411,
+        card_fingerprint: "0".repeat(32),
+        card_country: "DE".into(),
+        customer_id: "c".into(),
+        ip_address: "20.1.2.3".parse().unwrap(),
+        ip_country: "DE".into(),
+        device_id: "d".into(),
+        region: "eu-west".into(),
+        payment_method: PaymentMethod::Card,
+        schema_version: 1,
+    };
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&encode_json(&e)).unwrap();
+    let mut out = String::new();
+    for k in [
+        "merchant_category",
+        "ip_address",
+        "region",
+        "payment_method",
+        "schema_version",
+    ] {
+        out.push_str(&format!(",{}:{}", serde_json::Value::from(k), v[k]));
+    }
+    out
+}
+
+/// The line with the missing fields appended, and its transaction id.
+pub fn patch<'a>(line: &'a str, extra: &str, buf: &mut String) -> Option<&'a str> {
+    let body = line.trim_end().strip_suffix('}')?;
+    buf.clear();
+    buf.push_str(body);
+    buf.push_str(extra);
+    buf.push('}');
+    let rest = line.strip_prefix(r#"{"transaction_id":""#)?;
+    Some(&rest[..rest.find('"')?])
+}
+
+/// What the generator wrote, to check a run's counts against.
+#[derive(serde::Deserialize)]
+pub struct Manifest {
+    pub events: u64,
+    pub distinct_ids: u64,
+    pub duplicates: u64,
+    pub conflicting_duplicates: u64,
+}
+
+impl Manifest {
+    /// `DATA_DIR.manifest.json`, next to the data directory.
+    pub fn read(data: &Path) -> Manifest {
+        serde_json::from_slice(
+            &std::fs::read(data.with_extension("manifest.json"))
+                .or_else(|_| std::fs::read(format!("{}.manifest.json", data.display())))
+                .expect("the generator's manifest next to the data directory"),
+        )
+        .expect("the generator's manifest")
+    }
+}
+
+/// Every completed line of the data directory's files, in file order, with its id:
+/// `(transaction_id, payload)`.
+pub fn lines(data: &Path) -> impl Iterator<Item = (String, String)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .expect("the data directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let extra = missing_fields();
+    files.into_iter().flat_map(move |f| {
+        let extra = extra.clone();
+        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&f).unwrap());
+        reader.lines().map(move |line| {
+            let line = line.unwrap();
+            let mut buf = String::new();
+            let id = patch(&line, &extra, &mut buf).expect("a line of the peers' format");
+            (id.to_owned(), buf)
+        })
+    })
+}
+
+/// The data directory: the first argument that is not a flag or the value of one of
+/// `valued` flags. None under `cargo test` (no `--bench` among the arguments).
+pub fn data_dir(args: &[String], valued: &[&str]) -> Option<PathBuf> {
+    if !args.iter().any(|a| a == "--bench") {
+        return None;
+    }
+    args.iter()
+        .enumerate()
+        .find(|&(i, a)| {
+            let is_value = i > 0 && valued.contains(&args[i - 1].as_str());
+            !a.starts_with("--") && !is_value
+        })
+        .map(|(_, a)| PathBuf::from(a))
+}
+
+/// The value after `name` in `args`.
+pub fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+}
+
+/// This process's peak resident set, MiB.
+pub fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// Checks the line patching on one line of the peers' format (what the benches do
+/// under `cargo test`).
+pub fn check_patching() {
+    let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
+    let mut buf = String::new();
+    assert_eq!(patch(line, &missing_fields(), &mut buf), Some("tx-00ab"));
+    let decoded = paydedup_event::decode(
+        buf.as_bytes(),
+        Utc::now(),
+        &paydedup_event::DecodeLimits::default(),
+    );
+    assert!(decoded.is_ok(), "{decoded:?}");
+}
