@@ -126,7 +126,29 @@ impl ResidentLoader {
         let stopping = stop.clone();
         let handle = std::thread::Builder::new()
             .name("resident-keys".into())
-            .spawn(move || load(&db, &path, &resident, &stopping))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let loaded = load(&db, &path, &resident, &stopping);
+                // Lookups are right either way; what an operator needs to know is
+                // whether they are fast again (and why not, if the scan failed).
+                match &loaded {
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "Could not load the resident key sets; every lookup goes to RocksDB (correct, slower) until a restart."
+                    ),
+                    Ok(()) if !stopping.load(Ordering::Acquire) => {
+                        let r = lock(&resident);
+                        tracing::info!(
+                            dedup_keys = r.dedup.len(),
+                            fraud_keys = r.fraud.len(),
+                            seconds = started.elapsed().as_secs_f64(),
+                            "Resident key sets loaded."
+                        );
+                    }
+                    Ok(()) => {}
+                }
+                loaded
+            })
             .map_err(|e| StateError::Rocks(format!("starting the resident keys' loader: {e}")))?;
         Ok(ResidentLoader {
             handle: Some(handle),
