@@ -157,6 +157,14 @@ fn cf_options(
             // Written once, read once in order, deleted: small memtables flush rarely
             // because rows are usually deleted before a flush.
             o.set_write_buffer_size(64 << 20);
+            // A batch's rows of one table and partition are one value, LZ4-compressed
+            // by the store already (`outbox_page`), tens of KB: kept in blob files,
+            // written once at flush, never rewritten by compactions (which then move
+            // only keys) and not compressed a second time.
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(4096);
+            o.set_blob_compression_type(DBCompressionType::None);
+            o.set_enable_blob_gc(true);
         }
         _ => {}
     }
@@ -712,8 +720,8 @@ impl StateStore {
         Ok(n)
     }
 
-    /// Bytes the column family holds: SST files and memtables (RocksDB's own
-    /// accounting, no scan).
+    /// Bytes the column family holds: SST files, blob files (the outbox's pages) and
+    /// memtables (RocksDB's own accounting, no scan).
     fn cf_bytes(&self, name: &str) -> Result<u64, StateError> {
         let cf = self.cf(name)?;
         let prop = |p: &str| -> Result<u64, StateError> {
@@ -723,7 +731,9 @@ impl StateStore {
                 .map_err(|e| self.rocks(e))?
                 .unwrap_or(0))
         };
-        Ok(prop("rocksdb.total-sst-files-size")? + prop("rocksdb.size-all-mem-tables")?)
+        Ok(prop("rocksdb.total-sst-files-size")?
+            + prop("rocksdb.total-blob-file-size")?
+            + prop("rocksdb.size-all-mem-tables")?)
     }
 
     /// Bytes the whole store holds (SST files and memtables), cheap enough to read at

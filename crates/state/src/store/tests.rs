@@ -439,3 +439,38 @@ fn the_wal_is_bounded_although_meta_rarely_flushes() {
     // 200,000 entries of ~60 bytes each went through the WAL: ~12 MB unbounded.
     assert!(wal < 6 << 20, "{wal} bytes of WAL");
 }
+
+#[test]
+fn outbox_pages_live_in_blob_files_and_delivered_ones_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let blob_bytes = |s: &StateStore| {
+        let cf = s.cf(CF_OUTBOX).unwrap();
+        s.db.property_int_value_cf(cf, "rocksdb.total-blob-file-size")
+            .unwrap()
+            .unwrap_or(0)
+    };
+    // Rows that do not compress (hex of a hash), so each page is far above the blob
+    // threshold, as a real batch's page is.
+    let row =
+        |seq: u64| format!("{:064x}", xxhash_rust::xxh3::xxh3_128(&seq.to_le_bytes())).into_bytes();
+    let mut b = StateBatch::new();
+    for seq in 0..2_000_u64 {
+        b.put_outbox(Table::Payments, 0, seq, row(seq));
+    }
+    s.commit(b).unwrap();
+    let cf = s.cf(CF_OUTBOX).unwrap();
+    s.db.flush_cf(cf).unwrap();
+    assert!(blob_bytes(&s) > 30_000, "the page went to a blob file: {}", blob_bytes(&s));
+    assert!(s.stats().unwrap().bytes["outbox"] >= blob_bytes(&s));
+    let rows = s.outbox_rows(Table::Payments, 0, 5_000).unwrap();
+    assert_eq!(rows.len(), 2_000);
+    assert!(rows.iter().all(|(seq, r)| *r == row(*seq)));
+
+    // Delivered: the keys are deleted; compaction drops them and their blob file.
+    s.outbox_delete_through(Table::Payments, 0, 1_999).unwrap();
+    s.db.flush_cf(cf).unwrap();
+    s.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    assert_eq!(blob_bytes(&s), 0);
+    assert!(s.outbox_rows(Table::Payments, 0, 10).unwrap().is_empty());
+}
