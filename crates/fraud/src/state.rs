@@ -16,6 +16,15 @@ pub const MAX_RECENT: usize = 64;
 pub const MAX_DEVICES: usize = 16;
 /// How many currencies per card keep amount statistics.
 pub const MAX_CURRENCIES: usize = 4;
+/// A customer's last-seen time is stored rounded up to this (one hour, in µs).
+///
+/// A customer's state is otherwise its devices, which rarely change: stored to the
+/// hour, a customer who pays again within the hour from a known device has the same
+/// bytes as before, and the store writes only values whose bytes changed. The time
+/// only decides expiry (the TTL is days), which it delays by at most the quantum,
+/// never advances. Rounding is monotone, so the stored value is the rounded maximum
+/// however the payments are split into batches.
+pub const CUSTOMER_LAST_SEEN_QUANTUM_MICROS: i64 = 3_600 * 1_000_000;
 
 /// Running amount statistics (Welford) of one card in one currency.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +76,14 @@ fn writer(last_seen: i64) -> Writer {
     w.bytes(&last_seen.to_be_bytes());
     w.u8(codec::TAG);
     w
+}
+
+/// `t` rounded up to a multiple of `quantum` (saturating at the top of the range).
+fn round_up(t: i64, quantum: i64) -> i64 {
+    match t.rem_euclid(quantum) {
+        0 => t,
+        r => t.saturating_add(quantum - r),
+    }
 }
 
 impl CardState {
@@ -127,7 +144,10 @@ impl CustomerState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = writer(self.last_seen_micros);
+        let mut w = writer(round_up(
+            self.last_seen_micros,
+            CUSTOMER_LAST_SEEN_QUANTUM_MICROS,
+        ));
         let n = w.count(self.devices.len());
         for d in self.devices.iter().take(n) {
             w.str(d);
@@ -189,10 +209,36 @@ mod tests {
         };
         assert_eq!(CardState::decode(&no_country.encode()), no_country);
         let cu = CustomerState {
-            last_seen_micros: -5,
+            last_seen_micros: -5 * CUSTOMER_LAST_SEEN_QUANTUM_MICROS,
             devices: vec!["d-1".into(), "".into(), "ü-2".into()],
         };
         assert_eq!(CustomerState::decode(&cu.encode()), cu);
+    }
+
+    #[test]
+    fn a_customer_is_stored_to_the_hour_rounded_up_whatever_the_batches() {
+        const H: i64 = CUSTOMER_LAST_SEEN_QUANTUM_MICROS;
+        let at = |t: i64| CustomerState {
+            last_seen_micros: t,
+            devices: vec!["d-1".into()],
+        };
+        let stored = |t: i64| CustomerState::decode(&at(t).encode()).last_seen_micros;
+        // Up, never down: expiry is late by at most the quantum, never early.
+        assert_eq!(stored(10 * H + 1), 11 * H);
+        assert_eq!(stored(10 * H), 10 * H);
+        assert_eq!(stored(-H - 1), -H);
+        assert_eq!(stored(i64::MAX - 1), i64::MAX);
+        // Within the hour the bytes do not change (so the store skips the write).
+        assert_eq!(at(10 * H + 1).encode(), at(11 * H).encode());
+        assert_ne!(at(10 * H + 1).encode(), at(11 * H + 1).encode());
+        // Seen at 10h+1, 10h+50m and 11h+1 in one batch or one at a time: stored the same.
+        let times = [10 * H + 1, 10 * H + 50 * 60_000_000, 11 * H + 1];
+        let together = stored(*times.iter().max().unwrap());
+        let mut one_by_one = 0;
+        for t in times {
+            one_by_one = stored(one_by_one.max(t));
+        }
+        assert_eq!(together, one_by_one);
     }
 
     #[test]

@@ -461,7 +461,11 @@ fn outbox_pages_live_in_blob_files_and_delivered_ones_leave_nothing_behind() {
     s.commit(b).unwrap();
     let cf = s.cf(CF_OUTBOX).unwrap();
     s.db.flush_cf(cf).unwrap();
-    assert!(blob_bytes(&s) > 30_000, "the page went to a blob file: {}", blob_bytes(&s));
+    assert!(
+        blob_bytes(&s) > 30_000,
+        "the page went to a blob file: {}",
+        blob_bytes(&s)
+    );
     assert!(s.stats().unwrap().bytes["outbox"] >= blob_bytes(&s));
     let rows = s.outbox_rows(Table::Payments, 0, 5_000).unwrap();
     assert_eq!(rows.len(), 2_000);
