@@ -164,7 +164,11 @@ fn cf_options(
             o.set_enable_blob_files(true);
             o.set_min_blob_size(4096);
             o.set_blob_compression_type(DBCompressionType::None);
-            o.set_enable_blob_gc(true);
+            // No blob garbage collection: it relocates the live pages of the oldest
+            // blob files during compactions, i.e. rewrites an undelivered backlog. Pages
+            // are deleted in sequence order, so a blob file is dropped as a whole once
+            // every page in it is delivered and compaction has dropped their keys.
+            o.set_enable_blob_gc(false);
         }
         _ => {}
     }
