@@ -20,7 +20,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
 use crate::identity::IdentityError;
-use crate::log_end::LogEndProbe;
+use crate::log_end::{read_offsets, LogEndProbe};
 use crate::pipeline::InputRecord;
 use crate::shutdown::Shutdown;
 
@@ -263,15 +263,16 @@ impl KafkaSource {
 
     /// The log end offset (high watermark) of every owned partition.
     pub fn log_ends(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let mut out = BTreeMap::new();
-        for &p in &self.owned {
-            let (_, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, p, Duration::from_secs(30))
-                .with_context(|| format!("reading the end of partition {p}"))?;
-            out.insert(p, high);
-        }
-        Ok(out)
+        let offsets = read_offsets(
+            &self.consumer,
+            &self.topic,
+            &self.owned,
+            Duration::from_secs(30),
+        )
+        .map_err(|(p, e)| {
+            anyhow::Error::from(e).context(format!("reading the end of partition {p}"))
+        })?;
+        Ok(offsets.into_iter().map(|(p, _, high)| (p, high)).collect())
     }
 
     /// Lag per owned partition (high watermark minus the checkpointed next offset) from

@@ -20,16 +20,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 
 /// How long one partition's ListOffsets may take before the measurement fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A partition's `(partition, low, high)` offsets.
+pub type PartitionOffsets = (i32, i64, i64);
 
 /// One measurement: `(partition, low, high)` for every owned partition, or `None` when
 /// the broker did not answer for some partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEnds {
     pub number: u64,
-    pub offsets: Option<Vec<(i32, i64, i64)>>,
+    pub offsets: Option<Vec<PartitionOffsets>>,
 }
 
 pub struct LogEndProbe {
@@ -82,18 +86,36 @@ impl LogEndProbe {
     }
 }
 
-fn measure(client: &BaseConsumer, topic: &str, partitions: &[i32]) -> Option<Vec<(i32, i64, i64)>> {
-    let mut out = Vec::with_capacity(partitions.len());
-    for &p in partitions {
-        match client.fetch_watermarks(topic, p, ANSWER_TIMEOUT) {
-            Ok((low, high)) => out.push((p, low, high)),
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "Could not fetch watermarks.");
-                return None;
-            }
-        }
-    }
-    Some(out)
+/// `(partition, low, high)` of every one of `partitions`, each asked of the broker with
+/// `timeout`; the first partition that got no answer, and why, otherwise. Both the
+/// start-up read of the log ends and the probe use it.
+pub fn read_offsets(
+    client: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+) -> Result<Vec<PartitionOffsets>, (i32, KafkaError)> {
+    partitions
+        .iter()
+        .map(|&p| {
+            let (low, high) = client
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| (p, e))?;
+            Ok((p, low, high))
+        })
+        .collect()
+}
+
+fn measure(
+    client: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Option<Vec<PartitionOffsets>> {
+    read_offsets(client, topic, partitions, ANSWER_TIMEOUT)
+        .inspect_err(|(p, e)| {
+            tracing::warn!(partition = p, error = %e, "Could not fetch watermarks.");
+        })
+        .ok()
 }
 
 impl Drop for LogEndProbe {
