@@ -160,7 +160,8 @@ fn cf_options(
                 // keys down level after level; at 10 M payments (5.9 M keys) compaction
                 // was the largest cost that grew with the key count. Universal merges
                 // sorted runs of similar size, writing each key fewer times (peers'
-                // 10 M input: 332–337 s of CPU against 392–420 s leveled, back to back;
+                // 10 M input: about 10 % less CPU, a mean of 355 s over eight runs
+                // against 394 s over four leveled, and 7 % fewer bytes written;
                 // docs/benchmarks.md). The price is up to twice the column family's size
                 // on disk while the largest run is being rewritten.
                 o.set_compaction_style(DBCompactionStyle::Universal);
