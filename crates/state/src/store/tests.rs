@@ -530,5 +530,7 @@ fn fraud_history_expires_by_its_ttl_under_universal_compaction() {
     let fraud_section = text.split("[CFOptions \"fraud\"]").nth(1).unwrap();
     let fraud_section = fraud_section.split("[CFOptions ").next().unwrap();
     assert!(fraud_section.contains("compaction_style=kCompactionStyleUniversal"));
-    assert!(fraud_section.contains("periodic_compaction_seconds=86400"));
+    assert!(fraud_section.contains(&format!(
+        "periodic_compaction_seconds={FRAUD_PERIODIC_COMPACTION_SECS}"
+    )));
 }
