@@ -2,10 +2,17 @@
 //!
 //! Every encoded value starts with the 8-byte big-endian last-seen event time: the state
 //! store's TTL compaction filter reads it to drop cards and customers not seen for the
-//! configured TTL. The rest is a fixed binary layout ([`crate::codec`]): a card or
-//! customer is read and written back for every unique payment, so its encoding is on
-//! the hot path (JSON cost more than the fraud rules themselves). Values written as
-//! JSON by earlier builds are still read.
+//! configured TTL. The rest is a compact binary layout ([`crate::codec`]): a card or
+//! customer is read and written back for every unique payment, so its bytes are on the
+//! hot path twice: encoding (JSON cost more than the fraud rules themselves) and size
+//! (every byte goes through the write-ahead log, the memtable, a flush and
+//! compactions). Values written by earlier builds (JSON, the v1 fixed-width layout)
+//! are still read.
+//!
+//! Keys are short for the same reason ([`CardState::key`], [`CustomerState::key`]):
+//! a card fingerprint's hex digits are stored packed, two to a byte. Earlier builds
+//! used `card/…` and `customer/…`; [`current_key`] maps those to today's keys for
+//! the one-time rewrite of an older state directory.
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Reader, Writer};
@@ -57,14 +64,16 @@ pub struct CustomerState {
 /// as no history rather than failing the pipeline: fraud signals are advisory.
 fn decode<T: for<'de> Deserialize<'de> + Default>(
     b: &[u8],
-    binary: impl FnOnce(i64, &mut Reader<'_>) -> Option<T>,
+    v2: impl FnOnce(i64, &mut Reader<'_>) -> Option<T>,
+    v1: impl FnOnce(i64, &mut Reader<'_>) -> Option<T>,
 ) -> T {
     let Some(last_seen) = b.get(..8).and_then(|t| t.try_into().ok()) else {
         return T::default();
     };
     let last_seen = i64::from_be_bytes(last_seen);
     match b.get(8) {
-        Some(&codec::TAG) => binary(last_seen, &mut Reader::new(&b[9..])).unwrap_or_default(),
+        Some(&codec::TAG_V2) => v2(last_seen, &mut Reader::new(&b[9..])).unwrap_or_default(),
+        Some(&codec::TAG) => v1(last_seen, &mut Reader::new(&b[9..])).unwrap_or_default(),
         // `{`: a JSON value of an earlier build.
         Some(b'{') => serde_json::from_slice(&b[8..]).unwrap_or_default(),
         _ => T::default(),
@@ -72,11 +81,68 @@ fn decode<T: for<'de> Deserialize<'de> + Default>(
 }
 
 fn writer(last_seen: i64) -> Writer {
-    let mut w = Writer::with_capacity(64);
+    let mut w = Writer::with_capacity(48);
     w.bytes(&last_seen.to_be_bytes());
-    w.u8(codec::TAG);
+    w.u8(codec::TAG_V2);
     w
 }
+
+/// First byte of a card key whose fingerprint is lowercase hex (every validated one):
+/// then its digit count (one byte) and the digits packed two to a byte, an odd last
+/// digit in the high half. 32 digits: 18 bytes, where `card/…` took 37.
+const CARD_HEX: u8 = 0x01;
+/// First byte of a card key whose fingerprint is not lowercase hex, or longer than
+/// 255: the fingerprint's bytes as they are.
+const CARD_RAW: u8 = 0x02;
+/// First byte of a customer key: the id's bytes follow.
+const CUSTOMER: u8 = 0x03;
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The key of a card: packed when its fingerprint is lowercase hex, raw otherwise
+/// (the two forms start with different bytes, so they never meet).
+fn card_key(fingerprint: &str) -> Vec<u8> {
+    let hex = fingerprint.as_bytes();
+    let packable = u8::try_from(hex.len())
+        .ok()
+        .filter(|_| hex.iter().all(|b| hex_digit(*b).is_some()));
+    let Some(len) = packable else {
+        let mut k = Vec::with_capacity(1 + hex.len());
+        k.push(CARD_RAW);
+        k.extend_from_slice(hex);
+        return k;
+    };
+    let mut k = Vec::with_capacity(2 + hex.len().div_ceil(2));
+    k.push(CARD_HEX);
+    k.push(len);
+    for pair in hex.chunks(2) {
+        let high = hex_digit(pair[0]).unwrap_or(0);
+        let low = pair.get(1).and_then(|b| hex_digit(*b)).unwrap_or(0);
+        k.push(high << 4 | low);
+    }
+    k
+}
+
+/// Today's key for a key written by an earlier build (`card/…`, `customer/…`), or
+/// `None` for a key that is not one.
+pub fn current_key(legacy: &[u8]) -> Option<Vec<u8>> {
+    if let Some(id) = legacy.strip_prefix(b"card/") {
+        return std::str::from_utf8(id).ok().map(CardState::key);
+    }
+    if let Some(id) = legacy.strip_prefix(b"customer/") {
+        return std::str::from_utf8(id).ok().map(CustomerState::key);
+    }
+    None
+}
+
+/// The key prefixes earlier builds wrote (see [`current_key`]).
+pub const LEGACY_KEY_PREFIXES: [&[u8]; 2] = [b"card/", b"customer/"];
 
 /// `t` rounded up to a multiple of `quantum` (saturating at the top of the range).
 fn round_up(t: i64, quantum: i64) -> i64 {
@@ -88,57 +154,96 @@ fn round_up(t: i64, quantum: i64) -> i64 {
 
 impl CardState {
     pub fn key(card_fingerprint: &str) -> Vec<u8> {
-        let mut k = b"card/".to_vec();
-        k.extend_from_slice(card_fingerprint.as_bytes());
-        k
+        card_key(card_fingerprint)
     }
 
+    /// Times are zigzag deltas back from `last_seen_micros` (wrapping, so any `i64`
+    /// round-trips): the recent ones are within the hour, a few bytes each.
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = writer(self.last_seen_micros);
+        let last = self.last_seen_micros;
+        let mut w = writer(last);
         let n = w.count(self.recent.len());
         for t in self.recent.iter().take(n) {
-            w.i64(*t);
+            w.zigzag(last.wrapping_sub(*t));
         }
         let n = w.count(self.amounts.len());
         for a in self.amounts.iter().take(n) {
-            w.str(&a.currency);
-            w.u64(a.n);
+            w.vstr(&a.currency);
+            w.varint(a.n);
             w.f64(a.mean);
             w.f64(a.m2);
         }
-        w.opt_str(self.last_ip_country.as_deref());
-        w.i64(self.last_ip_country_micros);
+        match self.last_ip_country.as_deref() {
+            Some(c) => {
+                w.u8(1);
+                w.vstr(c);
+            }
+            None => w.u8(0),
+        }
+        w.zigzag(last.wrapping_sub(self.last_ip_country_micros));
         w.finish()
     }
 
     pub fn decode(b: &[u8]) -> CardState {
-        decode(b, |last_seen_micros, r| {
-            let recent = (0..r.count()?).map(|_| r.i64()).collect::<Option<_>>()?;
-            let amounts = (0..r.count()?)
-                .map(|_| {
-                    Some(AmountStats {
-                        currency: r.str()?,
-                        n: r.u64()?,
-                        mean: r.f64()?,
-                        m2: r.f64()?,
-                    })
+        decode(b, Self::decode_v2, Self::decode_v1)
+    }
+
+    fn decode_v2(last: i64, r: &mut Reader<'_>) -> Option<CardState> {
+        let recent = (0..r.count()?)
+            .map(|_| r.zigzag().map(|d| last.wrapping_sub(d)))
+            .collect::<Option<_>>()?;
+        let amounts = (0..r.count()?)
+            .map(|_| {
+                Some(AmountStats {
+                    currency: r.vstr()?,
+                    n: r.varint()?,
+                    mean: r.f64()?,
+                    m2: r.f64()?,
                 })
-                .collect::<Option<_>>()?;
-            let state = CardState {
-                last_seen_micros,
-                recent,
-                amounts,
-                last_ip_country: r.opt_str()?,
-                last_ip_country_micros: r.i64()?,
-            };
-            r.end().then_some(state)
-        })
+            })
+            .collect::<Option<_>>()?;
+        let last_ip_country = match r.count()? {
+            0 => None,
+            1 => Some(r.vstr()?),
+            _ => return None,
+        };
+        let state = CardState {
+            last_seen_micros: last,
+            recent,
+            amounts,
+            last_ip_country,
+            last_ip_country_micros: last.wrapping_sub(r.zigzag()?),
+        };
+        r.end().then_some(state)
+    }
+
+    fn decode_v1(last_seen_micros: i64, r: &mut Reader<'_>) -> Option<CardState> {
+        let recent = (0..r.count()?).map(|_| r.i64()).collect::<Option<_>>()?;
+        let amounts = (0..r.count()?)
+            .map(|_| {
+                Some(AmountStats {
+                    currency: r.str()?,
+                    n: r.u64()?,
+                    mean: r.f64()?,
+                    m2: r.f64()?,
+                })
+            })
+            .collect::<Option<_>>()?;
+        let state = CardState {
+            last_seen_micros,
+            recent,
+            amounts,
+            last_ip_country: r.opt_str()?,
+            last_ip_country_micros: r.i64()?,
+        };
+        r.end().then_some(state)
     }
 }
 
 impl CustomerState {
     pub fn key(customer_id: &str) -> Vec<u8> {
-        let mut k = b"customer/".to_vec();
+        let mut k = Vec::with_capacity(1 + customer_id.len());
+        k.push(CUSTOMER);
         k.extend_from_slice(customer_id.as_bytes());
         k
     }
@@ -150,20 +255,31 @@ impl CustomerState {
         ));
         let n = w.count(self.devices.len());
         for d in self.devices.iter().take(n) {
-            w.str(d);
+            w.vstr(d);
         }
         w.finish()
     }
 
     pub fn decode(b: &[u8]) -> CustomerState {
-        decode(b, |last_seen_micros, r| {
-            let devices = (0..r.count()?).map(|_| r.str()).collect::<Option<_>>()?;
-            let state = CustomerState {
-                last_seen_micros,
-                devices,
-            };
-            r.end().then_some(state)
-        })
+        decode(
+            b,
+            |last_seen_micros, r| {
+                let devices = (0..r.count()?).map(|_| r.vstr()).collect::<Option<_>>()?;
+                let state = CustomerState {
+                    last_seen_micros,
+                    devices,
+                };
+                r.end().then_some(state)
+            },
+            |last_seen_micros, r| {
+                let devices = (0..r.count()?).map(|_| r.str()).collect::<Option<_>>()?;
+                let state = CustomerState {
+                    last_seen_micros,
+                    devices,
+                };
+                r.end().then_some(state)
+            },
+        )
     }
 }
 
@@ -267,5 +383,123 @@ mod tests {
         let mut lying = card().encode();
         lying[9] = 255;
         assert_eq!(CardState::decode(&lying), CardState::default());
+    }
+
+    /// `c` as an earlier build wrote it: the v1 fixed-width layout.
+    fn v1_card(c: &CardState) -> Vec<u8> {
+        let mut w = Writer::with_capacity(64);
+        w.bytes(&c.last_seen_micros.to_be_bytes());
+        w.u8(codec::TAG);
+        w.count(c.recent.len());
+        for t in &c.recent {
+            w.i64(*t);
+        }
+        w.count(c.amounts.len());
+        for a in &c.amounts {
+            w.str(&a.currency);
+            w.u64(a.n);
+            w.f64(a.mean);
+            w.f64(a.m2);
+        }
+        w.opt_str(c.last_ip_country.as_deref());
+        w.i64(c.last_ip_country_micros);
+        w.finish()
+    }
+
+    #[test]
+    fn v1_values_of_earlier_builds_are_still_read_and_v2_is_smaller() {
+        let c = card();
+        let v1 = v1_card(&c);
+        assert_eq!(CardState::decode(&v1), c);
+        let mut w = Writer::with_capacity(32);
+        w.bytes(&7i64.to_be_bytes());
+        w.u8(codec::TAG);
+        w.count(2);
+        w.str("d-1");
+        w.str("d-2");
+        let customer = CustomerState {
+            last_seen_micros: 7,
+            devices: vec!["d-1".into(), "d-2".into()],
+        };
+        assert_eq!(CustomerState::decode(&w.finish()), customer);
+        // Written today: v2, and much shorter (a typical card: 1 recent time, 1
+        // currency, a country).
+        let v2 = c.encode();
+        assert_eq!(v2[8], codec::TAG_V2);
+        let typical = CardState {
+            recent: vec![c.last_seen_micros],
+            ..card()
+        };
+        assert_eq!(v1_card(&typical).len(), 61);
+        assert_eq!(typical.encode().len(), 38);
+    }
+
+    #[test]
+    fn extreme_times_round_trip_through_the_deltas() {
+        let c = CardState {
+            last_seen_micros: i64::MIN,
+            recent: vec![i64::MAX, 0, i64::MIN, -1],
+            amounts: vec![AmountStats {
+                currency: "JPY".into(),
+                n: u64::MAX,
+                mean: f64::MAX,
+                m2: -0.0,
+            }],
+            last_ip_country: Some("".into()),
+            last_ip_country_micros: i64::MAX,
+        };
+        assert_eq!(CardState::decode(&c.encode()), c);
+        let c = CardState {
+            last_seen_micros: i64::MAX,
+            last_ip_country_micros: i64::MIN,
+            ..c
+        };
+        assert_eq!(CardState::decode(&c.encode()), c);
+    }
+
+    #[test]
+    fn card_keys_pack_hex_and_never_collide_with_other_forms() {
+        let hex32 = "603432320813988518e9a6fd5882a6d3";
+        let k = CardState::key(hex32);
+        assert_eq!(k.len(), 18);
+        assert_eq!(&k[..4], &[CARD_HEX, 32, 0x60, 0x34]);
+        // An odd digit count keeps its length, so "abc" and "abc0" differ.
+        assert_eq!(CardState::key("abc"), vec![CARD_HEX, 3, 0xab, 0xc0]);
+        assert_ne!(CardState::key("abc"), CardState::key("abc0"));
+        // Anything not lowercase hex is stored raw, under another first byte.
+        assert_eq!(CardState::key("ABC"), b"\x02ABC".to_vec());
+        assert_eq!(CardState::key("k-1")[0], CARD_RAW);
+        let long = "a".repeat(256);
+        assert_eq!(CardState::key(&long)[0], CARD_RAW);
+        // A card and a customer with the same id are two keys.
+        assert_ne!(CardState::key("abc"), CustomerState::key("abc"));
+        assert_eq!(CustomerState::key("c-1"), b"\x03c-1".to_vec());
+        // Distinct fingerprints, distinct keys (a sample of lengths and digits).
+        let mut seen = std::collections::HashSet::from([CardState::key("")]);
+        for len in 1..40 {
+            for d in ["0", "f", "9", "a", "A"] {
+                assert!(seen.insert(CardState::key(&d.repeat(len))));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_of_earlier_builds_map_to_todays() {
+        let hex32 = "603432320813988518e9a6fd5882a6d3";
+        assert_eq!(
+            current_key(format!("card/{hex32}").as_bytes()),
+            Some(CardState::key(hex32))
+        );
+        assert_eq!(
+            current_key(b"customer/c-00073158"),
+            Some(CustomerState::key("c-00073158"))
+        );
+        assert_eq!(current_key(&CardState::key(hex32)), None);
+        assert_eq!(current_key(b"other/x"), None);
+        for prefix in LEGACY_KEY_PREFIXES {
+            let mut k = prefix.to_vec();
+            k.extend_from_slice(b"ab");
+            assert!(current_key(&k).is_some());
+        }
     }
 }

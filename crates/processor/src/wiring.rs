@@ -294,7 +294,7 @@ fn reopen_store(config: &RunConfig) -> anyhow::Result<StateStore> {
 
 fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {
     let dir = &config.store.state_dir;
-    StateStore::open(
+    let store = StateStore::open(
         dir,
         &StoreOptions {
             sync: config.store.sync,
@@ -302,7 +302,16 @@ fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {
             ..StoreOptions::default()
         },
     )
-    .with_context(|| format!("opening the state store at {}", dir.display()))
+    .with_context(|| format!("opening the state store at {}", dir.display()))?;
+    // Fraud history written by a build before the short keys: renamed once, so it keeps
+    // shaping scores (unrenamed, it would be unread until its TTL dropped it).
+    let started = std::time::Instant::now();
+    let rewritten = crate::pipeline::prefetch::rename_legacy_fraud_keys(&store)
+        .with_context(|| format!("rewriting the fraud keys of {}", dir.display()))?;
+    if rewritten > 0 {
+        tracing::info!(state_dir = %dir.display(), keys = rewritten, secs = started.elapsed().as_secs_f64(), "Rewrote fraud state keys written by an earlier build to the current layout.");
+    }
+    Ok(store)
 }
 
 fn pipeline_config(config: &RunConfig) -> anyhow::Result<PipelineConfig> {

@@ -72,6 +72,13 @@ impl StateBatch {
         self.put(cf::CF_FRAUD, key, value);
     }
 
+    pub fn delete_fraud(&mut self, key: Vec<u8>) {
+        self.ops.push(Op::Delete {
+            cf: cf::CF_FRAUD,
+            key,
+        });
+    }
+
     pub fn put_window(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.put(cf::CF_WINDOW, key, value);
     }

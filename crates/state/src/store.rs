@@ -804,6 +804,7 @@ impl StateStore {
 mod forget;
 mod landed;
 mod live_dedup;
+mod rekey;
 mod resident;
 pub use forget::Forgotten;
 pub use landed::LandedAhead;

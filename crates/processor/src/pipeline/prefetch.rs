@@ -8,7 +8,7 @@
 //!
 //! Card and customer fraud state share a column family but never a type: each lives in
 //! its own `FraudTable`, keyed by the id the event carries, and only the store key
-//! (`card/…`, `customer/…`) knows the prefix.
+//! (`CardState::key`, `CustomerState::key`) tells them apart.
 //!
 //! At the end, [`BatchState::into_deltas`] writes back only what the batch changed, and
 //! keeps a copy of it as the next batch's [`InFlight`]: the checkpoint may still be
@@ -58,6 +58,16 @@ impl<'a> BatchKeys<'a> {
         let customers = self.customers.iter().map(|id| CustomerState::key(id));
         cards.chain(customers).collect()
     }
+}
+
+/// Renames the fraud state an earlier build wrote under `card/…` and `customer/…` to
+/// today's keys (once: a later start finds none), so it is read again. Returns how
+/// many keys were renamed.
+pub fn rename_legacy_fraud_keys(store: &StateStore) -> Result<u64, StateError> {
+    store.rekey_fraud(
+        &paydedup_fraud::state::LEGACY_KEY_PREFIXES,
+        paydedup_fraud::state::current_key,
+    )
 }
 
 /// A kind of keyed fraud state: how its store key is built and its value read/written.
@@ -345,8 +355,9 @@ mod tests {
         state.assess(e, &FraudConfig::default());
         assert_eq!(state.cards.slots.len(), 1);
         assert_eq!(state.customers.slots.len(), 1);
-        assert_eq!(state.cards.slots[0].key, b"card/same".to_vec());
-        assert_eq!(state.customers.slots[0].key, b"customer/same".to_vec());
+        assert_eq!(state.cards.slots[0].key, CardState::key("same"));
+        assert_eq!(state.customers.slots[0].key, CustomerState::key("same"));
+        assert_ne!(CardState::key("same"), CustomerState::key("same"));
         assert_eq!(state.cards.slots[0].state.recent.len(), 1);
         assert_eq!(state.customers.slots[0].state.devices, vec!["d-1"]);
     }
@@ -401,11 +412,13 @@ mod tests {
             written.push(keys);
             stored.extend(in_flight.fraud);
         }
-        let (card, customer) = (b"card/k-1".to_vec(), b"customer/c-1".to_vec());
-        assert_eq!(written[0], vec![card.clone(), customer.clone()]);
+        let (card, customer) = (CardState::key("k-1"), CustomerState::key("c-1"));
+        let mut both = vec![card.clone(), customer.clone()];
+        both.sort();
+        assert_eq!(written[0], both);
         // The card changes with every payment; the customer's bytes did not.
         assert_eq!(written[1], vec![card.clone()]);
         // A new hour: the customer's last-seen time moves, so it is written.
-        assert_eq!(written[2], vec![card, customer]);
+        assert_eq!(written[2], both);
     }
 }

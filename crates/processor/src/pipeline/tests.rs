@@ -315,6 +315,47 @@ fn an_idle_partition_follows_the_active_ones_and_its_windows_close() {
     assert_eq!(stats.late, 1);
 }
 
+/// A state directory from a build before the short fraud keys: its card history sits
+/// under `card/…` (as JSON, the oldest value layout). After the rename the processor
+/// does at start, the pipeline reads that history: a payment on the card counts the
+/// five before it.
+#[test]
+fn fraud_history_under_an_earlier_builds_keys_is_renamed_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let fingerprint = "ab".repeat(16);
+    let t0 = payment("x", 0, 100).event_time_micros();
+    let history = paydedup_fraud::CardState {
+        last_seen_micros: t0,
+        recent: (1..=5).map(|i| t0 - i * 60_000_000).collect(),
+        ..Default::default()
+    };
+    let mut old_value = t0.to_be_bytes().to_vec();
+    old_value.extend(serde_json::to_vec(&history).unwrap());
+    let mut b = StateBatch::new();
+    b.put_fraud(format!("card/{fingerprint}").into_bytes(), old_value);
+    store.commit(b).unwrap();
+
+    assert_eq!(prefetch::rename_legacy_fraud_keys(&store).unwrap(), 1);
+    assert_eq!(prefetch::rename_legacy_fraud_keys(&store).unwrap(), 0);
+    let mut p = Pipeline::load(cfg(), &store).unwrap();
+    let payload = encode_json(&payment("x", 30, 100));
+    let rec = InputRecord {
+        partition: 0,
+        offset: 0,
+        key: Some(b"x"),
+        payload: &payload,
+        timestamp_ms: ts_ms(),
+    };
+    let (batch, stats) = p.process(&[rec], &store).unwrap();
+    assert_eq!(stats.unique, 1);
+    store.commit(batch).unwrap();
+    let rows = store.outbox_rows(Table::Payments, 0, 10).unwrap();
+    let row: serde_json::Value = serde_json::from_slice(&rows[0].1).unwrap();
+    assert_eq!(row["card_fingerprint"], fingerprint);
+    assert_eq!(row["card_count_1h"], 6);
+}
+
 /// A store holding one committed batch of (key, payload) records at offsets 0.. of
 /// partition 0.
 fn one_batch(input: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, StateStore) {
