@@ -7,6 +7,10 @@
 //! a crash mid-way leaves every key under exactly one name, and the next run rewrites
 //! the rest. The iterator reads a snapshot, so the keys written behind it are not met
 //! again.
+//!
+//! The renamed keys' old names are then compacted away: until a compaction drops
+//! their tombstones, every later start's scan for old keys would step over all of
+//! them (1.2 M renamed keys: 0.3 s a start, measured), time a restart cannot spare.
 
 use rocksdb::{Direction, IteratorMode};
 
@@ -29,6 +33,7 @@ impl StateStore {
         let handle = self.cf(CF_FRAUD)?;
         let mut rewritten = 0u64;
         for prefix in prefixes {
+            let before = rewritten;
             let mut batch = StateBatch::new();
             let mut in_batch = 0u64;
             for item in self
@@ -53,9 +58,23 @@ impl StateStore {
             }
             self.commit(batch)?;
             rewritten += in_batch;
+            if rewritten > before {
+                self.db
+                    .compact_range_cf(handle, Some(prefix), Some(&prefix_end(prefix)));
+            }
         }
         Ok(rewritten)
     }
+}
+
+/// The first key after every key that starts with `prefix` (whose last byte is below
+/// 0xFF, as the callers' `…/` prefixes are).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    end
 }
 
 #[cfg(test)]
