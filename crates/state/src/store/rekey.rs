@@ -12,8 +12,6 @@
 //! their tombstones, every later start's scan for old keys would step over all of
 //! them (1.2 M renamed keys: 0.3 s a start, measured), time a restart cannot spare.
 
-use rocksdb::{Direction, IteratorMode};
-
 use super::StateStore;
 use crate::cf::CF_FRAUD;
 use crate::{StateBatch, StateError};
@@ -36,26 +34,20 @@ impl StateStore {
             let before = rewritten;
             let mut batch = StateBatch::new();
             let mut in_batch = 0u64;
-            for item in self
-                .db
-                .iterator_cf(handle, IteratorMode::From(prefix, Direction::Forward))
-            {
-                let (old, value) = item.map_err(|e| self.rocks(e))?;
-                if !old.starts_with(prefix) {
-                    break;
-                }
-                let Some(new) = current(&old) else {
-                    continue;
+            self.scan_prefix(CF_FRAUD, prefix, |old, value| {
+                let Some(new) = current(old) else {
+                    return Ok(());
                 };
-                batch.put_fraud(new, value.into_vec());
-                batch.delete_fraud(old.into_vec());
+                batch.put_fraud(new, value.to_vec());
+                batch.delete_fraud(old.to_vec());
                 in_batch += 1;
                 if in_batch == CHUNK {
                     self.commit(std::mem::take(&mut batch))?;
                     rewritten += in_batch;
                     in_batch = 0;
                 }
-            }
+                Ok(())
+            })?;
             self.commit(batch)?;
             rewritten += in_batch;
             if rewritten > before {
