@@ -105,30 +105,6 @@ fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
-/// The key of a card: packed when its fingerprint is lowercase hex, raw otherwise
-/// (the two forms start with different bytes, so they never meet).
-fn card_key(fingerprint: &str) -> Vec<u8> {
-    let hex = fingerprint.as_bytes();
-    let packable = u8::try_from(hex.len())
-        .ok()
-        .filter(|_| hex.iter().all(|b| hex_digit(*b).is_some()));
-    let Some(len) = packable else {
-        let mut k = Vec::with_capacity(1 + hex.len());
-        k.push(CARD_RAW);
-        k.extend_from_slice(hex);
-        return k;
-    };
-    let mut k = Vec::with_capacity(2 + hex.len().div_ceil(2));
-    k.push(CARD_HEX);
-    k.push(len);
-    for pair in hex.chunks(2) {
-        let high = hex_digit(pair[0]).unwrap_or(0);
-        let low = pair.get(1).and_then(|b| hex_digit(*b)).unwrap_or(0);
-        k.push(high << 4 | low);
-    }
-    k
-}
-
 /// Today's key for a key written by an earlier build (`card/…`, `customer/…`), or
 /// `None` for a key that is not one.
 pub fn current_key(legacy: &[u8]) -> Option<Vec<u8>> {
@@ -153,8 +129,28 @@ fn round_up(t: i64, quantum: i64) -> i64 {
 }
 
 impl CardState {
-    pub fn key(card_fingerprint: &str) -> Vec<u8> {
-        card_key(card_fingerprint)
+    /// The key of a card: packed when its fingerprint is lowercase hex, raw otherwise
+    /// (the two forms start with different bytes, so they never meet).
+    pub fn key(fingerprint: &str) -> Vec<u8> {
+        let hex = fingerprint.as_bytes();
+        let packable = u8::try_from(hex.len())
+            .ok()
+            .filter(|_| hex.iter().all(|b| hex_digit(*b).is_some()));
+        let Some(len) = packable else {
+            let mut k = Vec::with_capacity(1 + hex.len());
+            k.push(CARD_RAW);
+            k.extend_from_slice(hex);
+            return k;
+        };
+        let mut k = Vec::with_capacity(2 + hex.len().div_ceil(2));
+        k.push(CARD_HEX);
+        k.push(len);
+        for pair in hex.chunks(2) {
+            let high = hex_digit(pair[0]).unwrap_or(0);
+            let low = pair.get(1).and_then(|b| hex_digit(*b)).unwrap_or(0);
+            k.push(high << 4 | low);
+        }
+        k
     }
 
     /// Times are zigzag deltas back from `last_seen_micros` (wrapping, so any `i64`
@@ -263,23 +259,24 @@ impl CustomerState {
     pub fn decode(b: &[u8]) -> CustomerState {
         decode(
             b,
-            |last_seen_micros, r| {
-                let devices = (0..r.count()?).map(|_| r.vstr()).collect::<Option<_>>()?;
-                let state = CustomerState {
-                    last_seen_micros,
-                    devices,
-                };
-                r.end().then_some(state)
-            },
-            |last_seen_micros, r| {
-                let devices = (0..r.count()?).map(|_| r.str()).collect::<Option<_>>()?;
-                let state = CustomerState {
-                    last_seen_micros,
-                    devices,
-                };
-                r.end().then_some(state)
-            },
+            |last_seen, r| Self::read(last_seen, r, |r| r.vstr()),
+            |last_seen, r| Self::read(last_seen, r, |r| r.str()),
         )
+    }
+
+    /// The devices after the tag; v1 and v2 differ only in how a string's length is
+    /// written (`device`).
+    fn read(
+        last_seen_micros: i64,
+        r: &mut Reader<'_>,
+        device: fn(&mut Reader<'_>) -> Option<String>,
+    ) -> Option<CustomerState> {
+        let devices = (0..r.count()?).map(|_| device(r)).collect::<Option<_>>()?;
+        let state = CustomerState {
+            last_seen_micros,
+            devices,
+        };
+        r.end().then_some(state)
     }
 }
 
