@@ -23,6 +23,7 @@ pub mod fail_point;
 pub mod keys;
 pub mod outbox_page;
 pub mod resident;
+pub mod resident_values;
 pub mod store;
 pub mod table;
 

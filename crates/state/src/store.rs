@@ -420,32 +420,8 @@ impl StateStore {
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<DedupEntry>>, StateError> {
-        self.get_held(CF_DEDUP, keys, DedupEntry::decode)
-    }
-
-    pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let cf = self.cf(CF_FRAUD)?;
-        self.db.get_cf(cf, key).map_err(|e| self.rocks(e))
-    }
-
-    /// Many fraud keys at once (absent ones answered by the resident set).
-    pub fn get_fraud_many<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        self.get_held(CF_FRAUD, keys, |v| Ok(v.to_vec()))
-    }
-
-    /// One `multi_get` of the `keys` the store may hold (by the resident set of `cf`);
-    /// `None` for the others.
-    fn get_held<K: AsRef<[u8]>, V>(
-        &self,
-        cf_name: &str,
-        keys: &[K],
-        decode: impl Fn(&[u8]) -> Result<V, StateError>,
-    ) -> Result<Vec<Option<V>>, StateError> {
-        let cf = self.cf(cf_name)?;
-        let may_hold = self.may_hold(cf_name, keys);
+        let cf = self.cf(CF_DEDUP)?;
+        let may_hold = self.may_hold_dedup(keys);
         let asked = keys
             .iter()
             .zip(&may_hold)
@@ -457,9 +433,51 @@ impl StateStore {
             .map(|m| {
                 let answer = if m { answers.next() } else { None };
                 match answer.transpose().map_err(|e| self.rocks(e))?.flatten() {
-                    Some(v) => decode(&v).map(Some),
+                    Some(v) => DedupEntry::decode(&v).map(Some),
                     None => Ok(None),
                 }
+            })
+            .collect()
+    }
+
+    pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let cf = self.cf(CF_FRAUD)?;
+        self.db.get_cf(cf, key).map_err(|e| self.rocks(e))
+    }
+
+    /// Many fraud keys at once: answered from memory (`ResidentValues`) once it has
+    /// loaded, one `multi_get` for the keys it leaves to RocksDB (all of them before).
+    ///
+    /// A value expired by the TTL under the committed horizon reads as absent, wherever
+    /// it was found: the compaction filter drops it at a time of RocksDB's choosing and
+    /// memory at a sweep, and neither moment may change what a payment is scored on.
+    pub fn get_fraud_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let known = self.resident_fraud(keys);
+        let cf = self.cf(CF_FRAUD)?;
+        let asked = keys.iter().zip(&known).filter(|(_, m)| m.is_none());
+        let mut answers = self
+            .db
+            .batched_multi_get_cf(cf, asked.map(|(k, _)| k), false)
+            .into_iter();
+        let horizon = self.horizons.fraud.get();
+        let live = |v: Vec<u8>| {
+            let time = keys::value_time(&v).unwrap_or(i64::MAX);
+            (!expiry::is_expired(time, self.fraud_ttl_micros, horizon)).then_some(v)
+        };
+        known
+            .into_iter()
+            .map(|m| {
+                let answer = match m {
+                    Some(answer) => answer,
+                    None => match answers.next() {
+                        Some(a) => a.map_err(|e| self.rocks(e))?.map(|v| v.to_vec()),
+                        None => None,
+                    },
+                };
+                Ok(answer.and_then(live))
             })
             .collect()
     }

@@ -1,6 +1,8 @@
-//! The store's [`ResidentKeys`] for its two keyed column families: how they are filled
-//! when the store opens, fed by commits, swept as watermarks advance, and consulted by
-//! the bulk lookups (see `crate::resident` for the invariant they keep).
+//! The store's in-memory view of its two keyed column families — the dedup keys as a
+//! [`ResidentKeys`] set, the fraud keys with their values as [`ResidentValues`] — how
+//! they are filled when the store opens, fed by commits, swept as watermarks advance,
+//! and consulted by the bulk lookups (see `crate::resident` and
+//! `crate::resident_values` for the invariants they keep).
 //!
 //! **Filled in the background.** At 10 M payments the fraud column family holds ~6 M
 //! keys, and scanning them took 4–5 s of every restart before the first batch. So the
@@ -12,6 +14,11 @@
 //! commit (`record_commit`); inserting keeps the later time, so the two may come in
 //! either order. A key the loader inserts after a commit or sweep removed it is only a
 //! false positive, which costs one RocksDB read.
+//!
+//! Fraud values are stricter, since memory answers them: a value the loader reads is
+//! never newer than one a commit put, so it only fills a key memory does not have; a
+//! key a commit deletes while loading is left to RocksDB; and the fraud values are not
+//! swept until the loader is done (it could bring back an expired key's older value).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +32,7 @@ use crate::batch::Op;
 use crate::cf::{CF_DEDUP, CF_FRAUD};
 use crate::keys::{be_u64, dedup_value_partition, value_time};
 use crate::resident::ResidentKeys;
+use crate::resident_values::{Lookup, ResidentValues};
 use crate::StateError;
 
 /// How far (a fraction of the TTL) the most advanced committed watermark moves between
@@ -39,7 +47,7 @@ const LOAD_CHUNK: usize = 16 * 1024;
 #[derive(Default)]
 pub(super) struct Resident {
     dedup: ResidentKeys,
-    fraud: ResidentKeys,
+    fraud: ResidentValues,
     /// Set until the loader has scanned both column families: the sets may then miss
     /// stored keys, so they answer nothing (see the module docs).
     loading: bool,
@@ -48,17 +56,7 @@ pub(super) struct Resident {
     fraud_swept_at: Option<i64>,
 }
 
-impl Resident {
-    fn set(&mut self, kind: Kind) -> &mut ResidentKeys {
-        match kind {
-            Kind::Dedup => &mut self.dedup,
-            Kind::Fraud => &mut self.fraud,
-        }
-    }
-}
-
-/// The two column families with resident sets, and how each one's keys and values
-/// become a set entry.
+/// The two column families held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Dedup,
@@ -82,30 +80,22 @@ impl Kind {
             Kind::Fraud => CF_FRAUD,
         }
     }
+}
 
-    /// A dedup key is itself a 128-bit hash: its first 8 bytes. A fraud key is text.
-    fn fingerprint(self, key: &[u8]) -> u64 {
-        match self {
-            Kind::Dedup => key
-                .get(..8)
-                .and_then(be_u64)
-                .unwrap_or_else(|| xxh3_64(key)),
-            Kind::Fraud => xxh3_64(key),
-        }
-    }
+/// A dedup key's fingerprint: the key is itself a 128-bit hash, so its first 8 bytes.
+fn dedup_fingerprint(key: &[u8]) -> u64 {
+    key.get(..8)
+        .and_then(be_u64)
+        .unwrap_or_else(|| xxh3_64(key))
+}
 
-    /// The set entry of one stored key: (fingerprint, time, partition). The time and
-    /// partition are read as the compaction filters read them (`keys::value_time`,
-    /// `keys::dedup_value_partition`); a value without a time never expires, and fraud
-    /// state belongs to no partition (0).
-    fn entry(self, key: &[u8], value: &[u8]) -> (u64, i64, i32) {
-        let time = value_time(value).unwrap_or(i64::MAX);
-        let partition = match self {
-            Kind::Dedup => dedup_value_partition(value).unwrap_or(0),
-            Kind::Fraud => 0,
-        };
-        (self.fingerprint(key), time, partition)
-    }
+/// The set entry of one stored dedup key: (fingerprint, time, partition), the time and
+/// partition read as the compaction filter reads them (`keys::value_time`,
+/// `keys::dedup_value_partition`); a value without a time never expires.
+fn dedup_entry(key: &[u8], value: &[u8]) -> (u64, i64, i32) {
+    let time = value_time(value).unwrap_or(i64::MAX);
+    let partition = dedup_value_partition(value).unwrap_or(0);
+    (dedup_fingerprint(key), time, partition)
 }
 
 /// The loader thread filling a store's sets; joined (or stopped) before the store closes.
@@ -204,17 +194,22 @@ fn load(
         let mut items = db.iterator_cf_opt(cf, ro, IteratorMode::Start);
         loop {
             let item = items.next().transpose().map_err(rocks)?;
-            if let Some((k, v)) = &item {
-                chunk.push(kind.entry(k, v));
+            if let Some(kv) = item.as_ref() {
+                chunk.push(kv.clone());
             }
             if chunk.len() == LOAD_CHUNK || (item.is_none() && !chunk.is_empty()) {
                 if stop.load(Ordering::Acquire) {
                     return Ok(());
                 }
                 let mut r = lock(resident);
-                let set = r.set(kind);
-                for (fingerprint, time, partition) in chunk.drain(..) {
-                    set.insert(fingerprint, time, partition);
+                for (k, v) in chunk.drain(..) {
+                    match kind {
+                        Kind::Dedup => {
+                            let (fingerprint, time, partition) = dedup_entry(&k, &v);
+                            r.dedup.insert(fingerprint, time, partition);
+                        }
+                        Kind::Fraud => r.fraud.load(&k, &v),
+                    }
                 }
             }
             if item.is_none() {
@@ -226,16 +221,36 @@ fn load(
     Ok(())
 }
 
-/// The set entries a committed batch adds, taken before the batch is consumed.
-pub(super) struct Additions(Vec<(Kind, (u64, i64, i32))>);
+/// What a committed batch changes in memory, taken before the batch is consumed: the
+/// dedup keys it puts (deletions may lag, see `crate::resident`), and every fraud put
+/// and delete (memory answers fraud values, so none may be missed).
+pub(super) struct Additions {
+    dedup: Vec<(u64, i64, i32)>,
+    /// (key, value), or (key, `None`) for a delete; in the batch's order.
+    fraud: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
 
 impl Additions {
     pub(super) fn of(ops: &[Op]) -> Additions {
-        let puts = ops.iter().filter_map(|op| match op {
-            Op::Put { cf, key, value } => Some((Kind::of(cf)?, key, value)),
-            Op::Delete { .. } => None,
-        });
-        Additions(puts.map(|(kind, k, v)| (kind, kind.entry(k, v))).collect())
+        let mut a = Additions {
+            dedup: Vec::new(),
+            fraud: Vec::new(),
+        };
+        for op in ops {
+            match op {
+                Op::Put { cf, key, value } => match Kind::of(cf) {
+                    Some(Kind::Dedup) => a.dedup.push(dedup_entry(key, value)),
+                    Some(Kind::Fraud) => a.fraud.push((key.clone(), Some(value.clone()))),
+                    None => {}
+                },
+                Op::Delete { cf, key } => {
+                    if Kind::of(cf) == Some(Kind::Fraud) {
+                        a.fraud.push((key.clone(), None));
+                    }
+                }
+            }
+        }
+        a
     }
 }
 
@@ -273,8 +288,15 @@ impl StateStore {
         let Some(mut r) = self.resident() else {
             return;
         };
-        for (kind, (fingerprint, time, partition)) in added.0 {
-            r.set(kind).insert(fingerprint, time, partition);
+        for (fingerprint, time, partition) in added.dedup {
+            r.dedup.insert(fingerprint, time, partition);
+        }
+        let loading = r.loading;
+        for (key, value) in added.fraud {
+            match value {
+                Some(v) => r.fraud.put(&key, &v),
+                None => r.fraud.delete(&key, loading),
+            }
         }
         let now = self.horizons.fraud.get();
         if now == i64::MIN {
@@ -292,8 +314,8 @@ impl StateStore {
                 .sweep(retention, |p| partitions.get(p).unwrap_or(global));
             r.dedup_swept_at = Some(now);
         }
-        if due(r.fraud_swept_at, self.fraud_ttl_micros) {
-            r.fraud.sweep(self.fraud_ttl_micros, |_| now);
+        if !loading && due(r.fraud_swept_at, self.fraud_ttl_micros) {
+            r.fraud.sweep(self.fraud_ttl_micros, now);
             r.fraud_swept_at = Some(now);
         }
     }
@@ -305,16 +327,32 @@ impl StateStore {
         }
     }
 
-    /// Which of `keys` the column family `cf` (dedup or fraud) may hold: all of them
-    /// without the sets (a read-only inspection) or while they are still loading.
-    pub(super) fn may_hold<K: AsRef<[u8]>>(&self, cf: &str, keys: &[K]) -> Vec<bool> {
-        let resident = self.resident().filter(|r| !r.loading);
-        let (Some(mut r), Some(kind)) = (resident, Kind::of(cf)) else {
+    /// Which of `keys` the dedup column family may hold: all of them without the set
+    /// (a read-only inspection) or while it is still loading.
+    pub(super) fn may_hold_dedup<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<bool> {
+        let Some(r) = self.resident().filter(|r| !r.loading) else {
             return vec![true; keys.len()];
         };
-        let set = r.set(kind);
         keys.iter()
-            .map(|k| set.may_hold(kind.fingerprint(k.as_ref())))
+            .map(|k| r.dedup.may_hold(dedup_fingerprint(k.as_ref())))
+            .collect()
+    }
+
+    /// The fraud values memory can answer: `Some(answer)` per key, `None` for a key to
+    /// read from RocksDB (every key without memory, or while it is still loading).
+    pub(super) fn resident_fraud<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Vec<Option<Option<Vec<u8>>>> {
+        let Some(r) = self.resident().filter(|r| !r.loading) else {
+            return vec![None; keys.len()];
+        };
+        keys.iter()
+            .map(|k| match r.fraud.get(k.as_ref()) {
+                Lookup::Held(v) => Some(Some(v.to_vec())),
+                Lookup::Absent => Some(None),
+                Lookup::Ask => None,
+            })
             .collect()
     }
 

@@ -534,3 +534,94 @@ fn fraud_history_expires_by_its_ttl_under_universal_compaction() {
         "periodic_compaction_seconds={FRAUD_PERIODIC_COMPACTION_SECS}"
     )));
 }
+
+/// Fraud values are answered from memory once loaded, so memory must hold exactly what
+/// the column family holds: after a reopen whose loader runs while commits rewrite and
+/// delete keys (the loader's older snapshot must not bring back a deleted key or an
+/// older value), every key reads as RocksDB's own `get` answers.
+#[test]
+fn resident_fraud_values_equal_the_stored_ones_after_loading_beside_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |i: u32| format!("card/{i:06}").into_bytes();
+    let value = |i: u32, version: u8| {
+        let mut v = 5i64.to_be_bytes().to_vec();
+        v.extend(std::iter::repeat_n(
+            version,
+            (i % 7) as usize + usize::from(version),
+        ));
+        v
+    };
+    let n = 60_000u32;
+    {
+        let s = open(dir.path());
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+            let mut b = StateBatch::new();
+            for &i in chunk {
+                b.put_fraud(key(i), value(i, 1));
+            }
+            s.commit(b).unwrap();
+        }
+    }
+    let s = open(dir.path());
+    // While the loader scans: rewrite every third key (another length) and delete
+    // every fifth, from the end of the key range, which the scan reaches last.
+    for chunk in (0..n).rev().collect::<Vec<_>>().chunks(2_000) {
+        let mut b = StateBatch::new();
+        for &i in chunk {
+            if i % 5 == 0 {
+                b.delete_fraud(key(i));
+            } else if i % 3 == 0 {
+                b.put_fraud(key(i), value(i, 2));
+            }
+        }
+        s.commit(b).unwrap();
+    }
+    s.wait_resident().unwrap();
+    let keys: Vec<Vec<u8>> = (0..n + 10).map(key).collect();
+    let from_memory = s.get_fraud_many(&keys).unwrap();
+    for (i, got) in from_memory.iter().enumerate() {
+        let i = i as u32;
+        let expected = match i {
+            i if i >= n || i % 5 == 0 => None,
+            i if i % 3 == 0 => Some(value(i, 2)),
+            i => Some(value(i, 1)),
+        };
+        assert_eq!(got, &expected, "key {i}");
+        assert_eq!(
+            s.get_fraud(&key(i)).unwrap(),
+            expected,
+            "key {i} in RocksDB"
+        );
+    }
+    // Memory holds the live keys (a key deleted mid-scan may be left to RocksDB).
+    let (_, fraud) = s.resident_keys().unwrap();
+    assert!(fraud >= (n - n / 5) as usize, "{fraud}");
+}
+
+/// A fraud value the TTL has expired reads as absent, from memory or from RocksDB,
+/// whether or not a sweep or a compaction has dropped it yet.
+#[test]
+fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        fraud_ttl_micros: 1_000,
+        ..StoreOptions::default()
+    };
+    let s = StateStore::open(dir.path(), &opts).unwrap();
+    s.wait_resident().unwrap();
+    let mut b = StateBatch::new();
+    for t in [100i64, 600] {
+        b.put_fraud(format!("card/{t}").into_bytes(), t.to_be_bytes().to_vec());
+    }
+    s.commit(b).unwrap();
+    let keys = [b"card/100".to_vec(), b"card/600".to_vec()];
+    assert!(s.get_fraud_many(&keys).unwrap().iter().all(Option::is_some));
+    // 100 + 1,000 < 1,500: expired; 600 is not.
+    s.advance_partition_horizon(0, 1_500);
+    assert_eq!(
+        s.get_fraud_many(&keys).unwrap(),
+        vec![None, Some(600i64.to_be_bytes().to_vec())]
+    );
+    // RocksDB still holds it (no compaction ran): only the read rule hides it.
+    assert!(s.get_fraud(&keys[0]).unwrap().is_some());
+}
