@@ -89,6 +89,17 @@ fn settings() -> (StoreOptions, PipelineConfig) {
     (store, pipeline)
 }
 
+/// This process's resident memory now (`VmRSS`), in MiB.
+fn rss_now_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
 /// What a processor restarted on `state_dir` does before its first batch, timed.
 fn reopen(state_dir: &Path) {
     let (store_options, config) = settings();
@@ -248,6 +259,17 @@ fn main() {
     }
     let delivered = started.elapsed();
     let rss = peak_rss_mib();
+    let mb = |b: u64| b as f64 / 1e6;
+    let (dedup_set, fraud_values) = store.resident_bytes().unwrap_or_default();
+    let (block_cache, memtables) = store.rocksdb_memory_bytes().unwrap();
+    eprintln!(
+        "memory at the end: resident {} MiB (peak {rss} MiB); resident dedup keys {:.0} MB, resident fraud values {:.0} MB, block cache {:.0} MB, memtables {:.0} MB",
+        rss_now_mib(),
+        mb(dedup_set as u64),
+        mb(fraud_values as u64),
+        mb(block_cache),
+        mb(memtables)
+    );
     store.compact().unwrap();
     let live: u64 = store.live_dedup().unwrap().values().map(|l| l.live).sum();
     let state_bytes = dir_bytes(&state_dir);

@@ -90,6 +90,12 @@ impl ResidentKeys {
         self.map.is_empty()
     }
 
+    /// Bytes of memory the set takes (by its capacity: 16 bytes and a control byte a
+    /// bucket).
+    pub fn memory_bytes(&self) -> usize {
+        self.map.capacity() * 17
+    }
+
     /// Lets go of every key whose time is expired by `ttl` under its partition's horizon.
     /// Returns how many were let go.
     pub fn sweep(&mut self, ttl_micros: i64, horizon: impl Fn(i32) -> i64) -> usize {

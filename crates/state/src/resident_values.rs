@@ -25,21 +25,17 @@
 //! it is appended and the old entry becomes garbage, and a shard whose garbage passes a
 //! quarter of its arena is rewritten compactly.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::expiry::is_expired;
 use crate::keys::value_time;
-use crate::resident::FingerprintHasher;
 
-/// The table's marker for "ask RocksDB" (see the module docs).
+/// The offset that marks a slot "ask RocksDB" (see the module docs).
 const ASK: u32 = u32::MAX;
 const SHARDS: usize = 64;
 const HEADER: usize = 3;
-/// A shard's arena is rewritten once its garbage is at least this many bytes and a
-/// quarter of the arena (small in tests, so they reach it).
+/// A shard's arena is rewritten once its garbage is at least this many bytes and an
+/// eighth of the arena (small in tests, so they reach it).
 const MIN_COMPACT_GARBAGE: usize = if cfg!(test) { 512 } else { 64 * 1024 };
 
 /// What memory knows of one key.
@@ -53,99 +49,195 @@ pub enum Lookup<'a> {
     Ask,
 }
 
+/// A table slot: a 32-bit tag of the key's fingerprint (its low half; the shard comes
+/// from the high half) and the entry's offset in the arena, in one `u64` (8 bytes and
+/// a control byte a bucket, where a map of fingerprint to offset took 16 and one).
+#[derive(Clone, Copy)]
+struct Slot(u64);
+
+impl Slot {
+    fn new(tag: u32, offset: u32) -> Slot {
+        Slot((u64::from(tag) << 32) | u64::from(offset))
+    }
+    fn tag(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    fn offset(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// The table's hash of a tag: spread over all 64 bits (buckets are picked by the low
+/// bits, control bytes by the high ones).
+fn tag_hash(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(tag)
+}
+
 #[derive(Default)]
 struct Shard {
-    table: HashMap<u64, u32, BuildHasherDefault<FingerprintHasher>>,
-    arena: Vec<u8>,
-    /// Arena bytes no table entry points to.
+    table: hashbrown::HashTable<u64>,
+    arena: Arena,
+    /// Arena bytes no table slot points to.
     garbage: usize,
-    /// Table entries that are `ASK` markers.
+    /// Table slots that are `ASK` markers.
     asks: usize,
     /// How many times the arena was rewritten.
     compactions: u64,
 }
 
-/// An entry's (key, value) at `offset`.
-fn entry(arena: &[u8], offset: u32) -> (&[u8], &[u8]) {
-    let at = offset as usize;
-    let klen = arena[at] as usize;
-    let vlen = u16::from_le_bytes([arena[at + 1], arena[at + 2]]) as usize;
-    let key = &arena[at + HEADER..at + HEADER + klen];
-    let value = &arena[at + HEADER + klen..at + HEADER + klen + vlen];
-    (key, value)
+/// An arena's chunk size (a power of two): every chunk is allocated once at this size
+/// and never grows, so a growing or rewritten arena never reallocates a large block
+/// (with a single growing buffer per shard, the allocator kept ~180 MB of freed
+/// buffers at 10 M payments). Small in tests, so they span many chunks.
+const CHUNK_BITS: u32 = if cfg!(test) { 12 } else { 18 };
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// Entries appended to fixed-size chunks; an offset is the chunk's index and the
+/// position in it. An entry never spans two chunks.
+#[derive(Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+    /// Bytes of entries appended (the unused tail of a full chunk not counted).
+    len: usize,
 }
 
-fn entry_len(arena: &[u8], offset: u32) -> usize {
-    let (k, v) = entry(arena, offset);
-    HEADER + k.len() + v.len()
+impl Arena {
+    fn split(offset: u32) -> (usize, usize) {
+        (
+            (offset >> CHUNK_BITS) as usize,
+            offset as usize & (CHUNK - 1),
+        )
+    }
+
+    /// The entry's (key, value) at `offset`.
+    fn entry(&self, offset: u32) -> (&[u8], &[u8]) {
+        let (chunk, at) = Arena::split(offset);
+        let bytes = &self.chunks[chunk][at..];
+        let klen = bytes[0] as usize;
+        let vlen = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+        let key = &bytes[HEADER..HEADER + klen];
+        let value = &bytes[HEADER + klen..HEADER + klen + vlen];
+        (key, value)
+    }
+
+    fn entry_len(&self, offset: u32) -> usize {
+        let (k, v) = self.entry(offset);
+        HEADER + k.len() + v.len()
+    }
+
+    /// The value bytes of the entry at `offset`, to overwrite at the same length.
+    fn value_mut(&mut self, offset: u32) -> &mut [u8] {
+        let (chunk, at) = Arena::split(offset);
+        let bytes = &mut self.chunks[chunk][at..];
+        let klen = bytes[0] as usize;
+        let vlen = u16::from_le_bytes([bytes[1], bytes[2]]) as usize;
+        &mut bytes[HEADER + klen..HEADER + klen + vlen]
+    }
+
+    /// Appends an entry (which must fit a chunk) and returns its offset; `None` once
+    /// the chunk indexes would pass a `u32` offset.
+    fn append(&mut self, key: &[u8], value: &[u8]) -> Option<u32> {
+        let need = HEADER + key.len() + value.len();
+        let room = self.chunks.last().map_or(0, |c| CHUNK - c.len());
+        if room < need {
+            if self.chunks.len() >= 1 << (32 - CHUNK_BITS) {
+                return None;
+            }
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let index = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[index];
+        let offset = ((index as u32) << CHUNK_BITS) | chunk.len() as u32;
+        chunk.push(key.len() as u8);
+        chunk.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        chunk.extend_from_slice(key);
+        chunk.extend_from_slice(value);
+        self.len += need;
+        Some(offset)
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
 }
 
-/// Whether `key` and `value` fit an entry's header.
+/// Whether `key` and `value` fit an entry's header and a chunk.
 fn fits(key: &[u8], value: &[u8]) -> bool {
-    key.len() <= usize::from(u8::MAX) && value.len() <= usize::from(u16::MAX)
+    key.len() <= usize::from(u8::MAX)
+        && value.len() <= usize::from(u16::MAX)
+        && HEADER + key.len() + value.len() <= CHUNK
 }
 
 impl Shard {
-    /// Appends an entry (which must fit) and returns its offset, or `ASK` if the arena
-    /// would pass `u32` offsets.
-    fn append(&mut self, key: &[u8], value: &[u8]) -> u32 {
-        let at = self.arena.len();
-        let Ok(offset) = u32::try_from(at) else {
-            return ASK;
-        };
-        if offset >= ASK - (HEADER + key.len() + value.len()) as u32 {
-            return ASK;
-        }
-        // Grow by a quarter, not double: the arenas are most of this structure's memory.
-        let need = HEADER + key.len() + value.len();
-        if self.arena.capacity() - at < need {
-            self.arena.reserve_exact((at / 4).max(need).max(4096));
-        }
-        self.arena.push(key.len() as u8);
-        self.arena
-            .extend_from_slice(&(value.len() as u16).to_le_bytes());
-        self.arena.extend_from_slice(key);
-        self.arena.extend_from_slice(value);
-        offset
+    /// The offset in the slot tagged `tag`, if there is one.
+    fn offset(&self, tag: u32) -> Option<u32> {
+        self.table
+            .find(tag_hash(tag), |s| Slot(*s).tag() == tag)
+            .map(|s| Slot(*s).offset())
     }
 
-    /// Makes the fingerprint's slot an `ASK` marker, letting go of any entry there.
-    fn mark_ask(&mut self, fingerprint: u64) {
-        let previous = self.table.insert(fingerprint, ASK);
-        match previous {
+    /// Points the slot tagged `tag` at `offset`, adding the slot if there is none.
+    fn set(&mut self, tag: u32, offset: u32) {
+        let hash = tag_hash(tag);
+        match self.table.find_mut(hash, |s| Slot(*s).tag() == tag) {
+            Some(s) => *s = Slot::new(tag, offset).0,
+            None => {
+                self.table
+                    .insert_unique(hash, Slot::new(tag, offset).0, |s| tag_hash(Slot(*s).tag()));
+            }
+        }
+        if offset == ASK {
+            self.asks += 1;
+        }
+    }
+
+    /// Appends an entry and points the slot tagged `tag` at it.
+    fn add(&mut self, tag: u32, key: &[u8], value: &[u8]) {
+        let offset = self.arena.append(key, value).unwrap_or(ASK);
+        self.set(tag, offset);
+    }
+
+    /// Makes the slot tagged `tag` an `ASK` marker, letting go of any entry there.
+    fn mark_ask(&mut self, tag: u32) {
+        match self.offset(tag) {
             Some(ASK) => {}
             Some(offset) => {
-                self.garbage += entry_len(&self.arena, offset);
-                self.asks += 1;
+                self.garbage += self.arena.entry_len(offset);
+                self.set(tag, ASK);
             }
-            None => self.asks += 1,
+            None => self.set(tag, ASK),
         }
     }
 
-    fn remove(&mut self, fingerprint: u64) {
-        match self.table.remove(&fingerprint) {
-            Some(ASK) => self.asks -= 1,
-            Some(offset) => self.garbage += entry_len(&self.arena, offset),
-            None => {}
+    /// Removes the slot tagged `tag`.
+    fn remove(&mut self, tag: u32) {
+        let found = self
+            .table
+            .find_entry(tag_hash(tag), |s| Slot(*s).tag() == tag);
+        if let Ok(slot) = found {
+            let (s, _) = slot.remove();
+            match Slot(s).offset() {
+                ASK => self.asks -= 1,
+                offset => self.garbage += self.arena.entry_len(offset),
+            }
         }
     }
 
-    /// Rewrites the arena without its garbage once that is a quarter of it.
+    /// Rewrites the arena without its garbage once that is an eighth of it.
     fn compact_if_due(&mut self) {
-        if self.garbage < MIN_COMPACT_GARBAGE || self.garbage * 4 < self.arena.len() {
+        if self.garbage < MIN_COMPACT_GARBAGE || self.garbage * 8 < self.arena.len {
             return;
         }
-        let live = self.arena.len() - self.garbage;
-        let mut arena = Vec::with_capacity(live + live / 8);
-        for offset in self.table.values_mut() {
-            if *offset == ASK {
+        let mut arena = Arena::default();
+        for s in self.table.iter_mut() {
+            let slot = Slot(*s);
+            if slot.offset() == ASK {
                 continue;
             }
-            let at = *offset as usize;
-            let len = entry_len(&self.arena, *offset);
-            // Live bytes never exceed the old arena, whose offsets fitted in u32.
-            *offset = arena.len() as u32;
-            arena.extend_from_slice(&self.arena[at..at + len]);
+            let (k, v) = self.arena.entry(slot.offset());
+            // The live entries fitted the old arena's offsets, so they fit the new one.
+            let offset = arena.append(k, v).unwrap_or(ASK);
+            *s = Slot::new(slot.tag(), offset).0;
         }
         self.arena = arena;
         self.garbage = 0;
@@ -174,26 +266,25 @@ impl ResidentValues {
         }
     }
 
-    /// The fingerprint of `key` and its shard. The table's hash function is the
-    /// fingerprint itself, whose low bits pick the bucket and high bits tag it, so the
-    /// shard takes bits from the middle.
-    fn locate(&mut self, key: &[u8]) -> (u64, &mut Shard) {
+    /// The tag of `key` and its shard: the fingerprint's high half picks the shard,
+    /// its low half is the tag within it.
+    fn locate(&mut self, key: &[u8]) -> (u32, &mut Shard) {
         let fingerprint = (self.fingerprint)(key);
         let shard = (fingerprint >> 32) as usize % SHARDS;
-        (fingerprint, &mut self.shards[shard])
+        (fingerprint as u32, &mut self.shards[shard])
     }
 
     /// What memory knows of `key`.
     pub fn get(&self, key: &[u8]) -> Lookup<'_> {
         let fingerprint = (self.fingerprint)(key);
         let shard = &self.shards[(fingerprint >> 32) as usize % SHARDS];
-        match shard.table.get(&fingerprint) {
+        match shard.offset(fingerprint as u32) {
             None => Lookup::Absent,
-            Some(&ASK) => Lookup::Ask,
-            Some(&offset) => match entry(&shard.arena, offset) {
+            Some(ASK) => Lookup::Ask,
+            Some(offset) => match shard.arena.entry(offset) {
                 (k, v) if k == key => Lookup::Held(v),
-                // Another key with this fingerprint is held; whether this one is stored
-                // memory cannot say.
+                // Another key with this tag is held; whether this one is stored memory
+                // cannot say.
                 _ => Lookup::Ask,
             },
         }
@@ -201,38 +292,27 @@ impl ResidentValues {
 
     /// A durable commit put `key` = `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        let (fingerprint, shard) = self.locate(key);
+        let (tag, shard) = self.locate(key);
         if !fits(key, value) {
-            shard.mark_ask(fingerprint);
+            shard.mark_ask(tag);
             return;
         }
-        match shard.table.get(&fingerprint).copied() {
+        match shard.offset(tag) {
             Some(ASK) => {}
             Some(offset) => {
-                let (k, v) = entry(&shard.arena, offset);
+                let (k, v) = shard.arena.entry(offset);
                 if k != key {
-                    // Two keys, one fingerprint: RocksDB answers for both from now on.
-                    shard.mark_ask(fingerprint);
+                    // Two keys, one tag: RocksDB answers for both from now on.
+                    shard.mark_ask(tag);
                 } else if v.len() == value.len() {
-                    let at = offset as usize + HEADER + key.len();
-                    shard.arena[at..at + value.len()].copy_from_slice(value);
+                    shard.arena.value_mut(offset).copy_from_slice(value);
                 } else {
                     shard.garbage += HEADER + k.len() + v.len();
-                    let new = shard.append(key, value);
-                    if new == ASK {
-                        shard.asks += 1;
-                    }
-                    shard.table.insert(fingerprint, new);
+                    shard.add(tag, key, value);
                     shard.compact_if_due();
                 }
             }
-            None => {
-                let new = shard.append(key, value);
-                if new == ASK {
-                    shard.asks += 1;
-                }
-                shard.table.insert(fingerprint, new);
-            }
+            None => shard.add(tag, key, value),
         }
     }
 
@@ -240,43 +320,37 @@ impl ResidentValues {
     /// (`loading`), its snapshot may hold the old value: the key is then left to RocksDB
     /// (see [`ResidentValues::load`]).
     pub fn delete(&mut self, key: &[u8], loading: bool) {
-        let (fingerprint, shard) = self.locate(key);
+        let (tag, shard) = self.locate(key);
         if loading {
-            shard.mark_ask(fingerprint);
+            shard.mark_ask(tag);
             return;
         }
-        match shard.table.get(&fingerprint).copied() {
+        match shard.offset(tag) {
             None | Some(ASK) => {}
             Some(offset) => {
-                if entry(&shard.arena, offset).0 == key {
-                    shard.remove(fingerprint);
+                if shard.arena.entry(offset).0 == key {
+                    shard.remove(tag);
                     shard.compact_if_due();
                 }
-                // Another key with this fingerprint is held: it stays.
+                // Another key with this tag is held: it stays.
             }
         }
     }
 
     /// The loader read `key` = `value` from a snapshot taken when the store opened.
     /// Anything a commit did to the key since is newer, so an existing entry wins; and
-    /// a different key with the same fingerprint makes both `ASK`.
+    /// a different key with the same tag makes both `ASK`.
     pub fn load(&mut self, key: &[u8], value: &[u8]) {
-        let (fingerprint, shard) = self.locate(key);
-        match shard.table.get(&fingerprint).copied() {
+        let (tag, shard) = self.locate(key);
+        match shard.offset(tag) {
             Some(ASK) => {}
             Some(offset) => {
-                if entry(&shard.arena, offset).0 != key {
-                    shard.mark_ask(fingerprint);
+                if shard.arena.entry(offset).0 != key {
+                    shard.mark_ask(tag);
                 }
             }
-            None if !fits(key, value) => shard.mark_ask(fingerprint),
-            None => {
-                let new = shard.append(key, value);
-                if new == ASK {
-                    shard.asks += 1;
-                }
-                shard.table.insert(fingerprint, new);
-            }
+            None if !fits(key, value) => shard.mark_ask(tag),
+            None => shard.add(tag, key, value),
         }
     }
 
@@ -287,11 +361,12 @@ impl ResidentValues {
         for shard in &mut self.shards {
             let arena = &shard.arena;
             let mut freed = 0;
-            shard.table.retain(|_, offset| {
-                if *offset == ASK {
+            shard.table.retain(|s| {
+                let offset = Slot(*s).offset();
+                if offset == ASK {
                     return true;
                 }
-                let (k, v) = entry(arena, *offset);
+                let (k, v) = arena.entry(offset);
                 let time = value_time(v).unwrap_or(i64::MAX);
                 let keep = !is_expired(time, ttl_micros, horizon);
                 if !keep {
@@ -324,7 +399,7 @@ impl ResidentValues {
     pub fn memory_bytes(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.arena.capacity() + s.table.capacity() * 17)
+            .map(|s| s.arena.memory_bytes() + s.table.capacity() * 9)
             .sum()
     }
 }

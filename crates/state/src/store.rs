@@ -783,6 +783,26 @@ impl StateStore {
         cf::ALL.iter().map(|name| self.cf_bytes(name)).sum()
     }
 
+    /// Bytes of RocksDB's memory outside the resident sets: (block cache in use,
+    /// memtables of every column family).
+    pub fn rocksdb_memory_bytes(&self) -> Result<(u64, u64), StateError> {
+        let prop = |p: &str| {
+            self.db
+                .property_int_value(p)
+                .map_err(|e| self.rocks(e))
+                .map(Option::unwrap_or_default)
+        };
+        let mut memtables = 0;
+        for name in cf::ALL {
+            memtables += self
+                .db
+                .property_int_value_cf(self.cf(name)?, "rocksdb.cur-size-all-mem-tables")
+                .map_err(|e| self.rocks(e))?
+                .unwrap_or(0);
+        }
+        Ok((prop("rocksdb.block-cache-usage")?, memtables))
+    }
+
     /// Counts dedup keys that are logically alive under each partition's watermark
     /// is the processor's job; this counts what is physically stored.
     pub fn stats(&self) -> Result<StateStats, StateError> {

@@ -368,6 +368,12 @@ impl StateStore {
         }
     }
 
+    /// Bytes of memory the sets take: (dedup keys, fraud keys and values).
+    pub fn resident_bytes(&self) -> Option<(usize, usize)> {
+        self.resident()
+            .map(|r| (r.dedup.memory_bytes(), r.fraud.memory_bytes()))
+    }
+
     /// How many keys each set holds: (dedup, fraud).
     pub fn resident_keys(&self) -> Option<(usize, usize)> {
         self.resident().map(|r| (r.dedup.len(), r.fraud.len()))
