@@ -25,7 +25,9 @@ use crate::config::{RunConfig, SinkTarget};
 use crate::health::{self, Readiness};
 use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
-use crate::metrics::events::{OwnershipChanged, PartitionsRestored, StateSizeMeasured};
+use crate::metrics::events::{
+    FraudMemoryMeasured, OwnershipChanged, PartitionsRestored, StateSizeMeasured,
+};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::processor::{Exit, LoopSettings, Processor, RescaleWatch};
@@ -121,8 +123,14 @@ fn build(
     });
     let weak = Arc::downgrade(&store);
     metrics.on_render("state_size", move |m| {
-        if let Some(bytes) = weak.upgrade().and_then(|s| s.size_bytes().ok()) {
+        let Some(store) = weak.upgrade() else {
+            return;
+        };
+        if let Ok(bytes) = store.size_bytes() {
             m.emit(StateSizeMeasured { bytes });
+        }
+        if let Some((bytes, complete)) = store.fraud_memory() {
+            m.emit(FraudMemoryMeasured { bytes, complete });
         }
     });
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
@@ -299,6 +307,7 @@ fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {
         &StoreOptions {
             sync: config.store.sync,
             dedup_retention_micros: Some(micros(config.pipeline.retention)),
+            fraud_memory_bytes: config.store.fraud_memory_mib.saturating_mul(1 << 20),
             ..StoreOptions::default()
         },
     )

@@ -245,11 +245,35 @@ impl Shard {
     }
 }
 
+/// Whether a key memory does not hold yet may be added (see `ResidentValues::bound`).
+struct NewKeys<'a> {
+    full: bool,
+    complete: &'a mut bool,
+}
+
+impl NewKeys<'_> {
+    /// Adds the key to `shard`, unless the budget is spent.
+    fn add(self, shard: &mut Shard, tag: u32, key: &[u8], value: &[u8]) {
+        if self.full {
+            *self.complete = false;
+        } else {
+            shard.add(tag, key, value);
+        }
+    }
+}
+
 /// See the module docs.
 pub struct ResidentValues {
     shards: Vec<Shard>,
     /// A key's fingerprint: `xxh3_64`, or a test's deliberately colliding hash.
     fingerprint: fn(&[u8]) -> u64,
+    /// Set (by [`ResidentValues::bound`]) while memory is over its budget: keys not
+    /// already held are then not added.
+    full: bool,
+    /// Whether every key the store holds is here. Once a key was not added (the budget
+    /// was spent), a key memory does not have may still be stored: [`Lookup::Absent`]
+    /// becomes [`Lookup::Ask`], for good (until the store is opened again).
+    complete: bool,
 }
 
 impl Default for ResidentValues {
@@ -263,15 +287,40 @@ impl ResidentValues {
         ResidentValues {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             fingerprint,
+            full: false,
+            complete: true,
         }
+    }
+
+    /// Checks memory against `budget_bytes`: over it, keys not already held stop being
+    /// added (see `complete`). Called once per commit, so memory passes the budget by at
+    /// most one batch's new keys. Returns whether memory still holds every stored key.
+    pub fn bound(&mut self, budget_bytes: usize) -> bool {
+        self.full = self.memory_bytes() >= budget_bytes;
+        self.complete
+    }
+
+    /// Whether memory holds every key the store holds (see `complete`).
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// The tag of `key` and its shard: the fingerprint's high half picks the shard,
     /// its low half is the tag within it.
     fn locate(&mut self, key: &[u8]) -> (u32, &mut Shard) {
+        let (tag, shard, _) = self.locate_new(key);
+        (tag, shard)
+    }
+
+    /// As [`ResidentValues::locate`], with what adding a new key needs.
+    fn locate_new(&mut self, key: &[u8]) -> (u32, &mut Shard, NewKeys<'_>) {
         let fingerprint = (self.fingerprint)(key);
         let shard = (fingerprint >> 32) as usize % SHARDS;
-        (fingerprint as u32, &mut self.shards[shard])
+        let new = NewKeys {
+            full: self.full,
+            complete: &mut self.complete,
+        };
+        (fingerprint as u32, &mut self.shards[shard], new)
     }
 
     /// What memory knows of `key`.
@@ -279,7 +328,8 @@ impl ResidentValues {
         let fingerprint = (self.fingerprint)(key);
         let shard = &self.shards[(fingerprint >> 32) as usize % SHARDS];
         match shard.offset(fingerprint as u32) {
-            None => Lookup::Absent,
+            None if self.complete => Lookup::Absent,
+            None => Lookup::Ask,
             Some(ASK) => Lookup::Ask,
             Some(offset) => match shard.arena.entry(offset) {
                 (k, v) if k == key => Lookup::Held(v),
@@ -292,7 +342,7 @@ impl ResidentValues {
 
     /// A durable commit put `key` = `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        let (tag, shard) = self.locate(key);
+        let (tag, shard, new) = self.locate_new(key);
         if !fits(key, value) {
             shard.mark_ask(tag);
             return;
@@ -312,7 +362,7 @@ impl ResidentValues {
                     shard.compact_if_due();
                 }
             }
-            None => shard.add(tag, key, value),
+            None => new.add(shard, tag, key, value),
         }
     }
 
@@ -341,7 +391,7 @@ impl ResidentValues {
     /// Anything a commit did to the key since is newer, so an existing entry wins; and
     /// a different key with the same tag makes both `ASK`.
     pub fn load(&mut self, key: &[u8], value: &[u8]) {
-        let (tag, shard) = self.locate(key);
+        let (tag, shard, new) = self.locate_new(key);
         match shard.offset(tag) {
             Some(ASK) => {}
             Some(offset) => {
@@ -350,7 +400,7 @@ impl ResidentValues {
                 }
             }
             None if !fits(key, value) => shard.mark_ask(tag),
-            None => shard.add(tag, key, value),
+            None => new.add(shard, tag, key, value),
         }
     }
 
@@ -473,6 +523,31 @@ mod tests {
         r.load(b"x2", b"old");
         assert_eq!(r.get(b"x1"), Lookup::Ask);
         assert_eq!(r.get(b"x2"), Lookup::Ask);
+    }
+
+    /// Past its budget, memory keeps serving and updating what it holds, stops adding
+    /// keys, and from then on sends a key it does not have to RocksDB (it may be stored).
+    #[test]
+    fn past_its_budget_memory_stops_adding_keys_and_asks_for_the_rest() {
+        let mut r = ResidentValues::default();
+        r.put(b"held", b"1");
+        assert!(r.bound(usize::MAX));
+        assert_eq!(r.get(b"never-put"), Lookup::Absent);
+        // Over the budget (any memory at all is over a budget of 0 bytes).
+        assert!(r.bound(0));
+        r.put(b"held", b"2");
+        r.put(b"new", b"x");
+        r.load(b"loaded", b"y");
+        assert_eq!(r.get(b"held"), Lookup::Held(b"2"));
+        assert_eq!(r.get(b"new"), Lookup::Ask);
+        assert_eq!(r.get(b"loaded"), Lookup::Ask);
+        assert_eq!(r.get(b"never-put"), Lookup::Ask);
+        // Under the budget again, keys are added again, but a key that was left out may
+        // still be stored: "absent" is never answered again.
+        assert!(!r.bound(usize::MAX));
+        r.put(b"later", b"z");
+        assert_eq!(r.get(b"later"), Lookup::Held(b"z"));
+        assert_eq!(r.get(b"never-put"), Lookup::Ask);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct StoreOptions {
     pub fraud_ttl_micros: i64,
     /// Shared block cache for the dedup and fraud column families.
     pub block_cache_bytes: usize,
+    /// Memory for the fraud state's keys and values held in memory
+    /// (`resident_values`). Past it, new keys stay in RocksDB only and every lookup
+    /// memory cannot answer goes to RocksDB: slower, never wrong.
+    pub fraud_memory_bytes: usize,
     /// The WAL files' total size before RocksDB flushes the column families that hold
     /// the oldest one. A restart after a crash replays every WAL file some column
     /// family still needs, and `meta` (a few bytes per batch) rarely fills a memtable
@@ -47,10 +51,13 @@ impl Default for StoreOptions {
             sync: true,
             dedup_retention_micros: Some(3_600 * 1_000_000),
             fraud_ttl_micros: 7 * 24 * 3_600 * 1_000_000,
-            // Holds the fraud column family's working set at 10 M payments (~350 MB on
-            // disk, mostly cold): 128 MB → 256 MB took the peers' 10 M input from 46.8k
-            // to 56.7k events/s, peak RSS 576 → 737 MiB.
-            block_cache_bytes: 256 << 20,
+            // Fraud lookups are answered from memory (`resident_values`), so the cache
+            // only serves dedup lookups of ids seen before: 64 MB. (At 256 MB, sized for
+            // the fraud reads it no longer gets, it filled with dedup blocks of
+            // compacted-away files at 10 M payments, 246 MB of peak RSS.)
+            block_cache_bytes: 64 << 20,
+            // 5.9 M fraud keys (the peers' 10 M payments) took 460 MB.
+            fraud_memory_bytes: 768 << 20,
             max_wal_bytes: 256 << 20,
         }
     }
@@ -103,6 +110,8 @@ pub struct StateStore {
     resident_loader: Option<Mutex<ResidentLoader>>,
     /// The fraud state's TTL (µs), for sweeping the resident fraud keys.
     fraud_ttl_micros: i64,
+    /// The resident fraud values' memory budget.
+    fraud_memory_bytes: usize,
 }
 
 /// How old (wall clock) a fraud SST file may get before a compaction rewrites it, and
@@ -240,6 +249,7 @@ impl StateStore {
             resident: None,
             resident_loader: None,
             fraud_ttl_micros: opts.fraud_ttl_micros,
+            fraud_memory_bytes: opts.fraud_memory_bytes,
         };
         // Resume the compaction filters' horizons from the last commit.
         if let Some(h) = store.committed_horizon()? {
@@ -317,6 +327,7 @@ impl StateStore {
             resident: None,
             resident_loader: None,
             fraud_ttl_micros: opts.fraud_ttl_micros,
+            fraud_memory_bytes: opts.fraud_memory_bytes,
         })
     }
 
@@ -786,12 +797,6 @@ impl StateStore {
     /// Bytes of RocksDB's memory outside the resident sets: (block cache in use,
     /// memtables of every column family).
     pub fn rocksdb_memory_bytes(&self) -> Result<(u64, u64), StateError> {
-        let prop = |p: &str| {
-            self.db
-                .property_int_value(p)
-                .map_err(|e| self.rocks(e))
-                .map(Option::unwrap_or_default)
-        };
         let mut memtables = 0;
         for name in cf::ALL {
             memtables += self
@@ -800,7 +805,14 @@ impl StateStore {
                 .map_err(|e| self.rocks(e))?
                 .unwrap_or(0);
         }
-        Ok((prop("rocksdb.block-cache-usage")?, memtables))
+        // The dedup and fraud column families share one cache; the default column
+        // family (unused) has a cache of its own, which the DB-wide property reports.
+        let cache = self
+            .db
+            .property_int_value_cf(self.cf(CF_DEDUP)?, "rocksdb.block-cache-usage")
+            .map_err(|e| self.rocks(e))?
+            .unwrap_or(0);
+        Ok((cache, memtables))
     }
 
     /// Counts dedup keys that are logically alive under each partition's watermark

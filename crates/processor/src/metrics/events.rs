@@ -223,6 +223,21 @@ impl Event for StateSizeMeasured {
     }
 }
 
+/// Measured at a scrape: the fraud state held in memory (`ResidentValues`).
+pub struct FraudMemoryMeasured {
+    pub bytes: usize,
+    /// Whether it still holds every stored key (within its budget).
+    pub complete: bool,
+}
+
+impl Event for FraudMemoryMeasured {
+    fn emit(self, m: &Metrics) {
+        m.fraud_memory
+            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        m.fraud_memory_complete.set(i64::from(self.complete));
+    }
+}
+
 /// The sink acknowledged rows.
 pub struct RowsDelivered {
     pub table: Table,
@@ -359,6 +374,41 @@ mod tests {
 
     fn rendered(m: &Metrics) -> String {
         String::from_utf8(m.render()).unwrap()
+    }
+
+    /// The fraud state's memory and whether it still holds every key, from a real
+    /// store: complete within its budget, not once it outgrew it.
+    #[test]
+    fn the_fraud_memory_gauges_follow_the_store() {
+        let fill = |budget: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = paydedup_state::StateStore::open(
+                dir.path(),
+                &paydedup_state::StoreOptions {
+                    fraud_memory_bytes: budget,
+                    ..paydedup_state::StoreOptions::default()
+                },
+            )
+            .unwrap();
+            store.wait_resident().unwrap();
+            let mut b = paydedup_state::StateBatch::new();
+            b.put_fraud(b"\x03cust".to_vec(), 1i64.to_be_bytes().to_vec());
+            store.commit(b).unwrap();
+            let mut b = paydedup_state::StateBatch::new();
+            b.put_fraud(b"\x03other".to_vec(), 1i64.to_be_bytes().to_vec());
+            store.commit(b).unwrap();
+            let m = Metrics::new();
+            let (bytes, complete) = store.fraud_memory().unwrap();
+            m.emit(FraudMemoryMeasured { bytes, complete });
+            (bytes, rendered(&m))
+        };
+        let (bytes, text) = fill(64 << 20);
+        assert!(bytes > 0);
+        assert!(text.contains(&format!("paydedup_fraud_memory_bytes {bytes}")), "{text}");
+        assert!(text.contains("paydedup_fraud_memory_complete 1"), "{text}");
+        // A budget the first key already spends: the second is left to RocksDB.
+        let (_, text) = fill(1);
+        assert!(text.contains("paydedup_fraud_memory_complete 0"), "{text}");
     }
 
     #[test]

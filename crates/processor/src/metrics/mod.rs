@@ -46,6 +46,8 @@ pub struct Metrics {
     partitions_restored: IntCounter,
     outbox_oldest_age: Gauge,
     state_size: IntGauge,
+    fraud_memory: IntGauge,
+    fraud_memory_complete: IntGauge,
     /// Gauges measured at each scrape (an age grows with no event to report it), by
     /// name, so a rebuilt processor replaces its predecessor's.
     on_render: Arc<Mutex<BTreeMap<&'static str, RenderHook>>>,
@@ -173,6 +175,8 @@ impl Metrics {
             partitions_restored: counter(&r, "paydedup_partitions_restored_total", "Partitions rebuilt from the warehouse (a lost volume, or taken over)."),
             outbox_oldest_age: float_gauge(&r, "paydedup_outbox_oldest_row_age_seconds", "How long the oldest undelivered outbox row has waited since its commit (0 when none; rows found at start count from the start)."),
             state_size: gauge(&r, "paydedup_state_size_bytes", "Bytes in the state store: SST files and memtables, all column families."),
+            fraud_memory: gauge(&r, "paydedup_fraud_memory_bytes", "Bytes of memory the fraud state held in memory takes (keys and values; budget: --fraud-memory-mib)."),
+            fraud_memory_complete: gauge(&r, "paydedup_fraud_memory_complete", "1 while the fraud state in memory holds every stored card and customer; 0 once it outgrew --fraud-memory-mib (lookups it cannot answer then read RocksDB until a restart)."),
             on_render: Arc::default(),
             registry: register_process_info(r),
         }

@@ -54,6 +54,24 @@ pub(super) struct Resident {
     /// The watermark each set was last swept at.
     dedup_swept_at: Option<i64>,
     fraud_swept_at: Option<i64>,
+    /// The fraud values' memory budget (`StoreOptions::fraud_memory_bytes`).
+    fraud_budget: usize,
+}
+
+impl Resident {
+    /// Checks the fraud values against their budget; says so, once, when they stop
+    /// holding every stored key.
+    fn bound_fraud(&mut self) {
+        let was_complete = self.fraud.is_complete();
+        let complete = self.fraud.bound(self.fraud_budget);
+        if was_complete && !complete {
+            tracing::warn!(
+                budget_mib = self.fraud_budget >> 20,
+                keys = self.fraud.len(),
+                "The fraud state outgrew its memory budget (--fraud-memory-mib): new cards and customers are kept in RocksDB only, and lookups memory cannot answer go to RocksDB (correct, slower) until a restart with a larger budget."
+            );
+        }
+    }
 }
 
 /// The two column families held in memory.
@@ -211,6 +229,7 @@ fn load(
                         Kind::Fraud => r.fraud.load(&k, &v),
                     }
                 }
+                r.bound_fraud();
             }
             if item.is_none() {
                 break;
@@ -266,6 +285,7 @@ impl StateStore {
     ) -> Result<(Arc<Mutex<Resident>>, ResidentLoader), StateError> {
         let resident = Arc::new(Mutex::new(Resident {
             loading: true,
+            fraud_budget: self.fraud_memory_bytes,
             ..Resident::default()
         }));
         let loader = ResidentLoader::spawn(self.db.clone(), self.path.clone(), resident.clone())?;
@@ -298,6 +318,7 @@ impl StateStore {
                 None => r.fraud.delete(&key, loading),
             }
         }
+        r.bound_fraud();
         let now = self.horizons.fraud.get();
         if now == i64::MIN {
             return;
@@ -363,6 +384,7 @@ impl StateStore {
         if let Some(mut r) = self.resident() {
             *r = Resident {
                 loading: true,
+                fraud_budget: r.fraud_budget,
                 ..Resident::default()
             };
         }
@@ -372,6 +394,12 @@ impl StateStore {
     pub fn resident_bytes(&self) -> Option<(usize, usize)> {
         self.resident()
             .map(|r| (r.dedup.memory_bytes(), r.fraud.memory_bytes()))
+    }
+
+    /// The fraud values' memory: (bytes, whether they hold every stored key).
+    pub fn fraud_memory(&self) -> Option<(usize, bool)> {
+        self.resident()
+            .map(|r| (r.fraud.memory_bytes(), r.fraud.is_complete()))
     }
 
     /// How many keys each set holds: (dedup, fraud).
