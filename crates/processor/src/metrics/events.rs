@@ -404,7 +404,10 @@ mod tests {
         };
         let (bytes, text) = fill(64 << 20);
         assert!(bytes > 0);
-        assert!(text.contains(&format!("paydedup_fraud_memory_bytes {bytes}")), "{text}");
+        assert!(
+            text.contains(&format!("paydedup_fraud_memory_bytes {bytes}")),
+            "{text}"
+        );
         assert!(text.contains("paydedup_fraud_memory_complete 1"), "{text}");
         // A budget the first key already spends: the second is left to RocksDB.
         let (_, text) = fill(1);
