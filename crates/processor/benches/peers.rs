@@ -43,7 +43,7 @@ use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
-use peers_input::{data_dir, lines, opt, peak_rss_mib, Manifest};
+use peers_input::{data_dir, lines, opt, peak_rss_mib, rss_now_mib, Manifest};
 
 /// The processor binary's allocator (`src/main.rs`), so the bench measures what runs.
 #[global_allocator]
@@ -87,17 +87,6 @@ fn settings() -> (StoreOptions, PipelineConfig) {
         fraud: FraudConfig::default(),
     };
     (store, pipeline)
-}
-
-/// This process's resident memory now (`VmRSS`), in MiB.
-fn rss_now_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
 }
 
 /// What a processor restarted on `state_dir` does before its first batch, timed.

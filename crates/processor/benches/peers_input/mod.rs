@@ -126,10 +126,20 @@ pub fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a String> {
 
 /// This process's peak resident set, MiB.
 pub fn peak_rss_mib() -> u64 {
+    status_mib("VmHWM:")
+}
+
+/// This process's resident set now, MiB.
+pub fn rss_now_mib() -> u64 {
+    status_mib("VmRSS:")
+}
+
+/// A `/proc/self/status` field given in kB, in MiB (0 if unreadable).
+fn status_mib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
         / 1024
