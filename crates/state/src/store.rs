@@ -149,11 +149,13 @@ fn cf_options(
             // lookups that come are hits: no bloom filter on the last level, where
             // nearly all keys live (less memory, no filter probe on a hit).
             o.set_optimize_filters_for_hits(true);
-            // The same "most ids are new" argument for the memtable: a bloom filter
-            // over whole keys answers absent lookups without walking the skiplist.
-            o.set_memtable_prefix_bloom_ratio(0.1);
-            o.set_memtable_whole_key_filtering(true);
             if name == CF_DEDUP {
+                // The same "most ids are new" argument for the memtable: a bloom filter
+                // over whole keys answers absent lookups without walking the skiplist.
+                // (Not for fraud: memory answers its lookups, and every put would pay
+                // to fill a filter nothing reads.)
+                o.set_memtable_prefix_bloom_ratio(0.1);
+                o.set_memtable_whole_key_filtering(true);
                 let filter = expiry::dedup_filter(
                     horizons.global.clone(),
                     horizons.partitions.clone(),
