@@ -25,8 +25,9 @@
 //! **Layout.** Entries live in 64 shards. A shard is an arena of fixed-size chunks
 //! holding `[key length][value length: 2 bytes][key][value]`, and a table of 8-byte
 //! slots, each a 32-bit tag of the key's fingerprint and the entry's offset. At 10 M
-//! payments (5.9 M cards and customers) that took 454 MB, ~77 bytes a key; a heap
-//! allocation per key and value would take ~130. A value rewritten at the same length
+//! payments (5.9 M cards and customers) that took 454 MB, ~77 bytes a key (measured);
+//! a heap allocation per key and value would take ~130 (estimated from the
+//! allocator's size classes, not measured). A value rewritten at the same length
 //! is overwritten in place; otherwise it is appended and the old entry becomes
 //! garbage, and a shard whose garbage passes an eighth of its arena is rewritten.
 
@@ -84,8 +85,6 @@ struct Shard {
     arena: Arena,
     /// Arena bytes no table slot points to.
     garbage: usize,
-    /// Table slots that are `ASK` markers.
-    asks: usize,
     /// How many times the arena was rewritten.
     compactions: u64,
 }
@@ -191,9 +190,6 @@ impl Shard {
                     .insert_unique(hash, Slot::new(tag, offset).0, |s| tag_hash(Slot(*s).tag()));
             }
         }
-        if offset == ASK {
-            self.asks += 1;
-        }
     }
 
     /// Appends an entry and points the slot tagged `tag` at it.
@@ -221,9 +217,8 @@ impl Shard {
             .find_entry(tag_hash(tag), |s| Slot(*s).tag() == tag);
         if let Ok(slot) = found {
             let (s, _) = slot.remove();
-            match Slot(s).offset() {
-                ASK => self.asks -= 1,
-                offset => self.garbage += self.arena.entry_len(offset),
+            if Slot(s).offset() != ASK {
+                self.garbage += self.arena.entry_len(Slot(s).offset());
             }
         }
     }
@@ -445,9 +440,13 @@ impl ResidentValues {
         self.len() == 0
     }
 
-    /// How many fingerprints are left to RocksDB (`ASK`).
+    /// How many slots are left to RocksDB (`ASK`): a walk over every slot.
     pub fn asks(&self) -> usize {
-        self.shards.iter().map(|s| s.asks).sum()
+        let ask = |s: &&u64| Slot(**s).offset() == ASK;
+        self.shards
+            .iter()
+            .map(|s| s.table.iter().filter(ask).count())
+            .sum()
     }
 
     /// Bytes of memory the arenas and tables take (by their capacities).

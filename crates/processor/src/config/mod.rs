@@ -170,7 +170,7 @@ pub struct StoreSettings {
     #[arg(long, env = "PAYDEDUP_SYNC", default_value_t = true, action = clap::ArgAction::Set)]
     pub sync: bool,
     /// Memory for the fraud state held in memory, MiB (~80 bytes a card or customer:
-    /// 5.9 M of them took 460 MB). Past it, new cards and customers stay in RocksDB only
+    /// 5.9 M of them took 454 MB). Past it, new cards and customers stay in RocksDB only
     /// and lookups memory cannot answer read RocksDB: correct, slower (logged once).
     #[arg(long, env = "PAYDEDUP_FRAUD_MEMORY_MIB", default_value = "768")]
     pub fraud_memory_mib: usize,

@@ -240,39 +240,6 @@ fn load(
     Ok(())
 }
 
-/// What a committed batch changes in memory, taken before the batch is consumed: the
-/// dedup keys it puts (deletions may lag, see `crate::resident`), and every fraud put
-/// and delete (memory answers fraud values, so none may be missed).
-pub(super) struct Additions {
-    dedup: Vec<(u64, i64, i32)>,
-    /// (key, value), or (key, `None`) for a delete; in the batch's order.
-    fraud: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl Additions {
-    pub(super) fn of(ops: &[Op]) -> Additions {
-        let mut a = Additions {
-            dedup: Vec::new(),
-            fraud: Vec::new(),
-        };
-        for op in ops {
-            match op {
-                Op::Put { cf, key, value } => match Kind::of(cf) {
-                    Some(Kind::Dedup) => a.dedup.push(dedup_entry(key, value)),
-                    Some(Kind::Fraud) => a.fraud.push((key.clone(), Some(value.clone()))),
-                    None => {}
-                },
-                Op::Delete { cf, key } => {
-                    if Kind::of(cf) == Some(Kind::Fraud) {
-                        a.fraud.push((key.clone(), None));
-                    }
-                }
-            }
-        }
-        a
-    }
-}
-
 impl StateStore {
     fn resident(&self) -> Option<MutexGuard<'_, Resident>> {
         self.resident.as_deref().map(lock)
@@ -304,18 +271,29 @@ impl StateStore {
 
     /// Adds a durable commit's keys, then sweeps a set whose TTL's fraction has passed
     /// since its last sweep (by the most advanced committed watermark).
-    pub(super) fn record_commit(&self, added: Additions) {
+    pub(super) fn record_commit(&self, ops: &[Op]) {
         let Some(mut r) = self.resident() else {
             return;
         };
-        for (fingerprint, time, partition) in added.dedup {
-            r.dedup.insert(fingerprint, time, partition);
-        }
+        // Dedup keys are added (deletions may lag, see `crate::resident`); every fraud
+        // put and delete is applied, in order: memory answers fraud values, so none may
+        // be missed.
         let loading = r.loading;
-        for (key, value) in added.fraud {
-            match value {
-                Some(v) => r.fraud.put(&key, &v),
-                None => r.fraud.delete(&key, loading),
+        for op in ops {
+            match op {
+                Op::Put { cf, key, value } => match Kind::of(cf) {
+                    Some(Kind::Dedup) => {
+                        let (fingerprint, time, partition) = dedup_entry(key, value);
+                        r.dedup.insert(fingerprint, time, partition);
+                    }
+                    Some(Kind::Fraud) => r.fraud.put(key, value),
+                    None => {}
+                },
+                Op::Delete { cf, key } => {
+                    if Kind::of(cf) == Some(Kind::Fraud) {
+                        r.fraud.delete(key, loading);
+                    }
+                }
             }
         }
         r.bound_fraud();

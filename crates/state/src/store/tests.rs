@@ -4,6 +4,14 @@ fn open(dir: &Path) -> StateStore {
     StateStore::open(dir, &StoreOptions::default()).unwrap()
 }
 
+fn open_with_fraud_ttl(dir: &Path, ttl_micros: i64) -> StateStore {
+    let opts = StoreOptions {
+        fraud_ttl_micros: ttl_micros,
+        ..StoreOptions::default()
+    };
+    StateStore::open(dir, &opts).unwrap()
+}
+
 fn entry(t: i64) -> DedupEntry {
     DedupEntry {
         event_time_micros: t,
@@ -488,11 +496,7 @@ fn outbox_pages_live_in_blob_files_and_delivered_ones_leave_nothing_behind() {
 #[test]
 fn fraud_history_expires_by_its_ttl_under_universal_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        fraud_ttl_micros: 1_000,
-        ..StoreOptions::default()
-    };
-    let s = StateStore::open(dir.path(), &opts).unwrap();
+    let s = open_with_fraud_ttl(dir.path(), 1_000);
     let fraud = s.cf(CF_FRAUD).unwrap();
     // Ten flushed files, so there are sorted runs for compaction to merge.
     for file in 0..10_i64 {
@@ -606,11 +610,7 @@ fn resident_fraud_values_equal_the_stored_ones_after_loading_beside_commits() {
 #[test]
 fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        fraud_ttl_micros: 1_000,
-        ..StoreOptions::default()
-    };
-    let s = StateStore::open(dir.path(), &opts).unwrap();
+    let s = open_with_fraud_ttl(dir.path(), 1_000);
     s.wait_resident().unwrap();
     let mut b = StateBatch::new();
     for t in [100i64, 600] {
