@@ -195,11 +195,17 @@ fn main() {
                 let previous = in_flight.take().map(|c| c.join().unwrap());
                 let watermarks = Watermarks::stamp(&pipeline, &PARTITIONS, &mut batch);
                 let store = store.clone();
-                in_flight = Some(std::thread::spawn(move || {
-                    store.commit(batch).unwrap();
-                    watermarks.publish(&store);
-                    t.elapsed()
-                }));
+                // Named, so a profile tells the commit's time from the pipeline's.
+                let commit = std::thread::Builder::new().name("commit".into());
+                in_flight = Some(
+                    commit
+                        .spawn(move || {
+                            store.commit(batch).unwrap();
+                            watermarks.publish(&store);
+                            t.elapsed()
+                        })
+                        .unwrap(),
+                );
                 previous
             }
         };

@@ -23,6 +23,7 @@ mod closing;
 pub mod dedupe;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod json_row;
 mod landed;
 pub mod outcome;
 pub mod prefetch;

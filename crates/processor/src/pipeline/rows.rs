@@ -17,6 +17,7 @@ use paydedup_fraud::Assessment;
 use paydedup_state::DedupEntry;
 use serde::Serialize;
 
+use super::json_row::JsonRow;
 use super::window::WindowAgg;
 use super::InputRecord;
 
@@ -140,9 +141,14 @@ fn b64(bytes: &[u8]) -> String {
 
 /// When the record reached Kafka, if it says.
 fn kafka_timestamp(r: &InputRecord<'_>) -> Option<String> {
+    kafka_timestamp_micros(r).map(ts)
+}
+
+/// When the record reached Kafka, in µs, if it says and the time fits a TIMESTAMP.
+fn kafka_timestamp_micros(r: &InputRecord<'_>) -> Option<i64> {
     r.timestamp_ms
         .filter(|ms| kafka_timestamp_fits(*ms))
-        .map(|ms| ts(ms.saturating_mul(1000)))
+        .map(|ms| ms.saturating_mul(1000))
 }
 
 /// Whether a Kafka timestamp (ms) fits a warehouse TIMESTAMP: years 0001 to 9999.
@@ -205,7 +211,8 @@ pub fn late_event(
     })
 }
 
-/// `payments`: a unique payment with its content `hash` and fraud assessment.
+/// `payments`: a unique payment with its content `hash` and fraud assessment. Written
+/// by hand ([`JsonRow`]): the columns of [`PaymentRow`], in its order.
 pub fn payment(
     r: &InputRecord<'_>,
     event: &PaymentEvent,
@@ -213,33 +220,33 @@ pub fn payment(
     fraud: &Assessment,
     seq: u64,
 ) -> Vec<u8> {
-    enc(&PaymentRow {
-        transaction_id: event.transaction_id.as_str(),
-        event_time: ts(event.event_time_micros()),
-        amount_minor: event.amount_minor,
-        amount: event.currency.format_major(event.amount_minor),
-        currency: event.currency.code(),
-        merchant_id: &event.merchant_id,
-        merchant_category: format!("{:04}", event.merchant_category),
-        card_fingerprint: &event.card_fingerprint,
-        card_country: &event.card_country,
-        customer_id: &event.customer_id,
-        ip_country: &event.ip_country,
-        device_id: &event.device_id,
-        region: &event.region,
-        payment_method: event.payment_method.as_str(),
-        schema_version: event.schema_version,
-        content_hash: format!("{hash:032x}"),
-        fraud_score: fraud.score,
-        fraud_flagged: fraud.flagged,
-        fraud_reasons: fraud.reasons.iter().map(|r| r.as_str()).collect(),
-        card_count_10m: fraud.card_count_10m,
-        card_count_1h: fraud.card_count_1h,
-        kafka_timestamp: kafka_timestamp(r),
-        source_partition: r.partition,
-        source_offset: r.offset,
-        outbox_seq: seq,
-    })
+    JsonRow::with_capacity(640)
+        .str("transaction_id", event.transaction_id.as_str())
+        .ts("event_time", event.event_time_micros())
+        .int("amount_minor", event.amount_minor)
+        .str("amount", &event.currency.format_major(event.amount_minor))
+        .str("currency", event.currency.code())
+        .str("merchant_id", &event.merchant_id)
+        .padded4("merchant_category", event.merchant_category)
+        .str("card_fingerprint", &event.card_fingerprint)
+        .str("card_country", &event.card_country)
+        .str("customer_id", &event.customer_id)
+        .str("ip_country", &event.ip_country)
+        .str("device_id", &event.device_id)
+        .str("region", &event.region)
+        .str("payment_method", event.payment_method.as_str())
+        .int("schema_version", event.schema_version)
+        .hex128("content_hash", hash)
+        .int("fraud_score", fraud.score)
+        .bool("fraud_flagged", fraud.flagged)
+        .str_list("fraud_reasons", fraud.reasons.iter().map(|r| r.as_str()))
+        .int("card_count_10m", fraud.card_count_10m)
+        .int("card_count_1h", fraud.card_count_1h)
+        .opt_ts("kafka_timestamp", kafka_timestamp_micros(r))
+        .int("source_partition", r.partition)
+        .int("source_offset", r.offset)
+        .int("outbox_seq", seq)
+        .finish()
 }
 
 /// Which repeat a `dedup_audit` row records.
@@ -261,6 +268,7 @@ impl AuditKind {
 }
 
 /// `dedup_audit`: an on-time repeat (content `hash`) of the `first` version of its id.
+/// Written by hand ([`JsonRow`]): the columns of [`DedupAuditRow`], in its order.
 pub fn dedup_audit(
     r: &InputRecord<'_>,
     kind: AuditKind,
@@ -269,22 +277,22 @@ pub fn dedup_audit(
     first: &DedupEntry,
     seq: u64,
 ) -> Vec<u8> {
-    enc(&DedupAuditRow {
-        kind: kind.as_str(),
-        transaction_id: event.transaction_id.as_str(),
-        event_time: ts(event.event_time_micros()),
-        first_event_time: ts(first.event_time_micros),
-        amount_minor: event.amount_minor,
-        currency: event.currency.code(),
-        first_content_hash: format!("{:032x}", first.content_hash),
-        repeat_content_hash: format!("{hash:032x}"),
-        first_partition: first.partition,
-        first_offset: first.offset,
-        kafka_timestamp: kafka_timestamp(r),
-        source_partition: r.partition,
-        source_offset: r.offset,
-        outbox_seq: seq,
-    })
+    JsonRow::with_capacity(448)
+        .str("kind", kind.as_str())
+        .str("transaction_id", event.transaction_id.as_str())
+        .ts("event_time", event.event_time_micros())
+        .ts("first_event_time", first.event_time_micros)
+        .int("amount_minor", event.amount_minor)
+        .str("currency", event.currency.code())
+        .hex128("first_content_hash", first.content_hash)
+        .hex128("repeat_content_hash", hash)
+        .int("first_partition", first.partition)
+        .int("first_offset", first.offset)
+        .opt_ts("kafka_timestamp", kafka_timestamp_micros(r))
+        .int("source_partition", r.partition)
+        .int("source_offset", r.offset)
+        .int("outbox_seq", seq)
+        .finish()
 }
 
 /// `payment_metrics`: the aggregates of a closed window `[start, start + size)` of a
@@ -432,6 +440,94 @@ mod tests {
         assert_eq!(row["kafka_key"], serde_json::Value::Null);
         let row = error_row(&[0xff], payload, &ValidationError::NotAnObject);
         assert_eq!(row["kafka_key"], serde_json::Value::Null);
+    }
+
+    /// The rows written by hand are the bytes serde writes for their row structs: odd
+    /// strings (escapes, non-ASCII), a missing and a present Kafka timestamp, reasons.
+    #[test]
+    fn hand_written_rows_are_the_bytes_of_their_serde_structs() {
+        use super::super::fixtures::payment as event;
+        use paydedup_fraud::Reason;
+        let odd = PaymentEvent {
+            merchant_id: "m-\"quoted\"\\\n\u{1}".into(),
+            customer_id: "c-é漢".into(),
+            merchant_category: 42,
+            ..event("tx-1", 7, -1999)
+        };
+        let fraud = Assessment {
+            score: 73,
+            reasons: vec![Reason::Velocity10m, Reason::NewDevice],
+            flagged: true,
+            card_count_10m: 3,
+            card_count_1h: 9,
+        };
+        let first = DedupEntry {
+            event_time_micros: 1_700_000_000_123_456,
+            content_hash: 0xabc,
+            partition: 2,
+            offset: 11,
+        };
+        for timestamp_ms in [None, Some(1_764_000_000_123), Some(i64::MAX)] {
+            let r = InputRecord {
+                timestamp_ms,
+                ..record(b"k", b"{}")
+            };
+            for e in [event("tx-2", 0, 100), odd.clone()] {
+                let hash = u128::MAX / 3;
+                let expected = enc(&PaymentRow {
+                    transaction_id: e.transaction_id.as_str(),
+                    event_time: ts(e.event_time_micros()),
+                    amount_minor: e.amount_minor,
+                    amount: e.currency.format_major(e.amount_minor),
+                    currency: e.currency.code(),
+                    merchant_id: &e.merchant_id,
+                    merchant_category: format!("{:04}", e.merchant_category),
+                    card_fingerprint: &e.card_fingerprint,
+                    card_country: &e.card_country,
+                    customer_id: &e.customer_id,
+                    ip_country: &e.ip_country,
+                    device_id: &e.device_id,
+                    region: &e.region,
+                    payment_method: e.payment_method.as_str(),
+                    schema_version: e.schema_version,
+                    content_hash: format!("{hash:032x}"),
+                    fraud_score: fraud.score,
+                    fraud_flagged: fraud.flagged,
+                    fraud_reasons: fraud.reasons.iter().map(|r| r.as_str()).collect(),
+                    card_count_10m: fraud.card_count_10m,
+                    card_count_1h: fraud.card_count_1h,
+                    kafka_timestamp: kafka_timestamp(&r),
+                    source_partition: r.partition,
+                    source_offset: r.offset,
+                    outbox_seq: 99,
+                });
+                assert_eq!(
+                    String::from_utf8(payment(&r, &e, hash, &fraud, 99)).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+                let expected = enc(&DedupAuditRow {
+                    kind: AuditKind::Conflict.as_str(),
+                    transaction_id: e.transaction_id.as_str(),
+                    event_time: ts(e.event_time_micros()),
+                    first_event_time: ts(first.event_time_micros),
+                    amount_minor: e.amount_minor,
+                    currency: e.currency.code(),
+                    first_content_hash: format!("{:032x}", first.content_hash),
+                    repeat_content_hash: format!("{hash:032x}"),
+                    first_partition: first.partition,
+                    first_offset: first.offset,
+                    kafka_timestamp: kafka_timestamp(&r),
+                    source_partition: r.partition,
+                    source_offset: r.offset,
+                    outbox_seq: 98,
+                });
+                let row = dedup_audit(&r, AuditKind::Conflict, &e, hash, &first, 98);
+                assert_eq!(
+                    String::from_utf8(row).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
+        }
     }
 
     #[test]
