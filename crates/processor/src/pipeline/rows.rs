@@ -29,6 +29,8 @@ pub fn ts(micros: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The `payments` columns. [`payment`] writes them by hand, in this order; a test holds
+/// its bytes to this struct's serde rendering.
 #[derive(Debug, Serialize)]
 pub struct PaymentRow<'a> {
     pub transaction_id: &'a str,
@@ -59,6 +61,7 @@ pub struct PaymentRow<'a> {
     pub outbox_seq: u64,
 }
 
+/// The `dedup_audit` columns, written by hand by [`dedup_audit`] (as [`PaymentRow`]).
 #[derive(Debug, Serialize)]
 pub struct DedupAuditRow<'a> {
     /// `duplicate` or `conflict`.
