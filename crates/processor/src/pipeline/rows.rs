@@ -223,7 +223,8 @@ pub fn payment(
     fraud: &Assessment,
     seq: u64,
 ) -> Vec<u8> {
-    JsonRow::with_capacity(640)
+    let mut row = JsonRow::with_capacity(640);
+    let row = row
         .str("transaction_id", event.transaction_id.as_str())
         .ts("event_time", event.event_time_micros())
         .int("amount_minor", event.amount_minor)
@@ -244,12 +245,8 @@ pub fn payment(
         .bool("fraud_flagged", fraud.flagged)
         .str_list("fraud_reasons", fraud.reasons.iter().map(|r| r.as_str()))
         .int("card_count_10m", fraud.card_count_10m)
-        .int("card_count_1h", fraud.card_count_1h)
-        .opt_ts("kafka_timestamp", kafka_timestamp_micros(r))
-        .int("source_partition", r.partition)
-        .int("source_offset", r.offset)
-        .int("outbox_seq", seq)
-        .finish()
+        .int("card_count_1h", fraud.card_count_1h);
+    provenance(row, r, seq)
 }
 
 /// Which repeat a `dedup_audit` row records.
@@ -280,7 +277,8 @@ pub fn dedup_audit(
     first: &DedupEntry,
     seq: u64,
 ) -> Vec<u8> {
-    JsonRow::with_capacity(448)
+    let mut row = JsonRow::with_capacity(448);
+    let row = row
         .str("kind", kind.as_str())
         .str("transaction_id", event.transaction_id.as_str())
         .ts("event_time", event.event_time_micros())
@@ -290,8 +288,14 @@ pub fn dedup_audit(
         .hex128("first_content_hash", first.content_hash)
         .hex128("repeat_content_hash", hash)
         .int("first_partition", first.partition)
-        .int("first_offset", first.offset)
-        .opt_ts("kafka_timestamp", kafka_timestamp_micros(r))
+        .int("first_offset", first.offset);
+    provenance(row, r, seq)
+}
+
+/// The columns every per-record row ends with: when and where the record came from,
+/// and the row's sequence (the relay's idempotency key).
+fn provenance(row: &mut JsonRow, r: &InputRecord<'_>, seq: u64) -> Vec<u8> {
+    row.opt_ts("kafka_timestamp", kafka_timestamp_micros(r))
         .int("source_partition", r.partition)
         .int("source_offset", r.offset)
         .int("outbox_seq", seq)
