@@ -18,7 +18,7 @@
 //! answer whether the commit has finished or not; and only the last batch can be in
 //! flight (the checkpoint waits for a commit before starting the next).
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::HashMap;
 
 use paydedup_event::{PaymentEvent, ValidationError};
 use paydedup_fraud::{assess, Assessment, CardState, CustomerState, FraudConfig};
@@ -30,7 +30,7 @@ use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
 /// (std's default) cost ~4 % of the pipeline thread on the peers' input. foldhash is
 /// seeded per process, so a producer cannot pick ids that collide in advance; a batch's
 /// maps live for one batch.
-type HashMap<K, V> = StdHashMap<K, V, foldhash::fast::RandomState>;
+type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The keys a batch reads, from its valid records: sorted, each once.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl FraudState for CustomerState {
 /// `CUSTOMER_LAST_SEEN_QUANTUM_MICROS`), and writing them again would cost a put
 /// through WAL, memtable and compaction for nothing.
 struct FraudTable<'a, S> {
-    index: HashMap<&'a str, usize>,
+    index: BatchMap<&'a str, usize>,
     slots: Vec<Slot<S>>,
 }
 
@@ -135,7 +135,7 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         keys: impl Iterator<Item = Vec<u8>>,
         values: impl Iterator<Item = Option<Vec<u8>>>,
     ) -> FraudTable<'a, S> {
-        let mut index = HashMap::with_capacity_and_hasher(ids.len(), Default::default());
+        let mut index = BatchMap::with_capacity_and_hasher(ids.len(), Default::default());
         let mut slots = Vec::with_capacity(ids.len());
         for ((id, key), value) in ids.into_iter().zip(keys).zip(values) {
             index.insert(id, slots.len());
@@ -168,7 +168,7 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         &mut slot.state
     }
 
-    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut HashMap<Vec<u8>, Vec<u8>>) {
+    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut BatchMap<Vec<u8>, Vec<u8>>) {
         for slot in self.slots.into_iter().filter(|s| s.changed) {
             let value = slot.state.encode();
             // Unchanged bytes are not written, and not in flight either: the next batch
@@ -186,15 +186,15 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
 /// The dedup and fraud values the previous batch wrote (see the module docs).
 #[derive(Debug, Default)]
 pub struct InFlight {
-    dedup: HashMap<[u8; 16], DedupEntry>,
-    fraud: HashMap<Vec<u8>, Vec<u8>>,
+    dedup: BatchMap<[u8; 16], DedupEntry>,
+    fraud: BatchMap<Vec<u8>, Vec<u8>>,
 }
 
 impl InFlight {
     /// Answers `keys` from the in-flight values where it can; asks `store` for the rest,
     /// in one bulk read.
     fn read<K: std::hash::Hash + Eq, V: Clone, E>(
-        in_flight: &HashMap<K, V>,
+        in_flight: &BatchMap<K, V>,
         keys: &[K],
         store: impl FnOnce(&[&K]) -> Result<Vec<Option<V>>, E>,
     ) -> Result<Vec<Option<V>>, E> {
@@ -213,7 +213,7 @@ impl InFlight {
 /// The state a batch reads and writes, between its bulk read and its commit.
 pub struct BatchState<'a> {
     /// Dedup entries by key: as read, then as this batch wrote them.
-    dedup: HashMap<[u8; 16], Option<DedupEntry>>,
+    dedup: BatchMap<[u8; 16], Option<DedupEntry>>,
     /// Keys this batch wrote, in write order.
     dedup_written: Vec<[u8; 16]>,
     cards: FraudTable<'a, CardState>,
@@ -401,7 +401,7 @@ mod tests {
         let decoded = vec![Ok(at("a", 1)), Ok(at("b", 20 * 60)), Ok(at("c", 3_601))];
         let cfg = FraudConfig::default();
         // Each record in a batch of its own, reading what the one before wrote.
-        let mut stored: HashMap<Vec<u8>, Vec<u8>> = HashMap::default();
+        let mut stored: BatchMap<Vec<u8>, Vec<u8>> = BatchMap::default();
         let mut written = Vec::new();
         for d in &decoded {
             let one = std::slice::from_ref(d);
