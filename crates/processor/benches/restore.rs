@@ -24,6 +24,7 @@ use paydedup_event::{
 };
 use paydedup_fraud::FraudConfig;
 use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
+use paydedup_processor::relay::deliverable_rows;
 use paydedup_processor::restore::{rebuild::RebuildConfig, restore};
 use paydedup_sink::{FileSink, Sink};
 use paydedup_state::{StateStore, StoreOptions, Table};
@@ -120,7 +121,7 @@ fn open(dir: &std::path::Path) -> StateStore {
 fn deliver(store: &StateStore, sink: &mut FileSink) {
     for t in Table::ALL {
         for p in PARTITIONS {
-            let rows = store.outbox_rows(t, p, usize::MAX).unwrap();
+            let rows = deliverable_rows(store, t, p, usize::MAX).unwrap();
             if let Some(&(last, _)) = rows.last() {
                 let first = rows[0].0;
                 let bytes: Vec<Vec<u8>> = rows.into_iter().map(|(_, r)| r).collect();

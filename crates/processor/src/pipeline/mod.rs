@@ -20,6 +20,7 @@
 //! restarts from RocksDB, so memory and disk never need reconciling.
 
 mod closing;
+pub mod compact_row;
 pub mod dedupe;
 #[cfg(test)]
 pub(crate) mod fixtures;

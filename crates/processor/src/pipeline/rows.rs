@@ -7,8 +7,10 @@
 //! Every row carries `source_partition` and `outbox_seq`, the relay's idempotency key.
 //!
 //! One function per table renders a row from its record, what the pipeline decided
-//! about it ([`super::outcome::Outcome`]'s fields) and its sequence, straight to the JSON
-//! bytes the outbox stores. They only read: every state effect has happened before.
+//! about it ([`super::outcome::Outcome`]'s fields) and its sequence, straight to the
+//! bytes the outbox stores: JSON, or for the two rows nearly every event makes
+//! (`payments`, `dedup_audit`) a compact row the relay renders as JSON
+//! ([`super::compact_row`]). They only read: every state effect has happened before.
 
 use base64::Engine;
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -17,7 +19,7 @@ use paydedup_fraud::Assessment;
 use paydedup_state::DedupEntry;
 use serde::Serialize;
 
-use super::json_row::JsonRow;
+use super::compact_row::{CompactRow, DEDUP_AUDIT, PAYMENTS};
 use super::window::WindowAgg;
 use super::InputRecord;
 
@@ -29,8 +31,8 @@ pub fn ts(micros: i64) -> String {
         .unwrap_or_default()
 }
 
-/// The `payments` columns. [`payment`] writes them by hand, in this order; a test holds
-/// its bytes to this struct's serde rendering.
+/// The `payments` columns. [`payment`] writes them as a compact row, in this order; a
+/// test holds its JSON rendering to this struct's serde rendering.
 #[derive(Debug, Serialize)]
 pub struct PaymentRow<'a> {
     pub transaction_id: &'a str,
@@ -61,7 +63,7 @@ pub struct PaymentRow<'a> {
     pub outbox_seq: u64,
 }
 
-/// The `dedup_audit` columns, written by hand by [`dedup_audit`] (as [`PaymentRow`]).
+/// The `dedup_audit` columns, written as a compact row by [`dedup_audit`] (as [`PaymentRow`]).
 #[derive(Debug, Serialize)]
 pub struct DedupAuditRow<'a> {
     /// `duplicate` or `conflict`.
@@ -214,8 +216,8 @@ pub fn late_event(
     })
 }
 
-/// `payments`: a unique payment with its content `hash` and fraud assessment. Written
-/// by hand ([`JsonRow`]): the columns of [`PaymentRow`], in its order.
+/// `payments`: a unique payment with its content `hash` and fraud assessment. A
+/// compact row ([`CompactRow`]) of the columns of [`PaymentRow`], in its order.
 pub fn payment(
     r: &InputRecord<'_>,
     event: &PaymentEvent,
@@ -223,7 +225,7 @@ pub fn payment(
     fraud: &Assessment,
     seq: u64,
 ) -> Vec<u8> {
-    let mut row = JsonRow::with_capacity(640);
+    let mut row = CompactRow::new(&PAYMENTS, 192);
     let row = row
         .str("transaction_id", event.transaction_id.as_str())
         .ts("event_time", event.event_time_micros())
@@ -268,7 +270,7 @@ impl AuditKind {
 }
 
 /// `dedup_audit`: an on-time repeat (content `hash`) of the `first` version of its id.
-/// Written by hand ([`JsonRow`]): the columns of [`DedupAuditRow`], in its order.
+/// A compact row ([`CompactRow`]) of the columns of [`DedupAuditRow`], in its order.
 pub fn dedup_audit(
     r: &InputRecord<'_>,
     kind: AuditKind,
@@ -277,7 +279,7 @@ pub fn dedup_audit(
     first: &DedupEntry,
     seq: u64,
 ) -> Vec<u8> {
-    let mut row = JsonRow::with_capacity(448);
+    let mut row = CompactRow::new(&DEDUP_AUDIT, 128);
     let row = row
         .str("kind", kind.as_str())
         .str("transaction_id", event.transaction_id.as_str())
@@ -294,7 +296,7 @@ pub fn dedup_audit(
 
 /// The columns every per-record row ends with: when and where the record came from,
 /// and the row's sequence (the relay's idempotency key).
-fn provenance(row: &mut JsonRow, r: &InputRecord<'_>, seq: u64) -> Vec<u8> {
+fn provenance(row: &mut CompactRow, r: &InputRecord<'_>, seq: u64) -> Vec<u8> {
     row.opt_ts("kafka_timestamp", kafka_timestamp_micros(r))
         .int("source_partition", r.partition)
         .int("source_offset", r.offset)
@@ -449,10 +451,11 @@ mod tests {
         assert_eq!(row["kafka_key"], serde_json::Value::Null);
     }
 
-    /// The rows written by hand are the bytes serde writes for their row structs: odd
+    /// The compact rows render as the bytes serde writes for their row structs: odd
     /// strings (escapes, non-ASCII), a missing and a present Kafka timestamp, reasons.
     #[test]
-    fn hand_written_rows_are_the_bytes_of_their_serde_structs() {
+    fn compact_rows_render_as_the_bytes_of_their_serde_structs() {
+        use super::super::compact_row::to_json;
         use super::super::fixtures::payment as event;
         use paydedup_fraud::Reason;
         let odd = PaymentEvent {
@@ -509,7 +512,7 @@ mod tests {
                     outbox_seq: 99,
                 });
                 assert_eq!(
-                    String::from_utf8(payment(&r, &e, hash, &fraud, 99)).unwrap(),
+                    String::from_utf8(to_json(payment(&r, &e, hash, &fraud, 99)).unwrap()).unwrap(),
                     String::from_utf8(expected).unwrap()
                 );
                 let expected = enc(&DedupAuditRow {
@@ -530,7 +533,7 @@ mod tests {
                 });
                 let row = dedup_audit(&r, AuditKind::Conflict, &e, hash, &first, 98);
                 assert_eq!(
-                    String::from_utf8(row).unwrap(),
+                    String::from_utf8(to_json(row).unwrap()).unwrap(),
                     String::from_utf8(expected).unwrap()
                 );
             }

@@ -6,6 +6,7 @@ use paydedup_state::StoreOptions;
 
 use super::fixtures::{config, payment};
 use super::*;
+use crate::relay::deliverable_rows;
 
 fn cfg() -> PipelineConfig {
     config()
@@ -73,7 +74,7 @@ fn run(batches: &[(usize, usize)]) -> (Outbox, BatchStats) {
     }
     let mut out = BTreeMap::new();
     for t in Table::ALL {
-        let rows = store.outbox_rows(t, 0, 1000).unwrap();
+        let rows = deliverable_rows(&store, t, 0, 1000).unwrap();
         if !rows.is_empty() {
             out.insert((t, 0), rows);
         }
@@ -157,7 +158,7 @@ fn run_overlapped(batches: &[(usize, usize)]) -> Outbox {
     store.commit(in_flight.take().unwrap()).unwrap();
     let mut out = BTreeMap::new();
     for t in Table::ALL {
-        let rows = store.outbox_rows(t, 0, 1000).unwrap();
+        let rows = deliverable_rows(&store, t, 0, 1000).unwrap();
         if !rows.is_empty() {
             out.insert((t, 0), rows);
         }
@@ -218,7 +219,7 @@ fn a_card_number_in_bad_input_never_reaches_a_row() {
     let (batch, stats) = p.process(&[rec], &store).unwrap();
     assert_eq!(stats.invalid_by_code.get("card_number_detected"), Some(&1));
     store.commit(batch).unwrap();
-    let rows = store.outbox_rows(Table::ProcessingErrors, 0, 10).unwrap();
+    let rows = deliverable_rows(&store, Table::ProcessingErrors, 0, 10).unwrap();
     let row = String::from_utf8(rows[0].1.clone()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&row).unwrap();
     let payload = base64::engine::general_purpose::STANDARD
@@ -350,7 +351,7 @@ fn fraud_history_under_an_earlier_builds_keys_is_renamed_and_read() {
     let (batch, stats) = p.process(&[rec], &store).unwrap();
     assert_eq!(stats.unique, 1);
     store.commit(batch).unwrap();
-    let rows = store.outbox_rows(Table::Payments, 0, 10).unwrap();
+    let rows = deliverable_rows(&store, Table::Payments, 0, 10).unwrap();
     let row: serde_json::Value = serde_json::from_slice(&rows[0].1).unwrap();
     assert_eq!(row["card_fingerprint"], fingerprint);
     assert_eq!(row["card_count_1h"], 6);
@@ -384,7 +385,7 @@ fn stored_rows(input: &[(&str, Vec<u8>)]) -> Vec<String> {
     let (_dir, store) = one_batch(input);
     let mut out = Vec::new();
     for t in Table::ALL {
-        for (_, row) in store.outbox_rows(t, 0, 1000).unwrap() {
+        for (_, row) in deliverable_rows(&store, t, 0, 1000).unwrap() {
             let v: serde_json::Value = serde_json::from_slice(&row).unwrap();
             if let Some(b) = v["payload_base64"].as_str() {
                 let raw = base64::engine::general_purpose::STANDARD.decode(b).unwrap();
@@ -486,7 +487,7 @@ fn a_kafka_timestamp_no_row_can_carry_is_an_error_at_decode_time() {
         stats.invalid_by_code.get("kafka_timestamp_out_of_range"),
         Some(&1)
     );
-    let rows = store.outbox_rows(Table::ProcessingErrors, 0, 10).unwrap();
+    let rows = deliverable_rows(&store, Table::ProcessingErrors, 0, 10).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&rows[0].1).unwrap();
     assert_eq!(v["kafka_timestamp"], serde_json::Value::Null);
     assert_eq!(v["error_field"], "kafka_timestamp");
@@ -526,7 +527,7 @@ proptest::proptest! {
         let (_dir, store) = one_batch(&input);
         let mut offsets = Vec::new();
         for t in [Table::Payments, Table::DedupAudit, Table::LateEvents, Table::ProcessingErrors] {
-            for (_, row) in store.outbox_rows(t, 0, 1000).unwrap() {
+            for (_, row) in deliverable_rows(&store, t, 0, 1000).unwrap() {
                 let v: serde_json::Value = serde_json::from_slice(&row).unwrap();
                 offsets.push(v["source_offset"].as_i64().unwrap());
                 let text = String::from_utf8_lossy(&row).into_owned();

@@ -8,6 +8,8 @@ use paydedup_sink::SinkError;
 use paydedup_state::{StateError, Table};
 use thiserror::Error;
 
+use crate::pipeline::compact_row::CompactRowError;
+
 #[derive(Debug, Error)]
 pub enum RelayError {
     #[error("reading or trimming the outbox: {0}")]
@@ -68,6 +70,15 @@ pub enum RelayError {
         first_seq: u64,
         source: SinkError,
     },
+    #[error(
+        "{table} partition {partition} sequence {seq}: the stored row cannot be rendered: {source}"
+    )]
+    BadRow {
+        table: Table,
+        partition: i32,
+        seq: u64,
+        source: CompactRowError,
+    },
     #[error("starting the relay thread: {0}")]
     Spawn(std::io::Error),
     #[error("the relay's shared state is poisoned (a thread panicked)")]
@@ -100,6 +111,7 @@ impl RelayError {
         "flush_timeout",
         "replay_differs",
         "verify_read",
+        "bad_row",
         "spawn",
         "poisoned",
     ];
@@ -120,6 +132,7 @@ impl RelayError {
             RelayError::FlushTimeout { .. } => "flush_timeout",
             RelayError::ReplayDiffers { .. } => "replay_differs",
             RelayError::VerifyRead { .. } => "verify_read",
+            RelayError::BadRow { .. } => "bad_row",
             RelayError::Spawn(_) => "spawn",
             RelayError::Poisoned => "poisoned",
         }

@@ -38,6 +38,8 @@ use paydedup_state::{StateBatch, StateError, StateStore, Table};
 
 pub use error::RelayError;
 
+use crate::pipeline::compact_row;
+
 use crate::metrics::events::{OutboxAgeMeasured, OutboxDepthChanged, RelayStopped};
 use crate::metrics::Metrics;
 
@@ -221,6 +223,30 @@ impl OutboxRelay {
             let _ = h.join();
         }
     }
+}
+
+/// Up to `limit` undelivered rows of a stream, from its first, as the sink receives
+/// them: compact rows rendered as JSON (see `pipeline::compact_row`), on the caller's
+/// thread. A row that cannot be rendered stops delivery ([`RelayError::BadRow`]).
+pub fn deliverable_rows(
+    store: &StateStore,
+    table: Table,
+    partition: i32,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, RelayError> {
+    store
+        .outbox_rows(table, partition, limit)?
+        .into_iter()
+        .map(|(seq, row)| match compact_row::to_json(row) {
+            Ok(json) => Ok((seq, json)),
+            Err(source) => Err(RelayError::BadRow {
+                table,
+                partition,
+                seq,
+                source,
+            }),
+        })
+        .collect()
 }
 
 #[cfg(test)]

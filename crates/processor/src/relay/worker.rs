@@ -13,7 +13,7 @@ use paydedup_sink::{Sink, SinkError};
 use paydedup_state::{fail_point, StateStore, Table};
 use rand::Rng;
 
-use super::{dead_letter, resend_check, RelayConfig, RelayError, Shared};
+use super::{dead_letter, deliverable_rows, resend_check, RelayConfig, RelayError, Shared};
 use crate::metrics::events::{RowsDeadLettered, RowsDelivered, SinkWriteFailed};
 use crate::metrics::Metrics;
 
@@ -58,9 +58,8 @@ impl Worker {
                     if self.stopping() {
                         return Ok(());
                     }
-                    let rows = self
-                        .store
-                        .outbox_rows(table, partition, self.cfg.batch_rows)?;
+                    let rows =
+                        deliverable_rows(&self.store, table, partition, self.cfg.batch_rows)?;
                     if rows.is_empty() {
                         break;
                     }

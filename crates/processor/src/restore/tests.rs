@@ -16,6 +16,7 @@ use super::rebuild::RebuildConfig;
 use super::restore;
 use crate::pipeline::fixtures::{config, payment};
 use crate::pipeline::{InputRecord, Pipeline};
+use crate::relay::deliverable_rows;
 
 const PARTITIONS: [i32; 2] = [0, 1];
 
@@ -112,7 +113,7 @@ fn process(store: &StateStore, input: &[(i32, String, Vec<u8>)], until: usize, d
 fn deliver(store: &StateStore, sink: &mut MemorySink, share: impl Fn(Table) -> f64) {
     for t in Table::ALL {
         for p in PARTITIONS {
-            let rows = store.outbox_rows(t, p, usize::MAX).unwrap();
+            let rows = deliverable_rows(store, t, p, usize::MAX).unwrap();
             let n = (rows.len() as f64 * share(t)) as usize;
             for (seq, row) in rows.into_iter().take(n) {
                 sink.append(t, p, seq, &[row]).unwrap();
