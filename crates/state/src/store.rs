@@ -118,6 +118,9 @@ pub struct StateStore {
 /// with it drops the expired history it holds.
 const FRAUD_PERIODIC_COMPACTION_SECS: u64 = 24 * 3_600;
 
+/// How many full fraud memtables one flush merges (see `cf_options`).
+const FRAUD_MEMTABLES_PER_FLUSH: i32 = 4;
+
 fn cf_options(
     name: &str,
     opts: &StoreOptions,
@@ -176,6 +179,14 @@ fn cf_options(
                 // docs/benchmarks.md). The price is up to twice the column family's size
                 // on disk while the largest run is being rewritten.
                 o.set_compaction_style(DBCompactionStyle::Universal);
+                // Flush four full memtables as one sorted run. Inserts stay as cheap as
+                // into one small memtable, but a card or customer updated in several of
+                // them is written once, and there are a quarter as many runs to merge
+                // (peers' 10 M input: 20 % fewer bytes written in all, 3–7 % less CPU,
+                // two pairs; up to 96 MB of fraud memtables instead of 32 MB, and the
+                // WAL bound, `max_wal_bytes`, still forces flushes).
+                o.set_min_write_buffer_number_to_merge(FRAUD_MEMTABLES_PER_FLUSH);
+                o.set_max_write_buffer_number(FRAUD_MEMTABLES_PER_FLUSH + 2);
                 // The TTL filter only sees keys a compaction rewrites, and universal
                 // compaction leaves its largest run alone for long stretches: rewrite
                 // anything older than a day, so expired history leaves the disk at most
