@@ -1,10 +1,12 @@
 //! A JSON object written field by field, for the two rows nearly every event produces
-//! (`payments` and `dedup_audit`).
+//! (`payments` and `dedup_audit`). The outbox stores them as compact rows; the relay
+//! renders each through this writer (`compact_row::to_json`) before the sink sees it.
 //!
 //! Why not serde: rendering a payment row through `serde_json` (a struct of owned
 //! `String`s: timestamps through chrono's formatter, hashes and categories through
-//! `format!`) was ~13 % of the pipeline thread on the peers' input. This writer appends
-//! straight to one buffer: no intermediate strings, digits written by hand.
+//! `format!`) was ~13 % of the pipeline thread on the peers' input, when the pipeline
+//! rendered rows itself. This writer appends straight to one buffer: no intermediate
+//! strings, digits written by hand.
 //!
 //! **Invariant:** the bytes are exactly what `serde_json::to_vec` gives for the same
 //! fields in the same order (the rows are compared byte for byte with serde's in the
