@@ -23,6 +23,8 @@
 //! | string list | count (varint), then each string |
 //! | string | see [`put_str`] |
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 use super::json_row::JsonRow;
@@ -290,7 +292,7 @@ pub fn to_json(row: Vec<u8>) -> Result<Vec<u8>, CompactRowError> {
                 for _ in 0..n {
                     list.push(r.str()?);
                 }
-                json.str_list(name, list.iter().map(String::as_str));
+                json.str_list(name, list.iter().map(|s| s.as_ref()));
             }
         }
     }
@@ -399,7 +401,13 @@ impl<'a> Reader<'a> {
         let mut v: u128 = 0;
         for shift in (0..128).step_by(7) {
             let b = self.byte()?;
-            v |= u128::from(b & 0x7f) << shift;
+            let bits = u128::from(b & 0x7f);
+            // The nineteenth byte may carry only the top two bits of a u128: more is
+            // damage, not a number to cut short.
+            if shift == 126 && bits > 0b11 {
+                return Err(self.bad());
+            }
+            v |= bits << shift;
             if b & 0x80 == 0 {
                 return Ok(v);
             }
@@ -415,7 +423,9 @@ impl<'a> Reader<'a> {
         i64::try_from(unzigzag(self.varint()?)).map_err(|_| self.bad())
     }
 
-    fn str(&mut self) -> Result<String, CompactRowError> {
+    /// A string as stored: borrowed from the row when it is text, built only when it
+    /// has packed digits (the relay renders every row, so no copy per column).
+    fn str(&mut self) -> Result<Cow<'a, str>, CompactRowError> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let packed = match self.byte()? {
             0 => false,
@@ -423,15 +433,24 @@ impl<'a> Reader<'a> {
             _ => return Err(self.bad()),
         };
         let n = self.len()?;
-        let mut s = self.take(n)?.to_vec();
-        if packed {
-            let pairs = self.len()?;
-            for &b in self.take(pairs)? {
-                s.push(HEX[(b >> 4) as usize]);
-                s.push(HEX[(b & 0xf) as usize]);
-            }
+        let text = std::str::from_utf8(self.take(n)?).map_err(|_| self.bad())?;
+        if !packed {
+            return Ok(Cow::Borrowed(text));
         }
-        String::from_utf8(s).map_err(|_| self.bad())
+        let pairs = self.take_len()?;
+        let mut s = String::with_capacity(text.len() + 2 * pairs.len());
+        s.push_str(text);
+        for &b in pairs {
+            s.push(char::from(HEX[(b >> 4) as usize]));
+            s.push(char::from(HEX[(b & 0xf) as usize]));
+        }
+        Ok(Cow::Owned(s))
+    }
+
+    /// A varint length, then that many bytes.
+    fn take_len(&mut self) -> Result<&'a [u8], CompactRowError> {
+        let n = self.len()?;
+        self.take(n)
     }
 }
 
@@ -481,6 +500,32 @@ mod tests {
         for row in [&b"{\"a\":1}"[..], b"row7", b""] {
             assert_eq!(to_json(row.to_vec()).unwrap(), row);
         }
+    }
+
+    #[test]
+    fn a_varint_that_overflows_or_never_ends_is_refused() {
+        let read = |bytes: &[u8]| {
+            Reader {
+                bytes,
+                at: 0,
+                schema: 0,
+                column: "",
+            }
+            .varint()
+        };
+        let mut max = vec![0xff; 18];
+        max.push(0b11);
+        assert_eq!(read(&max), Ok(u128::MAX));
+        let mut over = vec![0xff; 18];
+        over.push(0b111);
+        assert!(matches!(read(&over), Err(CompactRowError::BadValue { .. })));
+        assert!(matches!(
+            read(&[0xff; 19]),
+            Err(CompactRowError::BadValue { .. })
+        ));
+        let mut buf = Vec::new();
+        put_varint(&mut buf, zigzag(i128::MIN));
+        assert_eq!(read(&buf).map(unzigzag), Ok(i128::MIN));
     }
 
     #[test]
