@@ -118,8 +118,21 @@ pub struct StateStore {
 /// with it drops the expired history it holds.
 const FRAUD_PERIODIC_COMPACTION_SECS: u64 = 24 * 3_600;
 
-/// How many full fraud memtables one flush merges (see `cf_options`).
-const FRAUD_MEMTABLES_PER_FLUSH: i32 = 4;
+/// One memtable of the dedup and fraud column families (see `cf_options`).
+const SMALL_MEMTABLE_BYTES: usize = 4 << 20;
+
+/// How many full dedup memtables one flush merges: 16 MB sorted runs, as before the
+/// memtables shrank. At most `+ 2` memtables, 24 MB.
+const DEDUP_MEMTABLES_PER_FLUSH: i32 = 4;
+
+/// How many full fraud memtables one flush merges: 64 MB sorted runs. A card or
+/// customer updated in several of them is written once. At most `+ 2` memtables,
+/// 72 MB; the WAL bound, `max_wal_bytes`, still forces flushes.
+const FRAUD_MEMTABLES_PER_FLUSH: i32 = 16;
+
+/// How many sorted runs the fraud column family gathers before universal compaction
+/// merges them (RocksDB's default is 4).
+const FRAUD_RUNS_BEFORE_COMPACTION: i32 = 8;
 
 fn cf_options(
     name: &str,
@@ -144,10 +157,22 @@ fn cf_options(
             // events, measured).
             table.set_cache_index_and_filter_blocks(false);
             o.set_block_based_table_factory(&table);
-            // Small memtables: every key here is random, and inserting into a skiplist
-            // that fits the CPU caches is what the commit spends its time on (16 MB
-            // against 64 MB: ~15 % less CPU on the peers' 2 M input, noisy).
-            o.set_write_buffer_size(16 << 20);
+            // Small memtables, several merged per flush. Every key here is random, and
+            // inserting into a skiplist that fits the CPU caches is what the commit
+            // spends its time on: 16 MB against 64 MB was ~15 % less CPU, and 4 MB
+            // against 16 MB another 10–15 % less user CPU at 10 M events
+            // (docs/benchmarks.md, ninth step). Merging several full memtables into
+            // one flush keeps the sorted runs as large as before, so compaction does
+            // not grow with the number of memtables.
+            o.set_write_buffer_size(SMALL_MEMTABLE_BYTES);
+            let per_flush = if name == CF_DEDUP {
+                DEDUP_MEMTABLES_PER_FLUSH
+            } else {
+                FRAUD_MEMTABLES_PER_FLUSH
+            };
+            o.set_min_write_buffer_number_to_merge(per_flush);
+            // Two more than a flush takes: inserts go on while one flush runs.
+            o.set_max_write_buffer_number(per_flush + 2);
             // The resident sets keep lookups of absent keys away from RocksDB, so the
             // lookups that come are hits: no bloom filter on the last level, where
             // nearly all keys live (less memory, no filter probe on a hit).
@@ -179,14 +204,11 @@ fn cf_options(
                 // docs/benchmarks.md). The price is up to twice the column family's size
                 // on disk while the largest run is being rewritten.
                 o.set_compaction_style(DBCompactionStyle::Universal);
-                // Flush four full memtables as one sorted run. Inserts stay as cheap as
-                // into one small memtable, but a card or customer updated in several of
-                // them is written once, and there are a quarter as many runs to merge
-                // (peers' 10 M input: 20 % fewer bytes written in all, 3–7 % less CPU,
-                // two pairs; up to 96 MB of fraud memtables instead of 32 MB, and the
-                // WAL bound, `max_wal_bytes`, still forces flushes).
-                o.set_min_write_buffer_number_to_merge(FRAUD_MEMTABLES_PER_FLUSH);
-                o.set_max_write_buffer_number(FRAUD_MEMTABLES_PER_FLUSH + 2);
+                // Merge sorted runs once eight are waiting, not four: fraud lookups are
+                // answered from memory (the resident values), so more runs cost
+                // little on reads, and each key is rewritten fewer times (peers' 10 M
+                // input: 5 % fewer bytes written, two pairs; ninth step).
+                o.set_level_zero_file_num_compaction_trigger(FRAUD_RUNS_BEFORE_COMPACTION);
                 // The TTL filter only sees keys a compaction rewrites, and universal
                 // compaction leaves its largest run alone for long stretches: rewrite
                 // anything older than a day, so expired history leaves the disk at most
