@@ -160,7 +160,7 @@ fn cf_options(
             // Small memtables, several merged per flush. Every key here is random, and
             // inserting into a skiplist that fits the CPU caches is what the commit
             // spends its time on: 16 MB against 64 MB was ~15 % less CPU, and 4 MB
-            // against 16 MB another 10–15 % less user CPU at 10 M events
+            // against 16 MB 3–24 % less user CPU at 10 M events (four pairs)
             // (docs/benchmarks.md, ninth step). Merging several full memtables into
             // one flush keeps the sorted runs as large as before, so compaction does
             // not grow with the number of memtables.

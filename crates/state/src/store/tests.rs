@@ -534,12 +534,32 @@ fn fraud_history_expires_by_its_ttl_under_universal_compaction() {
         .max()
         .unwrap();
     let text = std::fs::read_to_string(newest).unwrap();
-    let fraud_section = text.split("[CFOptions \"fraud\"]").nth(1).unwrap();
-    let fraud_section = fraud_section.split("[CFOptions ").next().unwrap();
+    let section = |cf: &str| {
+        let from = text.split(&format!("[CFOptions \"{cf}\"]")).nth(1).unwrap();
+        from.split("[CFOptions ").next().unwrap().to_string()
+    };
+    let fraud_section = section(CF_FRAUD);
     assert!(fraud_section.contains("compaction_style=kCompactionStyleUniversal"));
     assert!(fraud_section.contains(&format!(
         "periodic_compaction_seconds={FRAUD_PERIODIC_COMPACTION_SECS}"
     )));
+    assert!(fraud_section.contains(&format!(
+        "level0_file_num_compaction_trigger={FRAUD_RUNS_BEFORE_COMPACTION}"
+    )));
+    // Small memtables, several merged per flush, in both families that take a random
+    // key per event.
+    for (cf, section, per_flush) in [
+        (CF_FRAUD, &fraud_section, FRAUD_MEMTABLES_PER_FLUSH),
+        (CF_DEDUP, &section(CF_DEDUP), DEDUP_MEMTABLES_PER_FLUSH),
+    ] {
+        for expected in [
+            format!("write_buffer_size={SMALL_MEMTABLE_BYTES}\n"),
+            format!("min_write_buffer_number_to_merge={per_flush}\n"),
+            format!("max_write_buffer_number={}\n", per_flush + 2),
+        ] {
+            assert!(section.contains(&expected), "{cf}: no {expected:?}");
+        }
+    }
 }
 
 /// Fraud values are answered from memory once loaded, so memory must hold exactly what
