@@ -70,7 +70,8 @@ for r in rows:
     if r["engine"] == "paydedup":
         what = f"paydedup, {r['mode']} (synced commit per 5,000)"
         notes = (f"p50/p99 batch {r['p50_batch_ms']:.0f}/{r['p99_batch_ms']:.0f} ms, "
-                 f"{r['state_bytes_per_live_key']:.0f} B on disk per live dedup key "
+                 f"keyed state {r.get('keyed_state_bytes_per_live_key', 0):.0f} B per live key "
+                 f"(dedup and fraud keys), whole directory {r['state_bytes_per_live_key']:.0f} B per live dedup key "
                  f"(dedup index alone: {r.get('dedup_bytes_per_live_key', 0):.0f} B; "
                  + ", ".join(f"{cf} {b / 1e6:.0f} MB" for cf, b in r.get("bytes_by_column_family", {}).items())
                  + ")")
