@@ -51,6 +51,10 @@ pub enum RelayError {
     },
     #[error("{undelivered} rows still undelivered after {timeout:?}")]
     FlushTimeout { undelivered: u64, timeout: Duration },
+    /// A flush of a relay whose thread had already ended, its error taken earlier (a
+    /// fenced hand-off): nothing more can be delivered, so the flush does not wait.
+    #[error("the relay had already stopped; {undelivered} undelivered rows stay in the outbox")]
+    Stopped { undelivered: u64 },
     #[error(
         "{table} partition {partition} sequence {seq}: the replay made a different row than the sink \
          holds ({ours} here, {theirs} in the sink). The state is not the one that wrote these rows \
@@ -109,6 +113,7 @@ impl RelayError {
         "sink_skip",
         "dead_letter_io",
         "flush_timeout",
+        "stopped",
         "replay_differs",
         "verify_read",
         "bad_row",
@@ -130,6 +135,7 @@ impl RelayError {
             RelayError::SkipRejected { .. } => "sink_skip",
             RelayError::DeadLetter { .. } => "dead_letter_io",
             RelayError::FlushTimeout { .. } => "flush_timeout",
+            RelayError::Stopped { .. } => "stopped",
             RelayError::ReplayDiffers { .. } => "replay_differs",
             RelayError::VerifyRead { .. } => "verify_read",
             RelayError::BadRow { .. } => "bad_row",

@@ -197,6 +197,14 @@ impl OutboxRelay {
     }
 
     /// Waits until the outbox is empty, the relay fails, or `timeout` passes.
+    ///
+    /// A relay whose thread has ended delivers nothing more: the flush then returns at
+    /// once ([`RelayError::Stopped`]) instead of waiting out `timeout` for a depth that
+    /// cannot fall. That is the fenced hand-off: the processor takes the relay's
+    /// `fenced` error to hand its partitions over (`Processor::run`), then flushes. The
+    /// rows the fence stopped stay in the outbox (a partition's new owner re-derives
+    /// them from Kafka; this instance's next relay delivers those of the partitions it
+    /// keeps), so not waiting loses nothing and sends nothing twice.
     pub fn flush(&self, timeout: Duration) -> Result<(), RelayError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -205,6 +213,13 @@ impl OutboxRelay {
             }
             if self.depth() == 0 {
                 return Ok(());
+            }
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                // The thread stores its error before it ends: an error stored since the
+                // check above is reported, not hidden behind `Stopped`.
+                return Err(self.take_failure().unwrap_or(RelayError::Stopped {
+                    undelivered: self.depth(),
+                }));
             }
             if Instant::now() >= deadline {
                 return Err(RelayError::FlushTimeout {
@@ -299,6 +314,47 @@ mod tests {
         }
     }
 
+    /// A sink double for a partition a later owner has claimed: every append is
+    /// refused as fenced, as BigQuery refuses a processor whose streams the new owner
+    /// finalized.
+    struct FencedSink;
+
+    impl Sink for FencedSink {
+        fn append(
+            &mut self,
+            _: Table,
+            partition: i32,
+            _: u64,
+            _: &[Vec<u8>],
+        ) -> Result<paydedup_sink::AppendOutcome, SinkError> {
+            Err(SinkError::Fenced {
+                partition,
+                holder: "a later claimant (test double)".into(),
+            })
+        }
+        fn next_seq(&mut self, _: Table, _: i32) -> Result<Option<u64>, SinkError> {
+            Ok(None)
+        }
+        fn stored_identities(
+            &mut self,
+            _: Table,
+            _: i32,
+            _: u64,
+            _: u64,
+        ) -> Result<Vec<(u64, paydedup_sink::RowIdentity)>, SinkError> {
+            Ok(Vec::new())
+        }
+        fn scan_rows(
+            &mut self,
+            _: Table,
+            _: &[i32],
+            _: &[&str],
+            _: &mut dyn FnMut(&paydedup_sink::StoredRow) -> Result<(), SinkError>,
+        ) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
     fn cfg(dir: &std::path::Path) -> RelayConfig {
         RelayConfig {
             batch_rows: 3,
@@ -387,6 +443,41 @@ mod tests {
         relay.stop();
         // Nothing was lost: the row is still in the outbox.
         assert_eq!(store.outbox_rows(Table::Payments, 0, 10).unwrap().len(), 1);
+    }
+
+    /// The fenced hand-off: the processor takes the fenced relay's error to hand its
+    /// partitions over (`Processor::run`), then flushes before stopping the relay. The
+    /// relay's thread has ended, so the flush must say so at once, not wait out its
+    /// timeout (`--sink-give-up-secs`, 300 s by default); the rows stay in the outbox.
+    #[test]
+    fn a_flush_after_the_fenced_error_was_taken_returns_at_once_and_keeps_the_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        store.commit(rows(5)).unwrap();
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(FencedSink),
+            cfg(dir.path()),
+            Metrics::new(),
+        )
+        .unwrap();
+        // As the processor's loop does: take the error, see it is the fence.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let failure = loop {
+            if let Some(f) = relay.take_failure() {
+                break f;
+            }
+            assert!(Instant::now() < deadline, "the fenced relay never stopped");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(failure.is_fenced(), "{failure}");
+        // The final flush: a stopped relay, so `stopped` at once. Before, it polled an
+        // outbox nothing would drain until the timeout and said `flush_timeout`.
+        let err = relay.flush(Duration::from_secs(10)).unwrap_err();
+        assert_eq!(err.code(), "stopped", "{err}");
+        relay.stop();
+        // Nothing was lost or sent: the rows are still in the outbox.
+        assert_eq!(store.outbox_rows(Table::Payments, 0, 10).unwrap().len(), 5);
     }
 
     /// The value of an unlabelled gauge, as a scrape renders it.
