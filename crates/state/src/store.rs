@@ -753,7 +753,10 @@ impl StateStore {
         let next = last_seq.saturating_add(1);
         // Pages wholly below `next` go; a page starting below it and reaching past it stays.
         let mut keep_from = next;
+        // The first page still there: nothing below it is left to delete.
+        let mut lowest = None;
         self.scan_pages(table, partition, |first, page| {
+            lowest.get_or_insert(first);
             if first >= next {
                 return Ok(false);
             }
@@ -765,11 +768,19 @@ impl StateStore {
         })?;
         let cf = self.cf(CF_OUTBOX)?;
         let mut wb = WriteBatch::default();
-        wb.delete_range_cf(
-            cf,
-            keys::outbox_key(table, partition, 0),
-            keys::outbox_key(table, partition, keep_from),
-        );
+        // The range starts at the lowest page left, not at sequence 0: it deletes the
+        // same rows (there are none below that page), but its tombstone no longer
+        // covers every earlier one. Nested tombstones [0, a), [0, b), … made every new
+        // iterator over the outbox split and sort all of them (quadratic in the
+        // memtable's deliveries); disjoint ones are split once each. The relay opens
+        // one per read, so that was 3 % of all CPU of a relay run at 2 M.
+        if let Some(start) = lowest.filter(|&start| start < keep_from) {
+            wb.delete_range_cf(
+                cf,
+                keys::outbox_key(table, partition, start),
+                keys::outbox_key(table, partition, keep_from),
+            );
+        }
         wb.put_cf(
             self.cf(CF_META)?,
             meta::outbox_floor(table, partition),
