@@ -14,6 +14,9 @@ pub struct MemorySink {
     /// Refuse every append that holds one of these sequences, naming the first of them
     /// (fault injection: a row the sink finds invalid).
     pub reject_seqs: BTreeSet<u64>,
+    /// Refuse every append as fenced, naming this holder (fault injection: a later
+    /// owner claimed the partition).
+    pub fenced_by: Option<String>,
     /// Next expected sequence per (table, partition), when a skip moved it past the
     /// rows stored.
     pub next: BTreeMap<(Table, i32), u64>,
@@ -30,6 +33,12 @@ impl Sink for MemorySink {
         if self.fail_next > 0 {
             self.fail_next -= 1;
             return Err(SinkError::Transient("injected failure".into()));
+        }
+        if let Some(holder) = &self.fenced_by {
+            return Err(SinkError::Fenced {
+                partition,
+                holder: holder.clone(),
+            });
         }
         let expected = self.next_expected(table, partition);
         let skip = plan_append(table, partition, expected, first_seq, rows.len())?;

@@ -217,7 +217,7 @@ impl OutboxRelay {
             if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
                 // The thread stores its error before it ends: an error stored since the
                 // check above is reported, not hidden behind `Stopped`.
-                return Err(self.take_failure().unwrap_or(RelayError::Stopped {
+                return Err(self.take_failure().unwrap_or_else(|| RelayError::Stopped {
                     undelivered: self.depth(),
                 }));
             }
@@ -311,47 +311,6 @@ mod tests {
                 .lock()
                 .unwrap()
                 .scan_rows(t, partitions, columns, each)
-        }
-    }
-
-    /// A sink double for a partition a later owner has claimed: every append is
-    /// refused as fenced, as BigQuery refuses a processor whose streams the new owner
-    /// finalized.
-    struct FencedSink;
-
-    impl Sink for FencedSink {
-        fn append(
-            &mut self,
-            _: Table,
-            partition: i32,
-            _: u64,
-            _: &[Vec<u8>],
-        ) -> Result<paydedup_sink::AppendOutcome, SinkError> {
-            Err(SinkError::Fenced {
-                partition,
-                holder: "a later claimant (test double)".into(),
-            })
-        }
-        fn next_seq(&mut self, _: Table, _: i32) -> Result<Option<u64>, SinkError> {
-            Ok(None)
-        }
-        fn stored_identities(
-            &mut self,
-            _: Table,
-            _: i32,
-            _: u64,
-            _: u64,
-        ) -> Result<Vec<(u64, paydedup_sink::RowIdentity)>, SinkError> {
-            Ok(Vec::new())
-        }
-        fn scan_rows(
-            &mut self,
-            _: Table,
-            _: &[i32],
-            _: &[&str],
-            _: &mut dyn FnMut(&paydedup_sink::StoredRow) -> Result<(), SinkError>,
-        ) -> Result<(), SinkError> {
-            Ok(())
         }
     }
 
@@ -454,9 +413,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
         store.commit(rows(5)).unwrap();
+        // A partition a later owner has claimed: every append is refused as fenced.
+        let fenced = MemorySink {
+            fenced_by: Some("a later claimant".into()),
+            ..MemorySink::default()
+        };
         let relay = OutboxRelay::spawn(
             store.clone(),
-            Box::new(FencedSink),
+            Box::new(fenced),
             cfg(dir.path()),
             Metrics::new(),
         )
