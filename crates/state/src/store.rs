@@ -771,8 +771,8 @@ impl StateStore {
         // The range starts at the lowest page left, not at sequence 0: it deletes the
         // same rows (there are none below that page), but its tombstone no longer
         // covers every earlier one. Nested tombstones [0, a), [0, b), … made every new
-        // iterator over the outbox split and sort all of them (quadratic in the
-        // memtable's deliveries); disjoint ones are split once each. The relay opens
+        // iterator over the outbox split and sort all of them (more work with every
+        // delivery since the memtable's last flush); disjoint ones are split once each. The relay opens
         // one per read, so that was 3 % of all CPU of a relay run at 2 M.
         if let Some(start) = lowest.filter(|&start| start < keep_from) {
             wb.delete_range_cf(
