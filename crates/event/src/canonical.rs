@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::io::Write;
 
 use chrono::SecondsFormat;
 use xxhash_rust::xxh3::xxh3_128;
@@ -58,7 +59,18 @@ pub fn canonical_content(event: &PaymentEvent) -> Vec<u8> {
     field(event.card_fingerprint.as_bytes());
     field(event.card_country.as_bytes());
     field(event.customer_id.as_bytes());
-    field(event.ip_address.to_string().as_bytes());
+    // The address as `Display` writes it, formatted in place (no `String` per event):
+    // the length prefix is patched once the text is written.
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(out, "{}", event.ip_address);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    let mut field = |v: &[u8]| {
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    };
     field(event.ip_country.as_bytes());
     field(event.device_id.as_bytes());
     field(event.region.as_bytes());
@@ -98,4 +110,46 @@ pub fn encode_json(event: &PaymentEvent) -> Vec<u8> {
     };
     // A struct of strings and integers always serialises.
     serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode, DecodeLimits};
+    use chrono::{TimeZone, Utc};
+
+    /// The canonical bytes are stored (as hashes) and compared across versions: pinned
+    /// here field by field, for an IPv4 and an IPv6 address.
+    #[test]
+    fn canonical_bytes_are_pinned() {
+        for (ip, ip_text) in [
+            ("203.0.113.7", "203.0.113.7"),
+            ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+        ] {
+            let json = format!(
+                r#"{{"transaction_id":"tx-1","event_time":"2026-11-23T11:59:00Z","amount_minor":1999,"currency":"USD","merchant_id":"m-42","merchant_category":"5411","card_fingerprint":"9f86d081884c7d659a2feaa0c55ad015","card_country":"US","customer_id":"c-7","ip_address":"{ip}","ip_country":"US","device_id":"d-1","region":"us-east","payment_method":"card","schema_version":1}}"#
+            );
+            let reference = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+            let event = decode(json.as_bytes(), reference, &DecodeLimits::default()).unwrap();
+            let mut expected = Vec::new();
+            let mut field = |v: &[u8]| {
+                expected.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                expected.extend_from_slice(v);
+            };
+            field(b"tx-1");
+            field(&1999_i64.to_be_bytes());
+            field(b"USD");
+            field(b"m-42");
+            field(&5411_u16.to_be_bytes());
+            field(b"9f86d081884c7d659a2feaa0c55ad015");
+            field(b"US");
+            field(b"c-7");
+            field(ip_text.as_bytes());
+            field(b"US");
+            field(b"d-1");
+            field(b"us-east");
+            field(b"card");
+            assert_eq!(canonical_content(&event), expected, "{ip}");
+        }
+    }
 }

@@ -275,6 +275,26 @@ fn country_ip_method_and_text_rules() {
         "field_too_long"
     );
     assert_eq!(code_with("region", json!("eu\nwest")), "invalid_characters");
+    // Control characters by both checks: ASCII text (bytes) and other text (chars).
+    for text in [
+        "eu\u{7f}west",
+        "eu\u{1}",
+        "é\u{7f}",
+        "é\u{85}west",
+        "\u{9f}",
+    ] {
+        assert_eq!(
+            code_with("device_id", json!(text)),
+            "invalid_characters",
+            "{text:?}"
+        );
+    }
+    assert!(decode_value(&{
+        let mut v = valid();
+        v["region"] = json!("été-ouest");
+        v
+    })
+    .is_ok());
 }
 
 #[test]
@@ -364,6 +384,28 @@ proptest! {
     #[test]
     fn any_bytes_decode_or_error_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode(&bytes, reference(), &DecodeLimits::default());
+    }
+
+    /// The flat scanner's invariant (see `flat`): whatever it reads, serde reads the same
+    /// way. Valid records, records with one byte changed, and cut records.
+    #[test]
+    fn the_flat_scanner_agrees_with_serde(event in arb_event(), cut in 0_usize..400, byte in any::<u8>()) {
+        let whole = encode_json(&event);
+        let mut changed = whole.clone();
+        let i = cut % changed.len();
+        changed[i] = byte;
+        let mut spaced = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&whole).unwrap()).unwrap();
+        spaced.extend_from_slice(b" \n");
+        for bytes in [&whole[..], &changed[..], &whole[..i], &spaced[..]] {
+            let ours = super::flat::scan(bytes);
+            if let Some(ours) = ours {
+                let serde: Wire<'_> = serde_json::from_slice(bytes)
+                    .map_err(|e| TestCaseError::fail(format!("serde refused what the scanner read: {e}")))?;
+                prop_assert_eq!(format!("{ours:?}"), format!("{serde:?}"));
+            }
+        }
+        // The producers' own encoding is always flat.
+        prop_assert!(super::flat::scan(&whole).is_some());
     }
 
     #[test]
