@@ -426,6 +426,13 @@ fn country(field: &'static str, s: &str) -> Result<String, ValidationError> {
 /// pasted into a note) is caught wherever it sits, not only when it is the whole value.
 fn looks_like_pan(s: &str) -> bool {
     let b = s.as_bytes();
+    // Fewer than 13 digits in all cannot hold one: most text stops at this one pass.
+    if b.iter()
+        .fold(0usize, |n, c| n + usize::from(c.is_ascii_digit()))
+        < 13
+    {
+        return false;
+    }
     let mut i = 0;
     while i < b.len() {
         if !b[i].is_ascii_digit() {

@@ -226,6 +226,9 @@ fn card_rules_never_echo_the_number() {
         "4111 1111 1111 1111",
         "4111-1111-1111-1111",
         "cust 4111111111111111",
+        // The shortest card numbers: 13 digits.
+        "4222222222222",
+        "x4222-2222-22222",
     ] {
         assert_eq!(
             code_with("merchant_id", json!(spelled)),
