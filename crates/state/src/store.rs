@@ -438,16 +438,19 @@ impl StateStore {
             handles[i]
         };
         // Borrowed: after the write, the same ops feed the resident sets.
-        for op in &batch.ops {
+        let StateBatch {
+            ops, mut outbox, ..
+        } = batch;
+        for op in ops.iter() {
             match op {
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
         // Each stream's rows as pages, compressed here, on the committing thread.
-        for stream in batch.outbox {
+        for stream in &mut outbox {
             let (table, partition) = (stream.table, stream.partition);
-            for (first, rows) in stream.into_runs() {
+            for (first, rows) in stream.runs() {
                 wb.put_cf(
                     handle(CF_OUTBOX),
                     keys::outbox_key(table, partition, first),
@@ -469,7 +472,7 @@ impl StateStore {
         }
         fail_point::hit(fail_point::COMMIT_AFTER);
         // Only now, with the batch durable, may its keys be answered from memory.
-        self.record_commit(&batch.ops);
+        self.record_commit(&ops);
         Ok(())
     }
 

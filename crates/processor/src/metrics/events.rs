@@ -392,10 +392,10 @@ mod tests {
             .unwrap();
             store.wait_resident().unwrap();
             let mut b = paydedup_state::StateBatch::new();
-            b.put_fraud(b"\x03cust".to_vec(), 1i64.to_be_bytes().to_vec());
+            b.put_fraud(b"\x03cust", 1i64.to_be_bytes());
             store.commit(b).unwrap();
             let mut b = paydedup_state::StateBatch::new();
-            b.put_fraud(b"\x03other".to_vec(), 1i64.to_be_bytes().to_vec());
+            b.put_fraud(b"\x03other", 1i64.to_be_bytes());
             store.commit(b).unwrap();
             let m = Metrics::new();
             let (bytes, complete) = store.fraud_memory().unwrap();

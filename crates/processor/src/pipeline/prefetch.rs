@@ -177,8 +177,8 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
             if slot.read.as_ref() == Some(&value) {
                 continue;
             }
-            in_flight.insert(slot.key.clone(), value.clone());
-            batch.put_fraud(slot.key, value);
+            batch.put_fraud(&slot.key, &value);
+            in_flight.insert(slot.key, value);
         }
     }
 }

@@ -383,7 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open_store(dir.path());
         let mut b = StateBatch::new();
-        b.put_outbox(Table::Payments, 0, 0, b"row".to_vec());
+        b.put_outbox(Table::Payments, 0, 0, b"row");
         b.set_next_seq(Table::Payments, 0, 1);
         store.commit(b).unwrap();
         let sink = Arc::new(Mutex::new(MemorySink {
@@ -489,7 +489,7 @@ mod tests {
         let metrics = Metrics::new();
         let relay = spawn_refusing(&store, dir.path(), &metrics);
         let mut b = StateBatch::new();
-        b.put_outbox(Table::Payments, 1, 0, b"late".to_vec());
+        b.put_outbox(Table::Payments, 1, 0, b"late");
         b.set_next_seq(Table::Payments, 1, 1);
         relay.commit(&store, b).unwrap();
         std::thread::sleep(Duration::from_millis(50));

@@ -134,17 +134,17 @@ mod tests {
             for i in 0..10 {
                 b.put_dedup(keys::dedup_key(&format!("tx-{p}-{i}")), &entry(p, i));
             }
-            b.put_outbox(Table::Payments, p, 3, b"{}".to_vec());
+            b.put_outbox(Table::Payments, p, 3, b"{}");
             b.set_next_seq(Table::Payments, p, 4);
             b.set_next_offset(p, 10);
             b.set_last_record(p, 9, 42);
             b.set_max_event_time(p, 5_000);
             b.set_partition_horizon(p, 4_000);
-            b.put_window(keys::window_key(p, 60_000_000, "EUR"), b"{}".to_vec());
+            b.put_window(keys::window_key(p, 60_000_000, "EUR"), b"{}");
             b.set_landed_record(p, 12, Table::Payments);
             b.set_landed_window(p, 60_000_000, "EUR");
         }
-        b.put_fraud(b"card/x".to_vec(), vec![0; 8]);
+        b.put_fraud(b"card/x", vec![0; 8]);
         s.commit(b).unwrap();
         (dir, s)
     }

@@ -38,8 +38,8 @@ impl StateStore {
                 let Some(new) = current(old) else {
                     return Ok(());
                 };
-                batch.put_fraud(new, value.to_vec());
-                batch.delete_fraud(old.to_vec());
+                batch.put_fraud(new, value);
+                batch.delete_fraud(old);
                 in_batch += 1;
                 if in_batch == CHUNK {
                     self.commit(std::mem::take(&mut batch))?;
@@ -90,8 +90,8 @@ mod tests {
         for i in 0..n {
             b.put_fraud(format!("old/{i:06}").into_bytes(), value(i));
         }
-        b.put_fraud(b"old/keep".to_vec(), value(1));
-        b.put_fraud(b"other/1".to_vec(), value(2));
+        b.put_fraud(b"old/keep", value(1));
+        b.put_fraud(b"other/1", value(2));
         s.commit(b).unwrap();
 
         assert_eq!(s.rekey_fraud(&[b"old/"], upper).unwrap(), n);

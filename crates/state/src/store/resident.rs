@@ -28,7 +28,7 @@ use rocksdb::{IteratorMode, ReadOptions, DB};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::StateStore;
-use crate::batch::Op;
+use crate::batch::{Op, OpLog};
 use crate::cf::{CF_DEDUP, CF_FRAUD};
 use crate::keys::{be_u64, dedup_value_partition, value_time};
 use crate::resident::ResidentKeys;
@@ -271,7 +271,7 @@ impl StateStore {
 
     /// Adds a durable commit's keys, then sweeps a set whose TTL's fraction has passed
     /// since its last sweep (by the most advanced committed watermark).
-    pub(super) fn record_commit(&self, ops: &[Op]) {
+    pub(super) fn record_commit(&self, ops: &OpLog) {
         let Some(mut r) = self.resident() else {
             return;
         };
@@ -279,7 +279,7 @@ impl StateStore {
         // put and delete is applied, in order: memory answers fraud values, so none may
         // be missed.
         let loading = r.loading;
-        for op in ops {
+        for op in ops.iter() {
             match op {
                 Op::Put { cf, key, value } => match Kind::of(cf) {
                     Some(Kind::Dedup) => {

@@ -28,7 +28,7 @@ fn commit_is_visible_after_reopen() {
         let s = open(dir.path());
         let mut b = StateBatch::new();
         b.put_dedup(keys::dedup_key("tx-1"), &entry(5));
-        b.put_outbox(Table::Payments, 0, 0, b"row0".to_vec());
+        b.put_outbox(Table::Payments, 0, 0, b"row0");
         b.set_next_seq(Table::Payments, 0, 1);
         b.set_next_offset(0, 10);
         b.set_max_event_time(0, 99);
@@ -88,7 +88,7 @@ fn outbox_iterates_in_sequence_order_and_deletes_through() {
     for seq in [3_u64, 1, 2, 0, 255, 256] {
         b.put_outbox(Table::DedupAudit, 2, seq, seq.to_string().into_bytes());
     }
-    b.put_outbox(Table::DedupAudit, 3, 0, b"other partition".to_vec());
+    b.put_outbox(Table::DedupAudit, 3, 0, b"other partition");
     s.commit(b).unwrap();
     let rows = s.outbox_rows(Table::DedupAudit, 2, 100).unwrap();
     let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
@@ -139,8 +139,8 @@ fn stats_report_offsets_and_outbox_depth() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
     let mut b = StateBatch::new();
-    b.put_outbox(Table::Payments, 0, 0, b"x".to_vec());
-    b.put_outbox(Table::LateEvents, 1, 0, b"y".to_vec());
+    b.put_outbox(Table::Payments, 0, 0, b"x");
+    b.put_outbox(Table::LateEvents, 1, 0, b"y");
     b.set_next_offset(1, 7);
     s.commit(b).unwrap();
     let st = s.stats().unwrap();
@@ -246,7 +246,7 @@ fn resident_keys_hold_every_stored_key_across_reopen_and_forgetting() {
         b.put_dedup(keys::dedup_key("a"), &on(0, 5));
         b.put_dedup(keys::dedup_key("b"), &on(0, 6));
         b.put_dedup(keys::dedup_key("c"), &on(1, 7));
-        b.put_fraud(b"card/k".to_vec(), card("k"));
+        b.put_fraud(b"card/k", card("k"));
         s.commit(b).unwrap();
         assert_eq!(s.resident_keys(), Some((3, 1)));
         assert_eq!(
@@ -334,7 +334,7 @@ fn a_partly_delivered_page_hides_its_delivered_rows_across_a_reopen() {
         }
         s.commit(b).unwrap();
         let mut b = StateBatch::new();
-        b.put_outbox(Table::Payments, 0, 10, b"row10".to_vec());
+        b.put_outbox(Table::Payments, 0, 10, b"row10");
         s.commit(b).unwrap();
         // Rows 0..=3 delivered: the first page (0..10) stays, its first four hidden.
         s.outbox_delete_through(Table::Payments, 0, 3).unwrap();
@@ -376,7 +376,7 @@ fn a_partly_delivered_page_hides_its_delivered_rows_across_a_reopen() {
     // Forgetting the partition drops its floor: rows put again from 0 are all seen.
     s.forget_partitions(&[0]).unwrap();
     let mut b = StateBatch::new();
-    b.put_outbox(Table::Payments, 0, 0, b"again".to_vec());
+    b.put_outbox(Table::Payments, 0, 0, b"again");
     s.commit(b).unwrap();
     assert_eq!(
         s.outbox_rows(Table::Payments, 0, 100).unwrap(),
@@ -634,7 +634,7 @@ fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
     s.wait_resident().unwrap();
     let mut b = StateBatch::new();
     for t in [100i64, 600] {
-        b.put_fraud(format!("card/{t}").into_bytes(), t.to_be_bytes().to_vec());
+        b.put_fraud(format!("card/{t}").into_bytes(), t.to_be_bytes());
     }
     s.commit(b).unwrap();
     let keys = [b"card/100".to_vec(), b"card/600".to_vec()];
