@@ -107,8 +107,9 @@ struct PartitionProgress {
 
 pub struct Pipeline {
     cfg: PipelineConfig,
-    partitions: HashMap<i32, PartitionProgress>,
-    next_seq: HashMap<(Table, i32), u64>,
+    /// Looked up per record: hashed with foldhash, not SipHash (see `prefetch::BatchMap`).
+    partitions: prefetch::BatchMap<i32, PartitionProgress>,
+    next_seq: prefetch::BatchMap<(Table, i32), u64>,
     /// Open windows: (partition, start, currency code) → aggregate.
     windows: BTreeMap<WindowKey, WindowAgg>,
     /// (table, partition) whose next sequence changed since the last flush into a
@@ -154,7 +155,7 @@ impl BatchStats {
 impl Pipeline {
     /// Loads the committed progress, sequences and open windows from the store.
     pub fn load(cfg: PipelineConfig, store: &StateStore) -> Result<Pipeline, StateError> {
-        let mut partitions: HashMap<i32, PartitionProgress> = HashMap::new();
+        let mut partitions: prefetch::BatchMap<i32, PartitionProgress> = Default::default();
         for (p, o) in store.next_offsets()? {
             partitions.entry(p).or_default().next_offset = Some(o);
         }
@@ -244,7 +245,7 @@ impl Pipeline {
             records.iter().map(|r| self.decode_record(r, now)).collect();
         let mut state = BatchState::read(&decoded, &self.in_flight, store)?;
         let mut stats = BatchStats::default();
-        let mut batch = StateBatch::new();
+        let mut batch = StateBatch::for_records(records.len());
 
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();

@@ -30,7 +30,7 @@ use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
 /// (std's default) cost ~4 % of the pipeline thread on the peers' input. foldhash is
 /// seeded per process, so a producer cannot pick ids that collide in advance; a batch's
 /// maps live for one batch.
-type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The keys a batch reads, from its valid records: sorted, each once.
 #[derive(Debug, Default, PartialEq, Eq)]
