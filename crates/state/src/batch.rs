@@ -117,7 +117,8 @@ pub struct StateBatch {
     pub(crate) ops: OpLog,
     pub(crate) outbox: Vec<StreamRows>,
     outbox_rows: u64,
-    /// How many rows a new stream makes room for (see [`StateBatch::for_records`]).
+    /// The batch's records, for the room a new stream makes (see
+    /// [`StateBatch::for_records`]).
     row_room: usize,
 }
 
@@ -218,9 +219,10 @@ impl StateBatch {
         {
             Some(i) => i,
             None => {
-                // Rows spread over the batch's partitions: half the records is
-                // room enough for most streams without reserving a full copy for each.
-                let room = self.row_room / 2;
+                // A stream starts with room for a share of the batch's rows (most
+                // go to a few `payments` streams, one per partition) and grows from
+                // there: a stream of one error row does not reserve a whole batch.
+                let room = (self.row_room / 8).max(16);
                 self.outbox.push(StreamRows {
                     table,
                     partition,

@@ -397,9 +397,19 @@ proptest! {
         let mut changed = whole.clone();
         let i = cut % changed.len();
         changed[i] = byte;
-        let mut spaced = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&whole).unwrap()).unwrap();
-        spaced.extend_from_slice(b" \n");
-        for bytes in [&whole[..], &changed[..], &whole[..i], &spaced[..]] {
+        let mut pretty = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&whole).unwrap()).unwrap();
+        pretty.extend_from_slice(b" \n");
+        // Spaces between tokens (the scanner reads those), and a changed byte among them.
+        let spaced = String::from_utf8(whole.clone()).unwrap().replace("\",\"", "\" , \"").replace("\":", "\" : ").into_bytes();
+        let mut spaced_changed = spaced.clone();
+        let j = cut % spaced_changed.len();
+        spaced_changed[j] = byte;
+        // An integer field's first digit turned into a sign, or the whole value into -0.
+        let amount = format!("\"amount_minor\":{}", event.amount_minor);
+        let whole_text = String::from_utf8(whole.clone()).unwrap();
+        let signed = whole_text.replace(&amount, &format!("\"amount_minor\":-{}", &amount[15..]));
+        let minus_zero = whole_text.replace(&amount, "\"amount_minor\":-0");
+        for bytes in [&whole[..], &changed[..], &whole[..i], &pretty[..], &spaced[..], &spaced_changed[..], signed.as_bytes(), minus_zero.as_bytes()] {
             let ours = super::flat::scan(bytes);
             if let Some(ours) = ours {
                 let serde: Wire<'_> = serde_json::from_slice(bytes)
@@ -407,8 +417,9 @@ proptest! {
                 prop_assert_eq!(format!("{ours:?}"), format!("{serde:?}"));
             }
         }
-        // The producers' own encoding is always flat.
+        // The producers' own encoding is always flat, spaced or not.
         prop_assert!(super::flat::scan(&whole).is_some());
+        prop_assert!(super::flat::scan(&spaced).is_some());
     }
 
     #[test]

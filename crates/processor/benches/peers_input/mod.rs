@@ -145,8 +145,6 @@ fn status_mib(field: &str) -> u64 {
         / 1024
 }
 
-/// Checks the line patching on one line of the peers' format (what the benches do
-/// under `cargo test`).
 /// A line of the peers' format.
 pub const SAMPLE_LINE: &str = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
 
@@ -157,6 +155,8 @@ pub fn completed(line: &str) -> String {
     buf
 }
 
+/// Checks the line patching on one line of the peers' format (what the benches do
+/// under `cargo test`).
 pub fn check_patching() {
     let line = SAMPLE_LINE;
     let mut buf = String::new();
