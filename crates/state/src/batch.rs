@@ -117,33 +117,11 @@ pub struct StateBatch {
     pub(crate) ops: OpLog,
     pub(crate) outbox: Vec<StreamRows>,
     outbox_rows: u64,
-    /// The batch's records, for the room a new stream makes (see
-    /// [`StateBatch::for_records`]).
-    row_room: usize,
 }
-
-/// Bytes reserved per op: a fraud key and value, or a dedup key and entry (16 + 36).
-const ROOM_PER_OP: usize = 64;
-/// Bytes reserved per row: a compact payment row is ~100–150 bytes.
-const ROOM_PER_ROW: usize = 160;
 
 impl StateBatch {
     pub fn new() -> StateBatch {
         StateBatch::default()
-    }
-
-    /// A batch sized for `records` input records: room for a few puts each and for
-    /// their rows, so that filling it does not copy its buffers as they grow (growing
-    /// them was ~1 % of a profile's samples on the peers' input).
-    pub fn for_records(records: usize) -> StateBatch {
-        StateBatch {
-            ops: OpLog {
-                ops: Vec::with_capacity(3 * records),
-                bytes: Vec::with_capacity(3 * records * ROOM_PER_OP),
-            },
-            row_room: records,
-            ..StateBatch::default()
-        }
     }
 
     fn put(&mut self, cf: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
@@ -219,15 +197,11 @@ impl StateBatch {
         {
             Some(i) => i,
             None => {
-                // A stream starts with room for a share of the batch's rows (most
-                // go to a few `payments` streams, one per partition) and grows from
-                // there: a stream of one error row does not reserve a whole batch.
-                let room = (self.row_room / 8).max(16);
                 self.outbox.push(StreamRows {
                     table,
                     partition,
-                    rows: Vec::with_capacity(room),
-                    bytes: Vec::with_capacity(room * ROOM_PER_ROW),
+                    rows: Vec::new(),
+                    bytes: Vec::new(),
                 });
                 self.outbox.len() - 1
             }

@@ -245,7 +245,7 @@ impl Pipeline {
             records.iter().map(|r| self.decode_record(r, now)).collect();
         let mut state = BatchState::read(&decoded, &self.in_flight, store)?;
         let mut stats = BatchStats::default();
-        let mut batch = StateBatch::for_records(records.len());
+        let mut batch = StateBatch::new();
 
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();
