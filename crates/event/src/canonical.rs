@@ -47,35 +47,38 @@ impl fmt::Display for ContentHash {
 /// ambiguity (each value is length-prefixed).
 pub fn canonical_content(event: &PaymentEvent) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let mut field = |v: &[u8]| {
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
-    };
-    field(event.transaction_id.as_str().as_bytes());
-    field(&event.amount_minor.to_be_bytes());
-    field(event.currency.code().as_bytes());
-    field(event.merchant_id.as_bytes());
-    field(&event.merchant_category.to_be_bytes());
-    field(event.card_fingerprint.as_bytes());
-    field(event.card_country.as_bytes());
-    field(event.customer_id.as_bytes());
-    // The address as `Display` writes it, formatted in place (no `String` per event):
-    // the length prefix is patched once the text is written.
+    let o = &mut out;
+    field(o, event.transaction_id.as_str().as_bytes());
+    field(o, &event.amount_minor.to_be_bytes());
+    field(o, event.currency.code().as_bytes());
+    field(o, event.merchant_id.as_bytes());
+    field(o, &event.merchant_category.to_be_bytes());
+    field(o, event.card_fingerprint.as_bytes());
+    field(o, event.card_country.as_bytes());
+    field(o, event.customer_id.as_bytes());
+    displayed_field(o, &event.ip_address);
+    field(o, event.ip_country.as_bytes());
+    field(o, event.device_id.as_bytes());
+    field(o, event.region.as_bytes());
+    field(o, event.payment_method.as_str().as_bytes());
+    out
+}
+
+/// `v`, prefixed with its length (4 bytes, big-endian).
+fn field(out: &mut Vec<u8>, v: &[u8]) {
+    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+    out.extend_from_slice(v);
+}
+
+/// `v` as `Display` writes it, length-prefixed like [`field`]: formatted in place (no
+/// `String` per event), the prefix patched once the text is written.
+fn displayed_field(out: &mut Vec<u8>, v: &impl fmt::Display) {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     // Writing to a `Vec` cannot fail.
-    let _ = write!(out, "{}", event.ip_address);
+    let _ = write!(out, "{v}");
     let len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-    let mut field = |v: &[u8]| {
-        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        out.extend_from_slice(v);
-    };
-    field(event.ip_country.as_bytes());
-    field(event.device_id.as_bytes());
-    field(event.region.as_bytes());
-    field(event.payment_method.as_str().as_bytes());
-    out
 }
 
 /// The content hash of an event (see the module doc for what it covers).

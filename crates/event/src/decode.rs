@@ -100,6 +100,11 @@ const FIELDS: [&str; 15] = [
     "schema_version",
 ];
 
+/// `amount_minor` and `schema_version`: the fields that are integers, not strings.
+fn is_integer_field(field: &str) -> bool {
+    field == "amount_minor" || field == "schema_version"
+}
+
 /// Decodes and validates one record.
 ///
 /// `reference_time` is the record's own timestamp (Kafka CreateTime), against which
@@ -165,7 +170,7 @@ fn classify(
         }
     }
     for field in FIELDS {
-        let integer = field == "amount_minor" || field == "schema_version";
+        let integer = is_integer_field(field);
         match map.get(field) {
             None | Some(Value::Null) => return ValidationError::MissingField { field },
             Some(Value::Number(n)) if integer => {

@@ -22,8 +22,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(dir) = peers_input::data_dir(&args, &[]) else {
         // Under `cargo test`: a peers' line decodes, and both ways to the same event.
-        peers_input::check_patching();
-        let line = peers_input::completed(peers_input::SAMPLE_LINE);
+        let line = peers_input::check_patching();
         let reference = Utc::now();
         let limits = DecodeLimits::default();
         let spaced = format!("{line}\n");

@@ -775,8 +775,8 @@ impl StateStore {
         // same rows (there are none below that page), but its tombstone no longer
         // covers every earlier one. Nested tombstones [0, a), [0, b), … made every new
         // iterator over the outbox split and sort all of them (more work with every
-        // delivery since the memtable's last flush); disjoint ones are split once each. The relay opens
-        // one per read, so that was 3 % of all CPU of a relay run at 2 M.
+        // delivery since the memtable's last flush); disjoint ones are split once each.
+        // The relay opens one per read, so that was 3 % of all CPU of a relay run at 2 M.
         if let Some(start) = lowest.filter(|&start| start < keep_from) {
             wb.delete_range_cf(
                 cf,

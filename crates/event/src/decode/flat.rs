@@ -20,7 +20,7 @@
 
 use std::borrow::Cow;
 
-use super::{Wire, FIELDS};
+use super::{is_integer_field, Wire, FIELDS};
 
 /// Reads `bytes` if they are a flat record (see the module docs), else `None`.
 pub(crate) fn scan(bytes: &[u8]) -> Option<Wire<'_>> {
@@ -52,7 +52,7 @@ pub(crate) fn scan(bytes: &[u8]) -> Option<Wire<'_>> {
         r.skip_ws();
         r.expect(b':')?;
         r.skip_ws();
-        if is_integer_field(field) {
+        if is_integer_field(FIELDS[field]) {
             ints[field] = r.integer()?;
         } else {
             text[field] = r.string()?;
@@ -88,19 +88,15 @@ pub(crate) fn scan(bytes: &[u8]) -> Option<Wire<'_>> {
     })
 }
 
-/// Whether every byte is ASCII from 0x20 to 0x7f other than a backslash, in one pass the
-/// compiler vectorises. Such a record has no escapes and no control bytes anywhere, so a string is
-/// whatever lies between two quotes, and is valid UTF-8. (A record with a newline or a
-/// tab between its tokens is valid JSON, but not the producers' shape: serde reads it.)
+/// Whether every byte is ASCII from 0x20 to 0x7f other than a backslash, in one pass
+/// the compiler vectorises. Such a record has no escapes and no control bytes anywhere,
+/// so a string is whatever lies between two quotes, and is valid UTF-8. (A record with a
+/// newline or a tab between its tokens is valid JSON, but not the producers' shape:
+/// serde reads it.)
 fn plain(bytes: &[u8]) -> bool {
     bytes
         .iter()
         .fold(true, |ok, &c| ok & (0x20..0x80).contains(&c) & (c != b'\\'))
-}
-
-/// `amount_minor` and `schema_version`, by their place in [`FIELDS`].
-fn is_integer_field(i: usize) -> bool {
-    i == 2 || i == 14
 }
 
 /// The place of `key` in [`FIELDS`]; `None` for a field the schema does not have (serde

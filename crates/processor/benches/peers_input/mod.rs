@@ -145,20 +145,10 @@ fn status_mib(field: &str) -> u64 {
         / 1024
 }
 
-/// A line of the peers' format.
-pub const SAMPLE_LINE: &str = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
-
-/// `line` (of the peers' format) completed with the fields it lacks.
-pub fn completed(line: &str) -> String {
-    let mut buf = String::new();
-    patch(line, &missing_fields(), &mut buf).expect("a line of the peers' format");
-    buf
-}
-
 /// Checks the line patching on one line of the peers' format (what the benches do
-/// under `cargo test`).
-pub fn check_patching() {
-    let line = SAMPLE_LINE;
+/// under `cargo test`); returns the completed line.
+pub fn check_patching() -> String {
+    let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
     let mut buf = String::new();
     assert_eq!(patch(line, &missing_fields(), &mut buf), Some("tx-00ab"));
     let decoded = paydedup_event::decode(
@@ -167,4 +157,5 @@ pub fn check_patching() {
         &paydedup_event::DecodeLimits::default(),
     );
     assert!(decoded.is_ok(), "{decoded:?}");
+    buf
 }
