@@ -43,7 +43,25 @@ use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
-use peers_input::{data_dir, lines, opt, peak_rss_mib, rss_now_mib, Manifest};
+use peers_input::{data_dir, lines, opt, peak_rss_mib, rss_now_mib, thread_sched, Manifest};
+
+/// Where the committing threads' time went, summed over the run.
+#[derive(Debug, Default, Clone, Copy)]
+struct CommitTime {
+    wall: Duration,
+    max_wall: Duration,
+    on_cpu: Duration,
+    queued: Duration,
+}
+
+impl CommitTime {
+    fn add(&mut self, other: CommitTime) {
+        self.wall += other.wall;
+        self.max_wall = self.max_wall.max(other.max_wall);
+        self.on_cpu += other.on_cpu;
+        self.queued += other.queued;
+    }
+}
 
 /// The processor binary's allocator (`src/main.rs`), so the bench measures what runs.
 #[global_allocator]
@@ -184,7 +202,8 @@ fn main() {
     // Where the loop's time goes: the pipeline, and waiting for the previous commit.
     let (mut in_pipeline, mut in_commit) = (Duration::ZERO, Duration::ZERO);
     // Without the relay: the commit on its own thread, as `Checkpoint` runs it.
-    let mut in_flight: Option<std::thread::JoinHandle<Duration>> = None;
+    let mut in_flight: Option<std::thread::JoinHandle<(Duration, CommitTime)>> = None;
+    let mut commit_time = CommitTime::default();
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
     let started = Instant::now();
@@ -214,7 +233,11 @@ fn main() {
             Some(c) => c.commit_overlapped(&pipeline, batch, &stats, t).unwrap(),
             None => {
                 // The checkpoint step without the relay: the same watermarks.
-                let previous = in_flight.take().map(|c| c.join().unwrap());
+                let previous = in_flight.take().map(|c| {
+                    let (latency, spent) = c.join().unwrap();
+                    commit_time.add(spent);
+                    latency
+                });
                 let watermarks = Watermarks::stamp(&pipeline, &PARTITIONS, &mut batch);
                 let store = store.clone();
                 // Named, so a profile tells the commit's time from the pipeline's.
@@ -222,9 +245,19 @@ fn main() {
                 in_flight = Some(
                     commit
                         .spawn(move || {
+                            let (cpu0, queued0) = thread_sched();
+                            let began = Instant::now();
                             store.commit(batch).unwrap();
+                            let wall = began.elapsed();
+                            let (cpu1, queued1) = thread_sched();
                             watermarks.publish(&store);
-                            t.elapsed()
+                            let spent = CommitTime {
+                                wall,
+                                max_wall: wall,
+                                on_cpu: cpu1 - cpu0,
+                                queued: queued1 - queued0,
+                            };
+                            (t.elapsed(), spent)
                         })
                         .unwrap(),
                 );
@@ -268,7 +301,12 @@ fn main() {
         flush(&mut batch_lines, &mut latencies);
     }
     reader.join().unwrap();
-    latencies.extend(in_flight.take().map(|c| c.join().unwrap()));
+    if let Some(c) = in_flight.take() {
+        let (latency, spent) = c.join().unwrap();
+        commit_time.add(spent);
+        latencies.push(latency);
+    }
+    let (pipeline_cpu, pipeline_queued) = thread_sched();
     if let Some(c) = checkpoint.as_mut() {
         latencies.extend(c.settle().unwrap());
     }
@@ -323,6 +361,32 @@ fn main() {
         in_commit.as_secs_f64(),
         (committed - in_pipeline - in_commit).as_secs_f64()
     );
+    eprintln!(
+        "the loop's thread: {:.1} s on a CPU, {:.1} s waiting for one",
+        pipeline_cpu.as_secs_f64(),
+        pipeline_queued.as_secs_f64()
+    );
+    if !relay {
+        let CommitTime {
+            wall,
+            max_wall,
+            on_cpu,
+            queued,
+        } = commit_time;
+        eprintln!(
+            "commits: {:.1} s in all (longest {:.0} ms): {:.1} s on a CPU, {:.1} s waiting for one, {:.1} s blocked (fsync, stalls)",
+            wall.as_secs_f64(),
+            max_wall.as_secs_f64() * 1e3,
+            on_cpu.as_secs_f64(),
+            queued.as_secs_f64(),
+            wall.saturating_sub(on_cpu + queued).as_secs_f64()
+        );
+    }
+    for line in store.rocksdb_stats().unwrap_or_default().lines() {
+        if line.contains("stall") || line.contains("Stall") || line.contains("WAL:") {
+            eprintln!("rocksdb: {}", line.trim());
+        }
+    }
     eprintln!(
         "state: {:.0} MB in the directory ({}); {}; {} dedup keys stored ({live} live), {} fraud keys",
         state_bytes as f64 / 1e6,

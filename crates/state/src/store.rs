@@ -441,7 +441,7 @@ impl StateStore {
         let StateBatch {
             ops, mut outbox, ..
         } = batch;
-        for op in ops.iter() {
+        for op in ops.in_key_order() {
             match op {
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
@@ -877,6 +877,16 @@ impl StateStore {
             .map_err(|e| self.rocks(e))?
             .unwrap_or(0);
         Ok((cache, memtables))
+    }
+
+    /// RocksDB's own statistics report (`rocksdb.stats`): compactions, write stalls and
+    /// WAL syncs per column family and for the database, as text.
+    pub fn rocksdb_stats(&self) -> Result<String, StateError> {
+        Ok(self
+            .db
+            .property_value("rocksdb.stats")
+            .map_err(|e| self.rocks(e))?
+            .unwrap_or_default())
     }
 
     /// Counts dedup keys that are logically alive under each partition's watermark

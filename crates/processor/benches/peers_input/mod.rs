@@ -8,6 +8,7 @@
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use paydedup_event::{encode_json, Currency, PaymentEvent, PaymentMethod, TransactionId};
@@ -158,4 +159,18 @@ pub fn check_patching() -> String {
     );
     assert!(decoded.is_ok(), "{decoded:?}");
     buf
+}
+
+/// The calling thread's time on a CPU and waiting in the run queue for one, from the
+/// kernel's scheduler statistics (`/proc/thread-self/schedstat`, nanoseconds). A
+/// thread's wall time minus both is the time it was blocked (I/O, fsync, locks).
+#[allow(dead_code)] // not every bench reads it
+pub fn thread_sched() -> (Duration, Duration) {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let mut fields = text
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0));
+    let on_cpu = fields.next().unwrap_or(0);
+    let waiting = fields.next().unwrap_or(0);
+    (Duration::from_nanos(on_cpu), Duration::from_nanos(waiting))
 }
