@@ -76,36 +76,6 @@ impl OpLog {
         })
     }
 
-    /// The ops grouped by column family and, within one, ordered by their keys' first
-    /// eight bytes; ops on the same key keep the order they were made in.
-    ///
-    /// Why: a memtable is a skiplist, and RocksDB keeps the position of its last insert
-    /// (a "splice"). An insert next to the previous one reuses most of it; a random key
-    /// walks the list from the top, a cache miss a level. A batch's dedup and fraud
-    /// keys are random, so in the order made, every insert was a full walk. Only the
-    /// order among *different* keys changes here, which a `WriteBatch` does not see
-    /// (it is applied atomically); the first eight bytes are enough to keep the inserts
-    /// close, and a tie is broken by position, never by the rest of the key.
-    pub(crate) fn in_key_order(&self) -> Vec<Op<'_>> {
-        let ops: Vec<Op<'_>> = self.iter().collect();
-        let mut order: Vec<(usize, u64, u32)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| {
-                let (cf, key) = match op {
-                    Op::Put { cf, key, .. } | Op::Delete { cf, key } => (cf, key),
-                };
-                let cf = cf::ALL.iter().position(|n| n == cf).unwrap_or(usize::MAX);
-                let mut prefix = [0u8; 8];
-                let n = key.len().min(8);
-                prefix[..n].copy_from_slice(&key[..n]);
-                (cf, u64::from_be_bytes(prefix), i as u32)
-            })
-            .collect();
-        order.sort_unstable();
-        order.into_iter().map(|(_, _, i)| ops[i as usize]).collect()
-    }
-
     fn len(&self) -> usize {
         self.ops.len()
     }
@@ -352,42 +322,6 @@ mod tests {
             ]
         );
         assert_eq!(b.len(), 4);
-    }
-
-    #[test]
-    fn key_order_groups_column_families_and_keeps_one_keys_ops_in_order() {
-        let mut b = StateBatch::new();
-        b.put_fraud(b"zz", b"1");
-        b.put_window(Vec::from(&b"w"[..]), []);
-        b.put_fraud(b"k", b"first");
-        b.delete_fraud(b"k");
-        b.put_fraud(b"aa", b"2");
-        b.put_fraud(b"k", b"last");
-        // Equal first eight bytes: the order made, whatever follows.
-        b.put_fraud(b"prefix-8z", b"3");
-        b.put_fraud(b"prefix-8a", b"4");
-        let put = |cf, key, value| Op::Put { cf, key, value };
-        let fraud = cf::CF_FRAUD;
-        let expected: Vec<Op<'_>> = vec![
-            put(fraud, b"aa", b"2"),
-            put(fraud, b"k", b"first"),
-            Op::Delete {
-                cf: fraud,
-                key: b"k",
-            },
-            put(fraud, b"k", b"last"),
-            put(fraud, b"prefix-8z", b"3"),
-            put(fraud, b"prefix-8a", b"4"),
-            put(fraud, b"zz", b"1"),
-            put(cf::CF_WINDOW, b"w", b""),
-        ];
-        let fraud_at = cf::ALL.iter().position(|n| *n == fraud);
-        let window_at = cf::ALL.iter().position(|n| *n == cf::CF_WINDOW);
-        assert!(
-            fraud_at < window_at,
-            "the test assumes fraud's family comes first"
-        );
-        assert_eq!(b.ops.in_key_order(), expected);
     }
 
     #[test]

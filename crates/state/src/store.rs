@@ -441,7 +441,7 @@ impl StateStore {
         let StateBatch {
             ops, mut outbox, ..
         } = batch;
-        for op in ops.in_key_order() {
+        for op in ops.iter() {
             match op {
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
