@@ -135,6 +135,12 @@ impl Arena {
         (key, value)
     }
 
+    /// The first byte of the entry at `offset`.
+    fn first_byte(&self, offset: u32) -> u8 {
+        let (chunk, at) = Arena::split(offset);
+        self.chunks[chunk][at]
+    }
+
     fn entry_len(&self, offset: u32) -> usize {
         let (k, v) = self.entry(offset);
         HEADER + k.len() + v.len()
@@ -345,9 +351,56 @@ impl ResidentValues {
 
     /// What memory knows of `key`.
     pub fn get(&self, key: &[u8]) -> Lookup<'_> {
+        let (shard, slot) = self.slot(key);
+        self.answer(&self.shards[shard], key, slot)
+    }
+
+    /// What memory knows of each of `keys`: [`ResidentValues::get`]'s answers, read in
+    /// three passes over the batch so that the cache misses of different keys overlap.
+    ///
+    /// Why: the values are hundreds of MB of random keys, so each lookup misses the
+    /// cache twice, on its table slot and then on its entry in the arena, the second
+    /// waiting for the first. One key after another, the CPU overlaps little of that.
+    /// Here the first pass finds every key's slot (independent loads), the second
+    /// touches every entry's first byte (independent loads again), and the third
+    /// compares keys and answers, from the cache.
+    pub fn get_many<'a, K: AsRef<[u8]>>(&'a self, keys: &[K]) -> Vec<Lookup<'a>> {
+        let slots: Vec<(usize, Option<u32>)> = keys.iter().map(|k| self.slot(k.as_ref())).collect();
+        self.touch(&slots);
+        keys.iter()
+            .zip(slots)
+            .map(|(k, (shard, slot))| self.answer(&self.shards[shard], k.as_ref(), slot))
+            .collect()
+    }
+
+    /// Brings the slots and entries of `keys` into the cache, before a commit's puts and
+    /// deletes of them (see [`ResidentValues::get_many`]).
+    pub fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
+        let slots: Vec<(usize, Option<u32>)> = keys.map(|k| self.slot(k)).collect();
+        self.touch(&slots);
+    }
+
+    /// The shard of `key` and the offset its tag's slot holds, if any.
+    fn slot(&self, key: &[u8]) -> (usize, Option<u32>) {
         let fingerprint = (self.fingerprint)(key);
-        let shard = &self.shards[(fingerprint >> 32) as usize % SHARDS];
-        let slot = shard.offset(fingerprint as u32);
+        let shard = (fingerprint >> 32) as usize % SHARDS;
+        (shard, self.shards[shard].offset(fingerprint as u32))
+    }
+
+    /// Reads the first byte of every entry `slots` point to (the read itself is the
+    /// point: the loads are independent, so their misses overlap).
+    fn touch(&self, slots: &[(usize, Option<u32>)]) {
+        let mut seen = 0u8;
+        for (shard, slot) in slots {
+            if let Some(offset) = slot.filter(|o| *o != ASK) {
+                seen ^= self.shards[*shard].arena.first_byte(offset);
+            }
+        }
+        std::hint::black_box(seen);
+    }
+
+    /// The answer for `key`, whose tag's slot in `shard` holds `slot`.
+    fn answer<'a>(&'a self, shard: &'a Shard, key: &[u8], slot: Option<u32>) -> Lookup<'a> {
         if let Some(offset) = slot.filter(|o| *o != ASK) {
             let (k, v) = shard.arena.entry(offset);
             if k == key {
@@ -725,6 +778,10 @@ mod tests {
                 Lookup::Ask => {}
             }
         }
+        // The batched lookup answers exactly as one key at a time.
+        let keys: Vec<[u8; 2]> = (0..4_000u16).map(u16::to_be_bytes).collect();
+        let one_by_one: Vec<Lookup<'_>> = keys.iter().map(|k| r.get(k)).collect();
+        assert_eq!(r.get_many(&keys), one_by_one);
         // Collisions and deletions while loading are few: most keys are answered.
         assert!(r.asks() < 200, "{} asks", r.asks());
         // The arenas were rewritten along the way (offsets moved under the table).

@@ -279,6 +279,11 @@ impl StateStore {
         // put and delete is applied, in order: memory answers fraud values, so none may
         // be missed.
         let loading = r.loading;
+        r.fraud.warm(ops.iter().filter_map(|op| match op {
+            Op::Put { cf, key, .. } | Op::Delete { cf, key } => {
+                (Kind::of(cf) == Some(Kind::Fraud)).then_some(key)
+            }
+        }));
         for op in ops.iter() {
             match op {
                 Op::Put { cf, key, value } => match Kind::of(cf) {
@@ -346,8 +351,10 @@ impl StateStore {
         let Some(r) = self.resident().filter(|r| !r.loading) else {
             return vec![None; keys.len()];
         };
-        keys.iter()
-            .map(|k| match r.fraud.get(k.as_ref()) {
+        r.fraud
+            .get_many(keys)
+            .into_iter()
+            .map(|lookup| match lookup {
                 Lookup::Held(v) => Some(Some(v.to_vec())),
                 Lookup::Absent => Some(None),
                 Lookup::Ask => None,

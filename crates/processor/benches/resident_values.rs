@@ -1,0 +1,113 @@
+//! Fraud lookups answered from memory (`paydedup_state::resident_values`), one key at a
+//! time against the batched lookup, on as many keys as the peers' 10 M payments leave
+//! (5.9 M cards and customers, ~450 MB): random keys, batches of 10,000, alternating
+//! rounds so that drift hits both alike.
+//!
+//! cargo bench -p paydedup-processor --bench resident_values -- --bench [KEYS]
+//! Under `cargo test` (no `--bench`) it checks both answer alike on a few keys.
+
+use std::time::{Duration, Instant};
+
+use paydedup_state::resident_values::{Lookup, ResidentValues};
+
+/// The processor binary's allocator (`src/main.rs`), so the bench measures what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: usize = 10_000;
+
+/// A card-like key and a value of the fraud state's typical size.
+fn key(i: u64) -> Vec<u8> {
+    let h = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+    let mut k = vec![b'c'];
+    k.extend_from_slice(&h.to_be_bytes());
+    k
+}
+
+fn value(i: u64) -> Vec<u8> {
+    let mut v = (i as i64).to_be_bytes().to_vec();
+    v.extend(std::iter::repeat_n(i as u8, 40 + (i % 24) as usize));
+    v
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let measuring = args.iter().any(|a| a == "--bench");
+    let keys: u64 = args
+        .iter()
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(if measuring { 5_900_000 } else { 20_000 });
+    let mut r = ResidentValues::default();
+    for i in 0..keys {
+        r.put(&key(i), &value(i));
+    }
+    // Nine in ten looked up are held, as on the peers' input.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut batch = || -> Vec<Vec<u8>> {
+        (0..BATCH)
+            .map(|_| {
+                let n = next();
+                key(if n % 10 == 0 {
+                    keys + n % keys
+                } else {
+                    n % keys
+                })
+            })
+            .collect()
+    };
+    if !measuring {
+        let b = batch();
+        let one: Vec<Lookup<'_>> = b.iter().map(|k| r.get(k)).collect();
+        assert_eq!(r.get_many(&b), one);
+        return;
+    }
+    let (mut single, mut batched) = (Duration::ZERO, Duration::ZERO);
+    let mut held = 0usize;
+    let rounds = 200;
+    for round in 0..rounds {
+        let b = batch();
+        let time = |f: &mut dyn FnMut() -> usize| {
+            let t = Instant::now();
+            let n = f();
+            (t.elapsed(), n)
+        };
+        let mut one_by_one = || {
+            b.iter()
+                .filter(|k| matches!(r.get(k), Lookup::Held(_)))
+                .count()
+        };
+        let mut all_at_once = || {
+            r.get_many(&b)
+                .iter()
+                .filter(|l| matches!(l, Lookup::Held(_)))
+                .count()
+        };
+        let ((a, n1), (c, n2)) = if round % 2 == 0 {
+            let x = time(&mut one_by_one);
+            (x, time(&mut all_at_once))
+        } else {
+            let y = time(&mut all_at_once);
+            (time(&mut one_by_one), y)
+        };
+        assert_eq!(n1, n2);
+        held += n1;
+        single += a;
+        batched += c;
+    }
+    let per = |d: Duration| d.as_nanos() as f64 / (rounds * BATCH) as f64;
+    println!("| keys held | lookups | one at a time | batched (get_many) | ratio |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {keys} | {} ({held} held) | {:.0} ns | {:.0} ns | {:.2} × |",
+        rounds * BATCH,
+        per(single),
+        per(batched),
+        per(single) / per(batched)
+    );
+}
