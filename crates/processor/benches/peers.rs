@@ -345,6 +345,24 @@ fn main() {
         mb(block_cache),
         mb(memtables)
     );
+    // Write stalls by column family and cause (only the non-zero ones), and the WAL.
+    let mut family = String::new();
+    for line in store.rocksdb_stats().unwrap_or_default().lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("** Compaction Stats [") {
+            family = name.trim_end_matches([']', '*', ' ']).into();
+        } else if let Some(counts) = line.strip_prefix("Write Stall (count): ") {
+            let stalls: Vec<&str> = counts
+                .split(", ")
+                .filter(|kv| !kv.ends_with(": 0") && !kv.starts_with("total-"))
+                .collect();
+            if !stalls.is_empty() {
+                eprintln!("rocksdb: write stalls in {family}: {}", stalls.join(", "));
+            }
+        } else if line.starts_with("Cumulative WAL:") || line.starts_with("Cumulative stall:") {
+            eprintln!("rocksdb: {line}");
+        }
+    }
     store.compact().unwrap();
     let live: u64 = store.live_dedup().unwrap().values().map(|l| l.live).sum();
     let state_bytes = dir_bytes(&state_dir);
@@ -381,11 +399,6 @@ fn main() {
             queued.as_secs_f64(),
             wall.saturating_sub(on_cpu + queued).as_secs_f64()
         );
-    }
-    for line in store.rocksdb_stats().unwrap_or_default().lines() {
-        if line.contains("stall") || line.contains("Stall") || line.contains("WAL:") {
-            eprintln!("rocksdb: {}", line.trim());
-        }
     }
     eprintln!(
         "state: {:.0} MB in the directory ({}); {}; {} dedup keys stored ({live} live), {} fraud keys",

@@ -171,7 +171,12 @@ fn cf_options(
                 FRAUD_MEMTABLES_PER_FLUSH
             };
             o.set_min_write_buffer_number_to_merge(per_flush);
-            // Two more than a flush takes: inserts go on while one flush runs.
+            // Two more than a flush takes: inserts go on while one flush runs. RocksDB
+            // delays writes once the unflushed memtables reach this number less one,
+            // which a fraud flush reaches (3–4 s of delays in a 10 M run, ~5 %); with
+            // six more instead of two the delays were gone but the runs were no
+            // faster (docs/benchmarks.md, eleventh step): the delays pace the inserts
+            // to what the flushes write.
             o.set_max_write_buffer_number(per_flush + 2);
             // The resident sets keep lookups of absent keys away from RocksDB, so the
             // lookups that come are hits: no bloom filter on the last level, where
@@ -826,6 +831,14 @@ impl StateStore {
             .collect()
     }
 
+    /// The column families this directory has (a read-only open of a directory an
+    /// earlier build wrote may lack one a newer build added).
+    fn present_cfs(&self) -> impl Iterator<Item = &'static str> + '_ {
+        cf::ALL
+            .into_iter()
+            .filter(|name| self.db.cf_handle(name).is_some())
+    }
+
     fn count_keys(&self, name: &str) -> Result<u64, StateError> {
         let cf = self.cf(name)?;
         let mut n = 0;
@@ -879,14 +892,27 @@ impl StateStore {
         Ok((cache, memtables))
     }
 
-    /// RocksDB's own statistics report (`rocksdb.stats`): compactions, write stalls and
-    /// WAL syncs per column family and for the database, as text.
+    /// RocksDB's own statistics reports, as text: the database's (`rocksdb.dbstats`:
+    /// WAL writes and syncs, cumulative stall time) and each column family's
+    /// (`rocksdb.cfstats-no-file-histogram`: flushes, compactions and the write stalls
+    /// that column family caused, by cause). (`rocksdb.stats` alone reports the
+    /// `default` column family's, which paydedup does not use.)
     pub fn rocksdb_stats(&self) -> Result<String, StateError> {
-        Ok(self
+        let mut text = self
             .db
-            .property_value("rocksdb.stats")
+            .property_value("rocksdb.dbstats")
             .map_err(|e| self.rocks(e))?
-            .unwrap_or_default())
+            .unwrap_or_default();
+        for name in self.present_cfs() {
+            let cf = self.cf(name)?;
+            let stats = self
+                .db
+                .property_value_cf(cf, "rocksdb.cfstats-no-file-histogram")
+                .map_err(|e| self.rocks(e))?
+                .unwrap_or_default();
+            text.push_str(&stats);
+        }
+        Ok(text)
     }
 
     /// Counts dedup keys that are logically alive under each partition's watermark
