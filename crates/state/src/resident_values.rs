@@ -19,10 +19,10 @@
 //! Two keys of one shard whose 32-bit tags are equal (a slot holds one key; the full
 //! key is compared on every lookup, so a tag alone never answers) are both answered:
 //! the slot keeps the key it had, the other is kept whole in the shard's `collided`
-//! map. (They were `Ask` before: ~130 keys at 10 M payments by the birthday bound, 5.9
-//! M keys over 64 shards, each then read from RocksDB at every lookup.) When memory
-//! holds every stored key, a key whose tag a slot gives another key, and which is not
-//! among the collided ones, is not stored: `Absent`, not `Ask`.
+//! map, so a colliding pair costs no RocksDB read (by the birthday bound, ~130 of the
+//! 5.9 M keys at 10 M payments collide, and each would be read from RocksDB at every
+//! lookup). When memory holds every stored key, a key whose tag a slot gives another
+//! key, and which is not among the collided ones, is not stored: `Absent`, not `Ask`.
 //!
 //! Expiry: a sweep drops values the TTL expired, by the compaction filter's rule, and
 //! the store reads an expired value as absent wherever it finds it, so memory and
@@ -95,8 +95,10 @@ struct Shard {
     garbage: usize,
     /// How many times the arena was rewritten.
     compactions: u64,
-    /// Keys whose tag a slot already gives another key, kept whole (see the module
-    /// docs). A key is in the table or here, never both.
+    /// Keys whose tag a slot gave another key when they were added, kept whole (see
+    /// the module docs). A key stays here until it is deleted or swept, even once its
+    /// slot is freed, given to a third key or marked `ASK`; lookups look here whenever
+    /// the slot does not hold them. A key is in the table or here, never both.
     collided: BTreeMap<Box<[u8]>, Box<[u8]>>,
 }
 
@@ -475,9 +477,17 @@ impl ResidentValues {
     }
 
     /// The loader read `key` = `value` from a snapshot taken when the store opened.
-    /// Anything a commit did to the key since is newer, so an existing entry wins; and
-    /// a different key with the same tag makes both `ASK`.
+    /// Anything a commit did to the key since is newer, so an existing entry wins; a
+    /// different key with the same tag keeps its slot and this one goes beside it
+    /// (both `ASK` only if this entry is too long for the arena).
+    ///
+    /// Once memory is incomplete, nothing is added: a commit's put that the budget
+    /// left out leaves no trace here, and the snapshot's older value of that key must
+    /// not come back when memory is under the budget again.
     pub fn load(&mut self, key: &[u8], value: &[u8]) {
+        if !self.complete {
+            return;
+        }
         let (tag, shard, new) = self.locate_new(key);
         if shard.collided.contains_key(key) {
             return;
@@ -681,6 +691,27 @@ mod tests {
         r.put(b"later", b"z");
         assert_eq!(r.get(b"later"), Lookup::Held(b"z"));
         assert_eq!(r.get(b"never-put"), Lookup::Ask);
+    }
+
+    /// A commit's put the budget left out, then memory under the budget again while
+    /// the loader still scans: the snapshot's older value must not be answered.
+    #[test]
+    fn a_put_left_out_over_budget_never_comes_back_older_from_the_loader() {
+        let mut r = ResidentValues::default();
+        assert!(r.bound(0));
+        r.put(b"k", b"new");
+        assert!(!r.bound(usize::MAX));
+        r.load(b"k", b"old");
+        assert_eq!(r.get(b"k"), Lookup::Ask);
+        // The same through a collided key.
+        let mut r = ResidentValues::with_fingerprint(colliding);
+        r.put(b"x1", b"a");
+        assert!(r.bound(0));
+        r.put(b"x2", b"new");
+        assert!(!r.bound(usize::MAX));
+        r.load(b"x2", b"old");
+        assert_eq!(r.get(b"x2"), Lookup::Ask);
+        assert_eq!(r.get(b"x1"), Lookup::Held(b"a"));
     }
 
     #[test]
