@@ -57,6 +57,12 @@ impl PartitionHorizons {
         self.0.read().ok()?.get(&partition).copied()
     }
 
+    /// Every partition's horizon as of now, for a loop that asks once per key (one
+    /// lock instead of one per key).
+    pub fn snapshot(&self) -> HashMap<i32, i64> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
+
     /// Publishes a partition's committed watermark; never moves backwards.
     pub fn advance(&self, partition: i32, watermark_micros: i64) {
         if let Ok(mut map) = self.0.write() {

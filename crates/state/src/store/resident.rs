@@ -313,9 +313,11 @@ impl StateStore {
         let retention = self.retention.load(std::sync::atomic::Ordering::Acquire);
         if due(r.dedup_swept_at, retention) {
             let global = self.horizons.global.get();
-            let partitions = &self.horizons.partitions;
+            // Read once: the sweep asks for every resident key (~0.8 % of a 10 M run's
+            // samples went to taking the lock per key).
+            let partitions = self.horizons.partitions.snapshot();
             r.dedup
-                .sweep(retention, |p| partitions.get(p).unwrap_or(global));
+                .sweep(retention, |p| partitions.get(&p).copied().unwrap_or(global));
             r.dedup_swept_at = Some(now);
         }
         if !loading && due(r.fraud_swept_at, self.fraud_ttl_micros) {
