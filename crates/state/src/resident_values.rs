@@ -375,13 +375,6 @@ impl ResidentValues {
             .collect()
     }
 
-    /// Brings the slots and entries of `keys` into the cache, before a commit's puts and
-    /// deletes of them (see [`ResidentValues::get_many`]).
-    pub fn warm<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) {
-        let slots: Vec<(usize, Option<u32>)> = keys.map(|k| self.slot(k)).collect();
-        self.touch(&slots);
-    }
-
     /// The shard of `key` and the offset its tag's slot holds, if any.
     fn slot(&self, key: &[u8]) -> (usize, Option<u32>) {
         let fingerprint = (self.fingerprint)(key);

@@ -831,14 +831,6 @@ impl StateStore {
             .collect()
     }
 
-    /// The column families this directory has (a read-only open of a directory an
-    /// earlier build wrote may lack one a newer build added).
-    fn present_cfs(&self) -> impl Iterator<Item = &'static str> + '_ {
-        cf::ALL
-            .into_iter()
-            .filter(|name| self.db.cf_handle(name).is_some())
-    }
-
     fn count_keys(&self, name: &str) -> Result<u64, StateError> {
         let cf = self.cf(name)?;
         let mut n = 0;
@@ -903,7 +895,7 @@ impl StateStore {
             .property_value("rocksdb.dbstats")
             .map_err(|e| self.rocks(e))?
             .unwrap_or_default();
-        for name in self.present_cfs() {
+        for name in cf::ALL {
             let cf = self.cf(name)?;
             let stats = self
                 .db

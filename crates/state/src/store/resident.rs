@@ -279,11 +279,6 @@ impl StateStore {
         // put and delete is applied, in order: memory answers fraud values, so none may
         // be missed.
         let loading = r.loading;
-        r.fraud.warm(ops.iter().filter_map(|op| match op {
-            Op::Put { cf, key, .. } | Op::Delete { cf, key } => {
-                (Kind::of(cf) == Some(Kind::Fraud)).then_some(key)
-            }
-        }));
         for op in ops.iter() {
             match op {
                 Op::Put { cf, key, value } => match Kind::of(cf) {
