@@ -359,6 +359,12 @@ fn main() {
             if !stalls.is_empty() {
                 eprintln!("rocksdb: write stalls in {family}: {}", stalls.join(", "));
             }
+        } else if let Some(c) = line.strip_prefix("Cumulative compaction: ") {
+            // Per family: what flushes and compactions wrote and read (the CPU the
+            // background threads spend is mostly this).
+            eprintln!("rocksdb: compaction in {family}: {c}");
+        } else if let Some(f) = line.strip_prefix("Flush(GB): ") {
+            eprintln!("rocksdb: flush in {family}: {f}");
         } else if line.starts_with("Cumulative WAL:") || line.starts_with("Cumulative stall:") {
             eprintln!("rocksdb: {line}");
         }
