@@ -243,6 +243,24 @@ fn cf_options(
     o
 }
 
+/// An expiry horizon as `meta` stores it: the global one (`meta::HORIZON`) or a
+/// partition's (`meta::horizon`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommittedHorizon {
+    Global(i64),
+    Partition(i32, i64),
+}
+
+/// The horizon a `meta` put stores, if it stores one.
+fn committed_horizon(key: &[u8], value: &[u8]) -> Option<CommittedHorizon> {
+    let t = keys::be_i64(value)?;
+    if key == meta::HORIZON {
+        return Some(CommittedHorizon::Global(t));
+    }
+    let p = keys::be_i32(key.strip_prefix(meta::HORIZON_PREFIX)?)?;
+    Some(CommittedHorizon::Partition(p, t))
+}
+
 /// Turns off RocksDB's per-thread perf counters for the calling thread.
 ///
 /// Why: by default RocksDB counts every key comparison (and more) in a thread-local
@@ -305,11 +323,10 @@ impl StateStore {
         };
         // Resume the compaction filters' horizons from the last commit.
         if let Some(h) = store.committed_horizon()? {
-            store.horizons.global.advance(h);
-            store.horizons.fraud.advance(h);
+            store.publish_horizon(CommittedHorizon::Global(h));
         }
         for (p, h) in store.scan_meta_i64(meta::HORIZON_PREFIX)? {
-            store.advance_partition_horizon(p, h);
+            store.publish_horizon(CommittedHorizon::Partition(p, h));
         }
         // The retention is stored so that inspection tools expire keys the same way.
         let cf = store.cf(CF_META)?;
@@ -410,6 +427,17 @@ impl StateStore {
         &self.horizons.global
     }
 
+    /// Publishes a horizon a commit made durable (see [`CommittedHorizon`]).
+    fn publish_horizon(&self, h: CommittedHorizon) {
+        match h {
+            CommittedHorizon::Global(t) => {
+                self.horizons.global.advance(t);
+                self.horizons.fraud.advance(t);
+            }
+            CommittedHorizon::Partition(p, t) => self.advance_partition_horizon(p, t),
+        }
+    }
+
     /// Publishes a partition's committed watermark to the dedup filter (its entries
     /// expire by it) and the fraud filter (the most advanced one). Only after the
     /// commit that carries it (`StateBatch::set_partition_horizon`).
@@ -446,9 +474,15 @@ impl StateStore {
         let StateBatch {
             ops, mut outbox, ..
         } = batch;
+        let mut horizons = Vec::new();
         for op in ops.iter() {
             match op {
-                Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
+                Op::Put { cf, key, value } => {
+                    if cf == CF_META {
+                        horizons.extend(committed_horizon(key, value));
+                    }
+                    wb.put_cf(handle(cf), key, value)
+                }
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
@@ -476,6 +510,14 @@ impl StateStore {
                 .map_err(|e| self.rocks(e))?;
         }
         fail_point::hit(fail_point::COMMIT_AFTER);
+        // The horizons the batch carries are committed now: published before anything
+        // judges an entry by them, as a reopen publishes the stored ones. Without this,
+        // a restore's partition (its entries and its horizon in one batch) was judged
+        // by the global horizon until the pipeline's first batch published its own,
+        // and on a store holding partitions further on, that expired live entries.
+        for h in horizons {
+            self.publish_horizon(h);
+        }
         // Only now, with the batch durable, may its keys be answered from memory.
         self.record_commit(&ops);
         Ok(())

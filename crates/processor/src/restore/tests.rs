@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::rebuild::RebuildConfig;
 use super::restore;
+use crate::checkpoint::Watermarks;
 use crate::pipeline::fixtures::{config, payment};
 use crate::pipeline::{InputRecord, Pipeline};
 use crate::relay::deliverable_rows;
@@ -267,4 +268,59 @@ fn restore_refuses_a_state_that_is_not_empty() {
             .contains("already has a position on partition 0"),
         "{e}"
     );
+}
+
+/// A takeover: an instance holding partition 0, two hours further on, restores
+/// partition 1 from the warehouse. A retry of a payment the warehouse holds for
+/// partition 1 must still be a duplicate. The restored entries are alive by partition
+/// 1's watermark but expired by the store's global horizon (partition 0's); judged by
+/// that one, the restore's own commit swept them from memory and the retry passed as a
+/// new payment.
+#[test]
+fn after_a_takeover_a_retry_of_a_restored_payment_is_still_a_duplicate() {
+    let input = stream();
+    // The instance that owned both partitions before; its rows are in the warehouse.
+    let mut sink = MemorySink::default();
+    {
+        let lost = tempfile::tempdir().unwrap();
+        let store = StateStore::open(lost.path(), &StoreOptions::default()).unwrap();
+        process(&store, &input, input.len(), false);
+        deliver(&store, &mut sink, |_| 1.0);
+    }
+    // The instance taking partition 1 over holds partition 0, at 12:00.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut pipeline = Pipeline::load(config(), &store).unwrap();
+        let ahead = encode_json(&payment("p0-ahead", 2 * 3_600, 100));
+        let record = InputRecord {
+            partition: 0,
+            offset: 0,
+            key: Some(b"p0-ahead"),
+            payload: &ahead,
+            timestamp_ms: ts_ms(),
+        };
+        let (mut batch, _) = pipeline.process(&[record], &store).unwrap();
+        let watermarks = Watermarks::stamp(&pipeline, &[0], &mut batch);
+        store.commit(batch).unwrap();
+        watermarks.publish(&store);
+    }
+    // Restarted with partition 1 added: its memory loaded, then partition 1 restored.
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    store.wait_resident().unwrap();
+    let log_end = log_end(&input);
+    let report = restore(&store, &mut sink, &[1], &log_end, &rebuild_config()).unwrap();
+    assert!(report.dedup_entries > 0, "{report:?}");
+    // tx-399 (partition 1, 770 s, amount 499) again, as its producer retried it.
+    let retry = encode_json(&payment("tx-399", 770, 499));
+    let record = InputRecord {
+        partition: 1,
+        offset: log_end[&1],
+        key: Some(b"tx-399"),
+        payload: &retry,
+        timestamp_ms: ts_ms(),
+    };
+    let mut pipeline = Pipeline::load(config(), &store).unwrap();
+    let (_, stats) = pipeline.process(&[record], &store).unwrap();
+    assert_eq!((stats.duplicates, stats.unique), (1, 0), "{stats:?}");
 }

@@ -648,3 +648,50 @@ fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
     // RocksDB still holds it (no compaction ran): only the read rule hides it.
     assert!(s.get_fraud(&keys[0]).unwrap().is_some());
 }
+
+/// A takeover restores a partition whose watermark is behind the store's (it holds
+/// other partitions, further on). The restore's batch carries the partition's horizon,
+/// and from that commit on its entries are judged by it — not by the global horizon
+/// of the partitions held before, which would expire entries still alive in the
+/// restored partition: the commit's own sweep let go of them in memory (a retry of such
+/// a payment would then pass as a new one), and a compaction dropped them from disk.
+#[test]
+fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
+    const S: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        dedup_retention_micros: Some(10 * S),
+        ..StoreOptions::default()
+    };
+    let s = StateStore::open(dir.path(), &opts).unwrap();
+    s.wait_resident().unwrap();
+    let on = |p: i32, t: i64| DedupEntry {
+        partition: p,
+        ..entry(t)
+    };
+    // The store holds partition 0, committed and published at 100 s, as the
+    // checkpoint publishes a batch's watermarks after its commit.
+    let mut b = StateBatch::new();
+    b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
+    b.set_partition_horizon(0, 100 * S);
+    s.commit(b).unwrap();
+    s.horizon().advance(100 * S);
+    s.advance_partition_horizon(0, 100 * S);
+    // Partition 2 restored at its own watermark, 80 s: 75 s + 10 s is alive there.
+    let restored = [keys::dedup_key("restored")];
+    let mut b = StateBatch::new();
+    b.put_dedup(restored[0], &on(2, 75 * S));
+    b.set_partition_horizon(2, 80 * S);
+    s.commit(b).unwrap();
+    assert_eq!(
+        s.get_dedup_many(&restored).unwrap(),
+        vec![Some(on(2, 75 * S))]
+    );
+    // On disk too: a compaction judges the entry by partition 2's horizon.
+    s.compact().unwrap();
+    s.reset_resident_to_loading();
+    assert_eq!(
+        s.get_dedup_many(&restored).unwrap(),
+        vec![Some(on(2, 75 * S))]
+    );
+}
