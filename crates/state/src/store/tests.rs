@@ -12,6 +12,17 @@ fn open_with_fraud_ttl(dir: &Path, ttl_micros: i64) -> StateStore {
     StateStore::open(dir, &opts).unwrap()
 }
 
+/// A store with the dedup retention `retention_micros`, its resident sets loaded.
+fn open_loaded_with_retention(dir: &Path, retention_micros: i64) -> StateStore {
+    let opts = StoreOptions {
+        dedup_retention_micros: Some(retention_micros),
+        ..StoreOptions::default()
+    };
+    let s = StateStore::open(dir, &opts).unwrap();
+    s.wait_resident().unwrap();
+    s
+}
+
 fn entry(t: i64) -> DedupEntry {
     DedupEntry {
         event_time_micros: t,
@@ -289,14 +300,9 @@ fn resident_keys_hold_every_stored_key_across_reopen_and_forgetting() {
 fn resident_dedup_keys_are_swept_by_the_store_expiry_rule() {
     const S: i64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        dedup_retention_micros: Some(10 * S),
-        ..StoreOptions::default()
-    };
-    let s = StateStore::open(dir.path(), &opts).unwrap();
     // The loader's scan could put back a swept key (a false positive, allowed, but not
-    // what this test counts): let it finish on the empty store first.
-    s.wait_resident().unwrap();
+    // what this test counts): it finishes on the empty store first.
+    let s = open_loaded_with_retention(dir.path(), 10 * S);
     let at = |id: &str, t: i64| {
         let mut b = StateBatch::new();
         b.put_dedup(keys::dedup_key(id), &entry(t));
@@ -659,12 +665,7 @@ fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
 fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
     const S: i64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let opts = StoreOptions {
-        dedup_retention_micros: Some(10 * S),
-        ..StoreOptions::default()
-    };
-    let s = StateStore::open(dir.path(), &opts).unwrap();
-    s.wait_resident().unwrap();
+    let s = open_loaded_with_retention(dir.path(), 10 * S);
     let on = |p: i32, t: i64| DedupEntry {
         partition: p,
         ..entry(t)
