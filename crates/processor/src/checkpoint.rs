@@ -13,7 +13,9 @@
 //!    rows, next offsets and watermarks go to disk in one atomic RocksDB write (synced
 //!    when `--sync`), then the relay thread wakes;
 //! 3. **advances** the in-memory horizons the compaction filters read, only now that
-//!    the commit is on disk;
+//!    the commit is on disk (the commit itself already published the horizons the
+//!    batch carries, before its resident sets were swept; this repeats it, harmlessly:
+//!    a horizon only moves forward);
 //! 4. reports the **`BatchCommitted`** event (metrics and logs).
 //!
 //! Steps 2–4 of a polled batch run on a commit thread of their own while the processor

@@ -13,12 +13,13 @@
 //! partition (producers key by `transaction_id`), so the dedup filter judges each entry
 //! by **its own partition's** committed watermark ([`PartitionHorizons`]): a partition
 //! that went quiet keeps only its own entries, not everyone's. Entries of a partition
-//! with no published watermark fall back to the [`ExpiryHorizon`], the minimum over the
-//! partitions the store held when it was committed. That is only conservative for the
-//! partitions it was the minimum of, so a commit publishes every horizon it carries
-//! as soon as it is durable (`StateStore::commit`): a partition restored into a store
-//! holding others (a takeover) brings its own horizon in the batch with its entries,
-//! and is never judged by the others' horizon, which may be hours ahead of it. Fraud state belongs to no partition (a card pays on
+//! with no published watermark fall back to the [`ExpiryHorizon`]: the highest of the
+//! minimums the checkpoint stamped (over the owned partitions with a watermark). That
+//! is only conservative for the partitions it was stamped over, so a commit publishes
+//! every horizon it carries as soon as it is durable (`StateStore::commit`). A
+//! partition restored into a store holding others (a takeover) brings its own horizon
+//! in the batch with its entries, and is never judged by the others', which may be
+//! hours ahead of it. Fraud state belongs to no partition (a card pays on
 //! several); its filter uses the most advanced committed watermark — fraud history
 //! only shapes scores, and its TTL (days) dwarfs the skew between partitions.
 

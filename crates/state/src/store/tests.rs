@@ -665,20 +665,24 @@ fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
 fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
     const S: i64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let s = open_loaded_with_retention(dir.path(), 10 * S);
     let on = |p: i32, t: i64| DedupEntry {
         partition: p,
         ..entry(t)
     };
-    // The store holds partition 0, committed and published at 100 s, as the
-    // checkpoint publishes a batch's watermarks after its commit.
-    let mut b = StateBatch::new();
-    b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
-    b.set_partition_horizon(0, 100 * S);
-    s.commit(b).unwrap();
-    s.horizon().advance(100 * S);
-    s.advance_partition_horizon(0, 100 * S);
-    // Partition 2 restored at its own watermark, 80 s: 75 s + 10 s is alive there.
+    // The store holds partition 0, committed at 100 s (its horizon and the global one,
+    // as the checkpoint stamps them).
+    {
+        let s = open_loaded_with_retention(dir.path(), 10 * S);
+        let mut b = StateBatch::new();
+        b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
+        b.set_horizon(100 * S);
+        b.set_partition_horizon(0, 100 * S);
+        s.commit(b).unwrap();
+    }
+    // Reopened for the takeover (so the next commit's sweep is due, as a restore's
+    // is), then partition 2 restored at its own watermark, 80 s: 75 s + 10 s is alive
+    // there, expired by the global 100 s.
+    let s = open_loaded_with_retention(dir.path(), 10 * S);
     let restored = [keys::dedup_key("restored")];
     let mut b = StateBatch::new();
     b.put_dedup(restored[0], &on(2, 75 * S));
