@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
-use paydedup_processor::checkpoint::{Checkpoint, Watermarks};
+use paydedup_processor::checkpoint::{stamp_watermarks, Checkpoint};
 use paydedup_processor::metrics::Metrics;
 use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
@@ -238,7 +238,7 @@ fn main() {
                     commit_time.add(spent);
                     latency
                 });
-                let watermarks = Watermarks::stamp(&pipeline, &PARTITIONS, &mut batch);
+                stamp_watermarks(&pipeline, &PARTITIONS, &mut batch);
                 let store = store.clone();
                 // Named, so a profile tells the commit's time from the pipeline's.
                 let commit = std::thread::Builder::new().name("commit".into());
@@ -250,7 +250,6 @@ fn main() {
                             store.commit(batch).unwrap();
                             let wall = began.elapsed();
                             let (cpu1, queued1) = thread_sched();
-                            watermarks.publish(&store);
                             let spent = CommitTime {
                                 wall,
                                 max_wall: wall,

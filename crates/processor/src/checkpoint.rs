@@ -11,14 +11,12 @@
 //! 2. **commits** the batch through the relay ([`RelayCommitter::commit`]): its rows are
 //!    counted in the outbox depth (the backpressure signal), then state deltas, outbox
 //!    rows, next offsets and watermarks go to disk in one atomic RocksDB write (synced
-//!    when `--sync`), then the relay thread wakes;
-//! 3. **advances** the in-memory horizons the compaction filters read, only now that
-//!    the commit is on disk (the commit itself already published the horizons the
-//!    batch carries, before its resident sets were swept; this repeats it, harmlessly:
-//!    a horizon only moves forward);
-//! 4. reports the **`BatchCommitted`** event (metrics and logs).
+//!    when `--sync`); only then does the store advance the in-memory horizons the
+//!    compaction filters and memory sweeps read (`StateStore::commit`), and the relay
+//!    thread wakes;
+//! 3. reports the **`BatchCommitted`** event (metrics and logs).
 //!
-//! Steps 2–4 of a polled batch run on a commit thread of their own while the processor
+//! Steps 2–3 of a polled batch run on a commit thread of their own while the processor
 //! polls and processes the next batch: the RocksDB write (WAL, fsync, memtable inserts)
 //! and the pipeline then use the two cores at once. Only one commit is ever in flight:
 //! the next one starts after it has finished ([`Checkpoint::settle`]), so commits land
@@ -87,12 +85,11 @@ impl Drop for InFlightCommit {
     }
 }
 
-/// Steps 2–4 of the checkpoint, on whichever thread runs them.
+/// Steps 2–3 of the checkpoint, on whichever thread runs them.
 struct CommitStep {
     store: Arc<StateStore>,
     committer: RelayCommitter,
     metrics: Metrics,
-    watermarks: Watermarks,
     stats: BatchStats,
     started: Instant,
 }
@@ -103,7 +100,6 @@ impl CommitStep {
         let commit_started = Instant::now();
         self.committer.commit(&self.store, batch)?;
         let commit: Duration = commit_started.elapsed();
-        self.watermarks.publish(&self.store);
         let batch = self.started.elapsed();
         self.metrics.emit(BatchCommitted {
             stats: &self.stats,
@@ -158,11 +154,11 @@ impl Checkpoint {
         stats: &BatchStats,
         started: Instant,
     ) -> CommitStep {
+        stamp_watermarks(pipeline, &self.owned, batch);
         CommitStep {
             store: self.store.clone(),
             committer: self.relay.committer(),
             metrics: self.metrics.clone(),
-            watermarks: Watermarks::stamp(pipeline, &self.owned, batch),
             stats: stats.clone(),
             started,
         }
@@ -228,43 +224,20 @@ impl Checkpoint {
     }
 }
 
-/// A batch's committed watermarks: recorded in the batch, then — only once the batch
-/// is committed — published to the TTL filters (a filter must never see a watermark a
-/// crash could roll back).
-pub struct Watermarks {
-    per_partition: Vec<(i32, i64)>,
-    /// The minimum over the partitions: the global expiry horizon.
-    horizon: Option<i64>,
-}
-
-impl Watermarks {
-    /// Records the owned partitions' watermarks in `batch`.
-    pub fn stamp(pipeline: &Pipeline, owned: &[i32], batch: &mut StateBatch) -> Watermarks {
-        let per_partition: Vec<(i32, i64)> = owned
-            .iter()
-            .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
-            .collect();
-        let horizon = per_partition.iter().map(|(_, wm)| *wm).min();
-        if let Some(h) = horizon {
-            batch.set_horizon(h);
-        }
-        for &(p, wm) in &per_partition {
-            batch.set_partition_horizon(p, wm);
-        }
-        Watermarks {
-            per_partition,
-            horizon,
-        }
+/// Records the owned partitions' watermarks in `batch` as its expiry horizons: each
+/// partition's, and their minimum (the fallback). `StateStore::commit` publishes them
+/// to the TTL filters only once the batch is durable (a filter must never see a
+/// watermark a crash could roll back).
+pub fn stamp_watermarks(pipeline: &Pipeline, owned: &[i32], batch: &mut StateBatch) {
+    let per_partition: Vec<(i32, i64)> = owned
+        .iter()
+        .filter_map(|&p| Some((p, pipeline.watermark(p)?)))
+        .collect();
+    if let Some(h) = per_partition.iter().map(|(_, wm)| *wm).min() {
+        batch.set_horizon(h);
     }
-
-    /// Publishes them to the store's TTL filters; call after the batch's commit.
-    pub fn publish(&self, store: &StateStore) {
-        if let Some(h) = self.horizon {
-            store.horizon().advance(h);
-        }
-        for &(p, wm) in &self.per_partition {
-            store.advance_partition_horizon(p, wm);
-        }
+    for &(p, wm) in &per_partition {
+        batch.set_partition_horizon(p, wm);
     }
 }
 

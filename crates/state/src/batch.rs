@@ -112,11 +112,22 @@ impl StreamRows {
     }
 }
 
+/// An expiry horizon a batch carries (also in its `meta` puts): the commit publishes it
+/// to the compaction filters and memory sweeps once the batch is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Horizon {
+    /// `meta::HORIZON`, the fallback for partitions without one of their own.
+    Global(i64),
+    /// `meta::horizon(partition)`.
+    Partition(i32, i64),
+}
+
 #[derive(Debug, Default)]
 pub struct StateBatch {
     pub(crate) ops: OpLog,
     pub(crate) outbox: Vec<StreamRows>,
     outbox_rows: u64,
+    pub(crate) horizons: Vec<Horizon>,
 }
 
 impl StateBatch {
@@ -249,11 +260,13 @@ impl StateBatch {
     /// The expiry horizon (minimum committed watermark) the compaction filter may use.
     pub fn set_horizon(&mut self, micros: i64) {
         self.put(cf::CF_META, meta::HORIZON, micros.to_be_bytes());
+        self.horizons.push(Horizon::Global(micros));
     }
 
     /// A partition's committed watermark, for the dedup filter's per-partition expiry.
     pub fn set_partition_horizon(&mut self, partition: i32, micros: i64) {
         self.put(cf::CF_META, meta::horizon(partition), micros.to_be_bytes());
+        self.horizons.push(Horizon::Partition(partition, micros));
     }
 
     pub fn put_sink_meta(&mut self, table: Table, partition: i32, value: impl AsRef<[u8]>) {

@@ -11,7 +11,7 @@ use rocksdb::{
 };
 use serde::Serialize;
 
-use crate::batch::Op;
+use crate::batch::{Horizon, Op};
 use crate::cf::{self, CF_DEDUP, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::fail_point;
@@ -243,24 +243,6 @@ fn cf_options(
     o
 }
 
-/// An expiry horizon as `meta` stores it: the global one (`meta::HORIZON`) or a
-/// partition's (`meta::horizon`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CommittedHorizon {
-    Global(i64),
-    Partition(i32, i64),
-}
-
-/// The horizon a `meta` put stores, if it stores one.
-fn committed_horizon(key: &[u8], value: &[u8]) -> Option<CommittedHorizon> {
-    let t = keys::be_i64(value)?;
-    if key == meta::HORIZON {
-        return Some(CommittedHorizon::Global(t));
-    }
-    let p = keys::be_i32(key.strip_prefix(meta::HORIZON_PREFIX)?)?;
-    Some(CommittedHorizon::Partition(p, t))
-}
-
 /// Turns off RocksDB's per-thread perf counters for the calling thread.
 ///
 /// Why: by default RocksDB counts every key comparison (and more) in a thread-local
@@ -323,10 +305,10 @@ impl StateStore {
         };
         // Resume the compaction filters' horizons from the last commit.
         if let Some(h) = store.committed_horizon()? {
-            store.publish_horizon(CommittedHorizon::Global(h));
+            store.publish_horizon(Horizon::Global(h));
         }
         for (p, h) in store.scan_meta_i64(meta::HORIZON_PREFIX)? {
-            store.publish_horizon(CommittedHorizon::Partition(p, h));
+            store.publish_horizon(Horizon::Partition(p, h));
         }
         // The retention is stored so that inspection tools expire keys the same way.
         let cf = store.cf(CF_META)?;
@@ -427,14 +409,14 @@ impl StateStore {
         &self.horizons.global
     }
 
-    /// Publishes a horizon a commit made durable (see [`CommittedHorizon`]).
-    fn publish_horizon(&self, h: CommittedHorizon) {
+    /// Publishes a horizon a commit made durable.
+    fn publish_horizon(&self, h: Horizon) {
         match h {
-            CommittedHorizon::Global(t) => {
+            Horizon::Global(t) => {
                 self.horizons.global.advance(t);
                 self.horizons.fraud.advance(t);
             }
-            CommittedHorizon::Partition(p, t) => self.advance_partition_horizon(p, t),
+            Horizon::Partition(p, t) => self.advance_partition_horizon(p, t),
         }
     }
 
@@ -472,17 +454,14 @@ impl StateStore {
         };
         // Borrowed: after the write, the same ops feed the resident sets.
         let StateBatch {
-            ops, mut outbox, ..
+            ops,
+            mut outbox,
+            horizons,
+            ..
         } = batch;
-        let mut horizons = Vec::new();
         for op in ops.iter() {
             match op {
-                Op::Put { cf, key, value } => {
-                    if cf == CF_META {
-                        horizons.extend(committed_horizon(key, value));
-                    }
-                    wb.put_cf(handle(cf), key, value)
-                }
+                Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::rebuild::RebuildConfig;
 use super::restore;
-use crate::checkpoint::Watermarks;
+use crate::checkpoint::stamp_watermarks;
 use crate::pipeline::fixtures::{config, payment};
 use crate::pipeline::{InputRecord, Pipeline};
 use crate::relay::deliverable_rows;
@@ -301,9 +301,8 @@ fn after_a_takeover_a_retry_of_a_restored_payment_is_still_a_duplicate() {
             timestamp_ms: ts_ms(),
         };
         let (mut batch, _) = pipeline.process(&[record], &store).unwrap();
-        let watermarks = Watermarks::stamp(&pipeline, &[0], &mut batch);
+        stamp_watermarks(&pipeline, &[0], &mut batch);
         store.commit(batch).unwrap();
-        watermarks.publish(&store);
     }
     // Restarted with partition 1 added: its memory loaded, then partition 1 restored.
     let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
