@@ -9,20 +9,20 @@
 //! - [`store`]: [`StateStore`], whose single [`StateStore::commit`] makes a batch durable
 //!   atomically: the effects of offsets `[a, b)` and `next_offset = b` are on disk
 //!   together or not at all.
-//! - [`resident`]: [`resident::ResidentKeys`], the keys a column family holds, in memory,
-//!   so lookups of absent keys (most of them) never reach RocksDB.
+//! - [`dedup_index`]: [`dedup_index::DedupIndex`], the dedup entries, in memory, so dedup
+//!   lookups never reach RocksDB; [`resident_values`], the fraud values likewise.
 //! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
 //! - [`error`]: the error type, [`StateError`].
 //! - [`fail_point`]: named places where a test build can die on demand.
 
 pub mod batch;
 pub mod cf;
+pub mod dedup_index;
 pub mod error;
 pub mod expiry;
 pub mod fail_point;
 pub mod keys;
 pub mod outbox_page;
-pub mod resident;
 pub mod resident_values;
 pub mod store;
 pub mod table;

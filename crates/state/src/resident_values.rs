@@ -3,7 +3,7 @@
 //!
 //! The fraud state is read for every valid payment (its card and its customer), and at
 //! 10 M payments most of those reads are hits spread over ~6 M random keys: a set of
-//! keys ([`crate::resident::ResidentKeys`]) spares the misses only, and the hits cost a
+//! keys alone (what an earlier build kept) spares the misses only, and the hits cost a
 //! `multi_get` through the block cache, and often a block read and decompression.
 //!
 //! **The invariant: for every key, [`ResidentValues::get`] answers what the column

@@ -502,29 +502,41 @@ impl StateStore {
         Ok(())
     }
 
-    /// Looks up many dedup keys at once: the resident set answers the keys the store
-    /// does not hold, one `multi_get` the rest.
+    /// Looks up many dedup keys at once: answered from memory (`DedupIndex`) once it has
+    /// loaded, one `multi_get` for the keys it leaves to RocksDB (all of them before).
+    /// Memory may already have let go of an entry expired under the committed horizon
+    /// that RocksDB still holds: the pipeline treats such an entry as absent either way.
     pub fn get_dedup_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<DedupEntry>>, StateError> {
         without_perf_counters();
-        let cf = self.cf(CF_DEDUP)?;
-        let may_hold = self.may_hold_dedup(keys);
-        let asked = keys
+        let known = self.resident_dedup(keys);
+        let asked: Vec<&K> = keys
             .iter()
-            .zip(&may_hold)
-            .filter(|(_, m)| **m)
-            .map(|(k, _)| k);
-        let mut answers = self.db.batched_multi_get_cf(cf, asked, false).into_iter();
-        may_hold
+            .zip(&known)
+            .filter(|(_, m)| m.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let mut answers = if asked.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            let cf = self.cf(CF_DEDUP)?;
+            self.db.batched_multi_get_cf(cf, asked, false).into_iter()
+        };
+        known
             .into_iter()
-            .map(|m| {
-                let answer = if m { answers.next() } else { None };
-                match answer.transpose().map_err(|e| self.rocks(e))?.flatten() {
+            .map(|m| match m {
+                Some(answer) => Ok(answer),
+                None => match answers
+                    .next()
+                    .transpose()
+                    .map_err(|e| self.rocks(e))?
+                    .flatten()
+                {
                     Some(v) => DedupEntry::decode(&v).map(Some),
                     None => Ok(None),
-                }
+                },
             })
             .collect()
     }

@@ -1,37 +1,37 @@
-//! The store's in-memory view of its two keyed column families — the dedup keys as a
-//! [`ResidentKeys`] set, the fraud keys with their values as [`ResidentValues`] — how
-//! they are filled when the store opens, fed by commits, swept as watermarks advance,
-//! and consulted by the bulk lookups (see `crate::resident` and
+//! The store's in-memory view of its two keyed column families — the dedup entries as
+//! a [`DedupIndex`], the fraud keys with their values as [`ResidentValues`] — how they
+//! are filled when the store opens, fed by commits, swept as watermarks advance, and
+//! consulted by the bulk lookups (see `crate::dedup_index` and
 //! `crate::resident_values` for the invariants they keep).
 //!
 //! **Filled in the background.** At 10 M payments the fraud column family holds ~6 M
 //! keys, and scanning them took 4–5 s of every restart before the first batch. So the
 //! store opens at once and a loader thread scans both column families while batches
-//! run; until it has finished, a set answers "may hold" for every key, and every
-//! lookup goes to RocksDB, exactly as without the sets. That keeps the invariant at
-//! every instant: a key the store held when the scan's iterator was created is
-//! inserted by the loader; a key committed after the store opened is inserted by the
-//! commit (`record_commit`); inserting keeps the later time, so the two may come in
-//! either order. A key the loader inserts after a commit or sweep removed it is only a
-//! false positive, which costs one RocksDB read.
+//! run; until it has finished, every lookup goes to RocksDB, exactly as without the
+//! sets. That keeps the invariants at every instant: a key the store held when the
+//! scan's iterator was created is inserted by the loader; a key committed after the
+//! store opened is inserted by the commit (`record_commit`). A value the loader reads
+//! is never newer than one a commit put, so it only fills a key memory does not have.
 //!
-//! Fraud values are stricter, since memory answers them: a value the loader reads is
-//! never newer than one a commit put, so it only fills a key memory does not have; a
-//! key a commit deletes while loading is left to RocksDB; and the fraud values are not
-//! swept until the loader is done (it could bring back an expired key's older value).
+//! - Dedup: the loader may bring back an entry a sweep let go, which is expired (see
+//!   `crate::dedup_index`). A partition forgotten while the loader runs has its
+//!   entries in the loader's scan skipped: that scan predates the forgetting, and an
+//!   entry of the partition committed since is in the index already.
+//! - Fraud: a key a commit deletes while loading is left to RocksDB, and the fraud
+//!   values are not swept until the loader is done (it could bring back an expired
+//!   key's older value).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use rocksdb::{IteratorMode, ReadOptions, DB};
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::StateStore;
 use crate::batch::{Op, OpLog};
 use crate::cf::{CF_DEDUP, CF_FRAUD};
-use crate::keys::{be_u64, dedup_value_partition, value_time};
-use crate::resident::ResidentKeys;
+use crate::dedup_index::{DedupIndex, DedupLookup};
+use crate::keys::{dedup_value_partition, DedupEntry};
 use crate::resident_values::{Lookup, ResidentValues};
 use crate::StateError;
 
@@ -46,11 +46,13 @@ const LOAD_CHUNK: usize = 16 * 1024;
 
 #[derive(Default)]
 pub(super) struct Resident {
-    dedup: ResidentKeys,
+    dedup: DedupIndex,
     fraud: ResidentValues,
     /// Set until the loader has scanned both column families: the sets may then miss
     /// stored keys, so they answer nothing (see the module docs).
     loading: bool,
+    /// Partitions forgotten while loading, whose entries in the loader's scan are stale.
+    forgotten_while_loading: Vec<i32>,
     /// The watermark each set was last swept at.
     dedup_swept_at: Option<i64>,
     fraud_swept_at: Option<i64>,
@@ -98,22 +100,6 @@ impl Kind {
             Kind::Fraud => CF_FRAUD,
         }
     }
-}
-
-/// A dedup key's fingerprint: the key is itself a 128-bit hash, so its first 8 bytes.
-fn dedup_fingerprint(key: &[u8]) -> u64 {
-    key.get(..8)
-        .and_then(be_u64)
-        .unwrap_or_else(|| xxh3_64(key))
-}
-
-/// The set entry of one stored dedup key: (fingerprint, time, partition), the time and
-/// partition read as the compaction filter reads them (`keys::value_time`,
-/// `keys::dedup_value_partition`); a value without a time never expires.
-fn dedup_entry(key: &[u8], value: &[u8]) -> (u64, i64, i32) {
-    let time = value_time(value).unwrap_or(i64::MAX);
-    let partition = dedup_value_partition(value).unwrap_or(0);
-    (dedup_fingerprint(key), time, partition)
 }
 
 /// The loader thread filling a store's sets; joined (or stopped) before the store closes.
@@ -221,13 +207,7 @@ fn load(
                 }
                 let mut r = lock(resident);
                 for (k, v) in chunk.drain(..) {
-                    match kind {
-                        Kind::Dedup => {
-                            let (fingerprint, time, partition) = dedup_entry(&k, &v);
-                            r.dedup.insert(fingerprint, time, partition);
-                        }
-                        Kind::Fraud => r.fraud.load(&k, &v),
-                    }
+                    r.load(kind, &k, &v);
                 }
                 r.bound_fraud();
             }
@@ -236,8 +216,34 @@ fn load(
             }
         }
     }
-    lock(resident).loading = false;
+    let mut r = lock(resident);
+    r.loading = false;
+    r.forgotten_while_loading = Vec::new();
     Ok(())
+}
+
+impl Resident {
+    /// One key and value the loader's scan read.
+    fn load(&mut self, kind: Kind, key: &[u8], value: &[u8]) {
+        match kind {
+            Kind::Dedup => {
+                let forgotten = dedup_value_partition(value)
+                    .is_some_and(|p| self.forgotten_while_loading.contains(&p));
+                if !forgotten {
+                    self.dedup.load(key, value);
+                }
+            }
+            Kind::Fraud => self.fraud.load(key, value),
+        }
+    }
+
+    /// The store forgot `partitions` (their keys are deleted from RocksDB).
+    fn forget(&mut self, partitions: &[i32]) {
+        self.dedup.forget(partitions);
+        if self.loading {
+            self.forgotten_while_loading.extend_from_slice(partitions);
+        }
+    }
 }
 
 impl StateStore {
@@ -275,17 +281,13 @@ impl StateStore {
         let Some(mut r) = self.resident() else {
             return;
         };
-        // Dedup keys are added (deletions may lag, see `crate::resident`); every fraud
-        // put and delete is applied, in order: memory answers fraud values, so none may
-        // be missed.
+        // Every dedup put and every fraud put and delete is applied, in order: memory
+        // answers both, so none may be missed.
         let loading = r.loading;
         for op in ops.iter() {
             match op {
                 Op::Put { cf, key, value } => match Kind::of(cf) {
-                    Some(Kind::Dedup) => {
-                        let (fingerprint, time, partition) = dedup_entry(key, value);
-                        r.dedup.insert(fingerprint, time, partition);
-                    }
+                    Some(Kind::Dedup) => r.dedup.put(key, value),
                     Some(Kind::Fraud) => r.fraud.put(key, value),
                     None => {}
                 },
@@ -321,21 +323,28 @@ impl StateStore {
         }
     }
 
-    /// Lets go of the dedup keys of partitions the store just forgot.
+    /// Lets go of the dedup entries of partitions the store just forgot.
     pub(super) fn forget_resident(&self, partitions: &[i32]) {
         if let Some(mut r) = self.resident() {
-            r.dedup.forget(partitions);
+            r.forget(partitions);
         }
     }
 
-    /// Which of `keys` the dedup column family may hold: all of them without the set
-    /// (a read-only inspection) or while it is still loading.
-    pub(super) fn may_hold_dedup<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<bool> {
+    /// The dedup entries memory can answer: `Some(answer)` per key, `None` for a key to
+    /// read from RocksDB (every key without memory, or while it is still loading).
+    pub(super) fn resident_dedup<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Vec<Option<Option<DedupEntry>>> {
         let Some(r) = self.resident().filter(|r| !r.loading) else {
-            return vec![true; keys.len()];
+            return vec![None; keys.len()];
         };
         keys.iter()
-            .map(|k| r.dedup.may_hold(dedup_fingerprint(k.as_ref())))
+            .map(|k| match r.dedup.get(k.as_ref()) {
+                DedupLookup::Held(e) => Some(Some(e)),
+                DedupLookup::Absent => Some(None),
+                DedupLookup::Ask => None,
+            })
             .collect()
     }
 
@@ -372,7 +381,7 @@ impl StateStore {
         }
     }
 
-    /// Bytes of memory the sets take: (dedup keys, fraud keys and values).
+    /// Bytes of memory the sets take: (dedup entries, fraud keys and values).
     pub fn resident_bytes(&self) -> Option<(usize, usize)> {
         self.resident()
             .map(|r| (r.dedup.memory_bytes(), r.fraud.memory_bytes()))
@@ -387,5 +396,52 @@ impl StateStore {
     /// How many keys each set holds: (dedup, fraud).
     pub fn resident_keys(&self) -> Option<(usize, usize)> {
         self.resident().map(|r| (r.dedup.len(), r.fraud.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::dedup_key;
+
+    fn on(partition: i32, t: i64) -> Vec<u8> {
+        DedupEntry {
+            event_time_micros: t,
+            content_hash: 1,
+            partition,
+            offset: 0,
+        }
+        .encode()
+        .to_vec()
+    }
+
+    /// The loader's scan predates a forgetting that happens while it runs (a rescale
+    /// forgets partitions right after open): the forgotten partition's entries it still
+    /// reads are stale, and answered from memory they would turn a new payment into a
+    /// duplicate of a payment this instance no longer owns.
+    #[test]
+    fn a_partition_forgotten_while_loading_does_not_come_back_from_the_scan() {
+        let mut r = Resident {
+            loading: true,
+            ..Resident::default()
+        };
+        let (a, b, c) = (dedup_key("a"), dedup_key("b"), dedup_key("c"));
+        r.load(Kind::Dedup, &a, &on(0, 5));
+        r.forget(&[1]);
+        // Scanned after the forgetting, from the scan's older view.
+        r.load(Kind::Dedup, &b, &on(1, 6));
+        r.load(Kind::Dedup, &c, &on(2, 7));
+        // A commit after the forgetting puts partition 1's keys as usual.
+        let d = dedup_key("d");
+        r.dedup.put(&d, &on(1, 8));
+        assert_eq!(r.dedup.get(&b), DedupLookup::Absent);
+        assert!(matches!(r.dedup.get(&a), DedupLookup::Held(_)));
+        assert!(matches!(r.dedup.get(&c), DedupLookup::Held(_)));
+        assert!(matches!(r.dedup.get(&d), DedupLookup::Held(_)));
+        // Once loaded, a forgetting is only the deletion it is.
+        r.loading = false;
+        r.forget(&[2]);
+        assert!(r.forgotten_while_loading.iter().all(|p| *p == 1));
+        assert_eq!(r.dedup.get(&c), DedupLookup::Absent);
     }
 }
