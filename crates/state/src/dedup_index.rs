@@ -15,9 +15,11 @@
 //!
 //! A key is a 128-bit hash (`keys::dedup_key`): its first 8 bytes are the map's key,
 //! its last 8 are kept to tell two keys apart that share the first. Two stored keys
-//! sharing the first 8 bytes (about one pair in 10^7 at a million live ids) make
-//! those bytes a fingerprint to ask RocksDB about, for good. So does a key or value
-//! of the wrong length, which RocksDB then reports as the error it is.
+//! sharing the first 8 bytes (about one pair in 4·10^7 at a million live ids) are both
+//! kept whole in a small map beside it: with dedup pages (`crate::dedup_page`) RocksDB
+//! cannot answer one key, so memory must. A key or value of the wrong length (only an
+//! older build's per-key column family can hold one) is left to RocksDB, which then
+//! reports the error it is.
 //!
 //! An entry takes 56 bytes and a control byte; a million live ids take about 64 MB
 //! (by arithmetic, at hashbrown's load factor). The keys alone, which is all an
@@ -115,9 +117,22 @@ fn split(key: &[u8]) -> Result<(u64, u64), u64> {
 #[derive(Default)]
 pub struct DedupIndex {
     map: Fingerprints<Held>,
-    /// Fingerprints whose lookups go to RocksDB (see the module docs): never removed,
-    /// since asking is always right.
+    /// Fingerprints two stored keys share: their keys are kept whole in `shared_keys`
+    /// instead of `map` (about one pair in 4·10^7 at a million live ids). Never
+    /// removed: an entry in `shared_keys` is found wherever the map would have had it.
+    shared: HashSet<u64, BuildHasherDefault<FingerprintHasher>>,
+    shared_keys: HashMap<[u8; 16], Held>,
+    /// Fingerprints of malformed keys or values (only an older build's per-key column
+    /// family can hold them): RocksDB answers those, with the error they are.
     ask: HashSet<u64, BuildHasherDefault<FingerprintHasher>>,
+}
+
+/// A 16-byte key from its two halves.
+fn whole(fingerprint: u64, rest: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&fingerprint.to_be_bytes());
+    k[8..].copy_from_slice(&rest.to_be_bytes());
+    k
 }
 
 impl DedupIndex {
@@ -135,12 +150,24 @@ impl DedupIndex {
     fn add(&mut self, key: &[u8], value: &[u8], replace: bool) {
         let (fingerprint, rest, entry) = match (split(key), DedupEntry::decode(value)) {
             (Ok((f, r)), Ok(e)) => (f, r, e),
-            (Ok((f, _)) | Err(f), _) => return self.ask_rocksdb(f),
+            (Ok((f, _)) | Err(f), _) => {
+                self.map.remove(&f);
+                self.ask.insert(f);
+                return;
+            }
         };
         if !self.ask.is_empty() && self.ask.contains(&fingerprint) {
             return;
         }
         let held = Held::new(rest, &entry);
+        if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
+            return Self::fill(
+                &mut self.shared_keys,
+                whole(fingerprint, rest),
+                held,
+                replace,
+            );
+        }
         match self.map.entry(fingerprint) {
             Entry::Vacant(v) => {
                 v.insert(held);
@@ -150,13 +177,28 @@ impl DedupIndex {
                     *o.get_mut() = held;
                 }
             }
-            Entry::Occupied(_) => self.ask_rocksdb(fingerprint),
+            Entry::Occupied(o) => {
+                // A second key with these first 8 bytes: both are kept whole.
+                let (_, first) = o.remove_entry();
+                self.shared.insert(fingerprint);
+                self.shared_keys
+                    .insert(whole(fingerprint, first.rest), first);
+                self.shared_keys.insert(whole(fingerprint, rest), held);
+            }
         }
     }
 
-    fn ask_rocksdb(&mut self, fingerprint: u64) {
-        self.map.remove(&fingerprint);
-        self.ask.insert(fingerprint);
+    fn fill(keys: &mut HashMap<[u8; 16], Held>, key: [u8; 16], held: Held, replace: bool) {
+        match keys.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(held);
+            }
+            Entry::Occupied(mut o) => {
+                if replace {
+                    *o.get_mut() = held;
+                }
+            }
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> DedupLookup {
@@ -167,20 +209,26 @@ impl DedupIndex {
         if !self.ask.is_empty() && self.ask.contains(&fingerprint) {
             return DedupLookup::Ask;
         }
+        if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
+            return match self.shared_keys.get(&whole(fingerprint, rest)) {
+                Some(h) => DedupLookup::Held(h.entry()),
+                None => DedupLookup::Absent,
+            };
+        }
         match self.map.get(&fingerprint) {
             Some(h) if h.rest == rest => DedupLookup::Held(h.entry()),
             // Another key holds the fingerprint: this one is not stored (it would
-            // have made the fingerprint one to ask about).
+            // have made the fingerprint a shared one).
             _ => DedupLookup::Absent,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.shared_keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Bytes of memory the index takes (by its capacity: 56 bytes and a control byte a
@@ -192,16 +240,19 @@ impl DedupIndex {
     /// Lets go of every entry whose event time is expired by `retention` under its
     /// partition's horizon, as the compaction filter drops it. Returns how many.
     pub fn sweep(&mut self, retention_micros: i64, horizon: impl Fn(i32) -> i64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, h| {
-            !is_expired(h.event_time_micros, retention_micros, horizon(h.partition))
-        });
-        before - self.map.len()
+        let before = self.len();
+        let alive =
+            |h: &Held| !is_expired(h.event_time_micros, retention_micros, horizon(h.partition));
+        self.map.retain(|_, h| alive(h));
+        self.shared_keys.retain(|_, h| alive(h));
+        before - self.len()
     }
 
     /// Lets go of every entry of the given partitions.
     pub fn forget(&mut self, partitions: &[i32]) {
         self.map.retain(|_, h| !partitions.contains(&h.partition));
+        self.shared_keys
+            .retain(|_, h| !partitions.contains(&h.partition));
     }
 }
 
@@ -237,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn two_keys_sharing_a_fingerprint_are_asked_about_for_good() {
+    fn two_keys_sharing_a_fingerprint_are_both_answered_exactly() {
         let mut r = DedupIndex::default();
         let mut a = [0u8; 16];
         a[..8].copy_from_slice(&42u64.to_be_bytes());
@@ -248,14 +299,22 @@ mod tests {
         r.put(&a, &entry(10, 0).encode());
         // c is not stored, and the fingerprint's one key is a: c is absent.
         assert_eq!(r.get(&c), DedupLookup::Absent);
-        r.put(&b, &entry(11, 0).encode());
-        for k in [a, b, c] {
-            assert_eq!(r.get(&k), DedupLookup::Ask);
-        }
+        r.put(&b, &entry(11, 1).encode());
+        assert_eq!(r.get(&a), DedupLookup::Held(entry(10, 0)));
+        assert_eq!(r.get(&b), DedupLookup::Held(entry(11, 1)));
+        assert_eq!(r.get(&c), DedupLookup::Absent);
+        assert_eq!(r.len(), 2);
+        // Replaced by a commit, not by the loader; swept and forgotten like the rest.
         r.put(&a, &entry(12, 0).encode());
-        r.sweep(1, |_| i64::MAX);
-        assert_eq!(r.get(&a), DedupLookup::Ask);
-        assert!(r.is_empty());
+        r.load(&a, &entry(10, 0).encode());
+        r.load(&c, &entry(13, 0).encode());
+        assert_eq!(r.get(&a), DedupLookup::Held(entry(12, 0)));
+        assert_eq!(r.get(&c), DedupLookup::Held(entry(13, 0)));
+        assert_eq!(r.sweep(1, |p| if p == 0 { 14 } else { 0 }), 1);
+        assert_eq!(r.get(&a), DedupLookup::Absent);
+        r.forget(&[1]);
+        assert_eq!(r.get(&b), DedupLookup::Absent);
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

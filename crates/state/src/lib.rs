@@ -18,6 +18,7 @@
 pub mod batch;
 pub mod cf;
 pub mod dedup_index;
+pub mod dedup_page;
 pub mod error;
 pub mod expiry;
 pub mod fail_point;
