@@ -4,6 +4,9 @@
 
 /// `transaction_id` hash → [`crate::DedupEntry`]. Expired by the compaction filter.
 pub const CF_DEDUP: &str = "dedup";
+/// Dedup entries written since pages replaced per-key puts: (partition, page sequence)
+/// → the page (`crate::dedup_page`). Pages are deleted whole once expired.
+pub const CF_DEDUP_PAGES: &str = "dedup_pages";
 /// Fraud keyed state (per card, per customer). Values start with a last-seen time and
 /// expire like dedup keys, with their own TTL.
 pub const CF_FRAUD: &str = "fraud";
@@ -14,4 +17,11 @@ pub const CF_OUTBOX: &str = "outbox";
 /// Small bookkeeping: next offsets, watermarks, sequence counters, sink positions.
 pub const CF_META: &str = "meta";
 
-pub const ALL: [&str; 5] = [CF_DEDUP, CF_FRAUD, CF_WINDOW, CF_OUTBOX, CF_META];
+pub const ALL: [&str; 6] = [
+    CF_DEDUP,
+    CF_DEDUP_PAGES,
+    CF_FRAUD,
+    CF_WINDOW,
+    CF_OUTBOX,
+    CF_META,
+];

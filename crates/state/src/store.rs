@@ -12,7 +12,7 @@ use rocksdb::{
 use serde::Serialize;
 
 use crate::batch::{Horizon, Op};
-use crate::cf::{self, CF_DEDUP, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
+use crate::cf::{self, CF_DEDUP, CF_DEDUP_PAGES, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
@@ -112,6 +112,8 @@ pub struct StateStore {
     fraud_ttl_micros: i64,
     /// The resident fraud values' memory budget.
     fraud_memory_bytes: usize,
+    /// The dedup pages held, for deleting them once expired (`store::dedup_pages`).
+    dedup_pages: Mutex<dedup_pages::DedupPages>,
 }
 
 /// How old (wall clock) a fraud SST file may get before a compaction rewrites it, and
@@ -221,6 +223,16 @@ fn cf_options(
                 o.set_periodic_compaction_seconds(FRAUD_PERIODIC_COMPACTION_SECS);
             }
         }
+        CF_DEDUP_PAGES => {
+            // Written once, read back only at open, deleted whole: kept in blob files,
+            // which compactions do not rewrite (the keys, 12 bytes a page, are all
+            // they move), as for the outbox's pages.
+            o.set_write_buffer_size(16 << 20);
+            o.set_enable_blob_files(true);
+            o.set_min_blob_size(1024);
+            o.set_blob_compression_type(DBCompressionType::None);
+            o.set_enable_blob_gc(false);
+        }
         CF_OUTBOX => {
             // Written once, read once in order, deleted: small memtables flush rarely
             // because rows are usually deleted before a flush.
@@ -300,6 +312,7 @@ impl StateStore {
             write_options,
             resident: None,
             resident_loader: None,
+            dedup_pages: Mutex::default(),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
         };
@@ -377,6 +390,7 @@ impl StateStore {
             write_options: WriteOptions::default(),
             resident: None,
             resident_loader: None,
+            dedup_pages: Mutex::default(),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
         })
@@ -461,10 +475,13 @@ impl StateStore {
         } = batch;
         for op in ops.iter() {
             match op {
+                // Written as pages, below.
+                Op::Put { cf, .. } if cf == CF_DEDUP => {}
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
+        let pages = self.write_dedup_pages(&ops, &mut wb)?;
         // Each stream's rows as pages, compressed here, on the committing thread.
         for stream in &mut outbox {
             let (table, partition) = (stream.table, stream.partition);
@@ -497,6 +514,7 @@ impl StateStore {
         for h in horizons {
             self.publish_horizon(h);
         }
+        self.dedup_pages_written(pages);
         // Only now, with the batch durable, may its keys be answered from memory.
         self.record_commit(&ops);
         Ok(())
@@ -976,6 +994,7 @@ impl StateStore {
     }
 }
 
+mod dedup_pages;
 mod forget;
 mod landed;
 mod live_dedup;

@@ -103,9 +103,11 @@ impl StateStore {
                 wb.delete_cf(dedup_cf, k);
             }
         }
+        out.dedup_entries += self.forget_dedup_pages(partitions, &mut wb)?;
         self.db
             .write_opt(wb, &self.write_options)
             .map_err(|e| self.rocks(e))?;
+        self.dedup_pages_forgotten(partitions);
         self.forget_resident(partitions);
         Ok(out)
     }

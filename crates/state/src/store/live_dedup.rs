@@ -15,7 +15,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::StateStore;
-use crate::cf::{CF_DEDUP, CF_META};
+use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES, CF_META};
 use crate::expiry::is_expired;
 use crate::keys::{self, meta, DedupEntry};
 use crate::StateError;
@@ -64,6 +64,23 @@ impl StateStore {
             let p = out.entry(e.partition).or_default();
             p.live += 1;
             p.digest = p.digest.wrapping_add(entry_digest(&k, &v));
+        }
+        // And the pages. A key is alive in one place at most: it is written again only
+        // once its entry has expired.
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DEDUP_PAGES)?, IteratorMode::Start)
+        {
+            let (_, page) = item.map_err(|e| self.rocks(e))?;
+            for (k, e) in crate::dedup_page::entries(&page)? {
+                let horizon = horizons.get(&e.partition).copied().unwrap_or(i64::MIN);
+                if is_expired(e.event_time_micros, retention, horizon) {
+                    continue;
+                }
+                let p = out.entry(e.partition).or_default();
+                p.live += 1;
+                p.digest = p.digest.wrapping_add(entry_digest(&k, &e.encode()));
+            }
         }
         Ok(out)
     }

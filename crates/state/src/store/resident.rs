@@ -175,7 +175,7 @@ impl Drop for ResidentLoader {
 /// A panic while holding the lock cannot leave a set missing a committed key (keys are
 /// only ever added after their commit), and a loader's handle is only taken, so a
 /// poisoned lock is usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -256,11 +256,15 @@ impl StateStore {
     pub(super) fn start_resident(
         &self,
     ) -> Result<(Arc<Mutex<Resident>>, ResidentLoader), StateError> {
-        let resident = Arc::new(Mutex::new(Resident {
+        let mut r = Resident {
             loading: true,
             fraud_budget: self.fraud_memory_bytes,
             ..Resident::default()
-        }));
+        };
+        // Before the loader starts: pages are newer than the per-key family it scans,
+        // whose entries only fill keys the index does not have.
+        *lock(&self.dedup_pages) = self.load_dedup_pages(&mut r.dedup)?;
+        let resident = Arc::new(Mutex::new(r));
         let loader = ResidentLoader::spawn(self.db.clone(), self.path.clone(), resident.clone())?;
         Ok((resident, loader))
     }
@@ -336,14 +340,16 @@ impl StateStore {
         &self,
         keys: &[K],
     ) -> Vec<Option<Option<DedupEntry>>> {
-        let Some(r) = self.resident().filter(|r| !r.loading) else {
+        let Some(r) = self.resident() else {
             return vec![None; keys.len()];
         };
+        // The pages are in memory from the open on; while the loader still scans the
+        // older per-key family, a key memory does not hold may be there.
         keys.iter()
             .map(|k| match r.dedup.get(k.as_ref()) {
                 DedupLookup::Held(e) => Some(Some(e)),
-                DedupLookup::Absent => Some(None),
-                DedupLookup::Ask => None,
+                DedupLookup::Absent if !r.loading => Some(None),
+                DedupLookup::Absent | DedupLookup::Ask => None,
             })
             .collect()
     }

@@ -1,0 +1,167 @@
+//! The dedup entries as pages (`crate::dedup_page`): how a commit writes its new
+//! entries, which pages it deletes, and how the index is filled from them at open.
+//!
+//! **Invariant: every dedup entry a commit made durable is in a page, or in the older
+//! per-key `dedup` family, until it has expired under its partition's published
+//! horizon.** A page goes whole, and only once its newest entry has expired, so no
+//! live entry leaves with it. The index (`DedupIndex`) holds what the pages hold:
+//! filled from them at open before the store is returned, then by every commit.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rocksdb::{IteratorMode, WriteBatch};
+
+use super::StateStore;
+use crate::batch::{Op, OpLog};
+use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES};
+use crate::dedup_index::DedupIndex;
+use crate::dedup_page::{self, page_key, parse_page_key};
+use crate::expiry::is_expired;
+use crate::keys::{dedup_value_partition, value_time};
+use crate::StateError;
+
+/// The pages a store holds, by partition in write order, with their newest times.
+#[derive(Debug, Default)]
+pub(super) struct DedupPages {
+    next_seq: u64,
+    held: BTreeMap<i32, VecDeque<(u64, i64)>>,
+}
+
+/// What a commit's pages change once the commit is durable.
+#[derive(Debug, Default)]
+pub(super) struct PagesWritten {
+    added: Vec<(i32, u64, i64)>,
+    deleted: Vec<(i32, u64)>,
+}
+
+impl StateStore {
+    /// Reads every page into `index` (a commit's entries, so each replaces what the
+    /// key held: later pages were written later) and returns their bookkeeping.
+    pub(super) fn load_dedup_pages(
+        &self,
+        index: &mut DedupIndex,
+    ) -> Result<DedupPages, StateError> {
+        let mut pages = DedupPages::default();
+        let cf = self.cf(CF_DEDUP_PAGES)?;
+        let mut read = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            let (partition, seq) = parse_page_key(&k).ok_or(StateError::BadValue {
+                what: "dedup page key",
+                len: k.len(),
+            })?;
+            let newest = dedup_page::newest_time(&v).unwrap_or(i64::MAX);
+            pages.next_seq = pages.next_seq.max(seq + 1);
+            pages
+                .held
+                .entry(partition)
+                .or_default()
+                .push_back((seq, newest));
+            read.push((seq, v));
+        }
+        // In write order (the sequence is the store's, across partitions): a key
+        // written again after expiring keeps its later entry.
+        read.sort_unstable_by_key(|(seq, _)| *seq);
+        for (_, v) in read {
+            for (key, entry) in dedup_page::entries(&v)? {
+                index.put(&key, &entry.encode());
+            }
+        }
+        Ok(pages)
+    }
+
+    /// Puts the batch's dedup entries into `wb` as one page per partition, and deletes
+    /// the pages whose newest entry has expired under the published horizons.
+    pub(super) fn write_dedup_pages(
+        &self,
+        ops: &OpLog,
+        wb: &mut WriteBatch,
+    ) -> Result<PagesWritten, StateError> {
+        let cf = self.cf(CF_DEDUP_PAGES)?;
+        let mut by_partition: BTreeMap<i32, (Vec<u8>, i64)> = BTreeMap::new();
+        for op in ops.iter() {
+            if let Op::Put { cf, key, value } = op {
+                if cf != CF_DEDUP {
+                    continue;
+                }
+                let partition = dedup_value_partition(value).unwrap_or(0);
+                let time = value_time(value).unwrap_or(i64::MAX);
+                let (page, newest) = by_partition
+                    .entry(partition)
+                    .or_insert_with(|| (vec![0u8; 8], i64::MIN));
+                page.extend_from_slice(key);
+                page.extend_from_slice(value);
+                *newest = (*newest).max(time);
+            }
+        }
+        let mut pages = super::resident::lock(&self.dedup_pages);
+        let mut written = PagesWritten::default();
+        let mut seq = pages.next_seq;
+        for (partition, (mut page, newest)) in by_partition {
+            page[..8].copy_from_slice(&newest.to_be_bytes());
+            wb.put_cf(cf, page_key(partition, seq), page);
+            written.added.push((partition, seq, newest));
+            seq += 1;
+        }
+        let retention = self.retention.load(std::sync::atomic::Ordering::Acquire);
+        let global = self.horizons.global.get();
+        let horizons = self.horizons.partitions.snapshot();
+        for (&partition, held) in &pages.held {
+            let horizon = horizons.get(&partition).copied().unwrap_or(global);
+            for &(seq, newest) in held {
+                if !is_expired(newest, retention, horizon) {
+                    break;
+                }
+                wb.delete_cf(cf, page_key(partition, seq));
+                written.deleted.push((partition, seq));
+            }
+        }
+        pages.next_seq = seq;
+        Ok(written)
+    }
+
+    /// The commit carrying `written` is durable.
+    pub(super) fn dedup_pages_written(&self, written: PagesWritten) {
+        let mut pages = super::resident::lock(&self.dedup_pages);
+        for (partition, seq) in written.deleted {
+            if let Some(held) = pages.held.get_mut(&partition) {
+                if held.front().is_some_and(|(s, _)| *s == seq) {
+                    held.pop_front();
+                }
+            }
+        }
+        for (partition, seq, newest) in written.added {
+            pages
+                .held
+                .entry(partition)
+                .or_default()
+                .push_back((seq, newest));
+        }
+    }
+
+    /// Deletes the pages of `partitions` into `wb` (forgetting them).
+    pub(super) fn forget_dedup_pages(
+        &self,
+        partitions: &[i32],
+        wb: &mut WriteBatch,
+    ) -> Result<u64, StateError> {
+        let cf = self.cf(CF_DEDUP_PAGES)?;
+        let mut entries = 0;
+        for &p in partitions {
+            self.scan_prefix(CF_DEDUP_PAGES, &p.to_be_bytes(), |k, v| {
+                entries += dedup_page::entries(v)?.count() as u64;
+                wb.delete_cf(cf, k);
+                Ok(())
+            })?;
+        }
+        Ok(entries)
+    }
+
+    /// After a forgetting is durable.
+    pub(super) fn dedup_pages_forgotten(&self, partitions: &[i32]) {
+        let mut pages = super::resident::lock(&self.dedup_pages);
+        for p in partitions {
+            pages.held.remove(p);
+        }
+    }
+}
