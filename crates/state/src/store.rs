@@ -374,15 +374,20 @@ impl StateStore {
         let horizons = Horizons::default();
         let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(8 << 20);
-        let cfs = cf::ALL.iter().map(|name| {
-            ColumnFamilyDescriptor::new(
-                *name,
-                cf_options(name, &opts, &cache, &horizons, &retention),
-            )
-        });
+        // Only the families the directory has: an older build's has no `dedup_pages`.
+        let present = DB::list_cf(&Options::default(), path).unwrap_or_default();
+        let cfs = cf::ALL
+            .iter()
+            .filter(|name| present.iter().any(|p| p == *name))
+            .map(|name| {
+                ColumnFamilyDescriptor::new(
+                    *name,
+                    cf_options(name, &opts, &cache, &horizons, &retention),
+                )
+            });
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
             .map_err(|e| StateError::from_rocks(e, path))?;
-        Ok(StateStore {
+        let mut store = StateStore {
             db: Arc::new(db),
             path: path.to_owned(),
             horizons,
@@ -393,7 +398,10 @@ impl StateStore {
             dedup_pages: Mutex::default(),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
-        })
+        };
+        // Paged dedup entries can only be answered from memory.
+        store.resident = Some(store.read_only_resident()?);
+        Ok(store)
     }
 
     /// The horizon stored by the last commit, if any.

@@ -35,6 +35,17 @@ pub(super) struct PagesWritten {
 }
 
 impl StateStore {
+    /// Fills `index` as a read-only store answers from it: the pages, then the older
+    /// per-key family's entries (which only fill keys the pages do not have).
+    pub(super) fn load_dedup_index(&self, index: &mut DedupIndex) -> Result<(), StateError> {
+        self.load_dedup_pages(index)?;
+        for item in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            index.load(&k, &v);
+        }
+        Ok(())
+    }
+
     /// Reads every page into `index` (a commit's entries, so each replaces what the
     /// key held: later pages were written later) and returns their bookkeeping.
     pub(super) fn load_dedup_pages(
@@ -42,7 +53,10 @@ impl StateStore {
         index: &mut DedupIndex,
     ) -> Result<DedupPages, StateError> {
         let mut pages = DedupPages::default();
-        let cf = self.cf(CF_DEDUP_PAGES)?;
+        // A directory an older build wrote, opened read-only, has no pages.
+        let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
+            return Ok(pages);
+        };
         let mut read = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;

@@ -67,9 +67,10 @@ impl StateStore {
         }
         // And the pages. A key is alive in one place at most: it is written again only
         // once its entry has expired.
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_DEDUP_PAGES)?, IteratorMode::Start)
+        let pages = self.db.cf_handle(CF_DEDUP_PAGES);
+        for item in pages
+            .into_iter()
+            .flat_map(|cf| self.db.iterator_cf(cf, IteratorMode::Start))
         {
             let (_, page) = item.map_err(|e| self.rocks(e))?;
             for (k, e) in crate::dedup_page::entries(&page)? {

@@ -53,6 +53,9 @@ pub(super) struct Resident {
     loading: bool,
     /// Partitions forgotten while loading, whose entries in the loader's scan are stale.
     forgotten_while_loading: Vec<i32>,
+    /// A read-only store's: the dedup entries only (loaded at open); fraud lookups go
+    /// to RocksDB.
+    dedup_only: bool,
     /// The watermark each set was last swept at.
     dedup_swept_at: Option<i64>,
     fraud_swept_at: Option<i64>,
@@ -269,6 +272,17 @@ impl StateStore {
         Ok((resident, loader))
     }
 
+    /// A read-only store's memory: the dedup entries, loaded now (pages cannot be
+    /// asked for one key); its fraud lookups go to RocksDB.
+    pub(super) fn read_only_resident(&self) -> Result<Arc<Mutex<Resident>>, StateError> {
+        let mut r = Resident {
+            dedup_only: true,
+            ..Resident::default()
+        };
+        self.load_dedup_index(&mut r.dedup)?;
+        Ok(Arc::new(Mutex::new(r)))
+    }
+
     /// Waits until the resident sets are filled (they are filled in the background
     /// after open; lookups are right either way, only slower until then). The scan's
     /// error, if it failed.
@@ -360,7 +374,7 @@ impl StateStore {
         &self,
         keys: &[K],
     ) -> Vec<Option<Option<Vec<u8>>>> {
-        let Some(r) = self.resident().filter(|r| !r.loading) else {
+        let Some(r) = self.resident().filter(|r| !r.loading && !r.dedup_only) else {
             return vec![None; keys.len()];
         };
         r.fraud
@@ -378,12 +392,17 @@ impl StateStore {
     /// has reached any key (the loader of this store must have finished).
     #[cfg(test)]
     pub(super) fn reset_resident_to_loading(&self) {
+        let mut fresh = Resident {
+            loading: true,
+            ..Resident::default()
+        };
+        // As at open: the pages are in memory before the loader starts.
+        if let Ok(pages) = self.load_dedup_pages(&mut fresh.dedup) {
+            *lock(&self.dedup_pages) = pages;
+        }
         if let Some(mut r) = self.resident() {
-            *r = Resident {
-                loading: true,
-                fraud_budget: r.fraud_budget,
-                ..Resident::default()
-            };
+            fresh.fraud_budget = r.fraud_budget;
+            *r = fresh;
         }
     }
 

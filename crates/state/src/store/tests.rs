@@ -119,30 +119,40 @@ fn outbox_iterates_in_sequence_order_and_deletes_through() {
     );
 }
 
+/// A dedup page goes whole, in a commit, once its newest entry has expired under its
+/// partition's horizon: no live entry leaves with it.
 #[test]
-fn compaction_filter_removes_only_expired_dedup_keys() {
+fn expired_dedup_pages_are_deleted_whole() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         dedup_retention_micros: Some(100),
         ..StoreOptions::default()
     };
     let s = StateStore::open(dir.path(), &opts).unwrap();
-    let mut b = StateBatch::new();
-    for t in 0..1000_i64 {
-        b.put_dedup(keys::dedup_key(&format!("tx-{t}")), &entry(t));
+    // Two commits, two pages of partition 0: newest 499 and newest 999.
+    for times in [0..500_i64, 500..1000] {
+        let mut b = StateBatch::new();
+        for t in times {
+            b.put_dedup(keys::dedup_key(&format!("tx-{t}")), &entry(t));
+        }
+        s.commit(b).unwrap();
     }
+    let pages = |s: &StateStore| s.count_keys(CF_DEDUP_PAGES).unwrap();
+    assert_eq!(pages(&s), 2);
+    // Horizon 600: 499 + 100 < 600, the first page has expired; 999 has not. The next
+    // commit deletes it.
+    let mut b = StateBatch::new();
+    b.set_horizon(600);
     s.commit(b).unwrap();
-    // Nothing is expired before a watermark is published.
-    s.compact().unwrap();
-    assert_eq!(s.stats().unwrap().dedup_keys, 1000);
-    // Watermark 600: keys with t + 100 < 600, i.e. t < 500, are gone; t = 500 stays.
     s.horizon().advance(600);
-    s.compact().unwrap();
-    assert_eq!(s.stats().unwrap().dedup_keys, 500);
-    // What RocksDB holds: memory lets go of expired entries at its own sweeps (and the
-    // pipeline treats an expired entry as absent either way).
-    s.wait_resident().unwrap();
-    s.reset_resident_to_loading();
+    assert_eq!(pages(&s), 2);
+    let mut b = StateBatch::new();
+    b.set_horizon(600);
+    s.commit(b).unwrap();
+    assert_eq!(pages(&s), 1);
+    drop(s);
+    // Reopened, memory holds what the pages hold.
+    let s = StateStore::open(dir.path(), &opts).unwrap();
     let got = s
         .get_dedup_many(&[keys::dedup_key("tx-499"), keys::dedup_key("tx-500")])
         .unwrap();
@@ -226,17 +236,28 @@ fn dedup_entries_expire_by_their_own_partitions_horizon() {
     b.set_partition_horizon(1, 150);
     b.set_horizon(150);
     s.commit(b).unwrap();
+    // Published as the checkpoint does after a commit.
     s.advance_partition_horizon(0, 1_000);
     s.advance_partition_horizon(1, 150);
     s.horizon().advance(150);
-    s.compact().unwrap();
-    // 0: all 100 expired (t + 100 < 1000); 1 and 2: t < 50 expired, 50 each kept.
-    assert_eq!(s.stats().unwrap().dedup_keys, 100);
+    let pages = |s: &StateStore| s.count_keys(CF_DEDUP_PAGES).unwrap();
+    assert_eq!(pages(&s), 3);
+    // The next commit deletes partition 0's page (99 + 100 < 1000); 1's and 2's stay.
+    let mut b = StateBatch::new();
+    b.set_horizon(150);
+    s.commit(b).unwrap();
+    assert_eq!(pages(&s), 2);
     drop(s);
     // The horizons are committed: a restart applies the same rule.
     let s = StateStore::open(dir.path(), &opts).unwrap();
-    s.compact().unwrap();
-    assert_eq!(s.stats().unwrap().dedup_keys, 100);
+    let mut b = StateBatch::new();
+    b.set_horizon(150);
+    s.commit(b).unwrap();
+    assert_eq!(pages(&s), 2);
+    // Live by `live_dedup`'s own rule: partition 1's t >= 50, and all of partition 2's
+    // (it judges a partition without a horizon by none).
+    let live = s.live_dedup().unwrap();
+    assert_eq!(live.values().map(|l| l.live).sum::<u64>(), 150);
 }
 
 /// The resident sets answer "absent" without RocksDB, so a key they miss would be a
@@ -291,9 +312,9 @@ fn resident_keys_hold_every_stored_key_across_reopen_and_forgetting() {
     assert_eq!(s.resident_keys(), Some((2, 1)));
     assert_eq!(s.get_dedup_many(&ids[2..3]).unwrap(), vec![None]);
     drop(s);
-    // An inspection has no sets and asks RocksDB for everything.
+    // An inspection loads the dedup entries at open (paged ones cannot be asked for).
     let ro = StateStore::open_read_only(dir.path()).unwrap();
-    assert_eq!(ro.resident_keys(), None);
+    assert_eq!(ro.resident_keys(), Some((2, 0)));
     assert_eq!(ro.get_dedup_many(&ids[..1]).unwrap(), vec![Some(on(0, 5))]);
 }
 
@@ -425,8 +446,9 @@ fn lookups_while_the_resident_sets_load_find_every_stored_key() {
     s.wait_resident().unwrap();
     assert_eq!(s.resident_keys(), Some((ids.len(), 0)));
     assert!(s.get_dedup_many(&ids).unwrap().iter().all(Option::is_some));
+    // As at open: the pages are back in memory before the loader scans anything.
     s.reset_resident_to_loading();
-    assert_eq!(s.resident_keys(), Some((0, 0)));
+    assert_eq!(s.resident_keys(), Some((ids.len(), 0)));
     assert!(s.get_dedup_many(&ids).unwrap().iter().all(Option::is_some));
 }
 
