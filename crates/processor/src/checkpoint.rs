@@ -305,9 +305,11 @@ mod tests {
         }
         store.compact().unwrap();
         // Partition 0's watermark is 13:55 - 5 min; ids before 12:50 are expired there.
-        // About 65 minutes of its ids (~390) plus the quiet one may stay; 1,441 did.
+        // About 65 minutes of its ids (~390) plus the quiet one may stay, and since a
+        // dedup page goes whole once its newest entry has expired, up to one commit's
+        // page (200 ids here) of expired ones with them; 1,441 stayed before.
         let keys = store.stats().unwrap().dedup_keys;
-        assert!(keys <= 400, "{keys} dedup keys kept");
+        assert!(keys <= 600, "{keys} dedup keys kept");
         let (relay, settled) = checkpoint.into_relay();
         settled.unwrap();
         relay.stop();

@@ -52,11 +52,8 @@ pub fn newest_time(page: &[u8]) -> Option<i64> {
     Some(i64::from_be_bytes(page.get(..8)?.try_into().ok()?))
 }
 
-/// A page's entries, in the order they were written; an error for a page whose length
-/// is not a whole number of entries (damaged, or written by something else).
-pub fn entries(
-    page: &[u8],
-) -> Result<impl Iterator<Item = ([u8; 16], DedupEntry)> + '_, StateError> {
+/// How many entries a page holds, without decoding them; an error as for `entries`.
+pub fn entry_count(page: &[u8]) -> Result<usize, StateError> {
     let body = page.get(8..).unwrap_or_default();
     if page.len() < 8 || body.len() % ENTRY_LEN != 0 {
         return Err(StateError::BadValue {
@@ -64,6 +61,16 @@ pub fn entries(
             len: page.len(),
         });
     }
+    Ok(body.len() / ENTRY_LEN)
+}
+
+/// A page's entries, in the order they were written; an error for a page whose length
+/// is not a whole number of entries (damaged, or written by something else).
+pub fn entries(
+    page: &[u8],
+) -> Result<impl Iterator<Item = ([u8; 16], DedupEntry)> + '_, StateError> {
+    entry_count(page)?;
+    let body = page.get(8..).unwrap_or_default();
     Ok(body.chunks_exact(ENTRY_LEN).filter_map(|e| {
         let key: [u8; 16] = e[..16].try_into().ok()?;
         DedupEntry::decode(&e[16..]).ok().map(|d| (key, d))

@@ -67,7 +67,9 @@ impl Default for StoreOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct StateStats {
     pub path: PathBuf,
-    /// Exact number of dedup keys (a full scan of the column family).
+    /// Exact number of dedup entries stored: those in pages (`dedup_pages`) and those
+    /// in the older per-key family (`dedup`), by a full scan of both. A page goes only
+    /// once all its entries have expired, so this counts some expired ones too.
     pub dedup_keys: u64,
     /// Exact number of fraud keys.
     pub fraud_keys: u64,
@@ -970,8 +972,10 @@ impl StateStore {
     /// is the processor's job; this counts what is physically stored.
     pub fn stats(&self) -> Result<StateStats, StateError> {
         let mut bytes = BTreeMap::new();
-        for name in cf::ALL {
-            bytes.insert(name.to_owned(), self.cf_bytes(name)?);
+        // Every family the store has (an older build's directory, read-only, has no
+        // `dedup_pages`).
+        for name in cf::ALL.iter().filter(|n| self.db.cf_handle(n).is_some()) {
+            bytes.insert((*name).to_owned(), self.cf_bytes(name)?);
         }
         let mut outbox_depth = BTreeMap::new();
         for ((t, _), n) in self.outbox_depths()? {
@@ -979,7 +983,7 @@ impl StateStore {
         }
         Ok(StateStats {
             path: self.path.clone(),
-            dedup_keys: self.count_keys(CF_DEDUP)?,
+            dedup_keys: self.count_keys(CF_DEDUP)? + self.count_paged_dedup_entries()?,
             fraud_keys: self.count_keys(CF_FRAUD)?,
             open_windows: self.count_keys(CF_WINDOW)?,
             total_bytes: bytes.values().sum(),

@@ -395,6 +395,15 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// Where a (stopped or running) processor stands, from `state --json`: records
 /// consumed over all partitions, and rows committed but not yet delivered.
+/// The value of the unlabelled metric `name` in the processor's `/metrics` at `addr`.
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    let text = http_get(addr, "/metrics")?;
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
 pub fn progress(state: &Path) -> (i64, u64) {
     let out = Command::new(binary("paydedup-processor").unwrap())
         .args(["state", "--json", "--state-dir"])

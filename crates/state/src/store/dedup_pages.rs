@@ -153,6 +153,19 @@ impl StateStore {
         }
     }
 
+    /// How many entries the pages hold (a scan of them, for `stats`).
+    pub(super) fn count_paged_dedup_entries(&self) -> Result<u64, StateError> {
+        let mut n = 0;
+        let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
+            return Ok(n);
+        };
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (_, v) = item.map_err(|e| self.rocks(e))?;
+            n += dedup_page::entry_count(&v)? as u64;
+        }
+        Ok(n)
+    }
+
     /// Deletes the pages of `partitions` into `wb` (forgetting them).
     pub(super) fn forget_dedup_pages(
         &self,
