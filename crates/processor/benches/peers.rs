@@ -421,7 +421,7 @@ fn main() {
     // for its retention) with the windows and positions, over the keys both hold. The
     // directory's figure below also counts what is transient: the undelivered outbox
     // (all of it without the relay) and the write-ahead log not yet recycled.
-    let keyed_bytes: u64 = ["dedup", "fraud", "meta", "window"]
+    let keyed_bytes: u64 = ["dedup", "dedup_pages", "fraud", "meta", "window"]
         .iter()
         .filter_map(|cf| stats.bytes.get(*cf))
         .sum();

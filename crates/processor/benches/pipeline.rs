@@ -109,7 +109,8 @@ fn run(input: &[(String, Vec<u8>)], batch: usize, sync: bool) -> (f64, f64, f64)
     let p99 = latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)];
     store.compact().unwrap();
     let st = store.stats().unwrap();
-    let per_key = st.bytes["dedup"] as f64 / st.dedup_keys.max(1) as f64;
+    let dedup_bytes = st.bytes["dedup"] + st.bytes.get("dedup_pages").copied().unwrap_or(0);
+    let per_key = dedup_bytes as f64 / st.dedup_keys.max(1) as f64;
     (input.len() as f64 / secs, p99 * 1000.0, per_key)
 }
 

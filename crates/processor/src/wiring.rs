@@ -26,7 +26,8 @@ use crate::health::{self, Readiness};
 use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
 use crate::metrics::events::{
-    FraudMemoryMeasured, OwnershipChanged, PartitionsRestored, StateSizeMeasured,
+    DedupIndexMeasured, FraudMemoryMeasured, OwnershipChanged, PartitionsRestored,
+    StateSizeMeasured,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -131,6 +132,9 @@ fn build(
         }
         if let Some((bytes, complete)) = store.fraud_memory() {
             m.emit(FraudMemoryMeasured { bytes, complete });
+        }
+        if let Some((entries, bytes)) = store.dedup_index_size() {
+            m.emit(DedupIndexMeasured { entries, bytes });
         }
     });
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {

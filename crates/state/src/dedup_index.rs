@@ -17,9 +17,9 @@
 //! its last 8 are kept to tell two keys apart that share the first. Two stored keys
 //! sharing the first 8 bytes (about one pair in 4·10^7 at a million live ids) are both
 //! kept whole in a small map beside it: with dedup pages (`crate::dedup_page`) RocksDB
-//! cannot answer one key, so memory must. A key or value of the wrong length (only an
-//! older build's per-key column family can hold one) is left to RocksDB, which then
-//! reports the error it is.
+//! cannot answer one key, so memory must. A value of the wrong length (only an older
+//! build's per-key column family can hold one) leaves its key, and only it, to RocksDB,
+//! which then reports the error it is.
 //!
 //! An entry takes 56 bytes and a control byte; a million live ids take about 64 MB
 //! (by arithmetic, at hashbrown's load factor). The keys alone, which is all an
@@ -122,9 +122,11 @@ pub struct DedupIndex {
     /// removed: an entry in `shared_keys` is found wherever the map would have had it.
     shared: HashSet<u64, BuildHasherDefault<FingerprintHasher>>,
     shared_keys: HashMap<[u8; 16], Held>,
-    /// Fingerprints of malformed keys or values (only an older build's per-key column
-    /// family can hold them): RocksDB answers those, with the error they are.
-    ask: HashSet<u64, BuildHasherDefault<FingerprintHasher>>,
+    /// Keys whose stored value is malformed (only an older build's per-key column
+    /// family can hold one): RocksDB answers those, with the error they are. Whole
+    /// keys, never fingerprints: another key with the same first 8 bytes lives in a
+    /// page, which RocksDB cannot answer, so it must stay held here.
+    ask: HashSet<[u8; 16]>,
 }
 
 /// A 16-byte key from its two halves.
@@ -148,16 +150,24 @@ impl DedupIndex {
     }
 
     fn add(&mut self, key: &[u8], value: &[u8], replace: bool) {
-        let (fingerprint, rest, entry) = match (split(key), DedupEntry::decode(value)) {
-            (Ok((f, r)), Ok(e)) => (f, r, e),
-            (Ok((f, _)) | Err(f), _) => {
-                self.map.remove(&f);
-                self.ask.insert(f);
+        // A key that is not 16 bytes is no transaction id's: no lookup asks for it
+        // (and one that did would be sent to RocksDB by `get`).
+        let Ok((fingerprint, rest)) = split(key) else {
+            return;
+        };
+        let key = whole(fingerprint, rest);
+        let Ok(entry) = DedupEntry::decode(value) else {
+            if replace || self.holds(fingerprint, rest).is_none() {
+                self.remove(fingerprint, rest);
+                self.ask.insert(key);
+            }
+            return;
+        };
+        if !self.ask.is_empty() && self.ask.contains(&key) {
+            if !replace {
                 return;
             }
-        };
-        if !self.ask.is_empty() && self.ask.contains(&fingerprint) {
-            return;
+            self.ask.remove(&key);
         }
         let held = Held::new(rest, &entry);
         if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
@@ -206,20 +216,31 @@ impl DedupIndex {
             Ok(halves) => halves,
             Err(_) => return DedupLookup::Ask,
         };
-        if !self.ask.is_empty() && self.ask.contains(&fingerprint) {
+        if !self.ask.is_empty() && self.ask.contains(&whole(fingerprint, rest)) {
             return DedupLookup::Ask;
         }
-        if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
-            return match self.shared_keys.get(&whole(fingerprint, rest)) {
-                Some(h) => DedupLookup::Held(h.entry()),
-                None => DedupLookup::Absent,
-            };
+        match self.holds(fingerprint, rest) {
+            Some(h) => DedupLookup::Held(h.entry()),
+            None => DedupLookup::Absent,
         }
-        match self.map.get(&fingerprint) {
-            Some(h) if h.rest == rest => DedupLookup::Held(h.entry()),
-            // Another key holds the fingerprint: this one is not stored (it would
-            // have made the fingerprint a shared one).
-            _ => DedupLookup::Absent,
+    }
+
+    /// The entry held for the key (fingerprint, rest).
+    fn holds(&self, fingerprint: u64, rest: u64) -> Option<&Held> {
+        if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
+            return self.shared_keys.get(&whole(fingerprint, rest));
+        }
+        // Another key holding the fingerprint means this one is not stored (it would
+        // have made the fingerprint a shared one).
+        self.map.get(&fingerprint).filter(|h| h.rest == rest)
+    }
+
+    /// Lets go of the key (fingerprint, rest), and of nothing else.
+    fn remove(&mut self, fingerprint: u64, rest: u64) {
+        if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
+            self.shared_keys.remove(&whole(fingerprint, rest));
+        } else if self.map.get(&fingerprint).is_some_and(|h| h.rest == rest) {
+            self.map.remove(&fingerprint);
         }
     }
 
@@ -234,7 +255,10 @@ impl DedupIndex {
     /// Bytes of memory the index takes (by its capacity: 56 bytes and a control byte a
     /// bucket).
     pub fn memory_bytes(&self) -> usize {
-        self.map.capacity() * (std::mem::size_of::<(u64, Held)>() + 1) + self.ask.capacity() * 9
+        self.map.capacity() * (std::mem::size_of::<(u64, Held)>() + 1)
+            + (self.shared_keys.capacity() + self.ask.capacity())
+                * (std::mem::size_of::<([u8; 16], Held)>() + 1)
+            + self.shared.capacity() * 9
     }
 
     /// Lets go of every entry whose event time is expired by `retention` under its
@@ -327,6 +351,29 @@ mod tests {
         assert_eq!(r.get(b"not sixteen"), DedupLookup::Ask);
         r.put(b"not sixteen bytes", &entry(10, 0).encode());
         assert_eq!(r.get(b"not sixteen bytes"), DedupLookup::Ask);
+        // A commit's good entry for the key is held again.
+        r.put(&a, &entry(11, 0).encode());
+        assert_eq!(r.get(&a), DedupLookup::Held(entry(11, 0)));
+    }
+
+    /// A review found this: a malformed per-key row took its whole fingerprint to
+    /// RocksDB, which does not hold the entries of pages, so a live id sharing those
+    /// first 8 bytes was answered "absent". Only the malformed key itself is asked.
+    #[test]
+    fn a_malformed_row_hides_no_other_key_with_its_fingerprint() {
+        let mut r = DedupIndex::default();
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&42u64.to_be_bytes());
+        let mut b = a;
+        b[15] = 1;
+        // `a` from a page; the loader then finds `b` malformed in the per-key family.
+        r.put(&a, &entry(10, 0).encode());
+        r.load(&b, b"short");
+        assert_eq!(r.get(&a), DedupLookup::Held(entry(10, 0)));
+        assert_eq!(r.get(&b), DedupLookup::Ask);
+        // And a key a page holds is not taken from memory by the loader's bad row.
+        r.load(&a, b"short");
+        assert_eq!(r.get(&a), DedupLookup::Held(entry(10, 0)));
     }
 
     #[test]

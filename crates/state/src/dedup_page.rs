@@ -71,6 +71,7 @@ pub fn entries(
 ) -> Result<impl Iterator<Item = ([u8; 16], DedupEntry)> + '_, StateError> {
     entry_count(page)?;
     let body = page.get(8..).unwrap_or_default();
+    // Every chunk is a whole entry (checked above), so none is skipped.
     Ok(body.chunks_exact(ENTRY_LEN).filter_map(|e| {
         let key: [u8; 16] = e[..16].try_into().ok()?;
         DedupEntry::decode(&e[16..]).ok().map(|d| (key, d))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompactionStyle,
@@ -105,9 +105,13 @@ pub struct StateStore {
     /// The dedup retention the compaction filter applies (µs).
     retention: Arc<AtomicI64>,
     write_options: WriteOptions,
-    /// The keys the dedup and fraud column families hold, in memory (`None` for a
-    /// read-only inspection, whose lookups all go to RocksDB).
-    resident: Option<Arc<Mutex<Resident>>>,
+    /// The dedup index and the fraud values, in memory. Set at open; a read-only
+    /// inspection sets it (the dedup index alone) only when it is first asked for a
+    /// dedup entry, so that a `state` run beside a live processor does not hold a
+    /// second copy of the index.
+    resident: OnceLock<Arc<Mutex<Resident>>>,
+    /// Opened read-only (`open_read_only`).
+    read_only: bool,
     /// The thread filling `resident` after open (see `store::resident`).
     resident_loader: Option<Mutex<ResidentLoader>>,
     /// The fraud state's TTL (µs), for sweeping the resident fraud keys.
@@ -312,7 +316,8 @@ impl StateStore {
             horizons,
             retention,
             write_options,
-            resident: None,
+            resident: OnceLock::new(),
+            read_only: false,
             resident_loader: None,
             dedup_pages: Mutex::default(),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -359,7 +364,8 @@ impl StateStore {
             }
         }
         let (resident, loader) = store.start_resident()?;
-        store.resident = Some(resident);
+        // Empty until here: nothing else sets it on a store opened for writing.
+        let _ = store.resident.set(resident);
         store.resident_loader = Some(Mutex::new(loader));
         Ok(store)
     }
@@ -377,7 +383,8 @@ impl StateStore {
         let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(8 << 20);
         // Only the families the directory has: an older build's has no `dedup_pages`.
-        let present = DB::list_cf(&Options::default(), path).unwrap_or_default();
+        let present =
+            DB::list_cf(&Options::default(), path).map_err(|e| StateError::from_rocks(e, path))?;
         let cfs = cf::ALL
             .iter()
             .filter(|name| present.iter().any(|p| p == *name))
@@ -389,20 +396,19 @@ impl StateStore {
             });
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, cfs, false)
             .map_err(|e| StateError::from_rocks(e, path))?;
-        let mut store = StateStore {
+        let store = StateStore {
             db: Arc::new(db),
             path: path.to_owned(),
             horizons,
             retention,
             write_options: WriteOptions::default(),
-            resident: None,
+            resident: OnceLock::new(),
+            read_only: true,
             resident_loader: None,
             dedup_pages: Mutex::default(),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
         };
-        // Paged dedup entries can only be answered from memory.
-        store.resident = Some(store.read_only_resident()?);
         Ok(store)
     }
 
@@ -539,6 +545,11 @@ impl StateStore {
         keys: &[K],
     ) -> Result<Vec<Option<DedupEntry>>, StateError> {
         without_perf_counters();
+        if self.read_only && self.resident.get().is_none() {
+            // Paged dedup entries can only be answered from memory. Two first lookups
+            // at once both load it; one copy is kept.
+            let _ = self.resident.set(self.read_only_resident()?);
+        }
         let known = self.resident_dedup(keys);
         let asked: Vec<&K> = keys
             .iter()

@@ -238,6 +238,22 @@ impl Event for FraudMemoryMeasured {
     }
 }
 
+/// Measured at a scrape: the dedup index (`DedupIndex`), which holds every id within
+/// the retention.
+pub struct DedupIndexMeasured {
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl Event for DedupIndexMeasured {
+    fn emit(self, m: &Metrics) {
+        m.dedup_index_entries
+            .set(i64::try_from(self.entries).unwrap_or(i64::MAX));
+        m.dedup_index_memory
+            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+    }
+}
+
 /// The sink acknowledged rows.
 pub struct RowsDelivered {
     pub table: Table,
@@ -412,6 +428,38 @@ mod tests {
         // A budget the first key already spends: the second is left to RocksDB.
         let (_, text) = fill(1);
         assert!(text.contains("paydedup_fraud_memory_complete 0"), "{text}");
+    }
+
+    /// The dedup index's size, from a real store: what a commit put is counted.
+    #[test]
+    fn the_dedup_index_gauges_follow_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            paydedup_state::StateStore::open(dir.path(), &paydedup_state::StoreOptions::default())
+                .unwrap();
+        store.wait_resident().unwrap();
+        let mut b = paydedup_state::StateBatch::new();
+        for t in 0..3 {
+            let entry = paydedup_state::DedupEntry {
+                event_time_micros: t,
+                content_hash: 7,
+                partition: 0,
+                offset: t,
+            };
+            b.put_dedup(paydedup_state::keys::dedup_key(&format!("tx-{t}")), &entry);
+        }
+        store.commit(b).unwrap();
+        let m = Metrics::new();
+        let (entries, bytes) = store.dedup_index_size().unwrap();
+        m.emit(DedupIndexMeasured { entries, bytes });
+        let text = rendered(&m);
+        assert_eq!(entries, 3);
+        assert!(bytes >= 3 * 56, "{bytes}");
+        assert!(text.contains("paydedup_dedup_index_entries 3"), "{text}");
+        assert!(
+            text.contains(&format!("paydedup_dedup_index_bytes {bytes}")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Metrics {
     state_size: IntGauge,
     fraud_memory: IntGauge,
     fraud_memory_complete: IntGauge,
+    dedup_index_entries: IntGauge,
+    dedup_index_memory: IntGauge,
     /// Gauges measured at each scrape (an age grows with no event to report it), by
     /// name, so a rebuilt processor replaces its predecessor's.
     on_render: Arc<Mutex<BTreeMap<&'static str, RenderHook>>>,
@@ -177,6 +179,8 @@ impl Metrics {
             state_size: gauge(&r, "paydedup_state_size_bytes", "Bytes in the state store: SST files and memtables, all column families."),
             fraud_memory: gauge(&r, "paydedup_fraud_memory_bytes", "Bytes of memory the fraud state held in memory takes (keys and values; budget: --fraud-memory-mib)."),
             fraud_memory_complete: gauge(&r, "paydedup_fraud_memory_complete", "1 while the fraud state in memory holds every stored card and customer; 0 once it outgrew --fraud-memory-mib (lookups it cannot answer then read RocksDB until a restart)."),
+            dedup_index_entries: gauge(&r, "paydedup_dedup_index_entries", "Transaction ids the dedup index holds in memory (every id within the retention, and expired ones until the next sweep)."),
+            dedup_index_memory: gauge(&r, "paydedup_dedup_index_bytes", "Bytes of memory the dedup index takes (~64 a held id; it has no budget: every id within the retention must be held)."),
             on_render: Arc::default(),
             registry: register_process_info(r),
         }

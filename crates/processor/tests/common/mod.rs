@@ -393,8 +393,6 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
-/// Where a (stopped or running) processor stands, from `state --json`: records
-/// consumed over all partitions, and rows committed but not yet delivered.
 /// The value of the unlabelled metric `name` in the processor's `/metrics` at `addr`.
 pub fn metric(addr: &str, name: &str) -> Option<f64> {
     let text = http_get(addr, "/metrics")?;
@@ -404,6 +402,8 @@ pub fn metric(addr: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// Where a (stopped or running) processor stands, from `state --json`: records
+/// consumed over all partitions, and rows committed but not yet delivered.
 pub fn progress(state: &Path) -> (i64, u64) {
     let out = Command::new(binary("paydedup-processor").unwrap())
         .args(["state", "--json", "--state-dir"])

@@ -17,7 +17,7 @@ use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES};
 use crate::dedup_index::DedupIndex;
 use crate::dedup_page::{self, page_key, parse_page_key};
 use crate::expiry::is_expired;
-use crate::keys::{dedup_value_partition, value_time};
+use crate::keys::{dedup_value_partition, value_time, DedupEntry};
 use crate::StateError;
 
 /// The pages a store holds, by partition in write order, with their newest times.
@@ -48,6 +48,10 @@ impl StateStore {
 
     /// Reads every page into `index` (a commit's entries, so each replaces what the
     /// key held: later pages were written later) and returns their bookkeeping.
+    ///
+    /// Two passes, so that memory holds one page at a time beside the index: the first
+    /// lists the pages (key order is by partition), the second reads them again in
+    /// write order, the store's sequence across partitions.
     pub(super) fn load_dedup_pages(
         &self,
         index: &mut DedupIndex,
@@ -57,7 +61,7 @@ impl StateStore {
         let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
             return Ok(pages);
         };
-        let mut read = Vec::new();
+        let mut order = Vec::new();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let (partition, seq) = parse_page_key(&k).ok_or(StateError::BadValue {
@@ -71,13 +75,21 @@ impl StateStore {
                 .entry(partition)
                 .or_default()
                 .push_back((seq, newest));
-            read.push((seq, v));
+            order.push((seq, partition));
         }
-        // In write order (the sequence is the store's, across partitions): a key
-        // written again after expiring keeps its later entry.
-        read.sort_unstable_by_key(|(seq, _)| *seq);
-        for (_, v) in read {
-            for (key, entry) in dedup_page::entries(&v)? {
+        // In write order: a key written again after expiring keeps its later entry.
+        order.sort_unstable();
+        for (seq, partition) in order {
+            let key = page_key(partition, seq);
+            let page = self
+                .db
+                .get_pinned_cf(cf, key)
+                .map_err(|e| self.rocks(e))?
+                .ok_or_else(|| StateError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("dedup page {partition}/{seq} vanished while loading"),
+                })?;
+            for (key, entry) in dedup_page::entries(&page)? {
                 index.put(&key, &entry.encode());
             }
         }
@@ -98,8 +110,23 @@ impl StateStore {
                 if cf != CF_DEDUP {
                     continue;
                 }
-                let partition = dedup_value_partition(value).unwrap_or(0);
-                let time = value_time(value).unwrap_or(i64::MAX);
+                // Refused before anything is written: a page whose length is not a
+                // whole number of entries could never be read back, and every open
+                // would then fail.
+                let (Some(partition), Some(time)) =
+                    (dedup_value_partition(value), value_time(value))
+                else {
+                    return Err(StateError::BadValue {
+                        what: "dedup entry",
+                        len: value.len(),
+                    });
+                };
+                if key.len() != 16 || value.len() != DedupEntry::LEN {
+                    return Err(StateError::BadValue {
+                        what: "dedup entry (key and value)",
+                        len: key.len() + value.len(),
+                    });
+                }
                 let (page, newest) = by_partition
                     .entry(partition)
                     .or_insert_with(|| (vec![0u8; 8], i64::MIN));

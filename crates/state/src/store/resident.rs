@@ -251,7 +251,7 @@ impl Resident {
 
 impl StateStore {
     fn resident(&self) -> Option<MutexGuard<'_, Resident>> {
-        self.resident.as_deref().map(lock)
+        self.resident.get().map(|r| lock(r))
     }
 
     /// Starts filling the sets from the column families (at open, before any commit):
@@ -391,19 +391,18 @@ impl StateStore {
     /// Empties the sets and marks them loading, as they are at open before the loader
     /// has reached any key (the loader of this store must have finished).
     #[cfg(test)]
-    pub(super) fn reset_resident_to_loading(&self) {
+    pub(super) fn reset_resident_to_loading(&self) -> Result<(), StateError> {
         let mut fresh = Resident {
             loading: true,
             ..Resident::default()
         };
         // As at open: the pages are in memory before the loader starts.
-        if let Ok(pages) = self.load_dedup_pages(&mut fresh.dedup) {
-            *lock(&self.dedup_pages) = pages;
-        }
+        *lock(&self.dedup_pages) = self.load_dedup_pages(&mut fresh.dedup)?;
         if let Some(mut r) = self.resident() {
             fresh.fraud_budget = r.fraud_budget;
             *r = fresh;
         }
+        Ok(())
     }
 
     /// Bytes of memory the sets take: (dedup entries, fraud keys and values).
@@ -416,6 +415,12 @@ impl StateStore {
     pub fn fraud_memory(&self) -> Option<(usize, bool)> {
         self.resident()
             .map(|r| (r.fraud.memory_bytes(), r.fraud.is_complete()))
+    }
+
+    /// The dedup index: (entries, bytes of memory).
+    pub fn dedup_index_size(&self) -> Option<(usize, usize)> {
+        self.resident()
+            .map(|r| (r.dedup.len(), r.dedup.memory_bytes()))
     }
 
     /// How many keys each set holds: (dedup, fraud).
