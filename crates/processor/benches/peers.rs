@@ -113,16 +113,27 @@ fn dir_bytes_by_kind(dir: &Path) -> String {
     parts.join(", ")
 }
 
-/// The bench's store and pipeline settings (the peers' 10-minute watermark).
+/// The bench's store and pipeline settings (the peers' 10-minute watermark). The
+/// environment's `BENCH_RETENTION_SECS` lengthens the dedup retention, e.g. to keep
+/// every id of a run alive and time a restart that loads them all (set it for
+/// `--reopen` too: a store refuses a changed retention).
 fn settings() -> (StoreOptions, PipelineConfig) {
+    let retention = std::env::var("BENCH_RETENTION_SECS")
+        .ok()
+        .map(|v| {
+            v.parse::<i64>()
+                .expect("BENCH_RETENTION_SECS: whole seconds")
+        })
+        .unwrap_or(600)
+        * SECS;
     let store = StoreOptions {
         sync: true,
-        dedup_retention_micros: Some(600 * SECS),
+        dedup_retention_micros: Some(retention),
         ..StoreOptions::default()
     };
     let pipeline = PipelineConfig {
         allowed_lateness_micros: 600 * SECS,
-        retention_micros: 600 * SECS,
+        retention_micros: retention,
         window_micros: 60 * SECS,
         decode: DecodeLimits::default(),
         fraud: FraudConfig::default(),

@@ -21,9 +21,11 @@
 //! build's per-key column family can hold one) leaves its key, and only it, to RocksDB,
 //! which then reports the error it is.
 //!
-//! An entry takes 56 bytes and a control byte; a million live ids take about 64 MB
-//! (by arithmetic, at hashbrown's load factor). The keys alone, which is all an
-//! earlier build held, took 17 bytes: the rest is the price of not asking RocksDB.
+//! A bucket takes 56 bytes and a control byte, and the table holds 7 ids in 8 buckets
+//! before it doubles: 65 to 130 bytes an id, by where the count falls between two
+//! powers of two (a million ids: 120 MB; 9 M: 956 MB). The keys alone, which is all an
+//! earlier build held, took 17 bytes a bucket: the rest is the price of not asking
+//! RocksDB, which cannot answer one id of a page.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -129,6 +131,16 @@ pub struct DedupIndex {
     ask: HashSet<[u8; 16]>,
 }
 
+/// The buckets behind a hashbrown table's `capacity`: it fills 7 of 8 before growing
+/// (tables under 8 buckets fill all but one).
+fn buckets(capacity: usize) -> usize {
+    match capacity {
+        0 => 0,
+        c if c < 8 => (c + 1).next_power_of_two(),
+        c => (c * 8 / 7).next_power_of_two(),
+    }
+}
+
 /// A 16-byte key from its two halves.
 fn whole(fingerprint: u64, rest: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -155,21 +167,42 @@ impl DedupIndex {
         let Ok((fingerprint, rest)) = split(key) else {
             return;
         };
-        let key = whole(fingerprint, rest);
         let Ok(entry) = DedupEntry::decode(value) else {
             if replace || self.holds(fingerprint, rest).is_none() {
                 self.remove(fingerprint, rest);
-                self.ask.insert(key);
+                self.ask.insert(whole(fingerprint, rest));
             }
             return;
         };
-        if !self.ask.is_empty() && self.ask.contains(&key) {
-            if !replace {
-                return;
+        self.add_entry(fingerprint, rest, &entry, replace);
+    }
+
+    /// A durable entry for `key` (a page's, at open): it replaces what the key held.
+    pub fn put_entry(&mut self, key: [u8; 16], entry: &DedupEntry) {
+        let [f0, f1, f2, f3, f4, f5, f6, f7, r0, r1, r2, r3, r4, r5, r6, r7] = key;
+        let fingerprint = u64::from_be_bytes([f0, f1, f2, f3, f4, f5, f6, f7]);
+        let rest = u64::from_be_bytes([r0, r1, r2, r3, r4, r5, r6, r7]);
+        self.add_entry(fingerprint, rest, entry, true);
+    }
+
+    /// Room for `additional` more entries without growing (at open, before the pages
+    /// are read: growing a table of millions rehashes and zeroes it each time, most of
+    /// a restart's time with 9 M ids held).
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
+    fn add_entry(&mut self, fingerprint: u64, rest: u64, entry: &DedupEntry, replace: bool) {
+        if !self.ask.is_empty() {
+            let key = whole(fingerprint, rest);
+            if self.ask.contains(&key) {
+                if !replace {
+                    return;
+                }
+                self.ask.remove(&key);
             }
-            self.ask.remove(&key);
         }
-        let held = Held::new(rest, &entry);
+        let held = Held::new(rest, entry);
         if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
             return Self::fill(
                 &mut self.shared_keys,
@@ -252,13 +285,13 @@ impl DedupIndex {
         self.len() == 0
     }
 
-    /// Bytes of memory the index takes (by its capacity: 56 bytes and a control byte a
-    /// bucket).
+    /// Bytes of memory the index takes (by its buckets: 56 bytes and a control byte
+    /// each for the map).
     pub fn memory_bytes(&self) -> usize {
-        self.map.capacity() * (std::mem::size_of::<(u64, Held)>() + 1)
-            + (self.shared_keys.capacity() + self.ask.capacity())
-                * (std::mem::size_of::<([u8; 16], Held)>() + 1)
-            + self.shared.capacity() * 9
+        buckets(self.map.capacity()) * (std::mem::size_of::<(u64, Held)>() + 1)
+            + buckets(self.shared_keys.capacity()) * (std::mem::size_of::<([u8; 16], Held)>() + 1)
+            + buckets(self.ask.capacity()) * 17
+            + buckets(self.shared.capacity()) * 9
     }
 
     /// Lets go of every entry whose event time is expired by `retention` under its
@@ -309,6 +342,10 @@ mod tests {
         r.load(&b, &entry(5, 0).encode());
         assert_eq!(r.get(&b), DedupLookup::Held(entry(5, 0)));
         assert_eq!(std::mem::size_of::<(u64, Held)>(), 56);
+        // A million ids: 2^21 buckets of 57 bytes.
+        let mut big = DedupIndex::default();
+        big.reserve(1_000_000);
+        assert_eq!(big.memory_bytes(), (1 << 21) * 57);
     }
 
     #[test]

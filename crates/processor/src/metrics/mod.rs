@@ -180,7 +180,7 @@ impl Metrics {
             fraud_memory: gauge(&r, "paydedup_fraud_memory_bytes", "Bytes of memory the fraud state held in memory takes (keys and values; budget: --fraud-memory-mib)."),
             fraud_memory_complete: gauge(&r, "paydedup_fraud_memory_complete", "1 while the fraud state in memory holds every stored card and customer; 0 once it outgrew --fraud-memory-mib (lookups it cannot answer then read RocksDB until a restart)."),
             dedup_index_entries: gauge(&r, "paydedup_dedup_index_entries", "Transaction ids the dedup index holds in memory (every id within the retention, and expired ones until the next sweep)."),
-            dedup_index_memory: gauge(&r, "paydedup_dedup_index_bytes", "Bytes of memory the dedup index takes (~64 a held id; it has no budget: every id within the retention must be held)."),
+            dedup_index_memory: gauge(&r, "paydedup_dedup_index_bytes", "Bytes of memory the dedup index takes (65-130 a held id, as the table doubles; it has no budget: every id within the retention must be held)."),
             on_render: Arc::default(),
             registry: register_process_info(r),
         }

@@ -61,7 +61,7 @@ impl StateStore {
         let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
             return Ok(pages);
         };
-        let mut order = Vec::new();
+        let (mut order, mut total) = (Vec::new(), 0);
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let (partition, seq) = parse_page_key(&k).ok_or(StateError::BadValue {
@@ -76,7 +76,9 @@ impl StateStore {
                 .or_default()
                 .push_back((seq, newest));
             order.push((seq, partition));
+            total += dedup_page::entry_count(&v)?;
         }
+        index.reserve(total);
         // In write order: a key written again after expiring keeps its later entry.
         order.sort_unstable();
         for (seq, partition) in order {
@@ -90,7 +92,7 @@ impl StateStore {
                     detail: format!("dedup page {partition}/{seq} vanished while loading"),
                 })?;
             for (key, entry) in dedup_page::entries(&page)? {
-                index.put(&key, &entry.encode());
+                index.put_entry(key, &entry);
             }
         }
         Ok(pages)
