@@ -484,7 +484,10 @@ fn main() {
             "keyed_state_bytes_per_live_key": keyed_per_key.round(),
             "live_keys": live_keys,
             "state_bytes_per_live_key": (state_bytes as f64 / live.max(1) as f64).round(),
-            "dedup_bytes_per_live_key": (stats.bytes.get("dedup").copied().unwrap_or(0) as f64
+            "dedup_bytes_per_live_key": (["dedup", "dedup_pages"]
+                .iter()
+                .filter_map(|cf| stats.bytes.get(*cf))
+                .sum::<u64>() as f64
                 / live.max(1) as f64)
                 .round(),
             "bytes_by_column_family": stats.bytes,
