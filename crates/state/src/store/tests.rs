@@ -725,3 +725,74 @@ fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
         vec![Some(on(2, 75 * S))]
     );
 }
+
+/// A directory an earlier build wrote holds one `dedup` key per id. The build with
+/// pages opens it as it is: those entries are found while the loader scans them and
+/// after, beside the pages new commits write, and across a reopen; a retry of an id
+/// the earlier build saw is still found (a miss would let it through as new).
+#[test]
+fn an_earlier_builds_per_key_dedup_entries_are_found_beside_the_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let old: Vec<[u8; 16]> = (0..50_000)
+        .map(|i| keys::dedup_key(&format!("old-{i}")))
+        .collect();
+    {
+        // What an earlier build's commit left: per-key puts into `dedup`.
+        let s = open(dir.path());
+        let cf = s.cf(CF_DEDUP).unwrap();
+        let mut wb = WriteBatch::default();
+        for k in &old {
+            wb.put_cf(cf, k, entry(5).encode());
+        }
+        s.db.write(wb).unwrap();
+    }
+    let s = open(dir.path());
+    // Possibly while the loader still scans: every old id is found.
+    assert!(s.get_dedup_many(&old).unwrap().iter().all(Option::is_some));
+    let new = keys::dedup_key("new");
+    let mut b = StateBatch::new();
+    b.put_dedup(new, &entry(6));
+    s.commit(b).unwrap();
+    s.wait_resident().unwrap();
+    assert_eq!(s.resident_keys(), Some((old.len() + 1, 0)));
+    assert_eq!(s.get_dedup_many(&[new]).unwrap(), vec![Some(entry(6))]);
+    assert_eq!(s.count_keys(CF_DEDUP_PAGES).unwrap(), 1);
+    assert_eq!(s.count_keys(CF_DEDUP).unwrap(), old.len() as u64);
+    drop(s);
+    let s = open(dir.path());
+    let mut all = old.clone();
+    all.push(new);
+    let got = s.get_dedup_many(&all).unwrap();
+    assert!(got[..old.len()].iter().all(|e| *e == Some(entry(5))));
+    assert_eq!(got[old.len()], Some(entry(6)));
+    assert_eq!(s.stats().unwrap().dedup_keys, old.len() as u64 + 1);
+}
+
+/// Going back to a build without pages must not judge ids without them: RocksDB
+/// refuses to open a database for writing unless every column family it has is
+/// named, and an earlier build names no `dedup_pages`.
+#[test]
+fn a_build_without_the_pages_family_cannot_open_a_directory_with_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let mut b = StateBatch::new();
+        b.put_dedup(keys::dedup_key("a"), &entry(5));
+        s.commit(b).unwrap();
+    }
+    let earlier: Vec<&str> = cf::ALL
+        .iter()
+        .copied()
+        .filter(|n| *n != CF_DEDUP_PAGES)
+        .collect();
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let err = DB::open_cf(&opts, dir.path(), earlier)
+        .err()
+        .expect("an earlier build's open must fail");
+    assert!(
+        err.to_string().contains("Column families not opened"),
+        "{err}"
+    );
+}
