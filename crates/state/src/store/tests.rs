@@ -788,9 +788,9 @@ fn a_build_without_the_pages_family_cannot_open_a_directory_with_pages() {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let err = DB::open_cf(&opts, dir.path(), earlier)
-        .err()
-        .expect("an earlier build's open must fail");
+    let Err(err) = DB::open_cf(&opts, dir.path(), earlier) else {
+        panic!("an earlier build's open must fail");
+    };
     assert!(
         err.to_string().contains("Column families not opened"),
         "{err}"
