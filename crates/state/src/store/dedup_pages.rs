@@ -34,6 +34,13 @@ pub(super) struct PagesWritten {
     deleted: Vec<(i32, u64)>,
 }
 
+impl DedupPages {
+    /// How many pages the store holds.
+    pub(super) fn len(&self) -> usize {
+        self.held.values().map(VecDeque::len).sum()
+    }
+}
+
 impl StateStore {
     /// Fills `index` as a read-only store answers from it: the pages, then the older
     /// per-key family's entries (which only fill keys the pages do not have).

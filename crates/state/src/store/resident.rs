@@ -266,7 +266,18 @@ impl StateStore {
         };
         // Before the loader starts: pages are newer than the per-key family it scans,
         // whose entries only fill keys the index does not have.
-        *lock(&self.dedup_pages) = self.load_dedup_pages(&mut r.dedup)?;
+        // A restart waits for this (every lookup needs it): logged with its time, which
+        // grows with the ids alive within the retention.
+        let started = std::time::Instant::now();
+        let pages = self.load_dedup_pages(&mut r.dedup)?;
+        tracing::info!(
+            pages = pages.len(),
+            dedup_entries = r.dedup.len(),
+            memory_bytes = r.dedup.memory_bytes(),
+            seconds = started.elapsed().as_secs_f64(),
+            "Dedup index loaded from its pages."
+        );
+        *lock(&self.dedup_pages) = pages;
         let resident = Arc::new(Mutex::new(r));
         let loader = ResidentLoader::spawn(self.db.clone(), self.path.clone(), resident.clone())?;
         Ok((resident, loader))
