@@ -434,11 +434,6 @@ impl StateStore {
         &self.path
     }
 
-    /// The compaction filter's horizon; publish a watermark only after its commit.
-    pub fn horizon(&self) -> &ExpiryHorizon {
-        &self.horizons.global
-    }
-
     /// Publishes a horizon a commit made durable.
     fn publish_horizon(&self, h: Horizon) {
         match h {
@@ -452,8 +447,10 @@ impl StateStore {
 
     /// Publishes a partition's committed watermark to the dedup filter (its entries
     /// expire by it) and the fraud filter (the most advanced one). Only after the
-    /// commit that carries it (`StateBatch::set_partition_horizon`).
-    pub fn advance_partition_horizon(&self, partition: i32, watermark_micros: i64) {
+    /// commit that carries it (`StateBatch::set_partition_horizon`): private, since
+    /// pages are deleted by the published horizons, and one published before its commit
+    /// is durable could delete live entries.
+    fn advance_partition_horizon(&self, partition: i32, watermark_micros: i64) {
         self.horizons
             .partitions
             .advance(partition, watermark_micros);
