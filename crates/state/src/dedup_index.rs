@@ -116,9 +116,23 @@ fn split(key: &[u8]) -> Result<(u64, u64), u64> {
     }
 }
 
-#[derive(Default)]
+/// How many tables the entries are spread over, by four bits of the fingerprint that
+/// neither a table's bucket index (its low bits) nor its control byte (its top 7)
+/// uses. Why: one table of millions doubles all at once, on the committing thread,
+/// holding the old and the new table together (9 M ids: a 478 MB table rehashed into
+/// a 956 MB one); sixteen double one at a time, each a sixteenth of that.
+const SHARDS: usize = 16;
+
+fn shard(fingerprint: u64) -> usize {
+    (fingerprint >> 32) as usize & (SHARDS - 1)
+}
+
 pub struct DedupIndex {
-    map: Fingerprints<Held>,
+    maps: Vec<Fingerprints<Held>>,
+    /// The buckets each map has grown to. A table never shrinks, but after removals
+    /// its `capacity()` may (a removed slot can stay a tombstone, counted in neither
+    /// its items nor its room), so the memory is read off the growth instead.
+    buckets: Vec<usize>,
     /// Fingerprints two stored keys share: their keys are kept whole in `shared_keys`
     /// instead of `map` (about one pair in 4·10^7 at a million live ids). Never
     /// removed: an entry in `shared_keys` is found wherever the map would have had it.
@@ -129,6 +143,18 @@ pub struct DedupIndex {
     /// keys, never fingerprints: another key with the same first 8 bytes lives in a
     /// page, which RocksDB cannot answer, so it must stay held here.
     ask: HashSet<[u8; 16]>,
+}
+
+impl Default for DedupIndex {
+    fn default() -> DedupIndex {
+        DedupIndex {
+            maps: (0..SHARDS).map(|_| Fingerprints::default()).collect(),
+            buckets: vec![0; SHARDS],
+            shared: HashSet::default(),
+            shared_keys: HashMap::new(),
+            ask: HashSet::new(),
+        }
+    }
 }
 
 /// The buckets behind a hashbrown table's `capacity`: it fills 7 of 8 before growing
@@ -189,7 +215,17 @@ impl DedupIndex {
     /// are read: growing a table of millions rehashes and zeroes it each time, most of
     /// a restart's time with 9 M ids held).
     pub fn reserve(&mut self, additional: usize) {
-        self.map.reserve(additional);
+        // Fingerprints are uniform: a sixteenth each, and a little over for the spread.
+        let each = additional / SHARDS + additional / (SHARDS * 64) + 16;
+        for i in 0..SHARDS {
+            self.maps[i].reserve(each);
+            self.note_buckets(i);
+        }
+    }
+
+    /// Right after an insert or a reserve, a map's capacity is its buckets' room.
+    fn note_buckets(&mut self, i: usize) {
+        self.buckets[i] = self.buckets[i].max(buckets(self.maps[i].capacity()));
     }
 
     fn add_entry(&mut self, fingerprint: u64, rest: u64, entry: &DedupEntry, replace: bool) {
@@ -211,9 +247,11 @@ impl DedupIndex {
                 replace,
             );
         }
-        match self.map.entry(fingerprint) {
+        let i = shard(fingerprint);
+        match self.maps[i].entry(fingerprint) {
             Entry::Vacant(v) => {
                 v.insert(held);
+                self.note_buckets(i);
             }
             Entry::Occupied(mut o) if o.get().rest == rest => {
                 if replace {
@@ -265,20 +303,25 @@ impl DedupIndex {
         }
         // Another key holding the fingerprint means this one is not stored (it would
         // have made the fingerprint a shared one).
-        self.map.get(&fingerprint).filter(|h| h.rest == rest)
+        self.maps[shard(fingerprint)]
+            .get(&fingerprint)
+            .filter(|h| h.rest == rest)
     }
 
     /// Lets go of the key (fingerprint, rest), and of nothing else.
     fn remove(&mut self, fingerprint: u64, rest: u64) {
         if !self.shared.is_empty() && self.shared.contains(&fingerprint) {
             self.shared_keys.remove(&whole(fingerprint, rest));
-        } else if self.map.get(&fingerprint).is_some_and(|h| h.rest == rest) {
-            self.map.remove(&fingerprint);
+        } else {
+            let map = &mut self.maps[shard(fingerprint)];
+            if map.get(&fingerprint).is_some_and(|h| h.rest == rest) {
+                map.remove(&fingerprint);
+            }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.len() + self.shared_keys.len()
+        self.maps.iter().map(HashMap::len).sum::<usize>() + self.shared_keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -288,7 +331,7 @@ impl DedupIndex {
     /// Bytes of memory the index takes (by its buckets: 56 bytes and a control byte
     /// each for the map).
     pub fn memory_bytes(&self) -> usize {
-        buckets(self.map.capacity()) * (std::mem::size_of::<(u64, Held)>() + 1)
+        self.buckets.iter().sum::<usize>() * (std::mem::size_of::<(u64, Held)>() + 1)
             + buckets(self.shared_keys.capacity()) * (std::mem::size_of::<([u8; 16], Held)>() + 1)
             + buckets(self.ask.capacity()) * 17
             + buckets(self.shared.capacity()) * 9
@@ -300,14 +343,18 @@ impl DedupIndex {
         let before = self.len();
         let alive =
             |h: &Held| !is_expired(h.event_time_micros, retention_micros, horizon(h.partition));
-        self.map.retain(|_, h| alive(h));
+        for map in &mut self.maps {
+            map.retain(|_, h| alive(h));
+        }
         self.shared_keys.retain(|_, h| alive(h));
         before - self.len()
     }
 
     /// Lets go of every entry of the given partitions.
     pub fn forget(&mut self, partitions: &[i32]) {
-        self.map.retain(|_, h| !partitions.contains(&h.partition));
+        for map in &mut self.maps {
+            map.retain(|_, h| !partitions.contains(&h.partition));
+        }
         self.shared_keys
             .retain(|_, h| !partitions.contains(&h.partition));
     }
@@ -436,5 +483,21 @@ mod tests {
         r.forget(&[1]);
         assert_eq!(r.get(&b), DedupLookup::Absent);
         assert_eq!(r.len(), 1);
+    }
+
+    /// The memory reported is the tables' real size: it does not fall when entries go
+    /// (a table never shrinks), and it is what the buckets take.
+    #[test]
+    fn memory_follows_the_tables_growth_not_their_entries() {
+        let mut r = DedupIndex::default();
+        for i in 0..100_000 {
+            r.put(&dedup_key(&format!("k{i}")), &entry(i, 0).encode());
+        }
+        let grown = r.memory_bytes();
+        let buckets: usize = r.maps.iter().map(|m| buckets(m.capacity())).sum();
+        assert_eq!(grown, buckets * 57);
+        assert_eq!(r.sweep(1, |_| 90_000), 89_999);
+        assert_eq!(r.len(), 10_001);
+        assert_eq!(r.memory_bytes(), grown);
     }
 }

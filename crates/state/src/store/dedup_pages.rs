@@ -34,13 +34,16 @@ pub(super) struct PagesWritten {
     deleted: Vec<(i32, u64)>,
 }
 
-/// A page's entries, read (checksums verified) and parsed.
+/// A page as read back: its newest time and its entries.
+type ReadPage = (i64, Vec<([u8; 16], DedupEntry)>);
+
+/// A page's newest time and entries, read (checksums verified) and parsed.
 fn read_page(
     db: &rocksdb::DB,
     path: &std::path::Path,
     partition: i32,
     seq: u64,
-) -> Result<Vec<([u8; 16], DedupEntry)>, StateError> {
+) -> Result<ReadPage, StateError> {
     let cf = db
         .cf_handle(CF_DEDUP_PAGES)
         .ok_or_else(|| StateError::Corrupt {
@@ -54,8 +57,12 @@ fn read_page(
             path: path.to_owned(),
             detail: format!("dedup page {partition}/{seq} vanished while loading"),
         })?;
+    let newest = dedup_page::newest_time(&page).ok_or_else(|| StateError::BadValue {
+        what: "dedup page",
+        len: page.len(),
+    })?;
     let entries = dedup_page::entries(&page)?.collect();
-    Ok(entries)
+    Ok((newest, entries))
 }
 
 impl DedupPages {
@@ -96,9 +103,12 @@ impl StateStore {
         let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
             return Ok(pages);
         };
+        // The listing is only an order and a size: nothing read in it is kept, since
+        // it is not verified. What the pages say (their newest times, their entries)
+        // comes from the second, verified read.
         let (mut order, mut total) = (Vec::new(), 0);
         let mut listing = ReadOptions::default();
-        // Verified when read again below; a checksum per page twice was a tenth of it.
+        // A checksum per page twice was a tenth of a restart's time.
         listing.set_verify_checksums(false);
         listing.fill_cache(false);
         for item in self.db.iterator_cf_opt(cf, listing, IteratorMode::Start) {
@@ -107,36 +117,48 @@ impl StateStore {
                 what: "dedup page key",
                 len: k.len(),
             })?;
-            let newest = dedup_page::newest_time(&v).unwrap_or(i64::MAX);
-            pages.next_seq = pages.next_seq.max(seq + 1);
-            pages
-                .held
-                .entry(partition)
-                .or_default()
-                .push_back((seq, newest));
             order.push((seq, partition));
-            total += dedup_page::entry_count(&v)?;
+            total += v.len() / dedup_page::ENTRY_LEN;
         }
         index.reserve(total);
         // In write order: a key written again after expiring keeps its later entry.
+        // Sequences are the store's, one per page: two alike is a damaged listing.
         order.sort_unstable();
+        if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(StateError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("two dedup pages listed with sequence {}", w[0].0),
+            });
+        }
         let db = &self.db;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(4);
-            scope.spawn(move || {
-                for (seq, partition) in order {
-                    let read = read_page(db, &self.path, partition, seq);
-                    let stop = read.is_err();
-                    // The receiver is gone once it failed: nothing more to read.
-                    if tx.send(read).is_err() || stop {
-                        return;
+            std::thread::Builder::new()
+                .name("dedup-pages".into())
+                .spawn_scoped(scope, move || {
+                    for (seq, partition) in order {
+                        let read = read_page(db, &self.path, partition, seq)
+                            .map(|(newest, entries)| (seq, partition, newest, entries));
+                        let stop = read.is_err();
+                        // The receiver is gone once it failed: nothing more to read.
+                        if tx.send(read).is_err() || stop {
+                            return;
+                        }
                     }
-                }
-            });
+                })
+                .map_err(|e| StateError::Rocks(format!("starting the dedup pages' reader: {e}")))?;
             for read in rx {
-                for (key, entry) in read? {
+                let (seq, partition, newest, entries) = read?;
+                for (key, entry) in entries {
                     index.put_entry(key, &entry);
                 }
+                // In sequence order, so each partition's pages are in write order.
+                pages.next_seq = pages.next_seq.max(seq + 1);
+                pages
+                    .held
+                    .entry(partition)
+                    .or_default()
+                    .push_back((seq, newest));
             }
             Ok::<(), StateError>(())
         })?;
