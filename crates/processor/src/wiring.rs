@@ -133,7 +133,9 @@ fn build(
         if let Some((bytes, complete)) = store.fraud_memory() {
             m.emit(FraudMemoryMeasured { bytes, complete });
         }
-        if let Some((entries, bytes)) = store.dedup_index_size() {
+        if let (Some((entries, _)), Some((bytes, _))) =
+            (store.resident_keys(), store.resident_bytes())
+        {
             m.emit(DedupIndexMeasured { entries, bytes });
         }
     });

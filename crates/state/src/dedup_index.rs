@@ -1,17 +1,18 @@
-//! [`DedupIndex`]: the dedup column family's entries, in memory, so that a batch's dedup
-//! lookups are answered without RocksDB: nine in ten transaction ids are new, and the
-//! tenth — a retry, a replay — wants its first version's entry, which RocksDB found in
-//! a memtable or a block for it at a cost of ~2.5 % of a 10 M run's CPU.
+//! [`DedupIndex`]: every stored dedup entry, in memory, so that a batch's dedup lookups
+//! are answered without RocksDB: nine in ten transaction ids are new, and the tenth — a
+//! retry, a replay — wants its first version's entry. Since the entries are written as
+//! pages (`crate::dedup_page`), RocksDB cannot answer one id at all: memory must.
 //!
-//! **The invariant: for every key the column family holds, the index holds the same
-//! entry, or says to ask RocksDB** ([`DedupLookup::Ask`]). Two exceptions, both
-//! answers the pipeline gives the same way: an entry expired under its partition's
-//! committed horizon may be gone from the index before the compaction filter drops it
-//! from RocksDB (the pipeline treats an expired entry as absent, `dedupe::alive`), and
-//! an entry the loader brings back after a sweep let it go is such an expired one.
-//! So the index is filled by a scan when the store opens, takes every entry a commit
-//! puts *after* that commit is durable (a later put of a key replaces its entry, as in
-//! RocksDB), and lets go of keys only when the store's own expiry rule would.
+//! **The invariant: for every entry the store holds (in a page, or in an earlier
+//! build's per-key `dedup` family), the index holds the same entry, or says to ask
+//! RocksDB** ([`DedupLookup::Ask`], only for a per-key row it could not read). Two
+//! exceptions, both answers the pipeline gives the same way: an entry expired under its
+//! partition's committed horizon may be gone from the index before its page is deleted
+//! (the pipeline treats an expired entry as absent, `dedupe::alive`), and an entry the
+//! loader brings back after a sweep let it go is such an expired one. So the index is
+//! filled from the pages and the per-key family when the store opens, takes every
+//! entry a commit puts *after* that commit is durable (a later put of a key replaces
+//! its entry), and lets go of keys only when the store's own expiry rule would.
 //!
 //! A key is a 128-bit hash (`keys::dedup_key`): its first 8 bytes are the map's key,
 //! its last 8 are kept to tell two keys apart that share the first. Two stored keys
@@ -23,7 +24,7 @@
 //!
 //! A bucket takes 56 bytes and a control byte, and the table holds 7 ids in 8 buckets
 //! before it doubles: 65 to 130 bytes an id, by where the count falls between two
-//! powers of two (a million ids: 120 MB; 9 M: 956 MB). The keys alone, which is all an
+//! powers of two (by arithmetic, a million ids: 120 MB; 9 M: 956 MB). The keys alone, which is all an
 //! earlier build held, took 17 bytes a bucket: the rest is the price of not asking
 //! RocksDB, which cannot answer one id of a page.
 
@@ -31,10 +32,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use xxhash_rust::xxh3::xxh3_64;
-
 use crate::expiry::is_expired;
-use crate::keys::{be_u64, DedupEntry};
+use crate::keys::DedupEntry;
 
 /// Fingerprints are already uniform hashes: the map uses them as they are.
 #[derive(Default)]
@@ -66,7 +65,8 @@ pub enum DedupLookup {
     Held(DedupEntry),
     /// The store does not hold the key (or holds it expired, see the module docs).
     Absent,
-    /// Ask RocksDB (a shared fingerprint, or a malformed key or value).
+    /// Ask RocksDB: a key that is not 16 bytes, or a per-key row whose value the
+    /// index could not read (RocksDB then reports the error it is).
     Ask,
 }
 
@@ -104,16 +104,17 @@ impl Held {
     }
 }
 
-/// A key's (fingerprint, rest): its two halves when it is a 16-byte key, else `Err`
-/// with the fingerprint to ask RocksDB about.
-fn split(key: &[u8]) -> Result<(u64, u64), u64> {
-    match (key.get(..8).and_then(be_u64), key.get(8..).and_then(be_u64)) {
-        (Some(fingerprint), Some(rest)) if key.len() == 16 => Ok((fingerprint, rest)),
-        _ => Err(key
-            .get(..8)
-            .and_then(be_u64)
-            .unwrap_or_else(|| xxh3_64(key))),
-    }
+/// A 16-byte key's (fingerprint, rest): its two big-endian halves.
+fn halves(key: &[u8; 16]) -> (u64, u64) {
+    let (mut fingerprint, mut rest) = ([0u8; 8], [0u8; 8]);
+    fingerprint.copy_from_slice(&key[..8]);
+    rest.copy_from_slice(&key[8..]);
+    (u64::from_be_bytes(fingerprint), u64::from_be_bytes(rest))
+}
+
+/// A key's (fingerprint, rest), if it is a 16-byte key (every transaction id's is).
+fn split(key: &[u8]) -> Option<(u64, u64)> {
+    <&[u8; 16]>::try_from(key).ok().map(halves)
 }
 
 /// How many tables the entries are spread over, by four bits of the fingerprint that
@@ -190,7 +191,7 @@ impl DedupIndex {
     fn add(&mut self, key: &[u8], value: &[u8], replace: bool) {
         // A key that is not 16 bytes is no transaction id's: no lookup asks for it
         // (and one that did would be sent to RocksDB by `get`).
-        let Ok((fingerprint, rest)) = split(key) else {
+        let Some((fingerprint, rest)) = split(key) else {
             return;
         };
         let Ok(entry) = DedupEntry::decode(value) else {
@@ -205,9 +206,7 @@ impl DedupIndex {
 
     /// A durable entry for `key` (a page's, at open): it replaces what the key held.
     pub fn put_entry(&mut self, key: [u8; 16], entry: &DedupEntry) {
-        let [f0, f1, f2, f3, f4, f5, f6, f7, r0, r1, r2, r3, r4, r5, r6, r7] = key;
-        let fingerprint = u64::from_be_bytes([f0, f1, f2, f3, f4, f5, f6, f7]);
-        let rest = u64::from_be_bytes([r0, r1, r2, r3, r4, r5, r6, r7]);
+        let (fingerprint, rest) = halves(&key);
         self.add_entry(fingerprint, rest, entry, true);
     }
 
@@ -283,9 +282,8 @@ impl DedupIndex {
     }
 
     pub fn get(&self, key: &[u8]) -> DedupLookup {
-        let (fingerprint, rest) = match split(key) {
-            Ok(halves) => halves,
-            Err(_) => return DedupLookup::Ask,
+        let Some((fingerprint, rest)) = split(key) else {
+            return DedupLookup::Ask;
         };
         if !self.ask.is_empty() && self.ask.contains(&whole(fingerprint, rest)) {
             return DedupLookup::Ask;

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::batch::{Horizon, Op};
 use crate::cf::{self, CF_DEDUP, CF_DEDUP_PAGES, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
+use crate::dedup_page::CommitPages;
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
@@ -486,15 +487,16 @@ impl StateStore {
             horizons,
             ..
         } = batch;
+        let mut dedup = CommitPages::default();
         for op in ops.iter() {
             match op {
-                // Written as pages, below.
-                Op::Put { cf, .. } if cf == CF_DEDUP => {}
+                // Written as pages, one per partition.
+                Op::Put { cf, key, value } if cf == CF_DEDUP => dedup.push(key, value)?,
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
-        let pages = self.write_dedup_pages(&ops, &mut wb)?;
+        let pages = self.write_dedup_pages(dedup, &mut wb)?;
         // Each stream's rows as pages, compressed here, on the committing thread.
         for stream in &mut outbox {
             let (table, partition) = (stream.table, stream.partition);

@@ -450,7 +450,10 @@ mod tests {
         }
         store.commit(b).unwrap();
         let m = Metrics::new();
-        let (entries, bytes) = store.dedup_index_size().unwrap();
+        let ((entries, _), (bytes, _)) = (
+            store.resident_keys().unwrap(),
+            store.resident_bytes().unwrap(),
+        );
         m.emit(DedupIndexMeasured { entries, bytes });
         let text = rendered(&m);
         assert_eq!(entries, 3);

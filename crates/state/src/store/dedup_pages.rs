@@ -12,12 +12,11 @@ use std::collections::{BTreeMap, VecDeque};
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 
 use super::StateStore;
-use crate::batch::{Op, OpLog};
 use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES};
 use crate::dedup_index::DedupIndex;
-use crate::dedup_page::{self, page_key, parse_page_key};
+use crate::dedup_page::{self, page_key, parse_page_key, CommitPages};
 use crate::expiry::is_expired;
-use crate::keys::{dedup_value_partition, value_time, DedupEntry};
+use crate::keys::DedupEntry;
 use crate::StateError;
 
 /// The pages a store holds, by partition in write order, with their newest times.
@@ -165,50 +164,18 @@ impl StateStore {
         Ok(pages)
     }
 
-    /// Puts the batch's dedup entries into `wb` as one page per partition, and deletes
-    /// the pages whose newest entry has expired under the published horizons.
+    /// Puts a commit's dedup pages into `wb`, and deletes the pages whose newest entry
+    /// has expired under the published horizons.
     pub(super) fn write_dedup_pages(
         &self,
-        ops: &OpLog,
+        new_pages: CommitPages,
         wb: &mut WriteBatch,
     ) -> Result<PagesWritten, StateError> {
         let cf = self.cf(CF_DEDUP_PAGES)?;
-        let mut by_partition: BTreeMap<i32, (Vec<u8>, i64)> = BTreeMap::new();
-        for op in ops.iter() {
-            if let Op::Put { cf, key, value } = op {
-                if cf != CF_DEDUP {
-                    continue;
-                }
-                // Refused before anything is written: a page whose length is not a
-                // whole number of entries could never be read back, and every open
-                // would then fail.
-                let (Some(partition), Some(time)) =
-                    (dedup_value_partition(value), value_time(value))
-                else {
-                    return Err(StateError::BadValue {
-                        what: "dedup entry",
-                        len: value.len(),
-                    });
-                };
-                if key.len() != 16 || value.len() != DedupEntry::LEN {
-                    return Err(StateError::BadValue {
-                        what: "dedup entry (key and value)",
-                        len: key.len() + value.len(),
-                    });
-                }
-                let (page, newest) = by_partition
-                    .entry(partition)
-                    .or_insert_with(|| (vec![0u8; 8], i64::MIN));
-                page.extend_from_slice(key);
-                page.extend_from_slice(value);
-                *newest = (*newest).max(time);
-            }
-        }
         let mut pages = super::resident::lock(&self.dedup_pages);
         let mut written = PagesWritten::default();
         let mut seq = pages.next_seq;
-        for (partition, (mut page, newest)) in by_partition {
-            page[..8].copy_from_slice(&newest.to_be_bytes());
+        for (partition, page, newest) in new_pages.finish() {
             wb.put_cf(cf, page_key(partition, seq), page);
             written.added.push((partition, seq, newest));
             seq += 1;
@@ -272,7 +239,7 @@ impl StateStore {
         let mut entries = 0;
         for &p in partitions {
             self.scan_prefix(CF_DEDUP_PAGES, &p.to_be_bytes(), |k, v| {
-                entries += dedup_page::entries(v)?.count() as u64;
+                entries += dedup_page::entry_count(v)? as u64;
                 wb.delete_cf(cf, k);
                 Ok(())
             })?;

@@ -428,12 +428,6 @@ impl StateStore {
             .map(|r| (r.fraud.memory_bytes(), r.fraud.is_complete()))
     }
 
-    /// The dedup index: (entries, bytes of memory).
-    pub fn dedup_index_size(&self) -> Option<(usize, usize)> {
-        self.resident()
-            .map(|r| (r.dedup.len(), r.dedup.memory_bytes()))
-    }
-
     /// How many keys each set holds: (dedup, fraud).
     pub fn resident_keys(&self) -> Option<(usize, usize)> {
         self.resident().map(|r| (r.dedup.len(), r.fraud.len()))
