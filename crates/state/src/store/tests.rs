@@ -717,7 +717,11 @@ fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
         s.get_dedup_many(&restored).unwrap(),
         vec![Some(on(2, 75 * S))]
     );
-    // On disk too: a compaction judges the entry by partition 2's horizon.
+    // On disk too: the next commit deletes expired pages by partition 2's horizon, not
+    // the global one (and a compaction judges the older per-key family the same way).
+    let mut b = StateBatch::new();
+    b.set_partition_horizon(0, 100 * S);
+    s.commit(b).unwrap();
     s.compact().unwrap();
     s.reset_resident_to_loading().unwrap();
     assert_eq!(
