@@ -531,7 +531,23 @@ impl Campaign {
                 };
                 self.fired(fault.kind());
                 self.processor.start(None, &[])?;
-                match self.processor.wait(Duration::from_secs(20)) {
+                // Still running after 20 s counts as tolerated only if it serves: a
+                // processor stuck opening the damaged state (RocksDB once looped
+                // forever on a flipped record type) would otherwise pass here and
+                // stall every later run on the same state.
+                let ended = match self.processor.wait(Duration::from_secs(20)) {
+                    None if self.processor.wait_ready(Duration::from_secs(60)) => None,
+                    None => match self.processor.wait(Duration::from_secs(1)) {
+                        Some(ended) => Some(ended),
+                        None => bail!(
+                            "after {what}: the processor neither failed nor became ready \
+                             in 80 s (stuck opening the damaged state?); see {}",
+                            self.processor.log_path().display()
+                        ),
+                    },
+                    ended => ended,
+                };
+                match ended {
                     None => self.report.corruption_tolerated += 1,
                     Some(ended) => {
                         // Damage RocksDB recovers from by dropping a WAL tail leaves

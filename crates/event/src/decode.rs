@@ -20,7 +20,7 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::payment::{PaymentMethod, TransactionId, SCHEMA_VERSION};
+use crate::payment::{PaymentMethod, SmolStr, TransactionId, SCHEMA_VERSION};
 use crate::{Currency, PaymentEvent, ValidationError};
 
 /// Bounds applied while decoding.
@@ -360,7 +360,7 @@ fn event_time(
     }
 }
 
-fn text(field: &'static str, s: &str) -> Result<String, ValidationError> {
+fn text(field: &'static str, s: &str) -> Result<SmolStr, ValidationError> {
     if s.is_empty() {
         return Err(ValidationError::EmptyField { field });
     }
@@ -377,7 +377,7 @@ fn text(field: &'static str, s: &str) -> Result<String, ValidationError> {
     if looks_like_pan(s) {
         return Err(ValidationError::CardNumberDetected { field });
     }
-    Ok(s.to_owned())
+    Ok(SmolStr::new(s))
 }
 
 /// Whether `s` holds a control character. Text is nearly always ASCII, whose control
@@ -398,7 +398,7 @@ fn merchant_category(s: &str) -> Result<u16, ValidationError> {
         .map_err(|_| ValidationError::InvalidMerchantCategory)
 }
 
-fn card_fingerprint(s: &str) -> Result<String, ValidationError> {
+fn card_fingerprint(s: &str) -> Result<SmolStr, ValidationError> {
     // A raw card number where a hash belongs is the worst input we can receive: say so
     // (without echoing it) so the producer gets fixed.
     let digits_only = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b' ');
@@ -415,14 +415,14 @@ fn card_fingerprint(s: &str) -> Result<String, ValidationError> {
     {
         return Err(ValidationError::InvalidCardFingerprint);
     }
-    Ok(s.to_owned())
+    Ok(SmolStr::new(s))
 }
 
-fn country(field: &'static str, s: &str) -> Result<String, ValidationError> {
+fn country(field: &'static str, s: &str) -> Result<SmolStr, ValidationError> {
     if s.len() != 2 || !s.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ValidationError::InvalidCountry { field });
     }
-    Ok(s.to_owned())
+    Ok(SmolStr::new(s))
 }
 
 /// Whether `s` holds a primary account number anywhere: a run of 13–19 digits, alone

@@ -19,4 +19,4 @@ pub use canonical::{content_hash, encode_json, ContentHash};
 pub use currency::Currency;
 pub use decode::{decode, DecodeLimits};
 pub use error::ValidationError;
-pub use payment::{PaymentEvent, PaymentMethod, TransactionId, SCHEMA_VERSION};
+pub use payment::{PaymentEvent, PaymentMethod, SmolStr, TransactionId, SCHEMA_VERSION};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+pub use smol_str::SmolStr;
 
 use crate::Currency;
 
@@ -13,14 +14,14 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// The idempotency key: two records with the same id are the same payment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TransactionId(String);
+pub struct TransactionId(SmolStr);
 
 impl TransactionId {
     /// Longest accepted id, in bytes.
     pub const MAX_LEN: usize = 64;
 
     /// Wraps an id that [`crate::decode`] (or a trusted producer) already validated.
-    pub fn new_unchecked(id: impl Into<String>) -> Self {
+    pub fn new_unchecked(id: impl Into<SmolStr>) -> Self {
         TransactionId(id.into())
     }
 
@@ -73,20 +74,20 @@ pub struct PaymentEvent {
     /// Amount in the currency's minor units (cents, yen, fils); always > 0.
     pub amount_minor: i64,
     pub currency: Currency,
-    pub merchant_id: String,
+    pub merchant_id: SmolStr,
     /// ISO 18245 merchant category code, 0000–9999.
     pub merchant_category: u16,
     /// A hash of the card, lowercase hex. Never a card number.
-    pub card_fingerprint: String,
+    pub card_fingerprint: SmolStr,
     /// ISO 3166-1 alpha-2 country that issued the card.
-    pub card_country: String,
-    pub customer_id: String,
+    pub card_country: SmolStr,
+    pub customer_id: SmolStr,
     pub ip_address: IpAddr,
     /// ISO 3166-1 alpha-2 country the IP address geolocates to.
-    pub ip_country: String,
-    pub device_id: String,
+    pub ip_country: SmolStr,
+    pub device_id: SmolStr,
     /// The processing region (for example `eu-west`).
-    pub region: String,
+    pub region: SmolStr,
     pub payment_method: PaymentMethod,
     pub schema_version: i64,
 }

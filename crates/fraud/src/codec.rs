@@ -13,6 +13,8 @@
 //! A [`Reader`] answers `None` on anything short or malformed, never panics, so a
 //! damaged value degrades to "no history".
 
+use paydedup_event::SmolStr;
+
 /// The byte after the 8-byte last-seen time that marks the v1 layout (a JSON value of
 /// an earlier build has `{` there).
 pub const TAG: u8 = 0xB1;
@@ -134,17 +136,12 @@ impl<'a> Reader<'a> {
         self.take().map(f64::from_le_bytes)
     }
 
-    pub fn str(&mut self) -> Option<String> {
+    pub fn str(&mut self) -> Option<SmolStr> {
         let n = usize::from(u16::from_le_bytes(self.take()?));
-        if self.0.len() < n {
-            return None;
-        }
-        let (s, rest) = self.0.split_at(n);
-        self.0 = rest;
-        String::from_utf8(s.to_vec()).ok()
+        self.text(n)
     }
 
-    pub fn opt_str(&mut self) -> Option<Option<String>> {
+    pub fn opt_str(&mut self) -> Option<Option<SmolStr>> {
         match self.take::<1>()? {
             [0] => Some(None),
             [1] => self.str().map(Some),
@@ -174,14 +171,20 @@ impl<'a> Reader<'a> {
         Some(((v >> 1) as i64) ^ -((v & 1) as i64))
     }
 
-    pub fn vstr(&mut self) -> Option<String> {
+    pub fn vstr(&mut self) -> Option<SmolStr> {
         let n = usize::try_from(self.varint()?).ok()?;
+        self.text(n)
+    }
+
+    /// The next `n` bytes as text: held inline when short (a currency, a country, a
+    /// device id), so reading a card or a customer allocates no string.
+    fn text(&mut self, n: usize) -> Option<SmolStr> {
         if self.0.len() < n {
             return None;
         }
         let (s, rest) = self.0.split_at(n);
         self.0 = rest;
-        String::from_utf8(s.to_vec()).ok()
+        std::str::from_utf8(s).ok().map(SmolStr::new)
     }
 
     /// Whether every byte was read (trailing bytes mean a layout this build does not know).

@@ -1,6 +1,6 @@
 //! The fraud decision: a pure function of the event, the keyed state and the config.
 
-use paydedup_event::PaymentEvent;
+use paydedup_event::{PaymentEvent, SmolStr};
 
 use crate::state::{
     AmountStats, CardState, CustomerState, MAX_CURRENCIES, MAX_DEVICES, MAX_RECENT,
@@ -149,7 +149,7 @@ fn update(event: &PaymentEvent, card: &mut CardState, customer: &mut CustomerSta
                 card.amounts.remove(0);
             }
             card.amounts.push(AmountStats {
-                currency: code.to_owned(),
+                currency: SmolStr::new_static(code),
                 ..AmountStats::default()
             });
             let last = card.amounts.len() - 1;
@@ -191,7 +191,7 @@ mod tests {
             currency: Currency::from_code("USD").unwrap(),
             merchant_id: "m-1".into(),
             merchant_category: 5411,
-            card_fingerprint: "ab".repeat(16),
+            card_fingerprint: "ab".repeat(16).into(),
             card_country: "US".into(),
             customer_id: "c-1".into(),
             ip_address: "20.0.0.1".parse().unwrap(),
@@ -310,7 +310,7 @@ mod tests {
         let (mut card, mut cust) = (CardState::default(), CustomerState::default());
         for i in 0..500 {
             let mut e = event(&format!("e{i}"), 0);
-            e.device_id = format!("d-{i}");
+            e.device_id = format!("d-{i}").into();
             assess(&e, &mut card, &mut cust, &cfg);
         }
         assert!(card.recent.len() <= MAX_RECENT);

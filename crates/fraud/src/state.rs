@@ -13,6 +13,7 @@
 //! a card fingerprint's hex digits are stored packed, two to a byte. Earlier builds
 //! used `card/…` and `customer/…`; [`current_key`] maps those to today's keys for
 //! the one-time rewrite of an older state directory.
+use paydedup_event::SmolStr;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Reader, Writer};
@@ -36,7 +37,7 @@ pub const CUSTOMER_LAST_SEEN_QUANTUM_MICROS: i64 = 3_600 * 1_000_000;
 /// Running amount statistics (Welford) of one card in one currency.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AmountStats {
-    pub currency: String,
+    pub currency: SmolStr,
     pub n: u64,
     pub mean: f64,
     pub m2: f64,
@@ -49,7 +50,7 @@ pub struct CardState {
     pub recent: Vec<i64>,
     pub amounts: Vec<AmountStats>,
     /// IP country and event time of the card's latest payment (for impossible travel).
-    pub last_ip_country: Option<String>,
+    pub last_ip_country: Option<SmolStr>,
     pub last_ip_country_micros: i64,
 }
 
@@ -57,7 +58,7 @@ pub struct CardState {
 pub struct CustomerState {
     pub last_seen_micros: i64,
     /// Devices seen, oldest first.
-    pub devices: Vec<String>,
+    pub devices: Vec<SmolStr>,
 }
 
 /// A value that does not parse (written by an incompatible build, or damaged) is treated
@@ -269,7 +270,7 @@ impl CustomerState {
     fn read(
         last_seen_micros: i64,
         r: &mut Reader<'_>,
-        device: fn(&mut Reader<'_>) -> Option<String>,
+        device: fn(&mut Reader<'_>) -> Option<SmolStr>,
     ) -> Option<CustomerState> {
         let devices = (0..r.count()?).map(|_| device(r)).collect::<Option<_>>()?;
         let state = CustomerState {

@@ -135,6 +135,20 @@ impl StateBatch {
         StateBatch::default()
     }
 
+    /// A batch with room for `ops` puts and deletes of `bytes` bytes of keys and
+    /// values in all: a pipeline batch knows its size up front, and growing the two
+    /// buffers by doubling copied them again and again (~0.5 % of the pipeline
+    /// thread's samples).
+    pub fn with_capacity(ops: usize, bytes: usize) -> StateBatch {
+        StateBatch {
+            ops: OpLog {
+                ops: Vec::with_capacity(ops),
+                bytes: Vec::with_capacity(bytes),
+            },
+            ..StateBatch::default()
+        }
+    }
+
     fn put(&mut self, cf: &'static str, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.ops.push(cf, key.as_ref(), Some(value.as_ref()));
     }

@@ -36,11 +36,14 @@ pub fn encode<R: AsRef<[u8]>>(rows: &[R]) -> Vec<u8> {
         plain.extend_from_slice(&(r.len() as u32).to_be_bytes());
         plain.extend_from_slice(r);
     }
-    let compressed = lz4_flex::block::compress_prepend_size(&plain);
-    let mut value = Vec::with_capacity(5 + compressed.len());
-    value.push(TAG);
-    value.extend_from_slice(&(rows.len() as u32).to_be_bytes());
-    value.extend_from_slice(&compressed);
+    // Compressed straight into the value, after its header and the size LZ4 prepends.
+    let mut value = vec![0u8; 9 + lz4_flex::block::get_maximum_output_size(plain.len())];
+    value[0] = TAG;
+    value[1..5].copy_from_slice(&(rows.len() as u32).to_be_bytes());
+    value[5..9].copy_from_slice(&(plain.len() as u32).to_le_bytes());
+    let n = lz4_flex::block::compress_into(&plain, &mut value[9..])
+        .expect("the buffer has LZ4's maximum output size");
+    value.truncate(9 + n);
     value
 }
 

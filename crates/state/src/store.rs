@@ -307,6 +307,8 @@ impl StateStore {
                 cf_options(name, opts, &cache, &horizons, &retention),
             )
         });
+        // Damage RocksDB would loop on instead of reporting (`log_check`).
+        log_check::check_logs(path)?;
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| StateError::from_rocks(e, path))?;
         let mut write_options = WriteOptions::default();
@@ -383,6 +385,7 @@ impl StateStore {
         let horizons = Horizons::default();
         let retention = Arc::new(AtomicI64::new(i64::MAX));
         let cache = Cache::new_lru_cache(8 << 20);
+        log_check::check_logs(path)?;
         // Only the families the directory has: an older build's has no `dedup_pages`.
         let present =
             DB::list_cf(&Options::default(), path).map_err(|e| StateError::from_rocks(e, path))?;
@@ -1020,6 +1023,7 @@ mod dedup_pages;
 mod forget;
 mod landed;
 mod live_dedup;
+mod log_check;
 mod rekey;
 mod resident;
 pub use forget::Forgotten;

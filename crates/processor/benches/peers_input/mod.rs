@@ -23,7 +23,7 @@ pub fn missing_fields() -> String {
         currency: Currency::from_code("EUR").unwrap(),
         merchant_id: "m".into(),
         merchant_category: 5411,
-        card_fingerprint: "0".repeat(32),
+        card_fingerprint: "0".repeat(32).into(),
         card_country: "DE".into(),
         customer_id: "c".into(),
         ip_address: "20.1.2.3".parse().unwrap(),

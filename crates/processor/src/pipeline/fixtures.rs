@@ -29,7 +29,7 @@ pub fn payment(id: &str, secs: i64, amount_minor: i64) -> PaymentEvent {
         currency: Currency::from_code("USD").unwrap(),
         merchant_id: "m-1".into(),
         merchant_category: 5411,
-        card_fingerprint: "ab".repeat(16),
+        card_fingerprint: "ab".repeat(16).into(),
         card_country: "US".into(),
         customer_id: "c-1".into(),
         ip_address: "20.0.0.1".parse().unwrap(),

@@ -167,7 +167,7 @@ fn payment(row: &StoredRow) -> Result<PaymentEvent, RestoreError> {
         event_time: need(Utc.timestamp_micros(micros).single(), t, "event_time")?,
         amount_minor: need(row.int("amount_minor"), t, "amount_minor")?,
         currency: currency(row, t)?,
-        merchant_id: text("merchant_id")?,
+        merchant_id: text("merchant_id")?.into(),
         merchant_category: need(
             row.text("merchant_category")
                 .and_then(|c| c.parse().ok())
@@ -178,13 +178,13 @@ fn payment(row: &StoredRow) -> Result<PaymentEvent, RestoreError> {
             t,
             "merchant_category",
         )?,
-        card_fingerprint: text("card_fingerprint")?,
-        card_country: text("card_country")?,
-        customer_id: text("customer_id")?,
+        card_fingerprint: text("card_fingerprint")?.into(),
+        card_country: text("card_country")?.into(),
+        customer_id: text("customer_id")?.into(),
         ip_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        ip_country: text("ip_country")?,
-        device_id: text("device_id")?,
-        region: text("region")?,
+        ip_country: text("ip_country")?.into(),
+        device_id: text("device_id")?.into(),
+        region: text("region")?.into(),
         payment_method: need(
             row.text("payment_method").and_then(PaymentMethod::parse),
             t,

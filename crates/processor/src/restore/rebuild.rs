@@ -219,11 +219,11 @@ pub fn rebuild(
     for f in history {
         let card = out
             .cards
-            .entry(f.event.card_fingerprint.clone())
+            .entry(f.event.card_fingerprint.to_string())
             .or_default();
         let customer = out
             .customers
-            .entry(f.event.customer_id.clone())
+            .entry(f.event.customer_id.to_string())
             .or_default();
         assess(&f.event, card, customer, &cfg.fraud);
     }

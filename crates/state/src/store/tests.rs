@@ -843,3 +843,75 @@ fn a_build_without_the_pages_family_cannot_open_a_directory_with_pages_for_writi
         "{err}"
     );
 }
+
+/// Flips the type byte of the second record in the log at `path` from a full record's
+/// (1) into a recycled log's (5): one bit, as a disk or the fault campaign flips it.
+fn flip_second_record_type(path: &Path) {
+    let mut log = std::fs::read(path).unwrap();
+    let second = 7 + usize::from(u16::from_le_bytes([log[4], log[5]]));
+    assert_eq!(
+        log[second + 6],
+        1,
+        "{} record 2 is not a full record",
+        path.display()
+    );
+    log[second + 6] ^= 0x04;
+    std::fs::write(path, log).unwrap();
+}
+
+/// Opens `dir` on another thread: RocksDB's own open loops forever on the damage these
+/// tests make, so a hang must fail the test rather than stall it.
+fn open_within_a_minute(dir: &Path) -> Result<StateStore, StateError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(StateStore::open(&dir, &StoreOptions::default()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect(
+        "opening the damaged store hung (RocksDB's log reader loops on a recycled record type)",
+    )
+}
+
+#[test]
+fn a_manifest_record_flipped_into_a_recycled_type_is_reported_not_looped_on() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
+    let manifest = dir.path().join(current.trim_end());
+    flip_second_record_type(&manifest);
+    let err = open_within_a_minute(dir.path())
+        .err()
+        .expect("a damaged MANIFEST must not open");
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("MANIFEST"), "{err}");
+    // The read-only open (`paydedup-processor state`) refuses it the same way.
+    let err = StateStore::open_read_only(dir.path()).err().unwrap();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn a_wal_record_flipped_into_a_recycled_type_is_reported_not_looped_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        for offset in [1, 2] {
+            let mut b = StateBatch::new();
+            b.set_next_offset(0, offset);
+            s.commit(b).unwrap();
+        }
+        // Dropped without a flush: both commits are only in the write-ahead log.
+    }
+    let wal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "log") && std::fs::metadata(p).unwrap().len() > 0
+        })
+        .expect("a write-ahead log with the commits");
+    flip_second_record_type(&wal);
+    let err = open_within_a_minute(dir.path())
+        .err()
+        .expect("a damaged WAL must not open");
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(".log"), "{err}");
+}
