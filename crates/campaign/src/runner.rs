@@ -541,7 +541,7 @@ impl Campaign {
                         Some(ended) => Some(ended),
                         None => bail!(
                             "after {what}: the processor neither failed nor became ready \
-                             in 80 s (stuck opening the damaged state?); see {}",
+                             in 81 s (stuck opening the damaged state?); see {}",
                             self.processor.log_path().display()
                         ),
                     },
