@@ -45,10 +45,16 @@ fn sigkill_at_random_moments_changes_nothing() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let total = manifest["totals"]["records"].as_i64().unwrap();
     let (mut mid_stream, mut mid_relay) = (0, 0);
+    let mut consumed_before = 0;
     // Kill until the stream is consumed (at most 40 times), then once more after.
     for _ in 0..40 {
         let mut child = spawn_processor(&broker, "payments", &state, &crashed, &tuning);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(250..700)));
+        // Die at a random moment after the run's first commit, not at a random time
+        // after its start: how long a start takes to reach the broker and commit is the
+        // machine's (on a slow one, every kill 250-700 ms after the start found nothing
+        // consumed, and no kill landed mid-relay).
+        wait_for_progress_beyond(&state, consumed_before);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..450)));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the processor exited on its own"
@@ -58,6 +64,7 @@ fn sigkill_at_random_moments_changes_nothing() {
         // Where did it die? The state subcommand reads the directory read-only.
         let (consumed, outbox) = progress(&state);
         eprintln!("killed at {consumed}/{total} records consumed, {outbox} rows undelivered");
+        consumed_before = consumed;
         if outbox > 0 {
             mid_relay += 1;
         }
@@ -83,4 +90,17 @@ fn sigkill_at_random_moments_changes_nothing() {
         canonical_output(&reference, &CROSS_PARTITION_COLUMNS),
         "the crashed run's output differs from the uninterrupted run's"
     );
+}
+
+/// Waits (up to a minute) until the state at `state` has consumed more than `before`
+/// records: the running processor has made its first commit.
+fn wait_for_progress_beyond(state: &std::path::Path, before: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while progress(state).0 <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the processor committed nothing in a minute"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
