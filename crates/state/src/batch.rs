@@ -137,8 +137,8 @@ impl StateBatch {
 
     /// A batch with room for `ops` puts and deletes of `bytes` bytes of keys and
     /// values in all: a pipeline batch knows its size up front, and growing the two
-    /// buffers by doubling copied them again and again (~0.5 % of the pipeline
-    /// thread's samples).
+    /// buffers by doubling copied them again and again (~0.5 % of a run's
+    /// samples, on the pipeline thread).
     pub fn with_capacity(ops: usize, bytes: usize) -> StateBatch {
         StateBatch {
             ops: OpLog {

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use paydedup_event::SmolStr;
 use paydedup_fraud::{assess, CardState, CustomerState, FraudConfig};
 use paydedup_state::{DedupEntry, Table};
 
@@ -85,8 +86,8 @@ pub struct Rebuilt {
     pub landed_windows: BTreeSet<WindowKey>,
     /// Windows closed under the rebuilt watermark whose rows the sink lacks.
     pub to_emit: BTreeMap<WindowKey, WindowAgg>,
-    pub cards: BTreeMap<String, CardState>,
-    pub customers: BTreeMap<String, CustomerState>,
+    pub cards: BTreeMap<SmolStr, CardState>,
+    pub customers: BTreeMap<SmolStr, CustomerState>,
 }
 
 /// Rebuilds `partitions` from `facts`; `log_end` is each partition's log end offset
@@ -219,11 +220,11 @@ pub fn rebuild(
     for f in history {
         let card = out
             .cards
-            .entry(f.event.card_fingerprint.to_string())
+            .entry(f.event.card_fingerprint.clone())
             .or_default();
         let customer = out
             .customers
-            .entry(f.event.customer_id.to_string())
+            .entry(f.event.customer_id.clone())
             .or_default();
         assess(&f.event, card, customer, &cfg.fraud);
     }

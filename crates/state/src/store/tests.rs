@@ -872,6 +872,15 @@ fn open_within_a_minute(dir: &Path) -> Result<StateStore, StateError> {
     )
 }
 
+/// Asserts that opening `dir` fails, within a minute, as corrupt, naming `file`.
+fn refused_as_corrupt(dir: &Path, file: &str) {
+    let err = open_within_a_minute(dir)
+        .err()
+        .expect("a damaged state directory must not open");
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains(file), "{err}");
+}
+
 #[test]
 fn a_manifest_record_flipped_into_a_recycled_type_is_reported_not_looped_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -879,11 +888,7 @@ fn a_manifest_record_flipped_into_a_recycled_type_is_reported_not_looped_on() {
     let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
     let manifest = dir.path().join(current.trim_end());
     flip_second_record_type(&manifest);
-    let err = open_within_a_minute(dir.path())
-        .err()
-        .expect("a damaged MANIFEST must not open");
-    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains("MANIFEST"), "{err}");
+    refused_as_corrupt(dir.path(), "MANIFEST");
     // The read-only open (`paydedup-processor state`) refuses it the same way.
     let err = StateStore::open_read_only(dir.path()).err().unwrap();
     assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
@@ -909,9 +914,5 @@ fn a_wal_record_flipped_into_a_recycled_type_is_reported_not_looped_on() {
         })
         .expect("a write-ahead log with the commits");
     flip_second_record_type(&wal);
-    let err = open_within_a_minute(dir.path())
-        .err()
-        .expect("a damaged WAL must not open");
-    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains(".log"), "{err}");
+    refused_as_corrupt(dir.path(), ".log");
 }
