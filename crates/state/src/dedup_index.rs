@@ -128,6 +128,15 @@ fn shard(fingerprint: u64) -> usize {
     (fingerprint >> 32) as usize & (SHARDS - 1)
 }
 
+/// The shards a two-thread load fills on each thread (see [`DedupIndex::absorb`]).
+pub const LOWER_SHARDS: std::ops::Range<usize> = 0..SHARDS / 2;
+pub const UPPER_SHARDS: std::ops::Range<usize> = SHARDS / 2..SHARDS;
+
+/// Whether a 16-byte key goes to one of [`UPPER_SHARDS`].
+pub fn in_upper_shards(key: &[u8; 16]) -> bool {
+    UPPER_SHARDS.contains(&shard(halves(key).0))
+}
+
 pub struct DedupIndex {
     maps: Vec<Fingerprints<Held>>,
     /// The buckets each map has grown to. A table never shrinks, but after removals
@@ -220,6 +229,41 @@ impl DedupIndex {
             self.maps[i].reserve(each);
             self.note_buckets(i);
         }
+    }
+
+    /// [`DedupIndex::reserve`] for the shards in `shards` only: room for their share of
+    /// `additional` entries (a load that fills the shards on two threads reserves each
+    /// half in the index that fills it).
+    pub fn reserve_shards(&mut self, additional: usize, shards: std::ops::Range<usize>) {
+        let each = additional / SHARDS + additional / (SHARDS * 64) + 16;
+        for i in shards {
+            self.maps[i].reserve(each);
+            self.note_buckets(i);
+        }
+    }
+
+    /// Takes over what `other` holds, which must be entries of `shards` only, none of
+    /// which `self` holds anything in (checked: `false`, and nothing taken, otherwise).
+    /// Why: a load fills the two halves of the shards on two threads, each in an index
+    /// of its own, and joins them here without moving an entry (a key's shard is fixed
+    /// by its fingerprint, so the halves never share a key, nor a shared fingerprint).
+    pub fn absorb(&mut self, mut other: DedupIndex, shards: std::ops::Range<usize>) -> bool {
+        let outside = (0..SHARDS).filter(|i| !shards.contains(i));
+        let disjoint = other.ask.is_empty()
+            && outside.clone().all(|i| other.maps[i].is_empty())
+            && shards.clone().all(|i| self.maps[i].is_empty())
+            && other.shared.iter().all(|fp| shards.contains(&shard(*fp)))
+            && self.shared.iter().all(|fp| !shards.contains(&shard(*fp)));
+        if !disjoint {
+            return false;
+        }
+        for i in shards {
+            std::mem::swap(&mut self.maps[i], &mut other.maps[i]);
+            self.buckets[i] = self.buckets[i].max(other.buckets[i]);
+        }
+        self.shared.extend(other.shared);
+        self.shared_keys.extend(other.shared_keys);
+        true
     }
 
     /// Right after an insert or a reserve, a map's capacity is its buckets' room.
@@ -391,6 +435,63 @@ mod tests {
         let mut big = DedupIndex::default();
         big.reserve(1_000_000);
         assert_eq!(big.memory_bytes(), (1 << 21) * 57);
+    }
+
+    /// A key whose fingerprint falls in `shard`, told apart by `rest`.
+    fn key_in(shard: usize, low: u32, rest: u8) -> [u8; 16] {
+        let fingerprint = ((shard as u64) << 32) | u64::from(low);
+        whole(fingerprint, u64::from(rest))
+    }
+
+    #[test]
+    fn two_halves_filled_apart_answer_as_one_index() {
+        let (mut lower, mut upper) = (DedupIndex::default(), DedupIndex::default());
+        let (a, b) = (key_in(3, 1, 0), key_in(12, 1, 0));
+        // In each half, two keys sharing a fingerprint.
+        let (a2, b2) = (key_in(3, 1, 1), key_in(12, 1, 1));
+        for (k, t) in [(a, 10), (a2, 11)] {
+            assert!(!in_upper_shards(&k));
+            lower.put_entry(k, &entry(t, 0));
+        }
+        for (k, t) in [(b, 12), (b2, 13)] {
+            assert!(in_upper_shards(&k));
+            upper.put_entry(k, &entry(t, 1));
+        }
+        lower.reserve_shards(1_000, LOWER_SHARDS);
+        upper.reserve_shards(1_000, UPPER_SHARDS);
+        let memory = lower.memory_bytes() + upper.memory_bytes();
+        assert!(lower.absorb(upper, UPPER_SHARDS));
+        for (k, e) in [
+            (a, entry(10, 0)),
+            (a2, entry(11, 0)),
+            (b, entry(12, 1)),
+            (b2, entry(13, 1)),
+        ] {
+            assert_eq!(lower.get(&k), DedupLookup::Held(e));
+        }
+        assert_eq!(lower.get(&key_in(12, 1, 2)), DedupLookup::Absent);
+        assert_eq!(lower.len(), 4);
+        // Both halves' buckets are counted; the empty maps' few are gone.
+        assert!(lower.memory_bytes() <= memory);
+        assert!(lower.memory_bytes() > 0);
+    }
+
+    #[test]
+    fn halves_that_overlap_are_refused_and_nothing_is_taken() {
+        let mut lower = DedupIndex::default();
+        lower.put_entry(key_in(12, 1, 0), &entry(10, 0));
+        let mut upper = DedupIndex::default();
+        upper.put_entry(key_in(12, 2, 0), &entry(11, 0));
+        // `lower` already holds an upper shard's key.
+        assert!(!lower.absorb(upper, UPPER_SHARDS));
+        assert_eq!(lower.len(), 1);
+        assert_eq!(lower.get(&key_in(12, 2, 0)), DedupLookup::Absent);
+        // `other` holding a key outside the shards it hands over.
+        let mut other = DedupIndex::default();
+        other.put_entry(key_in(3, 2, 0), &entry(11, 0));
+        let mut empty = DedupIndex::default();
+        assert!(!empty.absorb(other, UPPER_SHARDS));
+        assert!(empty.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 
 use super::StateStore;
 use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES};
-use crate::dedup_index::DedupIndex;
+use crate::dedup_index::{in_upper_shards, DedupIndex, LOWER_SHARDS, UPPER_SHARDS};
 use crate::dedup_page::{self, page_key, parse_page_key, CommitPages};
 use crate::expiry::is_expired;
 use crate::keys::DedupEntry;
@@ -90,9 +90,10 @@ impl StateStore {
     /// a few pages at a time beside the index: the first lists the pages (key order is
     /// by partition) without verifying their checksums, the second reads them again,
     /// verified, in write order, the store's sequence across partitions. In the second,
-    /// a helper thread reads and parses the pages while this one inserts them (the
-    /// other core is idle until the loader starts): 9 M ids took 2.2–2.5 s to be ready
-    /// with both on one thread.
+    /// a helper thread reads and parses the pages while this one inserts them: 9 M ids
+    /// took 2.2–2.5 s to be ready with both on one thread. Into an empty index, the two
+    /// threads insert a half of the shards each (see below), while RocksDB's
+    /// compactions wait (`StateStore::resume_compactions`).
     pub(super) fn load_dedup_pages(
         &self,
         index: &mut DedupIndex,
@@ -119,7 +120,16 @@ impl StateStore {
             order.push((seq, partition));
             total += v.len() / dedup_page::ENTRY_LEN;
         }
-        index.reserve(total);
+        // An empty index (every open's) is filled on two threads, each inserting the
+        // keys of half the shards into an index of its own: the inserts (cache misses
+        // and first touches of a table of up to a GB) were most of a restart's time
+        // with 9 M ids, on one thread while the other only read the pages.
+        let split = index.is_empty();
+        if split {
+            index.reserve_shards(total, LOWER_SHARDS);
+        } else {
+            index.reserve(total);
+        }
         // In write order: a key written again after expiring keeps its later entry.
         // Sequences are the store's, one per page: two alike is a damaged listing.
         order.sort_unstable();
@@ -132,24 +142,38 @@ impl StateStore {
         let db = &self.db;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(4);
-            std::thread::Builder::new()
+            // The helper reads and parses the pages, and (`split`) inserts the upper
+            // shards' keys into `upper`, in the same write order as this thread.
+            let helper = std::thread::Builder::new()
                 .name("dedup-pages".into())
                 .spawn_scoped(scope, move || {
+                    let mut upper = DedupIndex::default();
+                    if split {
+                        upper.reserve_shards(total, UPPER_SHARDS);
+                    }
                     for (seq, partition) in order {
-                        let read = read_page(db, &self.path, partition, seq)
-                            .map(|(newest, entries)| (seq, partition, newest, entries));
+                        let read = read_page(db, &self.path, partition, seq);
+                        if let (true, Ok((_, entries))) = (split, &read) {
+                            for (key, entry) in entries.iter().filter(|(k, _)| in_upper_shards(k)) {
+                                upper.put_entry(*key, entry);
+                            }
+                        }
+                        let read = read.map(|(newest, entries)| (seq, partition, newest, entries));
                         let stop = read.is_err();
                         // The receiver is gone once it failed: nothing more to read.
                         if tx.send(read).is_err() || stop {
-                            return;
+                            break;
                         }
                     }
+                    upper
                 })
                 .map_err(|e| StateError::Rocks(format!("starting the dedup pages' reader: {e}")))?;
             for read in rx {
                 let (seq, partition, newest, entries) = read?;
                 for (key, entry) in entries {
-                    index.put_entry(key, &entry);
+                    if !(split && in_upper_shards(&key)) {
+                        index.put_entry(key, &entry);
+                    }
                 }
                 // In sequence order, so each partition's pages are in write order.
                 pages.next_seq = pages.next_seq.max(seq + 1);
@@ -158,6 +182,15 @@ impl StateStore {
                     .entry(partition)
                     .or_default()
                     .push_back((seq, newest));
+            }
+            let upper = helper
+                .join()
+                .map_err(|_| StateError::Rocks("the dedup pages' reader panicked".into()))?;
+            // Cannot fail: `index` was empty and is filled in the lower shards only.
+            if split && !index.absorb(upper, UPPER_SHARDS) {
+                return Err(StateError::Rocks(
+                    "the dedup index's two halves overlap after loading".into(),
+                ));
             }
             Ok::<(), StateError>(())
         })?;

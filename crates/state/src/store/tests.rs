@@ -813,6 +813,50 @@ fn pages_load_in_write_order_across_partitions() {
     assert_eq!(s.get_dedup_many(&[k]).unwrap(), vec![Some(on(0, 7))]);
 }
 
+/// An open fills the index's two halves of shards on two threads: every key comes back
+/// from either half, including two keys sharing a fingerprint in each half, and the
+/// later of two entries of a key on the same half.
+#[test]
+fn pages_load_into_both_halves_of_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    // A key whose fingerprint (its first 8 bytes) falls in `shard`, told apart by `rest`.
+    let key_in = |shard: u64, rest: u8| {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&((shard << 32) | 7).to_be_bytes());
+        k[15] = rest;
+        k
+    };
+    let mut expected = Vec::new();
+    {
+        let s = open(dir.path());
+        for (i, shard) in [1u64, 6, 9, 14].into_iter().enumerate() {
+            let mut b = StateBatch::new();
+            for rest in 0..2u8 {
+                let e = entry(10 + i as i64);
+                b.put_dedup(key_in(shard, rest), &e);
+                expected.push((key_in(shard, rest), e));
+            }
+            s.commit(b).unwrap();
+        }
+        // Later pages: one key of each half written again.
+        for shard in [6u64, 9] {
+            let mut b = StateBatch::new();
+            b.put_dedup(key_in(shard, 0), &entry(20));
+            s.commit(b).unwrap();
+            let at = expected
+                .iter()
+                .position(|(k, _)| *k == key_in(shard, 0))
+                .unwrap();
+            expected[at].1 = entry(20);
+        }
+    }
+    let s = open(dir.path());
+    let keys: Vec<[u8; 16]> = expected.iter().map(|(k, _)| *k).collect();
+    let want: Vec<Option<DedupEntry>> = expected.iter().map(|(_, e)| Some(*e)).collect();
+    assert_eq!(s.get_dedup_many(&keys).unwrap(), want);
+    assert_eq!(s.get_dedup_many(&[key_in(9, 2)]).unwrap(), vec![None]);
+}
+
 /// Going back to a build without pages must not judge ids without them: RocksDB
 /// refuses to open a database for writing unless every column family it has is
 /// named, and an earlier build names no `dedup_pages`. (Read-only, for inspection, it
