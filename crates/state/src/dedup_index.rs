@@ -370,6 +370,15 @@ impl DedupIndex {
         self.len() == 0
     }
 
+    /// Whether nothing was ever put: no entry, no shared fingerprint, no key left to
+    /// RocksDB. Only such an index is filled on two threads (see [`DedupIndex::absorb`]).
+    pub fn is_pristine(&self) -> bool {
+        self.maps.iter().all(HashMap::is_empty)
+            && self.shared.is_empty()
+            && self.shared_keys.is_empty()
+            && self.ask.is_empty()
+    }
+
     /// Bytes of memory the index takes (by its buckets: 56 bytes and a control byte
     /// each for the map).
     pub fn memory_bytes(&self) -> usize {

@@ -90,9 +90,9 @@ impl StateStore {
     /// a few pages at a time beside the index: the first lists the pages (key order is
     /// by partition) without verifying their checksums, the second reads them again,
     /// verified, in write order, the store's sequence across partitions. In the second,
-    /// a helper thread reads and parses the pages while this one inserts them: 9 M ids
-    /// took 2.2–2.5 s to be ready with both on one thread. Into an empty index, the two
-    /// threads insert a half of the shards each (see below), while RocksDB's
+    /// a helper thread reads and parses the pages, and inserts the keys of half the
+    /// shards while this one inserts the other half (see below; 9 M ids took 2.2–2.5 s
+    /// to be ready with reading and inserting each on one thread), while RocksDB's
     /// compactions wait (`StateStore::resume_compactions`).
     pub(super) fn load_dedup_pages(
         &self,
@@ -120,11 +120,12 @@ impl StateStore {
             order.push((seq, partition));
             total += v.len() / dedup_page::ENTRY_LEN;
         }
-        // An empty index (every open's) is filled on two threads, each inserting the
+        // A pristine index (every open's) is filled on two threads, each inserting the
         // keys of half the shards into an index of its own: the inserts (cache misses
         // and first touches of a table of up to a GB) were most of a restart's time
-        // with 9 M ids, on one thread while the other only read the pages.
-        let split = index.is_empty();
+        // with 9 M ids, on one thread while the other only read the pages. (Any other
+        // index is filled here alone, as `absorb` could not join it.)
+        let split = index.is_pristine();
         if split {
             index.reserve_shards(total, LOWER_SHARDS);
         } else {

@@ -813,6 +813,35 @@ fn pages_load_in_write_order_across_partitions() {
     assert_eq!(s.get_dedup_many(&[k]).unwrap(), vec![Some(on(0, 7))]);
 }
 
+/// The column families open with automatic compactions off (so the dedup index loads
+/// on both cores) and have them back once the open returns: without them, nothing
+/// would drop expired state from disk (the TTL filters run in compactions). Read off
+/// the OPTIONS file RocksDB writes for the options in force.
+#[test]
+fn compactions_are_on_again_once_the_store_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let newest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("OPTIONS-"))
+        .max_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap())
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join(newest)).unwrap();
+    for name in crate::cf::ALL {
+        let section = text
+            .split("[CFOptions \"")
+            .find(|sec| sec.starts_with(&format!("{name}\"")))
+            .unwrap_or_else(|| panic!("no options for {name}"));
+        let section = section.split("[TableOptions").next().unwrap();
+        assert!(
+            section.contains("disable_auto_compactions=false"),
+            "{name}: compactions still off"
+        );
+    }
+    drop(s);
+}
+
 /// An open fills the index's two halves of shards on two threads: every key comes back
 /// from either half, including two keys sharing a fingerprint in each half, and the
 /// later of two entries of a key on the same half.
