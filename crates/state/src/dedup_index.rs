@@ -223,18 +223,14 @@ impl DedupIndex {
     /// are read: growing a table of millions rehashes and zeroes it each time, most of
     /// a restart's time with 9 M ids held).
     pub fn reserve(&mut self, additional: usize) {
-        // Fingerprints are uniform: a sixteenth each, and a little over for the spread.
-        let each = additional / SHARDS + additional / (SHARDS * 64) + 16;
-        for i in 0..SHARDS {
-            self.maps[i].reserve(each);
-            self.note_buckets(i);
-        }
+        self.reserve_shards(additional, 0..SHARDS);
     }
 
     /// [`DedupIndex::reserve`] for the shards in `shards` only: room for their share of
     /// `additional` entries (a load that fills the shards on two threads reserves each
     /// half in the index that fills it).
     pub fn reserve_shards(&mut self, additional: usize, shards: std::ops::Range<usize>) {
+        // Fingerprints are uniform: a sixteenth each, and a little over for the spread.
         let each = additional / SHARDS + additional / (SHARDS * 64) + 16;
         for i in shards {
             self.maps[i].reserve(each);

@@ -187,7 +187,7 @@ impl StateStore {
             let upper = helper
                 .join()
                 .map_err(|_| StateError::Rocks("the dedup pages' reader panicked".into()))?;
-            // Cannot fail: `index` was empty and is filled in the lower shards only.
+            // Cannot fail: `index` was pristine and is filled in the lower shards only.
             if split && !index.absorb(upper, UPPER_SHARDS) {
                 return Err(StateError::Rocks(
                     "the dedup index's two halves overlap after loading".into(),
