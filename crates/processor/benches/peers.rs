@@ -357,10 +357,28 @@ fn main() {
     );
     // Write stalls by column family and cause (only the non-zero ones), and the WAL.
     let mut family = String::new();
+    // The column of the CPU flushes and compactions took, in the rows of the table
+    // whose header was seen last (`None` in the table by priority, which has no sum).
+    let mut cpu_column = None;
     for line in store.rocksdb_stats().unwrap_or_default().lines() {
         let line = line.trim();
         if let Some(name) = line.strip_prefix("** Compaction Stats [") {
             family = name.trim_end_matches([']', '*', ' ']).into();
+        } else if line.starts_with("Level ") || line.starts_with("Priority ") {
+            // A row's size is two fields ("1.23 MB") where the header has one ("Size").
+            cpu_column = line
+                .split_whitespace()
+                .position(|h| h == "CompMergeCPU(sec)")
+                .filter(|_| line.starts_with("Level "))
+                .map(|i| i + 1);
+        } else if let Some(cpu) = line
+            .strip_prefix("Sum ")
+            .and_then(|_| line.split_whitespace().nth(cpu_column?))
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+        {
+            // Flushes count here too: what the background threads spent on this family.
+            eprintln!("rocksdb: flushes and compactions of {family} on a CPU: {cpu:.1} s");
         } else if let Some(counts) = line.strip_prefix("Write Stall (count): ") {
             let stalls: Vec<&str> = counts
                 .split(", ")
