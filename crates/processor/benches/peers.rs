@@ -355,7 +355,8 @@ fn main() {
         mb(block_cache),
         mb(memtables)
     );
-    // Write stalls by column family and cause (only the non-zero ones), and the WAL.
+    // Per column family: the background CPU, what flushes and compactions wrote, write
+    // stalls by cause (only the non-zero ones); then the WAL and the stalls in all.
     let mut family = String::new();
     // The column of the CPU flushes and compactions took, in the rows of the table
     // whose header was seen last (`None` in the table by priority, which has no sum).
@@ -375,9 +376,10 @@ fn main() {
             .strip_prefix("Sum ")
             .and_then(|_| line.split_whitespace().nth(cpu_column?))
             .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| *s > 0.0)
+            .filter(|s| *s >= 0.05)
         {
-            // Flushes count here too: what the background threads spent on this family.
+            // Background flushes count here too (not those of a WAL replay at open,
+            // which RocksDB records without their CPU time).
             eprintln!("rocksdb: flushes and compactions of {family} on a CPU: {cpu:.1} s");
         } else if let Some(counts) = line.strip_prefix("Write Stall (count): ") {
             let stalls: Vec<&str> = counts
