@@ -133,14 +133,11 @@ pub(crate) fn check_logs(dir: &Path) -> Result<(), StateError> {
         }
     };
     check_log(&dir.join(current.trim_end()))?;
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| StateError::Rocks(format!("listing {}: {e}", dir.display())))?;
-    for entry in entries {
+    let listing = |e: std::io::Error| StateError::Rocks(format!("listing {}: {e}", dir.display()));
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
         // An entry the listing cannot read is an I/O error, not a file to skip: a log
         // left unchecked is one RocksDB may loop on.
-        let path = entry
-            .map_err(|e| StateError::Rocks(format!("listing {}: {e}", dir.display())))?
-            .path();
+        let path = entry.map_err(listing)?.path();
         if path.extension().is_some_and(|x| x == "log") {
             check_log(&path)?;
         }
