@@ -98,13 +98,22 @@ const CARD_RAW: u8 = 0x02;
 /// First byte of a customer key: the id's bytes follow.
 const CUSTOMER: u8 = 0x03;
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// A byte's value as a lowercase hex digit, or [`NOT_HEX`]: one table load per digit
+/// (a card key is built for every card of every batch).
+const HEX_DIGIT: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            d @ b'0'..=b'9' => d - b'0',
+            d @ b'a'..=b'f' => d - b'a' + 10,
+            _ => NOT_HEX,
+        };
+        b += 1;
     }
-}
+    t
+};
+const NOT_HEX: u8 = 0xff;
 
 /// Today's key for a key written by an earlier build (`card/…`, `customer/…`), or
 /// `None` for a key that is not one.
@@ -133,25 +142,33 @@ impl CardState {
     /// The key of a card: packed when its fingerprint is lowercase hex, raw otherwise
     /// (the two forms start with different bytes, so they never meet).
     pub fn key(fingerprint: &str) -> Vec<u8> {
+        let mut k = Vec::new();
+        CardState::key_into(fingerprint, &mut k);
+        k
+    }
+
+    /// [`CardState::key`], appended to `out` (the pipeline keeps a batch's keys in one
+    /// buffer).
+    pub fn key_into(fingerprint: &str, out: &mut Vec<u8>) {
         let hex = fingerprint.as_bytes();
         let packable = u8::try_from(hex.len())
             .ok()
-            .filter(|_| hex.iter().all(|b| hex_digit(*b).is_some()));
+            .filter(|_| hex.iter().all(|b| HEX_DIGIT[usize::from(*b)] != NOT_HEX));
         let Some(len) = packable else {
-            let mut k = Vec::with_capacity(1 + hex.len());
-            k.push(CARD_RAW);
-            k.extend_from_slice(hex);
-            return k;
+            out.reserve(1 + hex.len());
+            out.push(CARD_RAW);
+            out.extend_from_slice(hex);
+            return;
         };
-        let mut k = Vec::with_capacity(2 + hex.len().div_ceil(2));
-        k.push(CARD_HEX);
-        k.push(len);
-        for pair in hex.chunks(2) {
-            let high = hex_digit(pair[0]).unwrap_or(0);
-            let low = pair.get(1).and_then(|b| hex_digit(*b)).unwrap_or(0);
-            k.push(high << 4 | low);
+        out.reserve(2 + hex.len().div_ceil(2));
+        out.push(CARD_HEX);
+        out.push(len);
+        let digit = |b: &u8| HEX_DIGIT[usize::from(*b)];
+        let mut pairs = hex.chunks_exact(2);
+        out.extend(pairs.by_ref().map(|p| digit(&p[0]) << 4 | digit(&p[1])));
+        if let [last] = pairs.remainder() {
+            out.push(digit(last) << 4);
         }
-        k
     }
 
     /// Times are zigzag deltas back from `last_seen_micros` (wrapping, so any `i64`
@@ -239,10 +256,16 @@ impl CardState {
 
 impl CustomerState {
     pub fn key(customer_id: &str) -> Vec<u8> {
-        let mut k = Vec::with_capacity(1 + customer_id.len());
-        k.push(CUSTOMER);
-        k.extend_from_slice(customer_id.as_bytes());
+        let mut k = Vec::new();
+        CustomerState::key_into(customer_id, &mut k);
         k
+    }
+
+    /// [`CustomerState::key`], appended to `out`.
+    pub fn key_into(customer_id: &str, out: &mut Vec<u8>) {
+        out.reserve(1 + customer_id.len());
+        out.push(CUSTOMER);
+        out.extend_from_slice(customer_id.as_bytes());
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -463,6 +486,16 @@ mod tests {
         assert_eq!(&k[..4], &[CARD_HEX, 32, 0x60, 0x34]);
         // An odd digit count keeps its length, so "abc" and "abc0" differ.
         assert_eq!(CardState::key("abc"), vec![CARD_HEX, 3, 0xab, 0xc0]);
+        // Every digit packs to its value.
+        assert_eq!(
+            CardState::key("0123456789abcdef"),
+            vec![CARD_HEX, 16, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef]
+        );
+        // Appending keeps what the buffer held: a batch's keys share one buffer.
+        let mut out = b"xy".to_vec();
+        CardState::key_into(hex32, &mut out);
+        CustomerState::key_into("c-1", &mut out);
+        assert_eq!(out, [&b"xy"[..], &k, b"\x03c-1"].concat());
         assert_ne!(CardState::key("abc"), CardState::key("abc0"));
         // Anything not lowercase hex is stored raw, under another first byte.
         assert_eq!(CardState::key("ABC"), b"\x02ABC".to_vec());

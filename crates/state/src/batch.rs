@@ -306,6 +306,19 @@ impl StateBatch {
         self.ops.is_empty() && self.outbox.is_empty()
     }
 
+    /// The fraud keys the batch puts, in the order the commit writes them.
+    pub fn fraud_puts(&self) -> Vec<&[u8]> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put {
+                    cf: family, key, ..
+                } if family == cf::CF_FRAUD => Some(key),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// How many writes the batch holds: its puts and deletes, and its outbox rows.
     pub fn len(&self) -> usize {
         self.ops.len() + self.outbox_rows as usize

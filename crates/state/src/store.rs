@@ -614,32 +614,39 @@ impl StateStore {
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+        let mut values = vec![None; keys.len()];
+        self.read_fraud_many(keys, |i, v| values[i] = v.map(<[u8]>::to_vec))?;
+        Ok(values)
+    }
+
+    /// [`StateStore::get_fraud_many`]'s answers, each handed to `answer(i, value)` for
+    /// `keys[i]` without a copy (once per key, in no particular order): the pipeline
+    /// decodes a batch's ~10,000 fraud values straight from where they are held.
+    pub fn read_fraud_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        mut answer: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StateError> {
         without_perf_counters();
-        let known = self.resident_fraud(keys);
-        let cf = self.cf(CF_FRAUD)?;
-        let asked = keys.iter().zip(&known).filter(|(_, m)| m.is_none());
-        let mut answers = self
-            .db
-            .batched_multi_get_cf(cf, asked.map(|(k, _)| k), false)
-            .into_iter();
         let horizon = self.horizons.fraud.get();
-        let live = |v: Vec<u8>| {
-            let time = keys::value_time(&v).unwrap_or(i64::MAX);
-            (!expiry::is_expired(time, self.fraud_ttl_micros, horizon)).then_some(v)
+        let ttl = self.fraud_ttl_micros;
+        let live = |v: &[u8]| {
+            let time = keys::value_time(v).unwrap_or(i64::MAX);
+            !expiry::is_expired(time, ttl, horizon)
         };
-        known
-            .into_iter()
-            .map(|m| {
-                let answer = match m {
-                    Some(answer) => answer,
-                    None => match answers.next() {
-                        Some(a) => a.map_err(|e| self.rocks(e))?.map(|v| v.to_vec()),
-                        None => None,
-                    },
-                };
-                Ok(answer.and_then(live))
-            })
-            .collect()
+        let asked = self.resident_fraud(keys, |i, v| answer(i, v.filter(|v| live(v))));
+        if asked.is_empty() {
+            return Ok(());
+        }
+        let cf = self.cf(CF_FRAUD)?;
+        let answers =
+            self.db
+                .batched_multi_get_cf(cf, asked.iter().map(|&i| keys[i].as_ref()), false);
+        for (i, a) in asked.into_iter().zip(answers) {
+            let value = a.map_err(|e| self.rocks(e))?;
+            answer(i, value.as_deref().filter(|v| live(v)));
+        }
+        Ok(())
     }
 
     /// The last record consumed per partition: (offset, fingerprint).

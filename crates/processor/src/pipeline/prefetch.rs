@@ -19,6 +19,7 @@
 //! flight (the checkpoint waits for a commit before starting the next).
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use paydedup_event::{PaymentEvent, ValidationError};
 use paydedup_fraud::{assess, Assessment, CardState, CustomerState, FraudConfig};
@@ -32,41 +33,6 @@ use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
 /// maps live for one batch.
 pub(super) type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The keys a batch reads, from its valid records: sorted, each once.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct BatchKeys<'a> {
-    pub dedup: Vec<[u8; 16]>,
-    /// Card fingerprints.
-    pub cards: Vec<&'a str>,
-    /// Customer ids.
-    pub customers: Vec<&'a str>,
-}
-
-impl<'a> BatchKeys<'a> {
-    pub fn of(decoded: &'a [Result<PaymentEvent, ValidationError>]) -> BatchKeys<'a> {
-        let mut keys = BatchKeys::default();
-        for e in decoded.iter().flatten() {
-            keys.dedup.push(dedup_key(e.transaction_id.as_str()));
-            keys.cards.push(&e.card_fingerprint);
-            keys.customers.push(&e.customer_id);
-        }
-        for list in [&mut keys.cards, &mut keys.customers] {
-            list.sort_unstable();
-            list.dedup();
-        }
-        keys.dedup.sort_unstable();
-        keys.dedup.dedup();
-        keys
-    }
-
-    /// The fraud store keys: the cards', then the customers'.
-    pub fn fraud_keys(&self) -> Vec<Vec<u8>> {
-        let cards = self.cards.iter().map(|id| CardState::key(id));
-        let customers = self.customers.iter().map(|id| CustomerState::key(id));
-        cards.chain(customers).collect()
-    }
-}
-
 /// Renames the fraud state an earlier build wrote under `card/…` and `customer/…` to
 /// today's keys (once: a later start finds none), so it is read again. Returns how
 /// many keys were renamed.
@@ -79,14 +45,14 @@ pub fn rename_legacy_fraud_keys(store: &StateStore) -> Result<u64, StateError> {
 
 /// A kind of keyed fraud state: how its store key is built and its value read/written.
 trait FraudState: Default {
-    fn key(id: &str) -> Vec<u8>;
+    fn key_into(id: &str, out: &mut Vec<u8>);
     fn decode(value: &[u8]) -> Self;
     fn encode(&self) -> Vec<u8>;
 }
 
 impl FraudState for CardState {
-    fn key(id: &str) -> Vec<u8> {
-        CardState::key(id)
+    fn key_into(id: &str, out: &mut Vec<u8>) {
+        CardState::key_into(id, out)
     }
     fn decode(value: &[u8]) -> Self {
         CardState::decode(value)
@@ -97,8 +63,8 @@ impl FraudState for CardState {
 }
 
 impl FraudState for CustomerState {
-    fn key(id: &str) -> Vec<u8> {
-        CustomerState::key(id)
+    fn key_into(id: &str, out: &mut Vec<u8>) {
+        CustomerState::key_into(id, out)
     }
     fn decode(value: &[u8]) -> Self {
         CustomerState::decode(value)
@@ -108,77 +74,170 @@ impl FraudState for CustomerState {
     }
 }
 
-/// One kind of fraud state for a batch: a slot per id, in key order, each with its store
-/// key, the value as read, and whether the batch touched it. Only touched slots whose
-/// bytes changed are written back: a customer who pays again within the hour from a
-/// known device encodes to the bytes already stored (see
-/// `CUSTOMER_LAST_SEEN_QUANTUM_MICROS`), and writing them again would cost a put
-/// through WAL, memtable and compaction for nothing.
-struct FraudTable<'a, S> {
+/// The store keys of one kind of fraud state for a batch, a slot per id in the order
+/// the ids first appear. All keys share one buffer: a batch has thousands, and one
+/// allocation each cost more than building them.
+#[derive(Default)]
+struct FraudKeys<'a> {
     index: BatchMap<&'a str, usize>,
+    bytes: Vec<u8>,
+    ranges: Vec<Range<usize>>,
+    /// Each key's first 16 bytes as a big-endian number (zero-padded): keys sort as
+    /// these do, but for ties, and a number compares in one instruction where a slice
+    /// comparison calls `memcmp` (~2 % of the pipeline thread when the writes were
+    /// sorted by slice).
+    prefixes: Vec<u128>,
+}
+
+impl<'a> FraudKeys<'a> {
+    fn with_capacity(n: usize) -> FraudKeys<'a> {
+        FraudKeys {
+            index: BatchMap::with_capacity_and_hasher(n, Default::default()),
+            bytes: Vec::with_capacity(24 * n),
+            ranges: Vec::with_capacity(n),
+            prefixes: Vec::with_capacity(n),
+        }
+    }
+
+    /// The slot of `id`, added (with its store key built by `key_into`) if new.
+    fn slot(&mut self, id: &'a str, key_into: fn(&str, &mut Vec<u8>)) -> usize {
+        let (bytes, ranges, prefixes) = (&mut self.bytes, &mut self.ranges, &mut self.prefixes);
+        *self.index.entry(id).or_insert_with(|| {
+            let start = bytes.len();
+            key_into(id, bytes);
+            let key = &bytes[start..];
+            let mut prefix = [0; 16];
+            let n = key.len().min(16);
+            prefix[..n].copy_from_slice(&key[..n]);
+            prefixes.push(u128::from_be_bytes(prefix));
+            ranges.push(start..bytes.len());
+            ranges.len() - 1
+        })
+    }
+
+    /// `slots` in the order of their keys.
+    fn sort(&self, slots: &mut [usize]) {
+        slots.sort_unstable_by(|&a, &b| {
+            let by_prefix = self.prefixes[a].cmp(&self.prefixes[b]);
+            by_prefix.then_with(|| self.get(a).cmp(self.get(b)))
+        });
+    }
+
+    fn get(&self, slot: usize) -> &[u8] {
+        &self.bytes[self.ranges[slot].clone()]
+    }
+
+    fn len(&self) -> usize {
+        self.ranges.len()
+    }
+}
+
+/// The states of one kind for a batch, slot by slot as in its [`FraudKeys`]: each as
+/// read, then as the batch changed it, with the bytes it was read from.
+struct FraudValues<S> {
     slots: Vec<Slot<S>>,
+    /// The stored values the states were decoded from, one after another.
+    read: Vec<u8>,
 }
 
 struct Slot<S> {
-    key: Vec<u8>,
     state: S,
-    /// The stored value the state was decoded from (`None`: no history).
-    read: Option<Vec<u8>>,
+    /// Where in `read` the stored value is (`None`: no history).
+    read: Option<Range<usize>>,
     changed: bool,
 }
 
+impl<S: FraudState> FraudValues<S> {
+    /// `value` is the stored value of `slot`'s key. A missing (or unreadable) value is
+    /// an empty history.
+    fn fill(&mut self, slot: usize, value: Option<&[u8]>) {
+        let s = &mut self.slots[slot];
+        s.state = S::decode(value.unwrap_or_default());
+        s.read = value.map(|v| {
+            let start = self.read.len();
+            self.read.extend_from_slice(v);
+            start..self.read.len()
+        });
+    }
+}
+
+/// One kind of fraud state for a batch: keys and values. Only changed slots whose bytes
+/// changed are written back: a customer who pays again within the hour from a known
+/// device encodes to the bytes already stored (see `CUSTOMER_LAST_SEEN_QUANTUM_MICROS`),
+/// and writing them again would cost a put through WAL, memtable and compaction for
+/// nothing.
+struct FraudTable<'a, S> {
+    keys: FraudKeys<'a>,
+    values: FraudValues<S>,
+}
+
 impl<'a, S: FraudState> FraudTable<'a, S> {
-    /// `ids`, their store keys and the values read for them, in the same order. A missing
-    /// (or unreadable) value is an empty history.
-    fn new(
-        ids: Vec<&'a str>,
-        keys: impl Iterator<Item = Vec<u8>>,
-        values: impl Iterator<Item = Option<Vec<u8>>>,
-    ) -> FraudTable<'a, S> {
-        let mut index = BatchMap::with_capacity_and_hasher(ids.len(), Default::default());
-        let mut slots = Vec::with_capacity(ids.len());
-        for ((id, key), value) in ids.into_iter().zip(keys).zip(values) {
-            index.insert(id, slots.len());
-            let state = S::decode(value.as_deref().unwrap_or_default());
-            slots.push(Slot {
-                key,
-                state,
-                read: value,
-                changed: false,
-            });
+    fn with_capacity(n: usize) -> FraudTable<'a, S> {
+        FraudTable {
+            keys: FraudKeys::with_capacity(n),
+            values: FraudValues {
+                slots: Vec::with_capacity(n),
+                read: Vec::with_capacity(48 * n),
+            },
         }
-        FraudTable { index, slots }
     }
 
-    /// The state of `id`, to be changed. Every valid record's ids were read up front,
-    /// so the fallback (an empty history) only guards a caller that skipped the read.
-    fn change(&mut self, id: &'a str) -> &mut S {
-        let slots = &mut self.slots;
-        let i = *self.index.entry(id).or_insert_with(|| {
-            slots.push(Slot {
-                key: S::key(id),
+    /// The slot of `id`, new ones with no history until filled.
+    fn add(&mut self, id: &'a str) -> usize {
+        let slot = self.keys.slot(id, S::key_into);
+        if slot == self.values.slots.len() {
+            self.values.slots.push(Slot {
                 state: S::default(),
                 read: None,
                 changed: false,
             });
-            slots.len() - 1
-        });
-        let slot = &mut slots[i];
+        }
+        slot
+    }
+
+    /// Fills the slots whose keys the previous batch wrote (`in_flight`); returns the
+    /// others, to be read from the store.
+    fn fill_in_flight(&mut self, in_flight: &BatchMap<Vec<u8>, Vec<u8>>) -> Vec<usize> {
+        let mut asked = Vec::with_capacity(self.keys.len());
+        for slot in 0..self.keys.len() {
+            match in_flight.get(self.keys.get(slot)) {
+                Some(v) => self.values.fill(slot, Some(v)),
+                None => asked.push(slot),
+            }
+        }
+        asked
+    }
+
+    /// The state of `id`, to be changed. Every valid record's ids were read up front,
+    /// so a new slot here (an empty history) only guards a caller that skipped the read.
+    fn change(&mut self, id: &'a str) -> &mut S {
+        let i = self.add(id);
+        let slot = &mut self.values.slots[i];
         slot.changed = true;
         &mut slot.state
     }
 
+    /// Writes the changed slots whose bytes changed, in key order, and keeps them as
+    /// in flight.
     fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut BatchMap<Vec<u8>, Vec<u8>>) {
-        for slot in self.slots.into_iter().filter(|s| s.changed) {
+        let FraudTable { keys, values } = self;
+        let mut changed: Vec<usize> = (0..values.slots.len())
+            .filter(|&i| values.slots[i].changed)
+            .collect();
+        keys.sort(&mut changed);
+        in_flight.reserve(changed.len());
+        for i in changed {
+            let slot = &values.slots[i];
             let value = slot.state.encode();
             // Unchanged bytes are not written, and not in flight either: the next batch
             // reads them from the store, which holds them (the batch they came from,
             // if in flight itself, has committed by the time the next batch reads).
-            if slot.read.as_ref() == Some(&value) {
+            if slot.read.as_ref().map(|r| &values.read[r.clone()]) == Some(&value[..]) {
                 continue;
             }
-            batch.put_fraud(&slot.key, &value);
-            in_flight.insert(slot.key, value);
+            let key = keys.get(i);
+            batch.put_fraud(key, &value);
+            in_flight.insert(key.to_vec(), value);
         }
     }
 }
@@ -210,6 +269,9 @@ impl InFlight {
     }
 }
 
+/// A bulk read of fraud values: `answer(i, value)` for `keys[i]`, each once.
+type FraudAnswer<'f> = &'f mut dyn FnMut(usize, Option<&[u8]>);
+
 /// The state a batch reads and writes, between its bulk read and its commit.
 pub struct BatchState<'a> {
     /// Dedup entries by key: as read, then as this batch wrote them.
@@ -228,47 +290,53 @@ impl<'a> BatchState<'a> {
         in_flight: &InFlight,
         store: &StateStore,
     ) -> Result<BatchState<'a>, StateError> {
-        let keys = BatchKeys::of(decoded);
-        let dedup_values = InFlight::read(&in_flight.dedup, &keys.dedup, |asked| {
-            store.get_dedup_many(asked)
-        })?;
-        // One read for both kinds; the two id lists split the answer again.
-        let fraud_keys = keys.fraud_keys();
-        let fraud_values = InFlight::read(&in_flight.fraud, &fraud_keys, |asked| {
-            store.get_fraud_many(asked)
-        })?;
-        Ok(BatchState::from_reads(
-            keys,
-            dedup_values,
-            fraud_keys,
-            fraud_values,
-        ))
+        BatchState::read_from(
+            decoded,
+            in_flight,
+            |asked| store.get_dedup_many(asked),
+            |keys, answer| store.read_fraud_many(keys, answer),
+        )
     }
 
-    /// Assembles the state from what was read: `dedup_values` in the order of
-    /// `keys.dedup`, `fraud_keys`/`fraud_values` the cards' then the customers'.
-    pub fn from_reads(
-        keys: BatchKeys<'a>,
-        dedup_values: Vec<Option<DedupEntry>>,
-        fraud_keys: Vec<Vec<u8>>,
-        fraud_values: Vec<Option<Vec<u8>>>,
-    ) -> BatchState<'a> {
-        let dedup = keys.dedup.into_iter().zip(dedup_values).collect();
-        let n_cards = keys.cards.len();
-        let mut fraud_keys = fraud_keys.into_iter();
-        let mut fraud_values = fraud_values.into_iter();
-        let cards = FraudTable::new(
-            keys.cards,
-            fraud_keys.by_ref().take(n_cards),
-            fraud_values.by_ref().take(n_cards),
-        );
-        let customers = FraudTable::new(keys.customers, fraud_keys, fraud_values);
-        BatchState {
-            dedup,
+    /// [`BatchState::read`] from any source: `dedup_many` answers dedup keys in order,
+    /// `fraud_many` answers fraud keys through its callback.
+    fn read_from<E>(
+        decoded: &'a [Result<PaymentEvent, ValidationError>],
+        in_flight: &InFlight,
+        dedup_many: impl FnOnce(&[&[u8; 16]]) -> Result<Vec<Option<DedupEntry>>, E>,
+        fraud_many: impl FnOnce(&[&[u8]], FraudAnswer<'_>) -> Result<(), E>,
+    ) -> Result<BatchState<'a>, E> {
+        let mut dedup_keys = Vec::with_capacity(decoded.len());
+        let mut cards = FraudTable::with_capacity(decoded.len());
+        let mut customers = FraudTable::with_capacity(decoded.len());
+        for e in decoded.iter().flatten() {
+            dedup_keys.push(dedup_key(e.transaction_id.as_str()));
+            cards.add(&e.card_fingerprint);
+            customers.add(&e.customer_id);
+        }
+        dedup_keys.sort_unstable();
+        dedup_keys.dedup();
+        let dedup_values = InFlight::read(&in_flight.dedup, &dedup_keys, dedup_many)?;
+
+        // One read for both kinds: the cards' keys, then the customers'.
+        let card_asked = cards.fill_in_flight(&in_flight.fraud);
+        let customer_asked = customers.fill_in_flight(&in_flight.fraud);
+        let keys: Vec<&[u8]> = card_asked
+            .iter()
+            .map(|&slot| cards.keys.get(slot))
+            .chain(customer_asked.iter().map(|&slot| customers.keys.get(slot)))
+            .collect();
+        let (card_values, customer_values) = (&mut cards.values, &mut customers.values);
+        fraud_many(&keys, &mut |i, value| match card_asked.get(i) {
+            Some(&slot) => card_values.fill(slot, value),
+            None => customer_values.fill(customer_asked[i - card_asked.len()], value),
+        })?;
+        Ok(BatchState {
+            dedup: dedup_keys.into_iter().zip(dedup_values).collect(),
             dedup_written: Vec::new(),
             cards,
             customers,
-        }
+        })
     }
 
     /// The dedup entry of `event`'s id as this batch sees it.
@@ -302,6 +370,7 @@ impl<'a> BatchState<'a> {
     /// previous one, instead of descending its skiplist from the top for each random key.
     pub fn into_deltas(mut self, batch: &mut StateBatch) -> InFlight {
         let mut in_flight = InFlight::default();
+        in_flight.dedup.reserve(self.dedup_written.len());
         self.dedup_written.sort_unstable();
         for key in self.dedup_written {
             if let Some(Some(entry)) = self.dedup.get(&key) {
@@ -319,6 +388,7 @@ impl<'a> BatchState<'a> {
 mod tests {
     use super::super::fixtures::payment;
     use super::*;
+    use std::convert::Infallible;
 
     fn event(id: &str, card: &str, customer: &str) -> PaymentEvent {
         PaymentEvent {
@@ -328,29 +398,59 @@ mod tests {
         }
     }
 
+    /// The state of `decoded` read from `stored` fraud values (a map standing in for the
+    /// store; the pipeline's tests read a real one) after `in_flight`, no dedup entries;
+    /// also the fraud keys the store was asked for.
+    fn state_from<'a>(
+        decoded: &'a [Result<PaymentEvent, ValidationError>],
+        in_flight: &InFlight,
+        stored: &BatchMap<Vec<u8>, Vec<u8>>,
+    ) -> (BatchState<'a>, Vec<Vec<u8>>) {
+        let mut asked = Vec::new();
+        let state = BatchState::read_from(
+            decoded,
+            in_flight,
+            |keys| Ok::<_, Infallible>(vec![None; keys.len()]),
+            |keys, answer| {
+                for (i, k) in keys.iter().enumerate() {
+                    asked.push(k.to_vec());
+                    answer(i, stored.get(*k).map(Vec::as_slice));
+                }
+                Ok(())
+            },
+        );
+        let Ok(state) = state;
+        (state, asked)
+    }
+
     /// The state of `decoded` as if the store were empty.
     fn empty_state(decoded: &[Result<PaymentEvent, ValidationError>]) -> BatchState<'_> {
-        let keys = BatchKeys::of(decoded);
-        let dedup_values = vec![None; keys.dedup.len()];
-        let fraud_keys = keys.fraud_keys();
-        let fraud_values = vec![None; fraud_keys.len()];
-        BatchState::from_reads(keys, dedup_values, fraud_keys, fraud_values)
+        state_from(decoded, &InFlight::default(), &BatchMap::default()).0
     }
 
     #[test]
-    fn keys_are_sorted_unique_and_card_and_customer_ids_stay_apart() {
+    fn each_id_is_read_once_and_card_and_customer_ids_stay_apart() {
         let decoded = vec![
             Ok(event("b", "same", "c-2")),
             Err(ValidationError::NotAnObject),
             Ok(event("a", "k-1", "same")),
             Ok(event("b", "k-1", "c-2")),
         ];
-        let keys = BatchKeys::of(&decoded);
-        assert_eq!(keys.cards, vec!["k-1", "same"]);
-        assert_eq!(keys.customers, vec!["c-2", "same"]);
+        let (state, mut asked) = state_from(&decoded, &InFlight::default(), &BatchMap::default());
+        asked.sort();
+        let mut expected = vec![
+            CardState::key("same"),
+            CardState::key("k-1"),
+            CustomerState::key("c-2"),
+            CustomerState::key("same"),
+        ];
+        expected.sort();
+        assert_eq!(asked, expected);
         let mut dedup = vec![dedup_key("a"), dedup_key("b")];
         dedup.sort_unstable();
-        assert_eq!(keys.dedup, dedup);
+        let mut read: Vec<[u8; 16]> = state.dedup.keys().copied().collect();
+        read.sort_unstable();
+        assert_eq!(read, dedup);
     }
 
     #[test]
@@ -360,13 +460,13 @@ mod tests {
         let mut state = empty_state(&decoded);
         let Ok(e) = &decoded[0] else { unreachable!() };
         state.assess(e, &FraudConfig::default());
-        assert_eq!(state.cards.slots.len(), 1);
-        assert_eq!(state.customers.slots.len(), 1);
-        assert_eq!(state.cards.slots[0].key, CardState::key("same"));
-        assert_eq!(state.customers.slots[0].key, CustomerState::key("same"));
+        assert_eq!(state.cards.values.slots.len(), 1);
+        assert_eq!(state.customers.values.slots.len(), 1);
+        assert_eq!(state.cards.keys.get(0), CardState::key("same"));
+        assert_eq!(state.customers.keys.get(0), CustomerState::key("same"));
         assert_ne!(CardState::key("same"), CustomerState::key("same"));
-        assert_eq!(state.cards.slots[0].state.recent.len(), 1);
-        assert_eq!(state.customers.slots[0].state.devices, vec!["d-1"]);
+        assert_eq!(state.cards.values.slots[0].state.recent.len(), 1);
+        assert_eq!(state.customers.values.slots[0].state.devices, vec!["d-1"]);
     }
 
     #[test]
@@ -391,6 +491,68 @@ mod tests {
     }
 
     #[test]
+    fn states_are_read_from_in_flight_first_then_the_store_and_written_in_key_order() {
+        // Cards whose keys sort in another order than the records name them, and
+        // customers whose keys differ only past their first 16 bytes.
+        let cards = ["ff01", "0a02", "k-3", "7c04"];
+        let customer = |i: usize| format!("customer-with-a-long-id-{i}");
+        let decoded: Vec<_> = cards
+            .iter()
+            .enumerate()
+            .map(|(i, card)| Ok(event(&format!("t{i}"), card, &customer([7, 9, 6, 8][i]))))
+            .collect();
+        let cfg = FraudConfig::default();
+        // Every card has history: two in the store, one in flight, one in both (the
+        // in-flight value is the newer, so it must win).
+        let Ok(first) = &decoded[0] else {
+            unreachable!()
+        };
+        let t = first.event_time_micros();
+        let history = |recent: usize| {
+            CardState {
+                last_seen_micros: t,
+                recent: vec![t; recent],
+                ..CardState::default()
+            }
+            .encode()
+        };
+        let mut stored = BatchMap::default();
+        stored.insert(CardState::key("ff01"), history(1));
+        stored.insert(CardState::key("0a02"), history(2));
+        stored.insert(CardState::key("7c04"), history(3));
+        let mut in_flight = InFlight::default();
+        in_flight.fraud.insert(CardState::key("k-3"), history(4));
+        in_flight.fraud.insert(CardState::key("7c04"), history(5));
+        let (mut state, asked) = state_from(&decoded, &in_flight, &stored);
+        assert!(!asked.contains(&CardState::key("k-3")));
+        assert!(!asked.contains(&CardState::key("7c04")));
+        for d in &decoded {
+            let Ok(e) = d else { unreachable!() };
+            state.assess(e, &cfg);
+        }
+        // Each card's history as read, plus the payment just assessed.
+        let read: Vec<usize> = cards
+            .iter()
+            .map(|c| {
+                let slot = state.cards.keys.index[c];
+                state.cards.values.slots[slot].state.recent.len()
+            })
+            .collect();
+        assert_eq!(read, vec![2, 3, 5, 6]);
+        let mut batch = StateBatch::new();
+        let written = state.into_deltas(&mut batch);
+        let mut keys: Vec<Vec<u8>> = written.fraud.keys().cloned().collect();
+        keys.sort();
+        let mut expected: Vec<Vec<u8>> = cards.iter().map(|c| CardState::key(c)).collect();
+        expected.extend((6..=9).map(|i| CustomerState::key(&customer(i))));
+        expected.sort();
+        assert_eq!(keys, expected);
+        let puts = batch.fraud_puts();
+        let (card_puts, customer_puts) = puts.split_at(4);
+        assert!(card_puts.is_sorted() && customer_puts.is_sorted());
+    }
+
+    #[test]
     fn a_customer_back_within_the_hour_on_a_known_device_is_not_rewritten() {
         // 10:00:01 and 10:20:00 (both stored as 11:00), then 11:00:01.
         let at = |id: &str, secs: i64| PaymentEvent {
@@ -405,11 +567,7 @@ mod tests {
         let mut written = Vec::new();
         for d in &decoded {
             let one = std::slice::from_ref(d);
-            let keys = BatchKeys::of(one);
-            let fraud_keys = keys.fraud_keys();
-            let fraud_values = fraud_keys.iter().map(|k| stored.get(k).cloned()).collect();
-            let dedup_values = vec![None; keys.dedup.len()];
-            let mut state = BatchState::from_reads(keys, dedup_values, fraud_keys, fraud_values);
+            let (mut state, _) = state_from(one, &InFlight::default(), &stored);
             let Ok(e) = d else { unreachable!() };
             state.assess(e, &cfg);
             let mut batch = StateBatch::new();

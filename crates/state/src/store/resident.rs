@@ -381,22 +381,26 @@ impl StateStore {
 
     /// The fraud values memory can answer: `Some(answer)` per key, `None` for a key to
     /// read from RocksDB (every key without memory, or while it is still loading).
+    ///
+    /// `answer(i, value)` gets memory's answer for `keys[i]` (borrowed, under the sets'
+    /// lock: nothing is copied); the indices of the keys left to RocksDB are returned.
     pub(super) fn resident_fraud<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
-    ) -> Vec<Option<Option<Vec<u8>>>> {
+        mut answer: impl FnMut(usize, Option<&[u8]>),
+    ) -> Vec<usize> {
         let Some(r) = self.resident().filter(|r| !r.loading && !r.dedup_only) else {
-            return vec![None; keys.len()];
+            return (0..keys.len()).collect();
         };
-        r.fraud
-            .get_many(keys)
-            .into_iter()
-            .map(|lookup| match lookup {
-                Lookup::Held(v) => Some(Some(v.to_vec())),
-                Lookup::Absent => Some(None),
-                Lookup::Ask => None,
-            })
-            .collect()
+        let mut asked = Vec::new();
+        for (i, lookup) in r.fraud.get_many(keys).into_iter().enumerate() {
+            match lookup {
+                Lookup::Held(v) => answer(i, Some(v)),
+                Lookup::Absent => answer(i, None),
+                Lookup::Ask => asked.push(i),
+            }
+        }
+        asked
     }
 
     /// Empties the sets and marks them loading, as they are at open before the loader
