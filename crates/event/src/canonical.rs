@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
+use std::net::IpAddr;
 
 use chrono::SecondsFormat;
 use xxhash_rust::xxh3::xxh3_128;
@@ -56,7 +57,7 @@ pub fn canonical_content(event: &PaymentEvent) -> Vec<u8> {
     field(o, event.card_fingerprint.as_bytes());
     field(o, event.card_country.as_bytes());
     field(o, event.customer_id.as_bytes());
-    displayed_field(o, &event.ip_address);
+    ip_field(o, &event.ip_address);
     field(o, event.ip_country.as_bytes());
     field(o, event.device_id.as_bytes());
     field(o, event.region.as_bytes());
@@ -77,6 +78,31 @@ fn displayed_field(out: &mut Vec<u8>, v: &impl fmt::Display) {
     out.extend_from_slice(&[0; 4]);
     // Writing to a `Vec` cannot fail.
     let _ = write!(out, "{v}");
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// `ip` as its `Display` writes it, length-prefixed like [`field`]; an IPv4 address by
+/// hand (nearly every payment's: `Display` through the formatter cost more than the
+/// rest of the canonical bytes).
+fn ip_field(out: &mut Vec<u8>, ip: &IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        return displayed_field(out, ip);
+    };
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        if octet >= 100 {
+            out.push(b'0' + octet / 100);
+        }
+        if octet >= 10 {
+            out.push(b'0' + octet / 10 % 10);
+        }
+        out.push(b'0' + octet % 10);
+    }
     let len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -166,6 +192,20 @@ mod tests {
             field(b"us-east");
             field(b"card");
             assert_eq!(canonical_content(&event), expected, "{ip}");
+        }
+    }
+
+    #[test]
+    fn an_ipv4_address_is_written_as_display_writes_it() {
+        let octets = [0, 1, 9, 10, 42, 99, 100, 101, 110, 199, 200, 250, 255];
+        for a in octets {
+            for b in octets {
+                let ip = IpAddr::from([a, b, 255 - b, 255 - a]);
+                let (mut by_hand, mut displayed) = (Vec::new(), Vec::new());
+                ip_field(&mut by_hand, &ip);
+                displayed_field(&mut displayed, &ip);
+                assert_eq!(by_hand, displayed, "{ip}");
+            }
         }
     }
 }

@@ -116,11 +116,12 @@ impl<'a> FraudKeys<'a> {
     }
 
     /// `slots` in the order of their keys.
-    fn sort(&self, slots: &mut [usize]) {
-        slots.sort_unstable_by(|&a, &b| {
-            let by_prefix = self.prefixes[a].cmp(&self.prefixes[b]);
-            by_prefix.then_with(|| self.get(a).cmp(self.get(b)))
+    fn sorted(&self, slots: impl Iterator<Item = usize>) -> Vec<usize> {
+        let mut by_prefix: Vec<(u128, usize)> = slots.map(|i| (self.prefixes[i], i)).collect();
+        by_prefix.sort_unstable_by(|(pa, a), (pb, b)| {
+            pa.cmp(pb).then_with(|| self.get(*a).cmp(self.get(*b)))
         });
+        by_prefix.into_iter().map(|(_, i)| i).collect()
     }
 
     fn get(&self, slot: usize) -> &[u8] {
@@ -221,10 +222,7 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
     /// in flight.
     fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut BatchMap<Vec<u8>, Vec<u8>>) {
         let FraudTable { keys, values } = self;
-        let mut changed: Vec<usize> = (0..values.slots.len())
-            .filter(|&i| values.slots[i].changed)
-            .collect();
-        keys.sort(&mut changed);
+        let changed = keys.sorted((0..values.slots.len()).filter(|&i| values.slots[i].changed));
         in_flight.reserve(changed.len());
         for i in changed {
             let slot = &values.slots[i];
@@ -240,6 +238,12 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
             in_flight.insert(key.to_vec(), value);
         }
     }
+}
+
+/// Sorts dedup keys in byte order, compared as numbers (a byte array's comparison calls
+/// `memcmp`).
+fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
+    keys.sort_unstable_by_key(|k| u128::from_be_bytes(*k));
 }
 
 /// The dedup and fraud values the previous batch wrote (see the module docs).
@@ -314,7 +318,7 @@ impl<'a> BatchState<'a> {
             cards.add(&e.card_fingerprint);
             customers.add(&e.customer_id);
         }
-        dedup_keys.sort_unstable();
+        sort_dedup_keys(&mut dedup_keys);
         dedup_keys.dedup();
         let dedup_values = InFlight::read(&in_flight.dedup, &dedup_keys, dedup_many)?;
 
@@ -371,7 +375,7 @@ impl<'a> BatchState<'a> {
     pub fn into_deltas(mut self, batch: &mut StateBatch) -> InFlight {
         let mut in_flight = InFlight::default();
         in_flight.dedup.reserve(self.dedup_written.len());
-        self.dedup_written.sort_unstable();
+        sort_dedup_keys(&mut self.dedup_written);
         for key in self.dedup_written {
             if let Some(Some(entry)) = self.dedup.get(&key) {
                 batch.put_dedup(key, entry);
@@ -451,6 +455,18 @@ mod tests {
         let mut read: Vec<[u8; 16]> = state.dedup.keys().copied().collect();
         read.sort_unstable();
         assert_eq!(read, dedup);
+    }
+
+    #[test]
+    fn dedup_keys_sort_in_byte_order() {
+        let mut keys: Vec<[u8; 16]> = (0..500u32)
+            .map(|i| dedup_key(&format!("tx-{i}")))
+            .chain([[0; 16], [0xff; 16], [1; 16]])
+            .collect();
+        let mut by_bytes = keys.clone();
+        by_bytes.sort_unstable();
+        sort_dedup_keys(&mut keys);
+        assert_eq!(keys, by_bytes);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Pipeline tests on a real RocksDB in a temporary directory (no Kafka).
 
 use base64::Engine;
-use paydedup_event::encode_json;
+use paydedup_event::{encode_json, Currency};
 use paydedup_state::StoreOptions;
 
 use super::fixtures::{config, payment};
@@ -186,6 +186,137 @@ fn batch_boundaries_do_not_change_the_output() {
     let (singles, _) = run(&(0..8).map(|i| (i, i + 1)).collect::<Vec<_>>());
     assert_eq!(whole, split);
     assert_eq!(whole, singles);
+}
+
+/// A stream of payments whose cards and customers come back (a small pool of each, with
+/// fingerprints of an odd and of the longest length, a customer id longer than 16
+/// bytes, more devices than a customer keeps, two currencies, three countries), every
+/// seventh a retry of the one three back; times only move forward, so none is late.
+fn payments_with_history(n: usize) -> Vec<(String, PaymentEvent)> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % m
+    };
+    let cards: Vec<String> = (0..12)
+        .map(|i| format!("{:032x}", 0x1f2e_3d4c_5b6a_7988_u128.wrapping_mul(i + 7)))
+        .chain(["0123456789abcdef0".into(), "f".repeat(128)])
+        .collect();
+    let customers: Vec<String> = (0..9)
+        .map(|i| format!("c-{i}"))
+        .chain(["customer-with-an-id-longer-than-sixteen-bytes".into()])
+        .collect();
+    let mut out: Vec<(String, PaymentEvent)> = Vec::new();
+    let mut secs = 0;
+    for i in 0..n {
+        if i % 7 == 6 {
+            let retry = out[i - 3].clone();
+            out.push(retry);
+            continue;
+        }
+        secs += next(40) as i64;
+        let id = format!("tx-{i}");
+        let event = PaymentEvent {
+            card_fingerprint: cards[next(cards.len() as u64) as usize].as_str().into(),
+            customer_id: customers[next(customers.len() as u64) as usize]
+                .as_str()
+                .into(),
+            device_id: format!("d-{}", next(20)).into(),
+            ip_country: ["US", "DE", "BR"][next(3) as usize].into(),
+            currency: Currency::from_code(["USD", "EUR"][next(2) as usize]).unwrap(),
+            ..payment(&id, secs, 100 + next(90_000) as i64)
+        };
+        out.push((id, event));
+    }
+    out
+}
+
+/// Every payment's fraud assessment equals a plain fold of `assess` over the stream, one
+/// payment at a time, its card's and customer's state stored and read back between
+/// payments: whatever the batches, whether a value is read from the store, from memory
+/// or from the batch still in flight, and across a restart.
+#[test]
+fn fraud_scores_equal_a_fold_of_assess_one_payment_at_a_time() {
+    let stream = payments_with_history(900);
+    let cfg = cfg();
+
+    // The fold.
+    let mut cards: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut customers: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut expected = BTreeMap::new();
+    for (id, e) in &stream {
+        if expected.contains_key(id) {
+            continue;
+        }
+        let card_bytes = cards.entry(e.card_fingerprint.to_string()).or_default();
+        let customer_bytes = customers.entry(e.customer_id.to_string()).or_default();
+        let mut card = paydedup_fraud::CardState::decode(card_bytes);
+        let mut customer = paydedup_fraud::CustomerState::decode(customer_bytes);
+        let a = paydedup_fraud::assess(e, &mut card, &mut customer, &cfg.fraud);
+        *card_bytes = card.encode();
+        *customer_bytes = customer.encode();
+        let reasons: Vec<&str> = a.reasons.iter().map(|r| r.as_str()).collect();
+        expected.insert(
+            id.clone(),
+            serde_json::json!([
+                a.score,
+                a.flagged,
+                reasons,
+                a.card_count_10m,
+                a.card_count_1h
+            ]),
+        );
+    }
+    assert!(
+        expected.values().any(|a| a[0].as_u64() > Some(0)),
+        "some payment scores"
+    );
+
+    // The pipeline: batches of 1 to 60 records, each committed after the next one is
+    // processed, and a restart half-way (memory then fills in the background).
+    let dir = tempfile::tempdir().unwrap();
+    let input: Vec<Vec<u8>> = stream.iter().map(|(_, e)| encode_json(e)).collect();
+    let mut start = 0;
+    for half in [input.len() / 2, input.len()] {
+        let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut p = Pipeline::load(cfg.clone(), &store).unwrap();
+        let mut in_flight: Option<StateBatch> = None;
+        while start < half {
+            let end = (start + 1 + (start * 37 + 11) % 60).min(half);
+            let records: Vec<InputRecord<'_>> = (start..end)
+                .map(|i| InputRecord {
+                    partition: 0,
+                    offset: i as i64,
+                    key: Some(stream[i].0.as_bytes()),
+                    payload: &input[i],
+                    // Judged against the clock: the stream spans hours.
+                    timestamp_ms: None,
+                })
+                .collect();
+            let (batch, _) = p.process(&records, &store).unwrap();
+            if let Some(previous) = in_flight.replace(batch) {
+                store.commit(previous).unwrap();
+            }
+            start = end;
+        }
+        store.commit(in_flight.take().unwrap()).unwrap();
+    }
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    let rows = deliverable_rows(&store, Table::Payments, 0, 10_000).unwrap();
+    let got: BTreeMap<String, serde_json::Value> = rows
+        .iter()
+        .map(|(_, row)| {
+            let r: serde_json::Value = serde_json::from_slice(row).unwrap();
+            let fields = ["fraud_score", "fraud_flagged", "fraud_reasons"];
+            let mut a: Vec<serde_json::Value> = fields.iter().map(|f| r[f].clone()).collect();
+            a.extend(["card_count_10m", "card_count_1h"].map(|f| r[f].clone()));
+            (r["transaction_id"].as_str().unwrap().to_string(), a.into())
+        })
+        .collect();
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(got, expected);
 }
 
 #[test]
