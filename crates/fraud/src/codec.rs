@@ -25,8 +25,14 @@ pub const TAG_V2: u8 = 0xB3;
 pub struct Writer(Vec<u8>);
 
 impl Writer {
+    #[cfg(test)]
     pub fn with_capacity(n: usize) -> Writer {
         Writer(Vec::with_capacity(n))
+    }
+
+    /// A writer that appends to `buf` ([`Writer::finish`] gives it back).
+    pub fn appending_to(buf: Vec<u8>) -> Writer {
+        Writer(buf)
     }
 
     pub fn bytes(&mut self, b: &[u8]) {

@@ -81,8 +81,9 @@ fn decode<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
-fn writer(last_seen: i64) -> Writer {
-    let mut w = Writer::with_capacity(48);
+/// A writer appending a value to `buf`, its header written.
+fn writer(buf: Vec<u8>, last_seen: i64) -> Writer {
+    let mut w = Writer::appending_to(buf);
     w.bytes(&last_seen.to_be_bytes());
     w.u8(codec::TAG_V2);
     w
@@ -174,8 +175,16 @@ impl CardState {
     /// Times are zigzag deltas back from `last_seen_micros` (wrapping, so any `i64`
     /// round-trips): the recent ones are within the hour, a few bytes each.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`CardState::encode`], appended to `out` (no allocation once `out` is large
+    /// enough: the pipeline encodes thousands a batch).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let last = self.last_seen_micros;
-        let mut w = writer(last);
+        let mut w = writer(std::mem::take(out), last);
         let n = w.count(self.recent.len());
         for t in self.recent.iter().take(n) {
             w.zigzag(last.wrapping_sub(*t));
@@ -195,7 +204,7 @@ impl CardState {
             None => w.u8(0),
         }
         w.zigzag(last.wrapping_sub(self.last_ip_country_micros));
-        w.finish()
+        *out = w.finish();
     }
 
     pub fn decode(b: &[u8]) -> CardState {
@@ -269,15 +278,20 @@ impl CustomerState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = writer(round_up(
-            self.last_seen_micros,
-            CUSTOMER_LAST_SEEN_QUANTUM_MICROS,
-        ));
+        let mut out = Vec::with_capacity(48);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`CustomerState::encode`], appended to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let last_seen = round_up(self.last_seen_micros, CUSTOMER_LAST_SEEN_QUANTUM_MICROS);
+        let mut w = writer(std::mem::take(out), last_seen);
         let n = w.count(self.devices.len());
         for d in self.devices.iter().take(n) {
             w.vstr(d);
         }
-        w.finish()
+        *out = w.finish();
     }
 
     pub fn decode(b: &[u8]) -> CustomerState {
@@ -340,6 +354,15 @@ mod tests {
     fn every_field_round_trips_and_a_customer_too() {
         let c = card();
         assert_eq!(CardState::decode(&c.encode()), c);
+        // Encoding into a buffer appends the same bytes.
+        let customer = CustomerState {
+            last_seen_micros: 7,
+            devices: vec!["d-1".into()],
+        };
+        let mut out = b"pre".to_vec();
+        c.encode_into(&mut out);
+        customer.encode_into(&mut out);
+        assert_eq!(out, [&b"pre"[..], &c.encode(), &customer.encode()].concat());
         let no_country = CardState {
             last_ip_country: None,
             ..card()

@@ -19,6 +19,7 @@
 //! flight (the checkpoint waits for a commit before starting the next).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::ops::Range;
 
 use paydedup_event::{PaymentEvent, ValidationError};
@@ -47,7 +48,7 @@ pub fn rename_legacy_fraud_keys(store: &StateStore) -> Result<u64, StateError> {
 trait FraudState: Default {
     fn key_into(id: &str, out: &mut Vec<u8>);
     fn decode(value: &[u8]) -> Self;
-    fn encode(&self) -> Vec<u8>;
+    fn encode_into(&self, out: &mut Vec<u8>);
 }
 
 impl FraudState for CardState {
@@ -57,8 +58,8 @@ impl FraudState for CardState {
     fn decode(value: &[u8]) -> Self {
         CardState::decode(value)
     }
-    fn encode(&self) -> Vec<u8> {
-        CardState::encode(self)
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        CardState::encode_into(self, out)
     }
 }
 
@@ -69,8 +70,8 @@ impl FraudState for CustomerState {
     fn decode(value: &[u8]) -> Self {
         CustomerState::decode(value)
     }
-    fn encode(&self) -> Vec<u8> {
-        CustomerState::encode(self)
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        CustomerState::encode_into(self, out)
     }
 }
 
@@ -198,7 +199,7 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
 
     /// Fills the slots whose keys the previous batch wrote (`in_flight`); returns the
     /// others, to be read from the store.
-    fn fill_in_flight(&mut self, in_flight: &BatchMap<Vec<u8>, Vec<u8>>) -> Vec<usize> {
+    fn fill_in_flight(&mut self, in_flight: &InFlightValues) -> Vec<usize> {
         let mut asked = Vec::with_capacity(self.keys.len());
         for slot in 0..self.keys.len() {
             match in_flight.get(self.keys.get(slot)) {
@@ -220,13 +221,14 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
 
     /// Writes the changed slots whose bytes changed, in key order, and keeps them as
     /// in flight.
-    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut BatchMap<Vec<u8>, Vec<u8>>) {
+    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut InFlightValues) {
         let FraudTable { keys, values } = self;
         let changed = keys.sorted((0..values.slots.len()).filter(|&i| values.slots[i].changed));
-        in_flight.reserve(changed.len());
+        let mut value = Vec::with_capacity(64);
         for i in changed {
             let slot = &values.slots[i];
-            let value = slot.state.encode();
+            value.clear();
+            slot.state.encode_into(&mut value);
             // Unchanged bytes are not written, and not in flight either: the next batch
             // reads them from the store, which holds them (the batch they came from,
             // if in flight itself, has committed by the time the next batch reads).
@@ -235,7 +237,7 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
             }
             let key = keys.get(i);
             batch.put_fraud(key, &value);
-            in_flight.insert(key.to_vec(), value);
+            in_flight.insert(key, &value);
         }
     }
 }
@@ -246,11 +248,67 @@ fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
     keys.sort_unstable_by_key(|k| u128::from_be_bytes(*k));
 }
 
+/// The fraud values a batch wrote, by key: keys and values in one buffer, found through
+/// a table of where each lies (one allocation a batch, where a map of `Vec`s took two a
+/// value, each freed a batch later).
+#[derive(Default)]
+struct InFlightValues {
+    bytes: Vec<u8>,
+    /// (start, key length, value length) of each entry in `bytes`.
+    table: hashbrown::HashTable<(usize, usize, usize)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl InFlightValues {
+    fn entry(&self, (start, klen, vlen): (usize, usize, usize)) -> (&[u8], &[u8]) {
+        let key = &self.bytes[start..start + klen];
+        (key, &self.bytes[start + klen..start + klen + vlen])
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let hash = self.hasher.hash_one(key);
+        let found = self.table.find(hash, |&e| self.entry(e).0 == key)?;
+        Some(self.entry(*found).1)
+    }
+
+    /// Sets `key` to `value` (a later value of the same key replaces the earlier one).
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        self.bytes.extend_from_slice(value);
+        let at = (start, key.len(), value.len());
+        let hash = self.hasher.hash_one(key);
+        let (bytes, hasher) = (&self.bytes, &self.hasher);
+        let key_of = |&(s, k, _): &(usize, usize, usize)| &bytes[s..s + k];
+        match self
+            .table
+            .entry(hash, |e| key_of(e) == key, |e| hasher.hash_one(key_of(e)))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = at,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert(at);
+            }
+        }
+    }
+
+    /// Every (key, value).
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.table.iter().map(|e| self.entry(*e))
+    }
+}
+
+impl std::fmt::Debug for InFlightValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InFlightValues({} values)", self.table.len())
+    }
+}
+
 /// The dedup and fraud values the previous batch wrote (see the module docs).
 #[derive(Debug, Default)]
 pub struct InFlight {
     dedup: BatchMap<[u8; 16], DedupEntry>,
-    fraud: BatchMap<Vec<u8>, Vec<u8>>,
+    fraud: InFlightValues,
 }
 
 impl InFlight {
@@ -458,6 +516,29 @@ mod tests {
     }
 
     #[test]
+    fn in_flight_values_answer_each_keys_last_value() {
+        let mut v = InFlightValues::default();
+        assert_eq!(v.get(b"a"), None);
+        v.insert(b"a", b"1");
+        v.insert(b"ab", b"22");
+        v.insert(b"a", b"333");
+        assert_eq!(v.get(b"a"), Some(&b"333"[..]));
+        assert_eq!(v.get(b"ab"), Some(&b"22"[..]));
+        assert_eq!(v.get(b"b"), None);
+        // Enough keys to grow the table several times (its entries rehashed by key).
+        for i in 0..2_000u32 {
+            v.insert(format!("k{i}").as_bytes(), &i.to_le_bytes());
+        }
+        for i in 0..2_000u32 {
+            assert_eq!(
+                v.get(format!("k{i}").as_bytes()),
+                Some(&i.to_le_bytes()[..])
+            );
+        }
+        assert_eq!(v.iter().count(), 2_002);
+    }
+
+    #[test]
     fn dedup_keys_sort_in_byte_order() {
         let mut keys: Vec<[u8; 16]> = (0..500u32)
             .map(|i| dedup_key(&format!("tx-{i}")))
@@ -537,8 +618,8 @@ mod tests {
         stored.insert(CardState::key("0a02"), history(2));
         stored.insert(CardState::key("7c04"), history(3));
         let mut in_flight = InFlight::default();
-        in_flight.fraud.insert(CardState::key("k-3"), history(4));
-        in_flight.fraud.insert(CardState::key("7c04"), history(5));
+        in_flight.fraud.insert(&CardState::key("k-3"), &history(4));
+        in_flight.fraud.insert(&CardState::key("7c04"), &history(5));
         let (mut state, asked) = state_from(&decoded, &in_flight, &stored);
         assert!(!asked.contains(&CardState::key("k-3")));
         assert!(!asked.contains(&CardState::key("7c04")));
@@ -557,7 +638,7 @@ mod tests {
         assert_eq!(read, vec![2, 3, 5, 6]);
         let mut batch = StateBatch::new();
         let written = state.into_deltas(&mut batch);
-        let mut keys: Vec<Vec<u8>> = written.fraud.keys().cloned().collect();
+        let mut keys: Vec<Vec<u8>> = written.fraud.iter().map(|(k, _)| k.to_vec()).collect();
         keys.sort();
         let mut expected: Vec<Vec<u8>> = cards.iter().map(|c| CardState::key(c)).collect();
         expected.extend((6..=9).map(|i| CustomerState::key(&customer(i))));
@@ -588,10 +669,15 @@ mod tests {
             state.assess(e, &cfg);
             let mut batch = StateBatch::new();
             let in_flight = state.into_deltas(&mut batch);
-            let mut keys: Vec<Vec<u8>> = in_flight.fraud.keys().cloned().collect();
+            let mut keys: Vec<Vec<u8>> = in_flight.fraud.iter().map(|(k, _)| k.to_vec()).collect();
             keys.sort();
             written.push(keys);
-            stored.extend(in_flight.fraud);
+            stored.extend(
+                in_flight
+                    .fraud
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), v.to_vec())),
+            );
         }
         let (card, customer) = (CardState::key("k-1"), CustomerState::key("c-1"));
         let mut both = vec![card.clone(), customer.clone()];
