@@ -13,6 +13,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
+# Cargo reads .cargo/config.toml from the working directory (RocksDB's build flags).
+cd "$ROOT"
 PEERS_SRC="${PEERS_SRC:-$ROOT/../shared/peers}"
 PEERS_DIR="${PEERS_DIR:-$PAYDEDUP_CACHE/peers}"
 REPS="${REPS:-1}"

@@ -16,8 +16,9 @@ DIR="${DIR:-$(mktemp -d /var/tmp/paydedup-bench-restore.XXXXXX)}"
 
 "$ROOT/scripts/setup.sh"
 if [[ -z "${BIN:-}" ]]; then # BIN=DIR: binaries built (and copied) beforehand
-  cargo build --release --locked --all-features --manifest-path "$ROOT/Cargo.toml" \
-    -p paydedup-simulator -p paydedup-processor >&2
+  # From the repository: cargo reads .cargo/config.toml (RocksDB's build flags) there.
+  (cd "$ROOT" && cargo build --release --locked --all-features \
+    -p paydedup-simulator -p paydedup-processor) >&2
   BIN="$CARGO_TARGET_DIR/release"
 fi
 

@@ -49,12 +49,14 @@ fn sigkill_at_random_moments_changes_nothing() {
     // Kill until the stream is consumed (at most 40 times), then once more after.
     for _ in 0..40 {
         let mut child = spawn_processor(&broker, "payments", &state, &crashed, &tuning);
-        // Die at a random moment after the run's first commit, not at a random time
-        // after its start: how long a start takes to reach the broker and commit is the
-        // machine's (on a slow one, every kill 250-700 ms after the start found nothing
-        // consumed, and no kill landed mid-relay).
-        wait_for_progress_beyond(&state, consumed_before);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..450)));
+        // Die after a random amount of progress, then a random moment more, not at a
+        // random time after the start: how fast a run starts and consumes is the
+        // machine's. On a slow one every kill 250-700 ms after the start found nothing
+        // consumed; on a fast one 0-450 ms after the first commit let each run consume
+        // a tenth of the stream, and fewer than ten kills landed mid-stream.
+        let target = consumed_before + rng.gen_range(1..=total / 60);
+        wait_for_progress_beyond(&state, target.min(total - 1));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..60)));
         assert!(
             child.try_wait().unwrap().is_none(),
             "the processor exited on its own"
@@ -101,6 +103,6 @@ fn wait_for_progress_beyond(state: &std::path::Path, before: i64) {
             std::time::Instant::now() < deadline,
             "the processor committed nothing in a minute"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

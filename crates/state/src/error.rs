@@ -22,6 +22,10 @@ pub enum StateError {
     },
     #[error("state value for {what} has an unexpected layout ({len} bytes)")]
     BadValue { what: &'static str, len: usize },
+    /// RocksDB is built to checksum with instructions this CPU lacks (see
+    /// `.cargo/config.toml`); it would die of an illegal instruction at the first write.
+    #[error("this CPU lacks {missing}, which this build of RocksDB uses for its checksums (x86-64 with SSE4.2 and PCLMULQDQ, any server CPU since 2011; or build without .cargo/config.toml's CXXFLAGS)")]
+    CpuUnsupported { missing: &'static str },
 }
 
 impl StateError {

@@ -283,10 +283,29 @@ fn column_family<'a>(db: &'a DB, path: &Path, name: &str) -> Result<&'a ColumnFa
     })
 }
 
+/// RocksDB's C++ is built for SSE4.2 and PCLMULQDQ on x86-64 (`.cargo/config.toml`: its
+/// CRC32C in hardware) and does not check at run time: a CPU without them would stop
+/// with SIGILL at the first checksum. Checked here instead, as a clear error.
+fn check_cpu() -> Result<(), StateError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("sse4.2") {
+            return Err(StateError::CpuUnsupported { missing: "SSE4.2" });
+        }
+        if !std::arch::is_x86_feature_detected!("pclmulqdq") {
+            return Err(StateError::CpuUnsupported {
+                missing: "PCLMULQDQ",
+            });
+        }
+    }
+    Ok(())
+}
+
 impl StateStore {
     /// Opens (creating if needed) the state directory for read and write. Fails with
     /// [`StateError::Locked`] if another process holds it.
     pub fn open(path: &Path, opts: &StoreOptions) -> Result<StateStore, StateError> {
+        check_cpu()?;
         std::fs::create_dir_all(path).map_err(|e| {
             StateError::Rocks(format!("creating state directory {}: {e}", path.display()))
         })?;
@@ -392,6 +411,7 @@ impl StateStore {
 
     /// Opens a directory without taking its lock, for inspection while a processor runs.
     pub fn open_read_only(path: &Path) -> Result<StateStore, StateError> {
+        check_cpu()?;
         if !path.join("CURRENT").is_file() {
             return Err(StateError::Rocks(format!(
                 "{} is not a paydedup state directory (no CURRENT file)",
@@ -621,7 +641,9 @@ impl StateStore {
 
     /// [`StateStore::get_fraud_many`]'s answers, each handed to `answer(i, value)` for
     /// `keys[i]` without a copy (once per key, in no particular order): the pipeline
-    /// decodes a batch's ~10,000 fraud values straight from where they are held.
+    /// copies a batch's ~10,000 fraud values into one buffer straight from where they
+    /// are held. Values from memory are lent under the lock the commit thread takes:
+    /// `answer` must be short and must not call the store.
     pub fn read_fraud_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],

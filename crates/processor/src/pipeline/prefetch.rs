@@ -150,16 +150,23 @@ struct Slot<S> {
 }
 
 impl<S: FraudState> FraudValues<S> {
-    /// `value` is the stored value of `slot`'s key. A missing (or unreadable) value is
-    /// an empty history.
+    /// `value` is the stored value of `slot`'s key, kept (a copy into one buffer: the
+    /// store may lend it under a lock its commit thread takes) to be decoded by
+    /// [`FraudValues::decode`].
     fn fill(&mut self, slot: usize, value: Option<&[u8]>) {
-        let s = &mut self.slots[slot];
-        s.state = S::decode(value.unwrap_or_default());
-        s.read = value.map(|v| {
+        self.slots[slot].read = value.map(|v| {
             let start = self.read.len();
             self.read.extend_from_slice(v);
             start..self.read.len()
         });
+    }
+
+    /// Every slot's state from the value it was filled with. A missing (or unreadable)
+    /// value is an empty history.
+    fn decode(&mut self) {
+        for s in &mut self.slots {
+            s.state = S::decode(s.read.clone().map_or(&[][..], |r| &self.read[r]));
+        }
     }
 }
 
@@ -198,7 +205,9 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
     }
 
     /// Fills the slots whose keys the previous batch wrote (`in_flight`); returns the
-    /// others, to be read from the store.
+    /// others, to be read from the store. No TTL check here, unlike the store's read:
+    /// the previous batch wrote each value with the time of an on-time payment (late
+    /// ones change no fraud state), days within the fraud TTL of the watermark.
     fn fill_in_flight(&mut self, in_flight: &InFlightValues) -> Vec<usize> {
         let mut asked = Vec::with_capacity(self.keys.len());
         for slot in 0..self.keys.len() {
@@ -224,6 +233,7 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
     fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut InFlightValues) {
         let FraudTable { keys, values } = self;
         let changed = keys.sorted((0..values.slots.len()).filter(|&i| values.slots[i].changed));
+        in_flight.reserve(changed.len());
         let mut value = Vec::with_capacity(64);
         for i in changed {
             let slot = &values.slots[i];
@@ -249,8 +259,8 @@ fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
 }
 
 /// The fraud values a batch wrote, by key: keys and values in one buffer, found through
-/// a table of where each lies (one allocation a batch, where a map of `Vec`s took two a
-/// value, each freed a batch later).
+/// a table of where each lies (a few allocations a batch, where a map of `Vec`s took
+/// two a value, each freed a batch later).
 #[derive(Default)]
 struct InFlightValues {
     bytes: Vec<u8>,
@@ -269,6 +279,14 @@ impl InFlightValues {
         let hash = self.hasher.hash_one(key);
         let found = self.table.find(hash, |&e| self.entry(e).0 == key)?;
         Some(self.entry(*found).1)
+    }
+
+    /// Room for `n` more values (keys and values of ~64 bytes together).
+    fn reserve(&mut self, n: usize) {
+        self.bytes.reserve(64 * n);
+        let (bytes, hasher) = (&self.bytes, &self.hasher);
+        self.table
+            .reserve(n, |&(s, k, _)| hasher.hash_one(&bytes[s..s + k]));
     }
 
     /// Sets `key` to `value` (a later value of the same key replaces the earlier one).
@@ -393,6 +411,8 @@ impl<'a> BatchState<'a> {
             Some(&slot) => card_values.fill(slot, value),
             None => customer_values.fill(customer_asked[i - card_asked.len()], value),
         })?;
+        cards.values.decode();
+        customers.values.decode();
         Ok(BatchState {
             dedup: dedup_keys.into_iter().zip(dedup_values).collect(),
             dedup_written: Vec::new(),
@@ -548,6 +568,40 @@ mod tests {
         by_bytes.sort_unstable();
         sort_dedup_keys(&mut keys);
         assert_eq!(keys, by_bytes);
+    }
+
+    #[test]
+    fn fraud_keys_sort_in_byte_order_whatever_their_lengths() {
+        // Ids whose keys share their first 16 bytes (the numeric prefix) and differ in
+        // length after it, ids shorter than 16 bytes, and one that is a prefix of
+        // another: the order must be the keys' byte order all the same.
+        let ids: Vec<String> = [
+            "customer-with-a-long-id-9",
+            "customer-with-a-long-id-10",
+            "c",
+            "c-",
+            "c-1",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain((0..300).map(|i| format!("customer-with-a-long-id-{}", i * 7919 % 1000)))
+        .chain((0..50).map(|i| format!("{:x}", i * 104_729)))
+        .collect();
+        let mut keys = FraudKeys::with_capacity(ids.len());
+        for id in &ids {
+            keys.slot(id, CustomerState::key_into);
+        }
+        let order: Vec<Vec<u8>> = keys
+            .sorted(0..keys.len())
+            .into_iter()
+            .map(|slot| keys.get(slot).to_vec())
+            .collect();
+        let mut by_bytes: Vec<Vec<u8>> = (0..keys.len())
+            .map(|slot| keys.get(slot).to_vec())
+            .collect();
+        by_bytes.sort();
+        assert_eq!(order, by_bytes);
+        assert!(by_bytes.iter().any(|k| k.len() > 16));
     }
 
     #[test]

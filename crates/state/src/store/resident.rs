@@ -379,11 +379,11 @@ impl StateStore {
             .collect()
     }
 
-    /// The fraud values memory can answer: `Some(answer)` per key, `None` for a key to
-    /// read from RocksDB (every key without memory, or while it is still loading).
-    ///
-    /// `answer(i, value)` gets memory's answer for `keys[i]` (borrowed, under the sets'
-    /// lock: nothing is copied); the indices of the keys left to RocksDB are returned.
+    /// The fraud values memory can answer: `answer(i, value)` gets memory's answer for
+    /// `keys[i]` (borrowed, under the sets' lock: nothing is copied), and the indices
+    /// of the keys left to RocksDB are returned (every key without memory, or while
+    /// it is still loading). `answer` runs under the lock the commit thread also
+    /// takes: it must be short (a copy, not a decode) and must not call the store.
     pub(super) fn resident_fraud<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
