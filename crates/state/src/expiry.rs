@@ -68,11 +68,66 @@ impl PartitionHorizons {
         self.0.read().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// [`PartitionHorizons::snapshot`] with `global` for a partition that has no
+    /// horizon, for a loop that asks once per key *many* times: the resident dedup
+    /// sweep asks for every id it holds, and a hashed lookup each was most of its time.
+    pub fn table(&self, global: i64) -> HorizonTable {
+        HorizonTable::new(self.snapshot(), global)
+    }
+
     /// Publishes a partition's committed watermark; never moves backwards.
     pub fn advance(&self, partition: i32, watermark_micros: i64) {
         if let Ok(mut map) = self.0.write() {
             let h = map.entry(partition).or_insert(i64::MIN);
             *h = (*h).max(watermark_micros);
+        }
+    }
+}
+
+/// Partitions' horizons answered by index: Kafka partition ids are small and dense, so
+/// a vector indexed by id answers without hashing; ids beyond [`HorizonTable::DENSE`]
+/// (or negative) are looked up in a map. A partition with no horizon answers `global`.
+#[derive(Debug, Clone)]
+pub struct HorizonTable {
+    by_index: Vec<i64>,
+    others: HashMap<i32, i64>,
+    global: i64,
+}
+
+impl HorizonTable {
+    /// Partition ids below this are answered by index.
+    pub const DENSE: i32 = 1 << 16;
+
+    pub fn new(partitions: HashMap<i32, i64>, global: i64) -> HorizonTable {
+        let dense = |p: &i32| (0..Self::DENSE).contains(p);
+        let len = partitions
+            .keys()
+            .filter(|p| dense(p))
+            .max()
+            .map_or(0, |&max| max as usize + 1);
+        let mut by_index = vec![global; len];
+        let mut others = HashMap::new();
+        for (p, h) in partitions {
+            if dense(&p) {
+                by_index[p as usize] = h;
+            } else {
+                others.insert(p, h);
+            }
+        }
+        HorizonTable {
+            by_index,
+            others,
+            global,
+        }
+    }
+
+    pub fn get(&self, partition: i32) -> i64 {
+        match usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.by_index.get(i))
+        {
+            Some(&h) => h,
+            None => self.others.get(&partition).copied().unwrap_or(self.global),
         }
     }
 }
@@ -145,6 +200,48 @@ mod tests {
         h.advance(0, 5);
         h.advance(1, 3);
         assert_eq!((h.get(0), h.get(1), h.get(2)), (Some(10), Some(3), None));
+    }
+
+    #[test]
+    fn a_horizon_table_answers_as_the_map_with_the_global_fallback() {
+        let dense_edge = HorizonTable::DENSE - 1;
+        let map: HashMap<i32, i64> = [
+            (0, 10),
+            (3, 30),
+            (dense_edge, 40),
+            (HorizonTable::DENSE, 50),
+            (i32::MAX, 60),
+            (-1, 70),
+        ]
+        .into();
+        let h = PartitionHorizons::default();
+        for (&p, &w) in &map {
+            h.advance(p, w);
+        }
+        let table = h.table(-5);
+        for p in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            100,
+            dense_edge,
+            HorizonTable::DENSE,
+            HorizonTable::DENSE + 1,
+            i32::MAX,
+            -1,
+            -2,
+            i32::MIN,
+        ] {
+            assert_eq!(
+                table.get(p),
+                map.get(&p).copied().unwrap_or(-5),
+                "partition {p}"
+            );
+        }
+        // No partition at all: everything is the global horizon.
+        assert_eq!(HorizonTable::new(HashMap::new(), 7).get(0), 7);
     }
 
     #[test]
