@@ -288,17 +288,27 @@ fn column_family<'a>(db: &'a DB, path: &Path, name: &str) -> Result<&'a ColumnFa
 /// with SIGILL at the first checksum. Checked here instead, as a clear error.
 fn check_cpu() -> Result<(), StateError> {
     #[cfg(target_arch = "x86_64")]
-    {
-        if !std::arch::is_x86_feature_detected!("sse4.2") {
-            return Err(StateError::CpuUnsupported { missing: "SSE4.2" });
-        }
-        if !std::arch::is_x86_feature_detected!("pclmulqdq") {
-            return Err(StateError::CpuUnsupported {
-                missing: "PCLMULQDQ",
-            });
-        }
-    }
+    return require_cpu(|feature| match feature {
+        "sse4.2" => std::arch::is_x86_feature_detected!("sse4.2"),
+        "pclmulqdq" => std::arch::is_x86_feature_detected!("pclmulqdq"),
+        _ => false,
+    });
+    #[cfg(not(target_arch = "x86_64"))]
     Ok(())
+}
+
+/// What RocksDB's build needs of an x86-64 CPU: (feature, its name in an error).
+const ROCKSDB_CPU_FEATURES: [(&str, &str); 2] = [("sse4.2", "SSE4.2"), ("pclmulqdq", "PCLMULQDQ")];
+
+/// [`check_cpu`] against `has` (a test stands in for the CPU: this one has both).
+fn require_cpu(has: impl Fn(&str) -> bool) -> Result<(), StateError> {
+    match ROCKSDB_CPU_FEATURES
+        .iter()
+        .find(|(feature, _)| !has(feature))
+    {
+        Some(&(_, missing)) => Err(StateError::CpuUnsupported { missing }),
+        None => Ok(()),
+    }
 }
 
 impl StateStore {

@@ -989,3 +989,26 @@ fn a_wal_record_flipped_into_a_recycled_type_is_reported_not_looped_on() {
     flip_second_record_type(&wal);
     refused_as_corrupt(dir.path(), ".log");
 }
+
+#[test]
+fn a_cpu_without_what_rocksdb_was_built_for_is_a_clear_error() {
+    assert!(require_cpu(|_| true).is_ok());
+    let err = require_cpu(|feature| feature != "pclmulqdq").unwrap_err();
+    assert!(matches!(
+        err,
+        StateError::CpuUnsupported {
+            missing: "PCLMULQDQ"
+        }
+    ));
+    assert!(
+        err.to_string().contains("this CPU lacks PCLMULQDQ"),
+        "{err}"
+    );
+    let err = require_cpu(|_| false).unwrap_err();
+    assert!(matches!(
+        err,
+        StateError::CpuUnsupported { missing: "SSE4.2" }
+    ));
+    // The machine running the tests opened stores above, so it has both.
+    assert!(check_cpu().is_ok());
+}
