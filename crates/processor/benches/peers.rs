@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
 use paydedup_processor::checkpoint::{stamp_watermarks, Checkpoint};
+use paydedup_processor::commit_queue::CommitQueue;
 use paydedup_processor::metrics::Metrics;
 use paydedup_processor::pipeline::{InputRecord, Pipeline, PipelineConfig};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
@@ -212,8 +213,8 @@ fn main() {
     let mut latencies: Vec<Duration> = Vec::new();
     // Where the loop's time goes: the pipeline, and waiting for the previous commit.
     let (mut in_pipeline, mut in_commit) = (Duration::ZERO, Duration::ZERO);
-    // Without the relay: the commit on its own thread, as `Checkpoint` runs it.
-    let mut in_flight: Option<std::thread::JoinHandle<(Duration, CommitTime)>> = None;
+    // Without the relay: the commits on threads of their own, as `Checkpoint` runs them.
+    let mut in_flight: CommitQueue<(Duration, CommitTime)> = CommitQueue::default();
     let mut commit_time = CommitTime::default();
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
@@ -244,34 +245,32 @@ fn main() {
             Some(c) => c.commit_overlapped(&pipeline, batch, &stats, t).unwrap(),
             None => {
                 // The checkpoint step without the relay: the same watermarks.
-                let previous = in_flight.take().map(|c| {
-                    let (latency, spent) = c.join().unwrap();
-                    commit_time.add(spent);
-                    latency
-                });
                 stamp_watermarks(&pipeline, &PARTITIONS, &mut batch);
                 let store = store.clone();
                 // Named, so a profile tells the commit's time from the pipeline's.
-                let commit = std::thread::Builder::new().name("commit".into());
-                in_flight = Some(
-                    commit
-                        .spawn(move || {
-                            let (cpu0, queued0) = thread_sched();
-                            let began = Instant::now();
-                            store.commit(batch).unwrap();
-                            let wall = began.elapsed();
-                            let (cpu1, queued1) = thread_sched();
-                            let spent = CommitTime {
-                                wall,
-                                max_wall: wall,
-                                on_cpu: cpu1 - cpu0,
-                                queued: queued1 - queued0,
-                            };
-                            (t.elapsed(), spent)
-                        })
-                        .unwrap(),
-                );
-                previous
+                let landed = in_flight
+                    .start("commit", move || {
+                        let (cpu0, queued0) = thread_sched();
+                        let began = Instant::now();
+                        store.commit(batch)?;
+                        let wall = began.elapsed();
+                        let (cpu1, queued1) = thread_sched();
+                        let spent = CommitTime {
+                            wall,
+                            max_wall: wall,
+                            on_cpu: cpu1 - cpu0,
+                            queued: queued1 - queued0,
+                        };
+                        Ok((t.elapsed(), spent))
+                    })
+                    .unwrap();
+                landed
+                    .into_iter()
+                    .map(|(latency, spent)| {
+                        commit_time.add(spent);
+                        latency
+                    })
+                    .collect()
             }
         };
         in_commit += processed.elapsed();
@@ -311,8 +310,7 @@ fn main() {
         flush(&mut batch_lines, &mut latencies);
     }
     reader.join().unwrap();
-    if let Some(c) = in_flight.take() {
-        let (latency, spent) = c.join().unwrap();
+    for (latency, spent) in in_flight.settle().unwrap() {
         commit_time.add(spent);
         latencies.push(latency);
     }

@@ -17,13 +17,13 @@
 //! 3. reports the **`BatchCommitted`** event (metrics and logs).
 //!
 //! Steps 2–3 of a polled batch run on a commit thread of their own while the processor
-//! polls and processes the next batch: the RocksDB write (WAL, fsync, memtable inserts)
-//! and the pipeline then use the two cores at once. Only one commit is ever in flight:
-//! the next one starts after it has finished ([`Checkpoint::settle`]), so commits land
-//! in batch order, and the pipeline reads the in-flight batch's dedup and fraud writes
-//! from its own copy (`pipeline::prefetch::InFlight`). Nothing outside the process sees
-//! a batch before its commit is durable: the relay is woken, and the horizons and the
-//! consumer group's offsets move, only after it.
+//! polls and processes the next batches: the RocksDB write (WAL, fsync, memtable
+//! inserts) and the pipeline then use the two cores at once. At most
+//! `COMMITS_IN_FLIGHT` commits are in flight, and they land in batch order, each after
+//! the one before ([`CommitQueue`]); the pipeline reads the in-flight batches' dedup and
+//! fraud writes from its own copies (`pipeline::prefetch::InFlight`). Nothing outside
+//! the process sees a batch before its commit is durable: the relay is woken, and the
+//! horizons and the consumer group's offsets move, only after it.
 //!
 //! A failed commit returns an error (at the latest when the next batch settles it) and
 //! the process exits: the pipeline's in-memory state is then ahead of the disk, and only
@@ -31,12 +31,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::Context;
 use paydedup_state::{StateBatch, StateError, StateStore};
 
+use crate::commit_queue::CommitQueue;
 use crate::metrics::events::BatchCommitted;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchStats, Pipeline};
@@ -48,41 +48,11 @@ pub struct Checkpoint {
     metrics: Metrics,
     /// Every partition this instance owns: the horizon is the minimum over all of them.
     owned: Vec<i32>,
-    /// The commit running on its own thread, if any.
-    in_flight: Option<InFlightCommit>,
+    /// The commits running on threads of their own, each returning its batch's time
+    /// from start to durable commit and the offsets it made durable.
+    in_flight: CommitQueue<(Duration, BTreeMap<i32, i64>)>,
     /// The next offset of every owned partition as of the last durable commit.
     durable_offsets: BTreeMap<i32, i64>,
-}
-
-/// A commit on the commit thread, and the offsets it makes durable.
-struct InFlightCommit {
-    /// `None` once joined.
-    thread: Option<JoinHandle<Result<Duration, StateError>>>,
-    offsets: BTreeMap<i32, i64>,
-}
-
-impl InFlightCommit {
-    /// The batch's time from its start to its durable commit.
-    fn join(&mut self) -> anyhow::Result<Option<Duration>> {
-        let Some(thread) = self.thread.take() else {
-            return Ok(None);
-        };
-        thread
-            .join()
-            .map_err(|_| anyhow!("the commit thread panicked"))?
-            .context("committing the batch to the state store")
-            .map(Some)
-    }
-}
-
-impl Drop for InFlightCommit {
-    /// A commit abandoned on an error path is still waited for: the process must not
-    /// exit, or reopen the store, under a write in progress.
-    fn drop(&mut self) {
-        if let Err(e) = self.join() {
-            tracing::error!(error = %format!("{e:#}"), "The last commit failed; a restart replays its batch.");
-        }
-    }
 }
 
 /// Steps 2–3 of the checkpoint, on whichever thread runs them.
@@ -122,7 +92,7 @@ impl Checkpoint {
             relay,
             metrics,
             owned,
-            in_flight: None,
+            in_flight: CommitQueue::default(),
             durable_offsets: BTreeMap::new(),
         }
     }
@@ -190,37 +160,43 @@ impl Checkpoint {
     }
 
     /// The same as [`Checkpoint::commit`], but returns as soon as the commit has started
-    /// on the commit thread, after the previous one has finished: that one's time from
-    /// start to durable commit is returned.
+    /// on a commit thread of its own, to land after the ones in flight. Waits first for
+    /// the oldest commits until fewer than `COMMITS_IN_FLIGHT` are in flight, and
+    /// returns their batches' times from start to durable commit.
     pub fn commit_overlapped(
         &mut self,
         pipeline: &Pipeline,
         mut batch: StateBatch,
         stats: &BatchStats,
         started: Instant,
-    ) -> anyhow::Result<Option<Duration>> {
-        let previous = self.settle()?;
+    ) -> anyhow::Result<Vec<Duration>> {
         let step = self.step(pipeline, &mut batch, stats, started);
-        let thread = std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || step.run(batch))
-            .context("starting the commit thread")?;
-        self.in_flight = Some(InFlightCommit {
-            thread: Some(thread),
-            offsets: self.offsets(pipeline),
-        });
-        Ok(previous)
+        let offsets = self.offsets(pipeline);
+        let landed = self.in_flight.start("checkpoint", move || {
+            let took = step
+                .run(batch)
+                .context("committing the batch to the state store")?;
+            Ok((took, offsets))
+        })?;
+        Ok(self.landed(landed))
     }
 
-    /// Waits for the in-flight commit, if any: an error if it failed, else its batch's
-    /// time from start to durable commit.
-    pub fn settle(&mut self) -> anyhow::Result<Option<Duration>> {
-        let Some(mut commit) = self.in_flight.take() else {
-            return Ok(None);
-        };
-        let took = commit.join()?;
-        self.durable_offsets = std::mem::take(&mut commit.offsets);
-        Ok(took)
+    /// Waits for the commits in flight: an error if one failed, else their batches'
+    /// times from start to durable commit, oldest first.
+    pub fn settle(&mut self) -> anyhow::Result<Vec<Duration>> {
+        let landed = self.in_flight.settle()?;
+        Ok(self.landed(landed))
+    }
+
+    /// Takes the offsets of commits that landed (in order, so the last is the newest).
+    fn landed(&mut self, landed: Vec<(Duration, BTreeMap<i32, i64>)>) -> Vec<Duration> {
+        landed
+            .into_iter()
+            .map(|(took, offsets)| {
+                self.durable_offsets = offsets;
+                took
+            })
+            .collect()
     }
 }
 

@@ -28,6 +28,7 @@ pub mod agreement;
 pub mod backpressure;
 pub mod checkpoint;
 pub mod cli;
+pub mod commit_queue;
 pub mod config;
 pub mod health;
 pub mod identity;

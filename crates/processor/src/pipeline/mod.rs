@@ -41,6 +41,7 @@ use paydedup_state::keys::{parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
 
 use outcome::{classify, Outcome};
+pub use prefetch::COMMITS_IN_FLIGHT;
 use prefetch::{BatchState, InFlight};
 use rows::AuditKind;
 use window::WindowAgg;
@@ -121,8 +122,8 @@ pub struct Pipeline {
     landed: HashMap<i32, BTreeMap<i64, Table>>,
     /// Open windows whose `payment_metrics` row the sink already holds.
     landed_windows: BTreeSet<WindowKey>,
-    /// The dedup and fraud values of the last batch, whose commit may still be running
-    /// (see `prefetch`).
+    /// The dedup and fraud values of the last batches, whose commits may still be
+    /// running (see `prefetch`).
     in_flight: InFlight,
 }
 
@@ -273,7 +274,7 @@ impl Pipeline {
         stats.windows_closed = self.close_passed_windows(&mut batch);
 
         // 4. State deltas: dedup keys, fraud state, open windows, sequences, positions.
-        self.in_flight = state.into_deltas(&mut batch);
+        self.in_flight.push(state.into_deltas(&mut batch));
         for key in windows_touched {
             // A window closed in step 3 was deleted there; only open ones are written.
             if let Some(agg) = self.windows.get(&key) {

@@ -11,12 +11,15 @@
 //! (`CardState::key`, `CustomerState::key`) tells them apart.
 //!
 //! At the end, [`BatchState::into_deltas`] writes back only what the batch changed, and
-//! keeps a copy of it as the next batch's [`InFlight`]: the checkpoint may still be
-//! making this batch durable while the next one is read (commit and processing overlap
-//! on two threads), so the next batch reads what this one wrote from that copy first.
-//! The copy equals what the store holds once the commit lands, so a read gives the same
-//! answer whether the commit has finished or not; and only the last batch can be in
-//! flight (the checkpoint waits for a commit before starting the next).
+//! keeps a copy of it ([`BatchWrites`]) for the batches after it: the checkpoint may
+//! still be making this batch durable while the next ones are read (commits and
+//! processing overlap on two threads), so later batches read what it wrote from that
+//! copy first. [`InFlight`] holds the copies of the last [`COMMITS_IN_FLIGHT`] batches,
+//! newest first in every lookup. A copy equals what the store holds once its commit
+//! lands, so a read gives the same answer whether the commit has finished or not; and
+//! only the last `COMMITS_IN_FLIGHT` batches can be in flight (the checkpoint waits for
+//! the oldest commit before it starts one more), so a batch whose copy is dropped is
+//! durable, and its writes are the store's.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -204,14 +207,14 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         slot
     }
 
-    /// Fills the slots whose keys the previous batch wrote (`in_flight`); returns the
+    /// Fills the slots whose keys a batch in flight wrote (`in_flight`); returns the
     /// others, to be read from the store. No TTL check here, unlike the store's read:
-    /// the previous batch wrote each value with the time of an on-time payment (late
+    /// a batch in flight wrote each value with the time of an on-time payment (late
     /// ones change no fraud state), days within the fraud TTL of the watermark.
-    fn fill_in_flight(&mut self, in_flight: &InFlightValues) -> Vec<usize> {
+    fn fill_in_flight(&mut self, in_flight: &InFlight) -> Vec<usize> {
         let mut asked = Vec::with_capacity(self.keys.len());
         for slot in 0..self.keys.len() {
-            match in_flight.get(self.keys.get(slot)) {
+            match in_flight.fraud(self.keys.get(slot)) {
                 Some(v) => self.values.fill(slot, Some(v)),
                 None => asked.push(slot),
             }
@@ -239,9 +242,10 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
             let slot = &values.slots[i];
             value.clear();
             slot.state.encode_into(&mut value);
-            // Unchanged bytes are not written, and not in flight either: the next batch
-            // reads them from the store, which holds them (the batch they came from,
-            // if in flight itself, has committed by the time the next batch reads).
+            // Unchanged bytes are not written, and not in flight either: a later batch
+            // reads them where this one did, from the store or from the copy of the
+            // batch that wrote them, which is kept as long as that batch may be in
+            // flight (`InFlight`).
             if slot.read.as_ref().map(|r| &values.read[r.clone()]) == Some(&value[..]) {
                 continue;
             }
@@ -251,6 +255,17 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         }
     }
 }
+
+/// How many processed batches may be on their way to disk at once: the checkpoint
+/// keeps at most this many commits in flight (one writing, the next queued behind it),
+/// and the pipeline keeps the writes of its last this many batches ([`InFlight`]).
+///
+/// Why two: with one, the pipeline waited for every commit before it handed over the
+/// next batch, and a slow commit (an fsync behind a flush's writes, a RocksDB write
+/// delay) left the pipeline idle while a fast one left the commit thread idle; at 10 M
+/// events the pipeline waited 7–9 s of a 42 s run for commits that took ~30 s in all.
+/// A second slot lets the pipeline run one batch ahead through a slow commit.
+pub const COMMITS_IN_FLIGHT: usize = 2;
 
 /// Sorts dedup keys in byte order, compared as numbers (a byte array's comparison calls
 /// `memcmp`).
@@ -322,27 +337,60 @@ impl std::fmt::Debug for InFlightValues {
     }
 }
 
-/// The dedup and fraud values the previous batch wrote (see the module docs).
+/// The dedup and fraud values one batch wrote.
 #[derive(Debug, Default)]
-pub struct InFlight {
+pub struct BatchWrites {
     dedup: BatchMap<[u8; 16], DedupEntry>,
     fraud: InFlightValues,
 }
 
+/// The writes of the last [`COMMITS_IN_FLIGHT`] batches, which may not be durable yet
+/// (see the module docs).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Oldest first.
+    batches: std::collections::VecDeque<BatchWrites>,
+}
+
 impl InFlight {
-    /// Answers `keys` from the in-flight values where it can; asks `store` for the rest,
-    /// in one bulk read.
-    fn read<K: std::hash::Hash + Eq, V: Clone, E>(
-        in_flight: &BatchMap<K, V>,
-        keys: &[K],
-        store: impl FnOnce(&[&K]) -> Result<Vec<Option<V>>, E>,
-    ) -> Result<Vec<Option<V>>, E> {
-        let asked: Vec<&K> = keys.iter().filter(|k| !in_flight.contains_key(k)).collect();
-        let mut answers = store(&asked)?.into_iter();
-        Ok(keys
+    /// Keeps `writes`, the batch just processed, and lets go of the writes of a batch
+    /// that is durable by the time the next batch is read.
+    pub fn push(&mut self, writes: BatchWrites) {
+        self.batches.push_back(writes);
+        while self.batches.len() > COMMITS_IN_FLIGHT {
+            self.batches.pop_front();
+        }
+    }
+
+    /// The dedup entry the newest in-flight batch that wrote `key` wrote.
+    fn dedup(&self, key: &[u8; 16]) -> Option<&DedupEntry> {
+        self.batches.iter().rev().find_map(|b| b.dedup.get(key))
+    }
+
+    /// The fraud value the newest in-flight batch that wrote `key` wrote.
+    fn fraud(&self, key: &[u8]) -> Option<&[u8]> {
+        self.batches.iter().rev().find_map(|b| b.fraud.get(key))
+    }
+
+    /// Answers dedup `keys` from the in-flight writes where it can; asks `store` for the
+    /// rest, in one bulk read.
+    fn read_dedup<E>(
+        &self,
+        keys: &[[u8; 16]],
+        store: impl FnOnce(&[&[u8; 16]]) -> Result<Vec<Option<DedupEntry>>, E>,
+    ) -> Result<Vec<Option<DedupEntry>>, E> {
+        let held: Vec<Option<DedupEntry>> = keys.iter().map(|k| self.dedup(k).copied()).collect();
+        let asked: Vec<&[u8; 16]> = keys
             .iter()
-            .map(|k| match in_flight.get(k) {
-                Some(v) => Some(v.clone()),
+            .zip(&held)
+            .filter(|(_, h)| h.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let mut answers = store(&asked)?.into_iter();
+        Ok(held
+            .into_iter()
+            .map(|h| match h {
+                Some(entry) => Some(entry),
                 None => answers.next().flatten(),
             })
             .collect())
@@ -364,7 +412,7 @@ pub struct BatchState<'a> {
 
 impl<'a> BatchState<'a> {
     /// Reads, in two bulk reads, the dedup and fraud state of every valid record: the
-    /// previous batch's writes from `in_flight`, the rest from `store`.
+    /// writes of the batches in flight from `in_flight`, the rest from `store`.
     pub fn read(
         decoded: &'a [Result<PaymentEvent, ValidationError>],
         in_flight: &InFlight,
@@ -396,11 +444,11 @@ impl<'a> BatchState<'a> {
         }
         sort_dedup_keys(&mut dedup_keys);
         dedup_keys.dedup();
-        let dedup_values = InFlight::read(&in_flight.dedup, &dedup_keys, dedup_many)?;
+        let dedup_values = in_flight.read_dedup(&dedup_keys, dedup_many)?;
 
         // One read for both kinds: the cards' keys, then the customers'.
-        let card_asked = cards.fill_in_flight(&in_flight.fraud);
-        let customer_asked = customers.fill_in_flight(&in_flight.fraud);
+        let card_asked = cards.fill_in_flight(in_flight);
+        let customer_asked = customers.fill_in_flight(in_flight);
         let keys: Vec<&[u8]> = card_asked
             .iter()
             .map(|&slot| cards.keys.get(slot))
@@ -445,13 +493,13 @@ impl<'a> BatchState<'a> {
     }
 
     /// Writes what the batch changed: dedup entries, card and customer state, each in
-    /// key order; returns the same values as the next batch's [`InFlight`].
+    /// key order; returns the same values, for [`InFlight`].
     ///
     /// Key order matters for speed, not meaning (each key is written once per batch):
     /// RocksDB's memtable inserts a run of ascending keys by walking forward from the
     /// previous one, instead of descending its skiplist from the top for each random key.
-    pub fn into_deltas(mut self, batch: &mut StateBatch) -> InFlight {
-        let mut in_flight = InFlight::default();
+    pub fn into_deltas(mut self, batch: &mut StateBatch) -> BatchWrites {
+        let mut in_flight = BatchWrites::default();
         in_flight.dedup.reserve(self.dedup_written.len());
         sort_dedup_keys(&mut self.dedup_written);
         for key in self.dedup_written {
@@ -533,6 +581,46 @@ mod tests {
         let mut read: Vec<[u8; 16]> = state.dedup.keys().copied().collect();
         read.sort_unstable();
         assert_eq!(read, dedup);
+    }
+
+    #[test]
+    fn in_flight_answers_from_the_newest_batch_that_wrote_a_key_and_forgets_durable_ones() {
+        let entry = |offset| DedupEntry {
+            event_time_micros: 0,
+            content_hash: 7,
+            partition: 0,
+            offset,
+        };
+        let writes = |fraud: &[(&str, &str)], dedup: &[(&str, i64)]| {
+            let mut w = BatchWrites::default();
+            for (k, v) in fraud {
+                w.fraud.insert(k.as_bytes(), v.as_bytes());
+            }
+            for (id, offset) in dedup {
+                w.dedup.insert(dedup_key(id), entry(*offset));
+            }
+            w
+        };
+        let mut in_flight = InFlight::default();
+        in_flight.push(writes(&[("a", "1"), ("b", "1")], &[("x", 1)]));
+        in_flight.push(writes(&[("a", "2")], &[]));
+        // `b` and `x` come from the older batch, `a` from the newer.
+        assert_eq!(in_flight.fraud(b"a"), Some(&b"2"[..]));
+        assert_eq!(in_flight.fraud(b"b"), Some(&b"1"[..]));
+        assert_eq!(in_flight.dedup(&dedup_key("x")), Some(&entry(1)));
+        let read = in_flight.read_dedup(&[dedup_key("y"), dedup_key("x")], |asked| {
+            assert_eq!(asked, [&dedup_key("y")]);
+            Ok::<_, Infallible>(vec![Some(entry(9))])
+        });
+        assert_eq!(read, Ok(vec![Some(entry(9)), Some(entry(1))]));
+        // A third batch: the first is durable by now (the checkpoint holds at most
+        // `COMMITS_IN_FLIGHT`), and the store answers for it.
+        assert_eq!(COMMITS_IN_FLIGHT, 2);
+        in_flight.push(writes(&[("c", "3")], &[]));
+        assert_eq!(in_flight.fraud(b"b"), None);
+        assert_eq!(in_flight.dedup(&dedup_key("x")), None);
+        assert_eq!(in_flight.fraud(b"a"), Some(&b"2"[..]));
+        assert_eq!(in_flight.fraud(b"c"), Some(&b"3"[..]));
     }
 
     #[test]
@@ -672,8 +760,10 @@ mod tests {
         stored.insert(CardState::key("0a02"), history(2));
         stored.insert(CardState::key("7c04"), history(3));
         let mut in_flight = InFlight::default();
-        in_flight.fraud.insert(&CardState::key("k-3"), &history(4));
-        in_flight.fraud.insert(&CardState::key("7c04"), &history(5));
+        let mut writes = BatchWrites::default();
+        writes.fraud.insert(&CardState::key("k-3"), &history(4));
+        writes.fraud.insert(&CardState::key("7c04"), &history(5));
+        in_flight.push(writes);
         let (mut state, asked) = state_from(&decoded, &in_flight, &stored);
         assert!(!asked.contains(&CardState::key("k-3")));
         assert!(!asked.contains(&CardState::key("7c04")));

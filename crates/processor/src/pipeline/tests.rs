@@ -129,15 +129,38 @@ fn every_record_lands_in_exactly_one_table() {
     assert_eq!(first["conflict_count"], 1);
 }
 
+/// Batches processed but not committed yet, as the checkpoint holds them: at most
+/// [`COMMITS_IN_FLIGHT`] while the next batch is processed, committed oldest first.
+#[derive(Default)]
+struct Uncommitted(std::collections::VecDeque<StateBatch>);
+
+impl Uncommitted {
+    /// Takes the batch just processed; commits the oldest ones until the next batch
+    /// may be processed.
+    fn push(&mut self, store: &StateStore, batch: StateBatch) {
+        self.0.push_back(batch);
+        while self.0.len() > COMMITS_IN_FLIGHT {
+            store.commit(self.0.pop_front().unwrap()).unwrap();
+        }
+    }
+
+    fn finish(&mut self, store: &StateStore) {
+        while let Some(batch) = self.0.pop_front() {
+            store.commit(batch).unwrap();
+        }
+    }
+}
+
 /// Runs the stream cut into batches [start, end) with one pipeline, each batch
-/// committed only after the next one has been processed: as the processor does when a
-/// commit runs on its own thread while the next batch is processed.
+/// committed only after the next [`COMMITS_IN_FLIGHT`] have been processed: as the
+/// processor does when commits run on their own threads while it processes the next
+/// batches, and each is as slow as it can be.
 fn run_overlapped(batches: &[(usize, usize)]) -> Outbox {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
     let input = stream();
     let mut p = Pipeline::load(cfg(), &store).unwrap();
-    let mut in_flight: Option<StateBatch> = None;
+    let mut in_flight = Uncommitted::default();
     for &(start, end) in batches {
         let records: Vec<InputRecord<'_>> = input[start..end]
             .iter()
@@ -151,11 +174,9 @@ fn run_overlapped(batches: &[(usize, usize)]) -> Outbox {
             })
             .collect();
         let (batch, _) = p.process(&records, &store).unwrap();
-        if let Some(previous) = in_flight.replace(batch) {
-            store.commit(previous).unwrap();
-        }
+        in_flight.push(&store, batch);
     }
-    store.commit(in_flight.take().unwrap()).unwrap();
+    in_flight.finish(&store);
     let mut out = BTreeMap::new();
     for t in Table::ALL {
         let rows = deliverable_rows(&store, t, 0, 1000).unwrap();
@@ -166,9 +187,9 @@ fn run_overlapped(batches: &[(usize, usize)]) -> Outbox {
     out
 }
 
-/// A batch read while its predecessor's commit is still in flight must see that
-/// predecessor's dedup and fraud writes (the duplicate of `a` and the conflict of `b`
-/// come one batch after them).
+/// A batch read while its predecessors' commits are still in flight must see their
+/// dedup and fraud writes (the duplicate of `a` and the conflict of `b` come one or
+/// two batches after them).
 #[test]
 fn a_batch_processed_before_the_previous_commit_lands_sees_its_writes() {
     let (whole, _) = run(&[(0, 8)]);
@@ -274,15 +295,16 @@ fn fraud_scores_equal_a_fold_of_assess_one_payment_at_a_time() {
         "some payment scores"
     );
 
-    // The pipeline: batches of 1 to 60 records, each committed after the next one is
-    // processed, and a restart half-way (memory then fills in the background).
+    // The pipeline: batches of 1 to 60 records, each committed after the next
+    // `COMMITS_IN_FLIGHT` are processed, and a restart half-way (memory then fills in
+    // the background).
     let dir = tempfile::tempdir().unwrap();
     let input: Vec<Vec<u8>> = stream.iter().map(|(_, e)| encode_json(e)).collect();
     let mut start = 0;
     for half in [input.len() / 2, input.len()] {
         let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
         let mut p = Pipeline::load(cfg.clone(), &store).unwrap();
-        let mut in_flight: Option<StateBatch> = None;
+        let mut in_flight = Uncommitted::default();
         while start < half {
             let end = (start + 1 + (start * 37 + 11) % 60).min(half);
             let records: Vec<InputRecord<'_>> = (start..end)
@@ -296,12 +318,10 @@ fn fraud_scores_equal_a_fold_of_assess_one_payment_at_a_time() {
                 })
                 .collect();
             let (batch, _) = p.process(&records, &store).unwrap();
-            if let Some(previous) = in_flight.replace(batch) {
-                store.commit(previous).unwrap();
-            }
+            in_flight.push(&store, batch);
             start = end;
         }
-        store.commit(in_flight.take().unwrap()).unwrap();
+        in_flight.finish(&store);
     }
     let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
     let rows = deliverable_rows(&store, Table::Payments, 0, 10_000).unwrap();
