@@ -213,8 +213,9 @@ fn main() {
     let mut latencies: Vec<Duration> = Vec::new();
     // Where the loop's time goes: the pipeline, and waiting for the previous commit.
     let (mut in_pipeline, mut in_commit) = (Duration::ZERO, Duration::ZERO);
-    // Without the relay: the commits on threads of their own, as `Checkpoint` runs them.
-    let mut in_flight: CommitQueue<(Duration, CommitTime)> = CommitQueue::default();
+    // Without the relay: the commits on a thread of their own, as `Checkpoint` runs
+    // them (named, so a profile tells the commits' time from the pipeline's).
+    let mut in_flight: CommitQueue<(Duration, CommitTime)> = CommitQueue::new("commit");
     let mut commit_time = CommitTime::default();
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
@@ -247,9 +248,8 @@ fn main() {
                 // The checkpoint step without the relay: the same watermarks.
                 stamp_watermarks(&pipeline, &PARTITIONS, &mut batch);
                 let store = store.clone();
-                // Named, so a profile tells the commit's time from the pipeline's.
                 let landed = in_flight
-                    .start("commit", move || {
+                    .start(move || {
                         let (cpu0, queued0) = thread_sched();
                         let began = Instant::now();
                         store.commit(batch)?;

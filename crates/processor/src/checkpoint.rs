@@ -25,9 +25,10 @@
 //! the process sees a batch before its commit is durable: the relay is woken, and the
 //! horizons and the consumer group's offsets move, only after it.
 //!
-//! A failed commit returns an error (at the latest when the next batch settles it) and
-//! the process exits: the pipeline's in-memory state is then ahead of the disk, and only
-//! a restart from RocksDB re-aligns them.
+//! A failed commit returns an error (at the latest when a later batch waits for it;
+//! every commit after it refuses to land, `CommitQueue`) and the process exits: the
+//! pipeline's in-memory state is then ahead of the disk, and only a restart from
+//! RocksDB re-aligns them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,7 +93,7 @@ impl Checkpoint {
             relay,
             metrics,
             owned,
-            in_flight: CommitQueue::default(),
+            in_flight: CommitQueue::new("checkpoint"),
             durable_offsets: BTreeMap::new(),
         }
     }
@@ -105,7 +106,7 @@ impl Checkpoint {
         &self.relay
     }
 
-    /// Waits for the in-flight commit, then gives the relay back, for the final flush
+    /// Waits for the commits in flight, then gives the relay back, for the final flush
     /// (and, whatever that commit's fate, so that it can be stopped).
     pub fn into_relay(mut self) -> (OutboxRelay, anyhow::Result<()>) {
         let settled = self.settle().map(drop);
@@ -172,7 +173,7 @@ impl Checkpoint {
     ) -> anyhow::Result<Vec<Duration>> {
         let step = self.step(pipeline, &mut batch, stats, started);
         let offsets = self.offsets(pipeline);
-        let landed = self.in_flight.start("checkpoint", move || {
+        let landed = self.in_flight.start(move || {
             let took = step
                 .run(batch)
                 .context("committing the batch to the state store")?;

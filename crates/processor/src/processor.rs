@@ -124,9 +124,7 @@ impl Processor {
     pub fn run(&mut self) -> anyhow::Result<Exit> {
         loop {
             if self.shutdown.requested() {
-                tracing::info!(
-                    "Shutdown requested; the last batch's commit completes before exit."
-                );
+                tracing::info!("Shutdown requested; the commits in flight complete before exit.");
                 return Ok(Exit::Signal);
             }
             if let Some(exit) = self.rescale.as_ref().and_then(RescaleWatch::changed) {
