@@ -229,6 +229,71 @@ mod tests {
     use crate::pipeline::InputRecord;
     use crate::relay::RelayConfig;
 
+    /// With commits in flight, the offsets reported durable (to the consumer group) are
+    /// those of the newest batch that has landed, never of one still in flight; and a
+    /// batch is handed over only once fewer than `COMMITS_IN_FLIGHT` are in flight.
+    #[test]
+    fn durable_offsets_are_the_newest_landed_batchs() {
+        use crate::pipeline::COMMITS_IN_FLIGHT;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
+        );
+        let mut pipeline = Pipeline::load(config(), &store).unwrap();
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(MemorySink::default()),
+            RelayConfig {
+                batch_rows: 5000,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                give_up_after: Duration::from_secs(5),
+                dead_letter_dir: dir.path().join("dead-letter"),
+                verify_resent_below: Default::default(),
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        let mut checkpoint = Checkpoint::new(store.clone(), relay, Metrics::new(), vec![0]);
+        let input: Vec<Vec<u8>> = (0..50)
+            .map(|i| encode_json(&payment(&format!("p-{i}"), i, 100)))
+            .collect();
+        for (k, chunk) in input.chunks(10).enumerate() {
+            let records: Vec<InputRecord<'_>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| InputRecord {
+                    partition: 0,
+                    offset: (k * 10 + i) as i64,
+                    key: None,
+                    payload: bytes,
+                    timestamp_ms: None,
+                })
+                .collect();
+            let (batch, stats) = pipeline.process(&records, &store).unwrap();
+            let landed = checkpoint
+                .commit_overlapped(&pipeline, batch, &stats, Instant::now())
+                .unwrap();
+            // Batch k - COMMITS_IN_FLIGHT had to land for batch k to be handed over.
+            let expected = k
+                .checked_sub(COMMITS_IN_FLIGHT)
+                .map(|j| ((j + 1) * 10) as i64);
+            assert_eq!(landed.len(), usize::from(expected.is_some()), "batch {k}");
+            assert_eq!(checkpoint.durable_offset(0), expected, "batch {k}");
+            let stored = store.next_offsets().unwrap().get(&0).copied();
+            assert!(
+                expected <= stored,
+                "batch {k}: {expected:?} reported, {stored:?} stored"
+            );
+        }
+        assert_eq!(checkpoint.settle().unwrap().len(), COMMITS_IN_FLIGHT);
+        assert_eq!(checkpoint.durable_offset(0), Some(50));
+        assert_eq!(store.next_offsets().unwrap().get(&0), Some(&50));
+        let (relay, settled) = checkpoint.into_relay();
+        settled.unwrap();
+        relay.stop();
+    }
+
     /// Issue 9, hole 7: an owned partition that went quiet early must not keep the
     /// other partitions' expired dedup keys on disk (with one horizon for all, the
     /// minimum over partitions, it pins everything at its own old watermark).
