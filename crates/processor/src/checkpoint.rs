@@ -229,6 +229,29 @@ mod tests {
     use crate::pipeline::InputRecord;
     use crate::relay::RelayConfig;
 
+    /// A checkpoint over `store` owning `owned`, its relay delivering to memory.
+    fn checkpoint_over(
+        store: &Arc<StateStore>,
+        dir: &std::path::Path,
+        owned: Vec<i32>,
+    ) -> Checkpoint {
+        let relay = OutboxRelay::spawn(
+            store.clone(),
+            Box::new(MemorySink::default()),
+            RelayConfig {
+                batch_rows: 5000,
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                give_up_after: Duration::from_secs(5),
+                dead_letter_dir: dir.join("dead-letter"),
+                verify_resent_below: Default::default(),
+            },
+            Metrics::new(),
+        )
+        .unwrap();
+        Checkpoint::new(store.clone(), relay, Metrics::new(), owned)
+    }
+
     /// With commits in flight, the offsets reported durable (to the consumer group) are
     /// those of the newest batch that has landed, never of one still in flight; and a
     /// batch is handed over only once fewer than `COMMITS_IN_FLIGHT` are in flight.
@@ -240,21 +263,7 @@ mod tests {
             StateStore::open(&dir.path().join("state"), &StoreOptions::default()).unwrap(),
         );
         let mut pipeline = Pipeline::load(config(), &store).unwrap();
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(MemorySink::default()),
-            RelayConfig {
-                batch_rows: 5000,
-                initial_backoff: Duration::from_millis(1),
-                max_backoff: Duration::from_millis(5),
-                give_up_after: Duration::from_secs(5),
-                dead_letter_dir: dir.path().join("dead-letter"),
-                verify_resent_below: Default::default(),
-            },
-            Metrics::new(),
-        )
-        .unwrap();
-        let mut checkpoint = Checkpoint::new(store.clone(), relay, Metrics::new(), vec![0]);
+        let mut checkpoint = checkpoint_over(&store, dir.path(), vec![0]);
         let input: Vec<Vec<u8>> = (0..50)
             .map(|i| encode_json(&payment(&format!("p-{i}"), i, 100)))
             .collect();
@@ -306,21 +315,7 @@ mod tests {
         };
         let store = Arc::new(StateStore::open(&dir.path().join("state"), &opts).unwrap());
         let mut pipeline = Pipeline::load(config(), &store).unwrap();
-        let relay = OutboxRelay::spawn(
-            store.clone(),
-            Box::new(MemorySink::default()),
-            RelayConfig {
-                batch_rows: 5000,
-                initial_backoff: Duration::from_millis(1),
-                max_backoff: Duration::from_millis(5),
-                give_up_after: Duration::from_secs(5),
-                dead_letter_dir: dir.path().join("dead-letter"),
-                verify_resent_below: Default::default(),
-            },
-            Metrics::new(),
-        )
-        .unwrap();
-        let mut checkpoint = Checkpoint::new(store.clone(), relay, Metrics::new(), vec![0, 1]);
+        let mut checkpoint = checkpoint_over(&store, dir.path(), vec![0, 1]);
         // Partition 1: one payment at 10:00, then nothing. Partition 0: one payment
         // every 10 s of event time for 4 hours.
         let mut input = vec![(1, encode_json(&payment("quiet", 0, 100)))];

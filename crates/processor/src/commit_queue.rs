@@ -16,10 +16,12 @@
 //! its own copies (`pipeline::prefetch::InFlight`), which is what makes more than one
 //! safe; this queue keeps the count the pipeline relies on.
 //!
-//! Why one thread, not one per commit: two commit threads alive at once (one writing,
-//! the next waiting for it) each took a glibc malloc arena for RocksDB's allocations,
-//! and the second arena's retained memory raised the 10 M run's peak RSS by ~25 MiB
-//! (935 MiB against 910–913 with a single arena).
+//! Why one thread, not one per commit: the order is then plain (one thread, one commit
+//! after another), and no two commit threads are alive at once (one writing, the next
+//! waiting for it), each taking a glibc malloc arena for RocksDB's allocations. With a
+//! thread per commit, a 10 M run peaked at 935 MiB twice against 910 and 913 with
+//! `MALLOC_ARENA_MAX=1`; later pairs were within their ±20 MiB spread (the eighteenth
+//! step in docs/benchmarks.md).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};

@@ -389,10 +389,7 @@ impl InFlight {
         let mut answers = store(&asked)?.into_iter();
         Ok(held
             .into_iter()
-            .map(|h| match h {
-                Some(entry) => Some(entry),
-                None => answers.next().flatten(),
-            })
+            .map(|h| h.or_else(|| answers.next().flatten()))
             .collect())
     }
 }
