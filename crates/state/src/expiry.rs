@@ -21,7 +21,10 @@
 //! in the batch with its entries, and is never judged by the others', which may be
 //! hours ahead of it. Fraud state belongs to no partition (a card pays on
 //! several); its filter uses the most advanced committed watermark — fraud history
-//! only shapes scores, and its TTL (days) dwarfs the skew between partitions.
+//! only shapes scores, and its TTL (days) dwarfs the skew between partitions. The
+//! pipeline judges every fraud value it reads by the same rule over its own, possibly
+//! not yet committed, watermarks (`FraudExpiry` in the processor), so a score never
+//! depends on whether the commit that moved the horizon has landed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -138,6 +141,12 @@ pub fn is_expired(time_micros: i64, ttl_micros: i64, horizon: i64) -> bool {
     time_micros.saturating_add(ttl_micros) < horizon
 }
 
+/// Whether a dedup or fraud value is expired under `horizon` with `ttl`, by the time it
+/// starts with. A value too short to carry a time never expires (as the filter keeps it).
+pub fn value_expired(value: &[u8], ttl_micros: i64, horizon: i64) -> bool {
+    value_time(value).is_some_and(|time| is_expired(time, ttl_micros, horizon))
+}
+
 /// Builds the compaction filter for a column family whose values start with an 8-byte
 /// big-endian time. Values too short to carry one are kept.
 pub fn ttl_filter(
@@ -145,11 +154,8 @@ pub fn ttl_filter(
     ttl_micros: Arc<AtomicI64>,
 ) -> impl FnMut(u32, &[u8], &[u8]) -> Decision + Send + 'static {
     move |_level, _key, value| {
-        let Some(time) = value_time(value) else {
-            return Decision::Keep;
-        };
         let ttl = ttl_micros.load(Ordering::Acquire);
-        if is_expired(time, ttl, horizon.get()) {
+        if value_expired(value, ttl, horizon.get()) {
             Decision::Remove
         } else {
             Decision::Keep
@@ -190,6 +196,14 @@ mod tests {
         assert!(is_expired(100, 50, 151));
         assert!(!is_expired(i64::MAX, i64::MAX, i64::MAX));
         assert!(!is_expired(0, 10, i64::MIN));
+    }
+
+    #[test]
+    fn a_value_expires_by_the_time_it_starts_with_and_a_short_one_never() {
+        let value = |t: i64| [&t.to_be_bytes()[..], b"history"].concat();
+        assert!(!value_expired(&value(100), 50, 150));
+        assert!(value_expired(&value(100), 50, 151));
+        assert!(!value_expired(b"short", 0, i64::MAX));
     }
 
     #[test]

@@ -662,10 +662,7 @@ impl StateStore {
         without_perf_counters();
         let horizon = self.horizons.fraud.get();
         let ttl = self.fraud_ttl_micros;
-        let live = |v: &[u8]| {
-            let time = keys::value_time(v).unwrap_or(i64::MAX);
-            !expiry::is_expired(time, ttl, horizon)
-        };
+        let live = |v: &[u8]| !expiry::value_expired(v, ttl, horizon);
         let asked = self.resident_fraud(keys, |i, v| answer(i, v.filter(|v| live(v))));
         if asked.is_empty() {
             return Ok(());
@@ -679,6 +676,13 @@ impl StateStore {
             answer(i, value.as_deref().filter(|v| live(v)));
         }
         Ok(())
+    }
+
+    /// The fraud state's time-to-live (µs): a value expires once its time plus this is
+    /// before the most advanced committed watermark. The pipeline judges the values it
+    /// reads by the same TTL (`pipeline::prefetch::FraudExpiry`).
+    pub fn fraud_ttl_micros(&self) -> i64 {
+        self.fraud_ttl_micros
     }
 
     /// The last record consumed per partition: (offset, fingerprint).

@@ -42,7 +42,7 @@ use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
 
 use outcome::{classify, Outcome};
 pub use prefetch::COMMITS_IN_FLIGHT;
-use prefetch::{BatchState, InFlight};
+use prefetch::{BatchState, FraudExpiry, InFlight};
 use rows::AuditKind;
 use window::WindowAgg;
 
@@ -213,6 +213,18 @@ impl Pipeline {
         )
     }
 
+    /// The horizon fraud values expire by: the most advanced watermark of any partition
+    /// the pipeline knows (those it loaded from the store and those it processed), as the
+    /// store's filter uses the most advanced one committed (see [`FraudExpiry`]).
+    fn fraud_horizon(&self) -> Option<i64> {
+        self.partitions
+            .values()
+            .filter_map(|p| {
+                watermark::watermark(p.max_event_micros, self.cfg.allowed_lateness_micros)
+            })
+            .max()
+    }
+
     pub fn open_windows(&self) -> usize {
         self.windows.len()
     }
@@ -244,7 +256,11 @@ impl Pipeline {
         let now = Utc::now();
         let decoded: Vec<Result<PaymentEvent, ValidationError>> =
             records.iter().map(|r| self.decode_record(r, now)).collect();
-        let mut state = BatchState::read(&decoded, &self.in_flight, store)?;
+        let expiry = FraudExpiry {
+            ttl_micros: store.fraud_ttl_micros(),
+            horizon: self.fraud_horizon(),
+        };
+        let mut state = BatchState::read(&decoded, &self.in_flight, store, expiry)?;
         let mut stats = BatchStats::default();
         // Per record, about: a dedup entry (16 + 36 bytes), a card (~18 + 40) and a
         // customer (~11 + 20).

@@ -27,6 +27,7 @@ use std::ops::Range;
 
 use paydedup_event::{PaymentEvent, ValidationError};
 use paydedup_fraud::{assess, Assessment, CardState, CustomerState, FraudConfig};
+use paydedup_state::expiry::value_expired;
 use paydedup_state::keys::dedup_key;
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
 
@@ -207,15 +208,15 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         slot
     }
 
-    /// Fills the slots whose keys a batch in flight wrote (`in_flight`); returns the
-    /// others, to be read from the store. No TTL check here, unlike the store's read:
-    /// a batch in flight wrote each value with the time of an on-time payment (late
-    /// ones change no fraud state), days within the fraud TTL of the watermark.
-    fn fill_in_flight(&mut self, in_flight: &InFlight) -> Vec<usize> {
+    /// Fills the slots whose keys a batch in flight wrote (`in_flight`), judged by
+    /// `expiry` as a stored value is; returns the others, to be read from the store. An
+    /// expired copy is not asked of the store either: the store can only hold an older
+    /// value of the key, expired too.
+    fn fill_in_flight(&mut self, in_flight: &InFlight, expiry: FraudExpiry) -> Vec<usize> {
         let mut asked = Vec::with_capacity(self.keys.len());
         for slot in 0..self.keys.len() {
             match in_flight.fraud(self.keys.get(slot)) {
-                Some(v) => self.values.fill(slot, Some(v)),
+                Some(v) => self.values.fill(slot, expiry.live(v)),
                 None => asked.push(slot),
             }
         }
@@ -397,6 +398,36 @@ impl InFlight {
 /// A bulk read of fraud values: `answer(i, value)` for `keys[i]`, each once.
 type FraudAnswer<'f> = &'f mut dyn FnMut(usize, Option<&[u8]>);
 
+/// How a batch judges the fraud values it reads: a value whose time plus the TTL is
+/// before `horizon` is no history at all.
+///
+/// **The invariant: whether a value counts depends on the batch's records and the
+/// state committed before them, never on when commits land.** The store expires values
+/// by the horizon its *committed* batches published (the most advanced watermark of any
+/// partition), and with commits in flight that lags the pipeline by a batch or two: a
+/// card's history read from the store, or from the copy of a batch in flight (which the
+/// store does not judge at all), could count or not by the commit timing alone. So the
+/// pipeline judges every value, from either source, by its own horizon as the batch
+/// begins: the same rule the store applies, over the same partitions' watermarks, each
+/// at least as advanced as what a commit published. What the store has already let go
+/// of is expired under this horizon too.
+#[derive(Debug, Clone, Copy)]
+pub struct FraudExpiry {
+    pub ttl_micros: i64,
+    /// The most advanced watermark of any partition; `None` before the first.
+    pub horizon: Option<i64>,
+}
+
+impl FraudExpiry {
+    /// `value` if it is still history.
+    fn live(self, value: &[u8]) -> Option<&[u8]> {
+        match self.horizon {
+            Some(h) if value_expired(value, self.ttl_micros, h) => None,
+            _ => Some(value),
+        }
+    }
+}
+
 /// The state a batch reads and writes, between its bulk read and its commit.
 pub struct BatchState<'a> {
     /// Dedup entries by key: as read, then as this batch wrote them.
@@ -409,15 +440,18 @@ pub struct BatchState<'a> {
 
 impl<'a> BatchState<'a> {
     /// Reads, in two bulk reads, the dedup and fraud state of every valid record: the
-    /// writes of the batches in flight from `in_flight`, the rest from `store`.
+    /// writes of the batches in flight from `in_flight`, the rest from `store`; fraud
+    /// values judged by `expiry`.
     pub fn read(
         decoded: &'a [Result<PaymentEvent, ValidationError>],
         in_flight: &InFlight,
         store: &StateStore,
+        expiry: FraudExpiry,
     ) -> Result<BatchState<'a>, StateError> {
         BatchState::read_from(
             decoded,
             in_flight,
+            expiry,
             |asked| store.get_dedup_many(asked),
             |keys, answer| store.read_fraud_many(keys, answer),
         )
@@ -428,6 +462,7 @@ impl<'a> BatchState<'a> {
     fn read_from<E>(
         decoded: &'a [Result<PaymentEvent, ValidationError>],
         in_flight: &InFlight,
+        expiry: FraudExpiry,
         dedup_many: impl FnOnce(&[&[u8; 16]]) -> Result<Vec<Option<DedupEntry>>, E>,
         fraud_many: impl FnOnce(&[&[u8]], FraudAnswer<'_>) -> Result<(), E>,
     ) -> Result<BatchState<'a>, E> {
@@ -444,17 +479,20 @@ impl<'a> BatchState<'a> {
         let dedup_values = in_flight.read_dedup(&dedup_keys, dedup_many)?;
 
         // One read for both kinds: the cards' keys, then the customers'.
-        let card_asked = cards.fill_in_flight(in_flight);
-        let customer_asked = customers.fill_in_flight(in_flight);
+        let card_asked = cards.fill_in_flight(in_flight, expiry);
+        let customer_asked = customers.fill_in_flight(in_flight, expiry);
         let keys: Vec<&[u8]> = card_asked
             .iter()
             .map(|&slot| cards.keys.get(slot))
             .chain(customer_asked.iter().map(|&slot| customers.keys.get(slot)))
             .collect();
         let (card_values, customer_values) = (&mut cards.values, &mut customers.values);
-        fraud_many(&keys, &mut |i, value| match card_asked.get(i) {
-            Some(&slot) => card_values.fill(slot, value),
-            None => customer_values.fill(customer_asked[i - card_asked.len()], value),
+        fraud_many(&keys, &mut |i, value| {
+            let value = value.and_then(|v| expiry.live(v));
+            match card_asked.get(i) {
+                Some(&slot) => card_values.fill(slot, value),
+                None => customer_values.fill(customer_asked[i - card_asked.len()], value),
+            }
         })?;
         cards.values.decode();
         customers.values.decode();
@@ -537,6 +575,10 @@ mod tests {
         let state = BatchState::read_from(
             decoded,
             in_flight,
+            FraudExpiry {
+                ttl_micros: i64::MAX,
+                horizon: None,
+            },
             |keys| Ok::<_, Infallible>(vec![None; keys.len()]),
             |keys, answer| {
                 for (i, k) in keys.iter().enumerate() {

@@ -339,6 +339,107 @@ fn fraud_scores_equal_a_fold_of_assess_one_payment_at_a_time() {
     assert_eq!(got, expected);
 }
 
+/// How a test run hands its batches to the store.
+#[derive(Clone, Copy, Debug)]
+enum Commits {
+    /// Each batch committed before the next is processed, by a pipeline loaded afresh
+    /// from the store for every batch (nothing in flight is ever read).
+    Reloaded,
+    /// One pipeline, each batch committed before the next is processed.
+    Synced,
+    /// One pipeline, each batch committed only after the next `COMMITS_IN_FLIGHT`.
+    Overlapped,
+}
+
+/// Runs one record per batch, `(partition, id, card, secs after 10:00)`, on a store
+/// whose fraud TTL is 30 minutes; returns each payment's `card_count_1h`.
+fn card_counts(input: &[(i32, &str, &str, i64)], commits: Commits) -> BTreeMap<String, i64> {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        fraud_ttl_micros: 30 * super::fixtures::MIN,
+        ..StoreOptions::default()
+    };
+    let store = StateStore::open(dir.path(), &opts).unwrap();
+    let payloads: Vec<Vec<u8>> = input
+        .iter()
+        .map(|(_, id, card, secs)| {
+            encode_json(&PaymentEvent {
+                card_fingerprint: (*card).into(),
+                ..payment(id, *secs, 100)
+            })
+        })
+        .collect();
+    let mut p = Pipeline::load(cfg(), &store).unwrap();
+    let mut uncommitted = Uncommitted::default();
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    for ((partition, id, _, _), payload) in input.iter().zip(&payloads) {
+        let offset = offsets.entry(*partition).or_default();
+        let record = InputRecord {
+            partition: *partition,
+            offset: *offset,
+            key: Some(id.as_bytes()),
+            payload,
+            timestamp_ms: None,
+        };
+        *offset += 1;
+        if let Commits::Reloaded = commits {
+            p = Pipeline::load(cfg(), &store).unwrap();
+        }
+        let (mut batch, _) = p.process(&[record], &store).unwrap();
+        // As the checkpoint does: the batch carries the watermarks it reached.
+        crate::checkpoint::stamp_watermarks(&p, &[0, 1], &mut batch);
+        match commits {
+            Commits::Reloaded | Commits::Synced => store.commit(batch).unwrap(),
+            Commits::Overlapped => uncommitted.push(&store, batch),
+        }
+    }
+    uncommitted.finish(&store);
+    let mut counts = BTreeMap::new();
+    for partition in offsets.keys() {
+        for (_, row) in deliverable_rows(&store, Table::Payments, *partition, 100).unwrap() {
+            let r: serde_json::Value = serde_json::from_slice(&row).unwrap();
+            let id = r["transaction_id"].as_str().unwrap().to_string();
+            counts.insert(id, r["card_count_1h"].as_i64().unwrap());
+        }
+    }
+    counts
+}
+
+/// A card's history expires by the TTL under the most advanced watermark of any
+/// partition, and that judgement must not depend on when commits land: the history may
+/// be read from a batch still in flight, from the store before the commit that moved
+/// the horizon is durable, or after. Card `x` pays on partition 0 at 10:00 and 10:01;
+/// between the two, partition 1 moves two hours ahead, past `x`'s 30-minute TTL.
+#[test]
+fn fraud_history_expires_by_the_pipelines_watermark_whenever_commits_land() {
+    let x = "ab".repeat(16);
+    let (y, z) = ("cd".repeat(16), "ef".repeat(16));
+    // The history read from the store (in flight: the two batches between).
+    let apart = [
+        (0, "tx-1", x.as_str(), 0),
+        (1, "tx-2", y.as_str(), 7_200),
+        (1, "tx-3", z.as_str(), 7_201),
+        (0, "tx-4", x.as_str(), 60),
+    ];
+    // The history read from the batch that wrote it, while it may be in flight.
+    let close = [
+        (0, "tx-1", x.as_str(), 0),
+        (1, "tx-2", y.as_str(), 7_200),
+        (0, "tx-4", x.as_str(), 60),
+    ];
+    for input in [&apart[..], &close[..]] {
+        for commits in [Commits::Reloaded, Commits::Synced, Commits::Overlapped] {
+            let counts = card_counts(input, commits);
+            assert_eq!(
+                counts["tx-4"],
+                counts["tx-1"],
+                "{commits:?}, {} batches: x's history expired, tx-4 counts as its first",
+                input.len()
+            );
+        }
+    }
+}
+
 #[test]
 fn sequences_are_dense_per_table_and_partition() {
     let (out, _) = run(&[(0, 3), (3, 8)]);
