@@ -303,6 +303,90 @@ mod tests {
         relay.stop();
     }
 
+    /// A commit that fails while others are in flight: the error reaches the caller (at
+    /// the latest when a later batch waits for it), no batch after it lands although
+    /// one was already handed over, the offsets reported durable stay those of the last
+    /// batch that landed, and a restart from the store resumes there and delivers every
+    /// payment exactly once. The failure is the store's test double for a disk that
+    /// fails one write (`fail_commit_after`): the commits after it would land if asked.
+    #[cfg(feature = "fail-points")]
+    #[test]
+    fn after_a_failed_commit_nothing_later_lands_and_a_restart_resumes_at_the_last_landed_batch() {
+        use crate::pipeline::COMMITS_IN_FLIGHT;
+        use paydedup_state::Table;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let input: Vec<Vec<u8>> = (0..60)
+            .map(|i| encode_json(&payment(&format!("p-{i}"), i, 100)))
+            .collect();
+        let records = |from: usize, to: usize| -> Vec<InputRecord<'_>> {
+            (from..to)
+                .map(|i| InputRecord {
+                    partition: 0,
+                    offset: i as i64,
+                    key: None,
+                    payload: &input[i],
+                    timestamp_ms: None,
+                })
+                .collect()
+        };
+        {
+            let store = Arc::new(StateStore::open(&path, &StoreOptions::default()).unwrap());
+            store.fail_commit_after(2);
+            let mut pipeline = Pipeline::load(config(), &store).unwrap();
+            let mut checkpoint = checkpoint_over(&store, dir.path(), vec![0]);
+            let mut failed = None;
+            for k in 0..6 {
+                let (batch, stats) = pipeline
+                    .process(&records(k * 10, k * 10 + 10), &store)
+                    .unwrap();
+                match checkpoint.commit_overlapped(&pipeline, batch, &stats, Instant::now()) {
+                    Ok(_) => assert!(failed.is_none(), "batch {k} handed over after a failure"),
+                    // The failure itself first, then a refusal that names it.
+                    Err(e) if failed.is_none() => {
+                        failed = Some(k);
+                        assert!(
+                            format!("{e:#}").contains("injected commit failure"),
+                            "{e:#}"
+                        );
+                    }
+                    Err(e) => {
+                        assert!(
+                            format!("{e:#}").contains("an earlier commit failed"),
+                            "{e:#}"
+                        )
+                    }
+                }
+            }
+            // Batch 2 failed; batch 3 was handed over before that was known, at most.
+            assert!(
+                failed.is_some_and(|k| k <= 2 + COMMITS_IN_FLIGHT),
+                "{failed:?}"
+            );
+            assert!(checkpoint.settle().is_err(), "the failure sticks");
+            assert_eq!(checkpoint.durable_offset(0), Some(20));
+            assert_eq!(store.next_offsets().unwrap().get(&0), Some(&20));
+            let (relay, settled) = checkpoint.into_relay();
+            assert!(settled.is_err());
+            relay.stop();
+        }
+        // The restart: from offset 20, the rest of the input, committed as usual.
+        let store = Arc::new(StateStore::open(&path, &StoreOptions::default()).unwrap());
+        let mut pipeline = Pipeline::load(config(), &store).unwrap();
+        assert_eq!(pipeline.next_offset(0), Some(20));
+        let (batch, _) = pipeline.process(&records(20, 60), &store).unwrap();
+        store.commit(batch).unwrap();
+        // Each payment's row carries the next sequence: payment i is row i, whether
+        // the relay delivered it before the failure (gone from the outbox) or not.
+        let rows = crate::relay::deliverable_rows(&store, Table::Payments, 0, 1_000).unwrap();
+        assert_eq!(rows.last().map(|(seq, _)| *seq), Some(59));
+        for (seq, row) in &rows {
+            let r: serde_json::Value = serde_json::from_slice(row).unwrap();
+            assert_eq!(r["transaction_id"], format!("p-{seq}"));
+        }
+        assert_eq!(store.next_seqs().unwrap()[&(Table::Payments, 0)], 60);
+    }
+
     /// Issue 9, hole 7: an owned partition that went quiet early must not keep the
     /// other partitions' expired dedup keys on disk (with one horizon for all, the
     /// minimum over partitions, it pins everything at its own old watermark).

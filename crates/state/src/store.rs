@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::{
@@ -121,6 +121,10 @@ pub struct StateStore {
     fraud_memory_bytes: usize,
     /// The dedup pages held, for deleting them once expired (`store::dedup_pages`).
     dedup_pages: Mutex<dedup_pages::DedupPages>,
+    /// How many more commits may land before the next one fails: a test double for a
+    /// disk that fails one write, which the real one cannot do on demand (set only
+    /// through `fail_commit_after`, in builds with fail points).
+    commits_before_failure: AtomicU64,
 }
 
 /// How old (wall clock) a fraud SST file may get before a compaction rewrites it, and
@@ -352,6 +356,7 @@ impl StateStore {
             read_only: false,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
         };
@@ -457,6 +462,7 @@ impl StateStore {
             read_only: true,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
         };
@@ -521,6 +527,7 @@ impl StateStore {
             return Ok(());
         }
         without_perf_counters();
+        self.injected_failure()?;
         let mut wb = WriteBatch::default();
         let handles: Vec<_> = cf::ALL
             .iter()
@@ -582,6 +589,34 @@ impl StateStore {
         self.dedup_pages_written(pages);
         // Only now, with the batch durable, may its keys be answered from memory.
         self.record_commit(&ops);
+        Ok(())
+    }
+
+    /// **Test double** (builds with fail points only): the next `n` commits land, the
+    /// one after them fails before it writes anything (as a commit on a disk that
+    /// fails one write returns an error), and later ones land again. For tests of
+    /// what the processor does with a failed commit in flight: nothing after it may
+    /// land, though the store would take it.
+    #[cfg(feature = "fail-points")]
+    pub fn fail_commit_after(&self, n: u64) {
+        self.commits_before_failure.store(n, Ordering::SeqCst);
+    }
+
+    /// The error `fail_commit_after` injects, once its commits have landed.
+    fn injected_failure(&self) -> Result<(), StateError> {
+        let left = self.commits_before_failure.load(Ordering::SeqCst);
+        if left == u64::MAX {
+            return Ok(());
+        }
+        if left == 0 {
+            self.commits_before_failure
+                .store(u64::MAX, Ordering::SeqCst);
+            return Err(StateError::Rocks(
+                "injected commit failure (test double, fail_commit_after)".into(),
+            ));
+        }
+        self.commits_before_failure
+            .store(left - 1, Ordering::SeqCst);
         Ok(())
     }
 
