@@ -592,7 +592,7 @@ impl StateStore {
         Ok(())
     }
 
-    /// **Test double** (builds with fail points only): the next `n` commits land, the
+    /// **Test double** (builds with fail points only): the next `n` non-empty commits land, the
     /// one after them fails before it writes anything (as a commit on a disk that
     /// fails one write returns an error), and later ones land again. For tests of
     /// what the processor does with a failed commit in flight: nothing after it may
@@ -603,20 +603,27 @@ impl StateStore {
     }
 
     /// The error `fail_commit_after` injects, once its commits have landed.
+    #[cfg(feature = "fail-points")]
     fn injected_failure(&self) -> Result<(), StateError> {
-        let left = self.commits_before_failure.load(Ordering::SeqCst);
-        if left == u64::MAX {
-            return Ok(());
-        }
-        if left == 0 {
+        // Counts down to 0, which fails this commit and disarms (u64::MAX).
+        let was =
             self.commits_before_failure
-                .store(u64::MAX, Ordering::SeqCst);
-            return Err(StateError::Rocks(
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+                    u64::MAX => None,
+                    0 => Some(u64::MAX),
+                    n => Some(n - 1),
+                });
+        match was {
+            Ok(0) => Err(StateError::Rocks(
                 "injected commit failure (test double, fail_commit_after)".into(),
-            ));
+            )),
+            _ => Ok(()),
         }
-        self.commits_before_failure
-            .store(left - 1, Ordering::SeqCst);
+    }
+
+    #[cfg(not(feature = "fail-points"))]
+    #[inline(always)]
+    fn injected_failure(&self) -> Result<(), StateError> {
         Ok(())
     }
 
@@ -711,6 +718,13 @@ impl StateStore {
             answer(i, value.as_deref().filter(|v| live(v)));
         }
         Ok(())
+    }
+
+    /// The horizon fraud values expire by, as committed batches published it (the most
+    /// advanced watermark any of them carried, and those published at open); `None`
+    /// before the first.
+    pub fn fraud_horizon(&self) -> Option<i64> {
+        Some(self.horizons.fraud.get()).filter(|h| *h != i64::MIN)
     }
 
     /// The fraud state's time-to-live (µs): a value expires once its time plus this is

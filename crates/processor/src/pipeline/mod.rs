@@ -125,6 +125,9 @@ pub struct Pipeline {
     /// The dedup and fraud values of the last batches, whose commits may still be
     /// running (see `prefetch`).
     in_flight: InFlight,
+    /// The store's fraud horizon when the pipeline loaded: fraud values expire by no
+    /// less (see [`Pipeline::fraud_horizon`]).
+    fraud_floor: Option<i64>,
 }
 
 /// (partition, window start µs, currency code).
@@ -164,6 +167,9 @@ impl Pipeline {
             partitions.entry(p).or_default().max_event_micros = Some(m);
         }
         let next_seq = store.next_seqs()?.into_iter().collect();
+        // The store may be ahead of every partition loaded: a partition this instance
+        // no longer owns (forgotten at start) may have published a later watermark.
+        let fraud_floor = store.fraud_horizon();
         let mut windows = BTreeMap::new();
         for (k, v) in store.windows()? {
             let Some((p, start, currency)) = parse_window_key(&k)
@@ -195,6 +201,7 @@ impl Pipeline {
             landed: ahead.records.into_iter().collect(),
             landed_windows,
             in_flight: InFlight::default(),
+            fraud_floor,
         })
     }
 
@@ -213,15 +220,16 @@ impl Pipeline {
         )
     }
 
-    /// The horizon fraud values expire by: the most advanced watermark of any partition
-    /// the pipeline knows (those it loaded from the store and those it processed), as the
-    /// store's filter uses the most advanced one committed (see [`FraudExpiry`]).
+    /// The horizon fraud values expire by (see [`FraudExpiry`]): the store's as the
+    /// pipeline loaded (`fraud_floor`), raised by the most advanced watermark of any
+    /// partition the pipeline knows, as the store's filter uses the most advanced one
+    /// committed.
     fn fraud_horizon(&self) -> Option<i64> {
+        let lateness = self.cfg.allowed_lateness_micros;
         self.partitions
             .values()
-            .filter_map(|p| {
-                watermark::watermark(p.max_event_micros, self.cfg.allowed_lateness_micros)
-            })
+            .filter_map(|p| watermark::watermark(p.max_event_micros, lateness))
+            .chain(self.fraud_floor)
             .max()
     }
 

@@ -401,16 +401,23 @@ type FraudAnswer<'f> = &'f mut dyn FnMut(usize, Option<&[u8]>);
 /// How a batch judges the fraud values it reads: a value whose time plus the TTL is
 /// before `horizon` is no history at all.
 ///
-/// **The invariant: whether a value counts depends on the batch's records and the
+/// **The invariant: whether a value counts depends on the records processed and the
 /// state committed before them, never on when commits land.** The store expires values
 /// by the horizon its *committed* batches published (the most advanced watermark of any
 /// partition), and with commits in flight that lags the pipeline by a batch or two: a
 /// card's history read from the store, or from the copy of a batch in flight (which the
 /// store does not judge at all), could count or not by the commit timing alone. So the
 /// pipeline judges every value, from either source, by its own horizon as the batch
-/// begins: the same rule the store applies, over the same partitions' watermarks, each
-/// at least as advanced as what a commit published. What the store has already let go
-/// of is expired under this horizon too.
+/// begins (`Pipeline::fraud_horizon`): the same rule the store applies, by a horizon
+/// never behind the store's (the store's as the pipeline loaded, raised by the
+/// pipeline's own watermarks, which are what its commits publish). What the store has
+/// already let go of is expired under this horizon too.
+///
+/// (The horizon is taken once per batch and is a maximum over partitions, so where a
+/// value sits at the edge of its TTL, how records fall into batches and how partitions
+/// interleave still matter, as they do for any state shared across partitions; what
+/// a batch decides, it decides before its commit, and only its durable commit lets
+/// the decision out.)
 #[derive(Debug, Clone, Copy)]
 pub struct FraudExpiry {
     pub ttl_micros: i64,

@@ -351,52 +351,65 @@ enum Commits {
     Overlapped,
 }
 
-/// Runs one record per batch, `(partition, id, card, secs after 10:00)`, on a store
-/// whose fraud TTL is 30 minutes; returns each payment's `card_count_1h`.
-fn card_counts(input: &[(i32, &str, &str, i64)], commits: Commits) -> BTreeMap<String, i64> {
+/// A payment for [`card_counts`]: (partition, id, card, seconds after 10:00).
+type CardPayment<'a> = (i32, &'a str, &'a str, i64);
+
+/// Runs `input` one record per batch on a store whose fraud TTL is 30 minutes, owning
+/// partitions 0 and 1 but those in `forget`; returns each payment's `card_count_1h`.
+/// Before it, `before` (if any) runs owning both, its batches committed, and then the
+/// partitions in `forget` are forgotten, as an instance that lost them does at start.
+fn card_counts(
+    before: &[CardPayment<'_>],
+    forget: &[i32],
+    input: &[CardPayment<'_>],
+    commits: Commits,
+) -> BTreeMap<String, i64> {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
         fraud_ttl_micros: 30 * super::fixtures::MIN,
         ..StoreOptions::default()
     };
     let store = StateStore::open(dir.path(), &opts).unwrap();
-    let payloads: Vec<Vec<u8>> = input
-        .iter()
-        .map(|(_, id, card, secs)| {
-            encode_json(&PaymentEvent {
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut run = |input: &[CardPayment<'_>], owned: &[i32], commits: Commits| {
+        let mut p = Pipeline::load(cfg(), &store).unwrap();
+        let mut uncommitted = Uncommitted::default();
+        for (partition, id, card, secs) in input {
+            let payload = encode_json(&PaymentEvent {
                 card_fingerprint: (*card).into(),
                 ..payment(id, *secs, 100)
-            })
-        })
-        .collect();
-    let mut p = Pipeline::load(cfg(), &store).unwrap();
-    let mut uncommitted = Uncommitted::default();
-    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    for ((partition, id, _, _), payload) in input.iter().zip(&payloads) {
-        let offset = offsets.entry(*partition).or_default();
-        let record = InputRecord {
-            partition: *partition,
-            offset: *offset,
-            key: Some(id.as_bytes()),
-            payload,
-            timestamp_ms: None,
-        };
-        *offset += 1;
-        if let Commits::Reloaded = commits {
-            p = Pipeline::load(cfg(), &store).unwrap();
+            });
+            let offset = offsets.entry(*partition).or_default();
+            let record = InputRecord {
+                partition: *partition,
+                offset: *offset,
+                key: Some(id.as_bytes()),
+                payload: &payload,
+                timestamp_ms: None,
+            };
+            *offset += 1;
+            if let Commits::Reloaded = commits {
+                p = Pipeline::load(cfg(), &store).unwrap();
+            }
+            let (mut batch, _) = p.process(&[record], &store).unwrap();
+            // As the checkpoint does: the batch carries the watermarks it reached.
+            crate::checkpoint::stamp_watermarks(&p, owned, &mut batch);
+            match commits {
+                Commits::Reloaded | Commits::Synced => store.commit(batch).unwrap(),
+                Commits::Overlapped => uncommitted.push(&store, batch),
+            }
         }
-        let (mut batch, _) = p.process(&[record], &store).unwrap();
-        // As the checkpoint does: the batch carries the watermarks it reached.
-        crate::checkpoint::stamp_watermarks(&p, &[0, 1], &mut batch);
-        match commits {
-            Commits::Reloaded | Commits::Synced => store.commit(batch).unwrap(),
-            Commits::Overlapped => uncommitted.push(&store, batch),
-        }
+        uncommitted.finish(&store);
+    };
+    if !before.is_empty() {
+        run(before, &[0, 1], Commits::Synced);
+        store.forget_partitions(forget).unwrap();
     }
-    uncommitted.finish(&store);
+    let owned: Vec<i32> = [0, 1].into_iter().filter(|p| !forget.contains(p)).collect();
+    run(input, &owned, commits);
     let mut counts = BTreeMap::new();
-    for partition in offsets.keys() {
-        for (_, row) in deliverable_rows(&store, Table::Payments, *partition, 100).unwrap() {
+    for partition in [0, 1] {
+        for (_, row) in deliverable_rows(&store, Table::Payments, partition, 100).unwrap() {
             let r: serde_json::Value = serde_json::from_slice(&row).unwrap();
             let id = r["transaction_id"].as_str().unwrap().to_string();
             counts.insert(id, r["card_count_1h"].as_i64().unwrap());
@@ -404,6 +417,8 @@ fn card_counts(input: &[(i32, &str, &str, i64)], commits: Commits) -> BTreeMap<S
     }
     counts
 }
+
+const EVERY_WAY: [Commits; 3] = [Commits::Reloaded, Commits::Synced, Commits::Overlapped];
 
 /// A card's history expires by the TTL under the most advanced watermark of any
 /// partition, and that judgement must not depend on when commits land: the history may
@@ -427,15 +442,42 @@ fn fraud_history_expires_by_the_pipelines_watermark_whenever_commits_land() {
         (1, "tx-2", y.as_str(), 7_200),
         (0, "tx-4", x.as_str(), 60),
     ];
-    for input in [&apart[..], &close[..]] {
-        for commits in [Commits::Reloaded, Commits::Synced, Commits::Overlapped] {
-            let counts = card_counts(input, commits);
+    // No partition ahead: the history counts.
+    let kept = [(0, "tx-1", x.as_str(), 0), (0, "tx-4", x.as_str(), 60)];
+    for commits in EVERY_WAY {
+        for input in [&apart[..], &close[..]] {
+            let counts = card_counts(&[], &[], input, commits);
+            let n = input.len();
+            assert_eq!(counts["tx-1"], 1, "{commits:?}, {n} batches");
             assert_eq!(
-                counts["tx-4"],
-                counts["tx-1"],
-                "{commits:?}, {} batches: x's history expired, tx-4 counts as its first",
-                input.len()
+                counts["tx-4"], 1,
+                "{commits:?}, {n} batches: x's history expired"
             );
+        }
+        let counts = card_counts(&[], &[], &kept, commits);
+        assert_eq!(counts["tx-4"], 2, "{commits:?}: x's history counts");
+    }
+}
+
+/// The same when the store's horizon is ahead of every partition the pipeline owns: a
+/// partition that moved two hours ahead was then lost to another instance (forgotten
+/// at start), and the store still expires fraud values by its watermark. A card's
+/// history written since is expired whether read from the store or from the batch
+/// that wrote it, still in flight.
+#[test]
+fn fraud_history_expires_by_the_stores_horizon_when_it_is_ahead_of_every_owned_partition() {
+    let x = "ab".repeat(16);
+    let y = "cd".repeat(16);
+    let before = [(1, "tx-0", y.as_str(), 7_200)];
+    let input = [
+        (0, "tx-1", x.as_str(), 0),
+        (0, "tx-2", x.as_str(), 60),
+        (0, "tx-3", x.as_str(), 120),
+    ];
+    for commits in EVERY_WAY {
+        let counts = card_counts(&before, &[1], &input, commits);
+        for id in ["tx-1", "tx-2", "tx-3"] {
+            assert_eq!(counts[id], 1, "{commits:?}, {id}: x's history expired");
         }
     }
 }
