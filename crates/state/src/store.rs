@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+#[cfg(feature = "fail-points")]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::{
@@ -123,7 +125,8 @@ pub struct StateStore {
     dedup_pages: Mutex<dedup_pages::DedupPages>,
     /// How many more commits may land before the next one fails: a test double for a
     /// disk that fails one write, which the real one cannot do on demand (set only
-    /// through `fail_commit_after`, in builds with fail points).
+    /// through `fail_commit_after`; only builds with fail points have it).
+    #[cfg(feature = "fail-points")]
     commits_before_failure: AtomicU64,
 }
 
@@ -356,6 +359,7 @@ impl StateStore {
             read_only: false,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
@@ -462,6 +466,7 @@ impl StateStore {
             read_only: true,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
