@@ -252,6 +252,26 @@ mod tests {
         Checkpoint::new(store.clone(), relay, Metrics::new(), owned)
     }
 
+    /// Payments `p-0` to `p-{n-1}`, one a second from 10:00, encoded.
+    fn payments(n: i64) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| encode_json(&payment(&format!("p-{i}"), i, 100)))
+            .collect()
+    }
+
+    /// `input[range]` as records of partition 0, each at the offset of its index.
+    fn on_partition_0(input: &[Vec<u8>], range: std::ops::Range<usize>) -> Vec<InputRecord<'_>> {
+        range
+            .map(|i| InputRecord {
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                payload: &input[i],
+                timestamp_ms: None,
+            })
+            .collect()
+    }
+
     /// With commits in flight, the offsets reported durable (to the consumer group) are
     /// those of the newest batch that has landed, never of one still in flight; and a
     /// batch is handed over only once fewer than `COMMITS_IN_FLIGHT` are in flight.
@@ -264,21 +284,9 @@ mod tests {
         );
         let mut pipeline = Pipeline::load(config(), &store).unwrap();
         let mut checkpoint = checkpoint_over(&store, dir.path(), vec![0]);
-        let input: Vec<Vec<u8>> = (0..50)
-            .map(|i| encode_json(&payment(&format!("p-{i}"), i, 100)))
-            .collect();
-        for (k, chunk) in input.chunks(10).enumerate() {
-            let records: Vec<InputRecord<'_>> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, bytes)| InputRecord {
-                    partition: 0,
-                    offset: (k * 10 + i) as i64,
-                    key: None,
-                    payload: bytes,
-                    timestamp_ms: None,
-                })
-                .collect();
+        let input = payments(50);
+        for k in 0..5 {
+            let records = on_partition_0(&input, k * 10..k * 10 + 10);
             let (batch, stats) = pipeline.process(&records, &store).unwrap();
             let landed = checkpoint
                 .commit_overlapped(&pipeline, batch, &stats, Instant::now())
@@ -316,20 +324,7 @@ mod tests {
         use paydedup_state::Table;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
-        let input: Vec<Vec<u8>> = (0..60)
-            .map(|i| encode_json(&payment(&format!("p-{i}"), i, 100)))
-            .collect();
-        let records = |from: usize, to: usize| -> Vec<InputRecord<'_>> {
-            (from..to)
-                .map(|i| InputRecord {
-                    partition: 0,
-                    offset: i as i64,
-                    key: None,
-                    payload: &input[i],
-                    timestamp_ms: None,
-                })
-                .collect()
-        };
+        let input = payments(60);
         {
             let store = Arc::new(StateStore::open(&path, &StoreOptions::default()).unwrap());
             store.fail_commit_after(2);
@@ -338,7 +333,7 @@ mod tests {
             let mut failed = None;
             for k in 0..6 {
                 let (batch, stats) = pipeline
-                    .process(&records(k * 10, k * 10 + 10), &store)
+                    .process(&on_partition_0(&input, k * 10..k * 10 + 10), &store)
                     .unwrap();
                 match checkpoint.commit_overlapped(&pipeline, batch, &stats, Instant::now()) {
                     Ok(_) => assert!(failed.is_none(), "batch {k} handed over after a failure"),
@@ -372,7 +367,9 @@ mod tests {
         let store = Arc::new(StateStore::open(&path, &StoreOptions::default()).unwrap());
         let mut pipeline = Pipeline::load(config(), &store).unwrap();
         assert_eq!(pipeline.next_offset(0), Some(20));
-        let (batch, _) = pipeline.process(&records(20, 60), &store).unwrap();
+        let (batch, _) = pipeline
+            .process(&on_partition_0(&input, 20..60), &store)
+            .unwrap();
         store.commit(batch).unwrap();
         // Each payment's row carries the next sequence: payment i is row i, whether
         // the relay delivered it before the failure (gone from the outbox) or not.
