@@ -346,9 +346,10 @@ fn main() {
     let (dedup_set, fraud_values) = store.resident_bytes().unwrap_or_default();
     let (block_cache, memtables) = store.rocksdb_memory_bytes().unwrap();
     eprintln!(
-        "memory at the end: resident {} MiB (peak {rss} MiB); resident dedup keys {:.0} MB, resident fraud values {:.0} MB, block cache {:.0} MB, memtables {:.0} MB",
+        "memory at the end: resident {} MiB (peak {rss} MiB); dedup index and pages {:.0} MB ({} pages read from RocksDB), resident fraud values {:.0} MB, block cache {:.0} MB, memtables {:.0} MB",
         rss_now_mib(),
         mb(dedup_set as u64),
+        StateStore::dedup_page_reads(),
         mb(fraud_values as u64),
         mb(block_cache),
         mb(memtables)

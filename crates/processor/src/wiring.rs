@@ -136,7 +136,11 @@ fn build(
         if let (Some((entries, _)), Some((bytes, _))) =
             (store.resident_keys(), store.resident_bytes())
         {
-            m.emit(DedupIndexMeasured { entries, bytes });
+            m.emit(DedupIndexMeasured {
+                entries,
+                bytes,
+                page_reads: StateStore::dedup_page_reads(),
+            });
         }
     });
     let source = KafkaSource::connect(&config.kafka, &config.kafka_properties(), |n| {
@@ -314,6 +318,7 @@ fn open_store(config: &RunConfig) -> anyhow::Result<StateStore> {
             sync: config.store.sync,
             dedup_retention_micros: Some(micros(config.pipeline.retention)),
             fraud_memory_bytes: config.store.fraud_memory_mib.saturating_mul(1 << 20),
+            dedup_page_memory_bytes: config.store.dedup_page_memory_mib.saturating_mul(1 << 20),
             ..StoreOptions::default()
         },
     )

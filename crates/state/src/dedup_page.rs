@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::dedup_index::MAX_PAGE_ENTRIES;
 use crate::keys::{dedup_value_partition, value_time, DedupEntry};
 use crate::StateError;
 
@@ -41,6 +42,7 @@ pub fn parse_page_key(key: &[u8]) -> Option<(i32, u64)> {
 pub struct PageBuilder {
     page: Vec<u8>,
     newest: i64,
+    entries: usize,
 }
 
 impl Default for PageBuilder {
@@ -48,6 +50,7 @@ impl Default for PageBuilder {
         PageBuilder {
             page: vec![0u8; 8],
             newest: i64::MIN,
+            entries: 0,
         }
     }
 }
@@ -67,7 +70,14 @@ impl PageBuilder {
         self.page.extend_from_slice(key);
         self.page.extend_from_slice(value);
         self.newest = self.newest.max(time);
+        self.entries += 1;
         Ok(())
+    }
+
+    /// Whether the page holds as many entries as a locator can name
+    /// (`dedup_index::MAX_PAGE_ENTRIES`).
+    fn is_full(&self) -> bool {
+        self.entries >= MAX_PAGE_ENTRIES
     }
 
     /// The page's bytes and its newest time.
@@ -77,9 +87,10 @@ impl PageBuilder {
     }
 }
 
-/// One commit's pages: its dedup entries, by the partition each entry names.
+/// One commit's pages: its dedup entries, by the partition each entry names (a
+/// partition's entries beyond `MAX_PAGE_ENTRIES` in one commit start another page).
 #[derive(Debug, Default)]
-pub struct CommitPages(BTreeMap<i32, PageBuilder>);
+pub struct CommitPages(BTreeMap<i32, Vec<PageBuilder>>);
 
 impl CommitPages {
     /// Adds a dedup put (key, encoded `DedupEntry`) to its partition's page.
@@ -88,14 +99,26 @@ impl CommitPages {
             what: "dedup entry",
             len: value.len(),
         })?;
-        self.0.entry(partition).or_default().push(key, value)
+        let pages = self.0.entry(partition).or_default();
+        match pages.last_mut() {
+            Some(page) if !page.is_full() => page.push(key, value),
+            _ => {
+                let mut page = PageBuilder::default();
+                page.push(key, value)?;
+                pages.push(page);
+                Ok(())
+            }
+        }
     }
 
-    /// Each partition's page: (partition, bytes, newest time), by partition.
+    /// Each partition's pages: (partition, bytes, newest time), by partition, each
+    /// partition's in the order their entries came.
     pub fn finish(self) -> impl Iterator<Item = (i32, Vec<u8>, i64)> {
-        self.0.into_iter().map(|(p, b)| {
-            let (page, newest) = b.finish();
-            (p, page, newest)
+        self.0.into_iter().flat_map(|(p, pages)| {
+            pages.into_iter().map(move |b| {
+                let (page, newest) = b.finish();
+                (p, page, newest)
+            })
         })
     }
 }
@@ -141,6 +164,17 @@ pub fn entries(
     }))
 }
 
+/// A page's keys with their slots, without decoding the entries (what a restart's
+/// index needs); an error as for `entries`.
+pub fn keys(page: &[u8]) -> Result<impl Iterator<Item = (usize, [u8; 16])> + '_, StateError> {
+    entry_count(page)?;
+    let body = page.get(8..).unwrap_or_default();
+    Ok(body
+        .chunks_exact(ENTRY_LEN)
+        .enumerate()
+        .filter_map(|(slot, e)| Some((slot, e[..16].try_into().ok()?))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +198,9 @@ mod tests {
         assert_eq!(newest_time(&page), Some(20));
         let got: Vec<_> = entries(&page).unwrap().collect();
         assert_eq!(got, vec![(a, ea), (b, eb)]);
+        let got: Vec<_> = keys(&page).unwrap().collect();
+        assert_eq!(got, vec![(0, a), (1, b)]);
+        assert!(keys(&page[..page.len() - 1]).is_err());
         assert!(entries(&page[..page.len() - 1]).is_err());
         assert!(entries(b"short").is_err());
         // A commit's pages, by partition; an entry of the wrong length is refused.

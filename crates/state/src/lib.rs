@@ -9,8 +9,11 @@
 //! - [`store`]: [`StateStore`], whose single [`StateStore::commit`] makes a batch durable
 //!   atomically: the effects of offsets `[a, b)` and `next_offset = b` are on disk
 //!   together or not at all.
-//! - [`dedup_index`]: [`dedup_index::DedupIndex`], the dedup entries, in memory, so dedup
-//!   lookups never reach RocksDB; [`resident_values`], the fraud values likewise.
+//! - [`dedup_index`]: [`dedup_index::DedupIndex`], where each dedup entry is (a
+//!   fingerprint and its page's slot), in memory, so dedup lookups of new ids never
+//!   reach RocksDB; [`resident_pages`], the pages and the newest ones' bytes, which
+//!   answer a repeat; [`legacy_dedup`], an earlier build's per-key entries;
+//!   [`resident_values`], the fraud values.
 //! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
 //! - [`error`]: the error type, [`StateError`].
 //! - [`fail_point`]: named places where a test build can die on demand.
@@ -23,7 +26,9 @@ pub mod error;
 pub mod expiry;
 pub mod fail_point;
 pub mod keys;
+pub mod legacy_dedup;
 pub mod outbox_page;
+pub mod resident_pages;
 pub mod resident_values;
 pub mod store;
 pub mod table;

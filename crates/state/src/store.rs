@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-#[cfg(feature = "fail-points")]
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rocksdb::{
@@ -21,7 +19,7 @@ use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
 use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
-use resident::{Resident, ResidentLoader};
+use resident::{DedupAnswer, Resident, ResidentLoader};
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -46,6 +44,10 @@ pub struct StoreOptions {
     /// took 2.6 s to replay it; bounded at 256 MB, 0.65 s, at no measured cost in
     /// throughput (docs/benchmarks.md, recovery).
     pub max_wal_bytes: u64,
+    /// Memory for the newest dedup pages' bytes (`resident_pages`), so that a repeat
+    /// of a recent id finds its first version's entry without reading RocksDB; a
+    /// repeat of an older one reads its page (slower, never wrong).
+    pub dedup_page_memory_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -62,9 +64,15 @@ impl Default for StoreOptions {
             // 5.9 M fraud keys (the peers' 10 M payments) took 454 MB.
             fraud_memory_bytes: 768 << 20,
             max_wal_bytes: 256 << 20,
+            // 2.5 M entries (52 bytes each): at 20k payments a second, the last two
+            // minutes; the peers' 10 M payments at 1 h retention keep every page.
+            dedup_page_memory_bytes: 128 << 20,
         }
     }
 }
+
+/// See [`StateStore::dedup_page_reads`].
+static DEDUP_PAGE_READS: AtomicU64 = AtomicU64::new(0);
 
 /// Sizes and positions, for the `state` subcommand and metrics.
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +129,8 @@ pub struct StateStore {
     fraud_ttl_micros: i64,
     /// The resident fraud values' memory budget.
     fraud_memory_bytes: usize,
+    /// The newest dedup pages' memory budget.
+    dedup_page_memory_bytes: usize,
     /// The dedup pages held, for deleting them once expired (`store::dedup_pages`).
     dedup_pages: Mutex<dedup_pages::DedupPages>,
     /// How many more commits may land before the next one fails: a test double for a
@@ -363,6 +373,7 @@ impl StateStore {
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
+            dedup_page_memory_bytes: opts.dedup_page_memory_bytes,
         };
         // Resume the compaction filters' horizons from the last commit.
         if let Some(h) = store.committed_horizon()? {
@@ -470,6 +481,7 @@ impl StateStore {
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
             fraud_memory_bytes: opts.fraud_memory_bytes,
+            dedup_page_memory_bytes: opts.dedup_page_memory_bytes,
         };
         Ok(store)
     }
@@ -591,9 +603,9 @@ impl StateStore {
         for h in horizons {
             self.publish_horizon(h);
         }
-        self.dedup_pages_written(pages);
+        self.dedup_pages_written(&pages);
         // Only now, with the batch durable, may its keys be answered from memory.
-        self.record_commit(&ops);
+        self.record_commit(&ops, pages);
         Ok(())
     }
 
@@ -647,33 +659,49 @@ impl StateStore {
             let _ = self.resident.set(self.read_only_resident()?);
         }
         let known = self.resident_dedup(keys);
-        let asked: Vec<&K> = keys
-            .iter()
-            .zip(&known)
-            .filter(|(_, m)| m.is_none())
-            .map(|(k, _)| k)
-            .collect();
-        let mut answers = if asked.is_empty() {
-            Vec::new().into_iter()
-        } else {
+        let mut found: Vec<Option<DedupEntry>> = vec![None; keys.len()];
+        let mut asked = Vec::new();
+        for (i, answer) in known.into_iter().enumerate() {
+            let key = keys[i].as_ref();
+            match answer {
+                DedupAnswer::Known(e) => found[i] = e,
+                DedupAnswer::AskFamily => asked.push(i),
+                DedupAnswer::ReadPages(pages) => {
+                    let mut entry = None;
+                    for page in pages {
+                        DEDUP_PAGE_READS.fetch_add(1, Ordering::Relaxed);
+                        entry = dedup_pages::read_page_entry(&self.db, &self.path, page, key)?;
+                        if entry.is_some() {
+                            break;
+                        }
+                    }
+                    match entry {
+                        Some(e) => found[i] = Some(e),
+                        None => asked.push(i),
+                    }
+                }
+            }
+        }
+        if !asked.is_empty() {
             let cf = self.cf(CF_DEDUP)?;
-            self.db.batched_multi_get_cf(cf, asked, false).into_iter()
-        };
-        known
-            .into_iter()
-            .map(|m| match m {
-                Some(answer) => Ok(answer),
-                None => match answers
-                    .next()
-                    .transpose()
-                    .map_err(|e| self.rocks(e))?
-                    .flatten()
-                {
-                    Some(v) => DedupEntry::decode(&v).map(Some),
-                    None => Ok(None),
-                },
-            })
-            .collect()
+            let values =
+                self.db
+                    .batched_multi_get_cf(cf, asked.iter().map(|i| keys[*i].as_ref()), false);
+            for (i, v) in asked.into_iter().zip(values) {
+                if let Some(v) = v.map_err(|e| self.rocks(e))? {
+                    found[i] = Some(DedupEntry::decode(&v)?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// How many dedup pages lookups have read from RocksDB in this process (every
+    /// store's): repeats of ids on pages older than those memory keeps
+    /// (`StoreOptions::dedup_page_memory_bytes`). Per process, so that it only rises
+    /// across a store's reopening, as the counter it feeds must.
+    pub fn dedup_page_reads() -> u64 {
+        DEDUP_PAGE_READS.load(Ordering::Relaxed)
     }
 
     pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {

@@ -174,6 +174,12 @@ pub struct StoreSettings {
     /// and lookups memory cannot answer read RocksDB: correct, slower (logged once).
     #[arg(long, env = "PAYDEDUP_FRAUD_MEMORY_MIB", default_value = "768")]
     pub fraud_memory_mib: usize,
+    /// Memory for the newest dedup pages' entries, MiB (52 bytes an id: 128 MiB holds
+    /// the last ~2.5 M). A retry or replay of an id on an older page reads that page
+    /// from RocksDB: correct, slower. Raise it when repeats come later than the pages
+    /// it holds (`paydedup_dedup_page_reads_total` counts those reads).
+    #[arg(long, env = "PAYDEDUP_DEDUP_PAGE_MEMORY_MIB", default_value = "128")]
+    pub dedup_page_memory_mib: usize,
     /// Compact the TTL column families this often, seconds; 0 = only RocksDB's own compactions.
     #[arg(id = "ttl_compaction_secs", long = "ttl-compaction-secs", env = "PAYDEDUP_TTL_COMPACTION_SECS",
           value_name = "SECS", default_value = "600", value_parser = parse::seconds)]

@@ -239,10 +239,12 @@ impl Event for FraudMemoryMeasured {
 }
 
 /// Measured at a scrape: the dedup index (`DedupIndex`), which holds every id within
-/// the retention.
+/// the retention, with the newest pages' entries.
 pub struct DedupIndexMeasured {
     pub entries: usize,
     pub bytes: usize,
+    /// Pages read from RocksDB in this process (`StateStore::dedup_page_reads`).
+    pub page_reads: u64,
 }
 
 impl Event for DedupIndexMeasured {
@@ -251,6 +253,11 @@ impl Event for DedupIndexMeasured {
             .set(i64::try_from(self.entries).unwrap_or(i64::MAX));
         m.dedup_index_memory
             .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        // Counted by the process (across a store's reopening); the counter follows.
+        let counted = m.dedup_page_reads.get();
+        if self.page_reads > counted {
+            m.dedup_page_reads.inc_by(self.page_reads - counted);
+        }
     }
 }
 
@@ -454,10 +461,15 @@ mod tests {
             store.resident_keys().unwrap(),
             store.resident_bytes().unwrap(),
         );
-        m.emit(DedupIndexMeasured { entries, bytes });
+        m.emit(DedupIndexMeasured {
+            entries,
+            bytes,
+            page_reads: 2,
+        });
         let text = rendered(&m);
         assert_eq!(entries, 3);
-        assert!(bytes >= 3 * 56, "{bytes}");
+        assert!(bytes >= 3 * 16, "{bytes}");
+        assert!(text.contains("paydedup_dedup_page_reads_total 2"), "{text}");
         assert!(text.contains("paydedup_dedup_index_entries 3"), "{text}");
         assert!(
             text.contains(&format!("paydedup_dedup_index_bytes {bytes}")),

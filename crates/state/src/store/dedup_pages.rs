@@ -13,10 +13,14 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 
 use super::StateStore;
 use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES};
-use crate::dedup_index::{in_upper_shards, DedupIndex, LOWER_SHARDS, UPPER_SHARDS};
+use crate::dedup_index::{
+    in_upper_shards, locator, DedupIndex, LOWER_SHARDS, MAX_PAGE_SEQ, UPPER_SHARDS,
+};
 use crate::dedup_page::{self, page_key, parse_page_key, CommitPages};
 use crate::expiry::is_expired;
 use crate::keys::DedupEntry;
+use crate::legacy_dedup::LegacyDedup;
+use crate::resident_pages::{matching_entry, ResidentPages};
 use crate::StateError;
 
 /// The pages a store holds, by partition in write order, with their newest times.
@@ -26,17 +30,31 @@ pub(super) struct DedupPages {
     held: BTreeMap<i32, VecDeque<(u64, i64)>>,
 }
 
-/// What a commit's pages change once the commit is durable.
+/// What a commit's pages change once the commit is durable: the pages added, with
+/// their bytes (kept in memory for repeats, `ResidentPages`), and those deleted.
 #[derive(Debug, Default)]
 pub(super) struct PagesWritten {
-    added: Vec<(i32, u64, i64)>,
-    deleted: Vec<(i32, u64)>,
+    pub(super) added: Vec<AddedPage>,
+    pub(super) deleted: Vec<(i32, u64)>,
 }
 
-/// A page as read back: its newest time and its entries.
-type ReadPage = (i64, Vec<([u8; 16], DedupEntry)>);
+#[derive(Debug)]
+pub(super) struct AddedPage {
+    pub(super) partition: i32,
+    pub(super) seq: u64,
+    pub(super) newest: i64,
+    pub(super) bytes: Vec<u8>,
+}
 
-/// A page's newest time and entries, read (checksums verified) and parsed.
+/// A page as read back at open: its sequence, partition, newest time and bytes.
+struct ReadPage {
+    seq: u64,
+    partition: i32,
+    newest: i64,
+    bytes: Box<[u8]>,
+}
+
+/// A page's bytes, read (checksums verified) and checked to be whole entries.
 fn read_page(
     db: &rocksdb::DB,
     path: &std::path::Path,
@@ -56,12 +74,62 @@ fn read_page(
             path: path.to_owned(),
             detail: format!("dedup page {partition}/{seq} vanished while loading"),
         })?;
-    let newest = dedup_page::newest_time(&page).ok_or_else(|| StateError::BadValue {
+    let newest = dedup_page::newest_time(&page).ok_or(StateError::BadValue {
         what: "dedup page",
         len: page.len(),
     })?;
-    let entries = dedup_page::entries(&page)?.collect();
-    Ok((newest, entries))
+    dedup_page::entry_count(&page)?;
+    Ok(ReadPage {
+        seq,
+        partition,
+        newest,
+        bytes: page.as_ref().into(),
+    })
+}
+
+/// A page sequence a locator can name (`dedup_index::MAX_PAGE_SEQ`), or the error
+/// that the store has numbered more pages than it can locate.
+fn numbered_seq(seq: u64, path: &std::path::Path) -> Result<u64, StateError> {
+    if seq > MAX_PAGE_SEQ {
+        return Err(StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "dedup page sequence {seq} is beyond the {MAX_PAGE_SEQ} the dedup index can locate"
+            ),
+        });
+    }
+    Ok(seq)
+}
+
+/// A page read back whose sequence a locator can name, and whose entries slots can.
+fn numbered(page: ReadPage, path: &std::path::Path) -> Result<ReadPage, StateError> {
+    numbered_seq(page.seq, path)?;
+    if dedup_page::entry_count(&page.bytes)? > crate::dedup_index::MAX_PAGE_ENTRIES {
+        return Err(StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("dedup page {} holds more entries than a page may", page.seq),
+        });
+    }
+    Ok(page)
+}
+
+/// The entry of `key` in page `seq` of `partition` at `slot`, read from RocksDB (a
+/// repeat of an id whose page's bytes memory no longer keeps): `None` if the page is
+/// gone (expired and deleted since the lookup) or the slot holds another key.
+pub(super) fn read_page_entry(
+    db: &rocksdb::DB,
+    path: &std::path::Path,
+    (partition, seq, slot): (i32, u64, usize),
+    key: &[u8],
+) -> Result<Option<DedupEntry>, StateError> {
+    let cf = super::column_family(db, path, CF_DEDUP_PAGES)?;
+    match db
+        .get_pinned_cf(cf, page_key(partition, seq))
+        .map_err(|e| StateError::from_rocks(e, path))?
+    {
+        Some(page) => matching_entry(&page, slot, key),
+        None => Ok(None),
+    }
 }
 
 impl DedupPages {
@@ -72,38 +140,46 @@ impl DedupPages {
 }
 
 impl StateStore {
-    /// Fills `index` as a read-only store answers from it: the pages, then the older
-    /// per-key family's entries (which only fill keys the pages do not have).
-    pub(super) fn load_dedup_index(&self, index: &mut DedupIndex) -> Result<(), StateError> {
-        self.load_dedup_pages(index)?;
+    /// Fills the dedup memory as a read-only store answers from it: the pages, then
+    /// the older per-key family's entries (which only fill keys no page holds).
+    pub(super) fn load_dedup_index(
+        &self,
+        index: &mut DedupIndex,
+        resident: &mut ResidentPages,
+        legacy: &mut LegacyDedup,
+    ) -> Result<(), StateError> {
+        self.load_dedup_pages(index, resident)?;
         for item in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
-            index.load(&k, &v);
+            if !super::resident::page_holds(index, resident, &k) {
+                legacy.load(&k, &v);
+            }
         }
         Ok(())
     }
 
-    /// Reads every page into `index` (a commit's entries, so each replaces what the
-    /// key held: later pages were written later) and returns their bookkeeping.
+    /// Reads every page into `index` (each key's locator: later pages were written
+    /// later) and `resident` (every page, with the bytes of the newest within its
+    /// budget), and returns their bookkeeping.
     ///
     /// A restart waits for this, so it is kept short. Two passes, so that memory holds
     /// a few pages at a time beside the index: the first lists the pages (key order is
     /// by partition) without verifying their checksums, the second reads them again,
     /// verified, in write order, the store's sequence across partitions. In the second,
-    /// a helper thread reads and parses the pages, and inserts the keys of half the
-    /// shards while this one inserts the other half (see below; 9 M ids took 2.2–2.5 s
-    /// to be ready with reading and inserting each on one thread), while RocksDB's
-    /// compactions wait (`StateStore::resume_compactions`).
+    /// a helper thread reads the pages, and inserts the keys of half the shards while
+    /// this one inserts the other half (see below), while RocksDB's compactions wait
+    /// (`StateStore::resume_compactions`).
     pub(super) fn load_dedup_pages(
         &self,
         index: &mut DedupIndex,
+        resident: &mut ResidentPages,
     ) -> Result<DedupPages, StateError> {
         let mut pages = DedupPages::default();
         // A directory an older build wrote, opened read-only, has no pages.
         let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
             return Ok(pages);
         };
-        // The listing is only an order and a size: nothing read in it is kept, since
+        // The listing is only an order and sizes: nothing read in it is kept, since
         // it is not verified. What the pages say (their newest times, their entries)
         // comes from the second, verified read.
         let (mut order, mut total) = (Vec::new(), 0);
@@ -117,22 +193,23 @@ impl StateStore {
                 what: "dedup page key",
                 len: k.len(),
             })?;
-            order.push((seq, partition));
+            order.push((seq, partition, v.len()));
             total += v.len() / dedup_page::ENTRY_LEN;
         }
         // A pristine index (every open's) is filled on two threads, each inserting the
         // keys of half the shards into an index of its own: the inserts (cache misses
-        // and first touches of a table of up to a GB) were most of a restart's time
-        // with 9 M ids, on one thread while the other only read the pages. (Any other
-        // index is filled here alone, as `absorb` could not join it.)
+        // and first touches of a table of hundreds of MB) were most of a restart's
+        // time with 9 M ids, on one thread while the other only read the pages. (Any
+        // other index is filled here alone, as `absorb` could not join it.)
         let split = index.is_pristine();
         if split {
             index.reserve_shards(total, LOWER_SHARDS);
         } else {
             index.reserve(total);
         }
-        // In write order: a key written again after expiring keeps its later entry.
-        // Sequences are the store's, one per page: two alike is a damaged listing.
+        // In write order: a key written again after expiring has its later page's
+        // locator tried first. Sequences are the store's, one per page: two alike is
+        // a damaged listing.
         order.sort_unstable();
         if let Some(w) = order.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(StateError::Corrupt {
@@ -140,11 +217,24 @@ impl StateStore {
                 detail: format!("two dedup pages listed with sequence {}", w[0].0),
             });
         }
+        // The newest pages whose bytes fit the budget are kept (read newest first by
+        // a repeat); the first sequence kept.
+        let mut room = resident.budget();
+        let keep_from = order
+            .iter()
+            .rev()
+            .take_while(|(_, _, len)| {
+                let fits = *len <= room;
+                room = room.saturating_sub(*len);
+                fits
+            })
+            .last()
+            .map_or(u64::MAX, |(seq, _, _)| *seq);
         let db = &self.db;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(4);
-            // The helper reads and parses the pages, and (`split`) inserts the upper
-            // shards' keys into `upper`, in the same write order as this thread.
+            // The helper reads the pages, and (`split`) inserts the upper shards' keys
+            // into `upper`, in the same write order as this thread.
             let helper = std::thread::Builder::new()
                 .name("dedup-pages".into())
                 .spawn_scoped(scope, move || {
@@ -152,41 +242,46 @@ impl StateStore {
                     if split {
                         upper.reserve_shards(total, UPPER_SHARDS);
                     }
-                    for (seq, partition) in order {
-                        let read = read_page(db, &self.path, partition, seq);
-                        if let (true, Ok((_, entries))) = (split, &read) {
-                            for (key, entry) in entries.iter().filter(|(k, _)| in_upper_shards(k)) {
-                                upper.put_entry(*key, entry);
+                    for (seq, partition, _) in order {
+                        let read = read_page(db, &self.path, partition, seq)
+                            .and_then(|p| numbered(p, &self.path));
+                        if let (true, Ok(page)) = (split, &read) {
+                            for (slot, key) in
+                                dedup_page::keys(&page.bytes)?.filter(|(_, k)| in_upper_shards(k))
+                            {
+                                // No page goes while loading: every locator lives.
+                                upper.put(&key, locator(seq, slot), |_| true);
                             }
                         }
-                        let read = read.map(|(newest, entries)| (seq, partition, newest, entries));
                         let stop = read.is_err();
                         // The receiver is gone once it failed: nothing more to read.
                         if tx.send(read).is_err() || stop {
                             break;
                         }
                     }
-                    upper
+                    Ok::<DedupIndex, StateError>(upper)
                 })
                 .map_err(|e| StateError::Rocks(format!("starting the dedup pages' reader: {e}")))?;
             for read in rx {
-                let (seq, partition, newest, entries) = read?;
-                for (key, entry) in entries {
+                let page = read?;
+                for (slot, key) in dedup_page::keys(&page.bytes)? {
                     if !(split && in_upper_shards(&key)) {
-                        index.put_entry(key, &entry);
+                        index.put(&key, locator(page.seq, slot), |_| true);
                     }
                 }
                 // In sequence order, so each partition's pages are in write order.
-                pages.next_seq = pages.next_seq.max(seq + 1);
+                pages.next_seq = pages.next_seq.max(page.seq + 1);
                 pages
                     .held
-                    .entry(partition)
+                    .entry(page.partition)
                     .or_default()
-                    .push_back((seq, newest));
+                    .push_back((page.seq, page.newest));
+                let kept = (page.seq >= keep_from).then_some(page.bytes);
+                resident.add(page.seq, page.partition, kept);
             }
             let upper = helper
                 .join()
-                .map_err(|_| StateError::Rocks("the dedup pages' reader panicked".into()))?;
+                .map_err(|_| StateError::Rocks("the dedup pages' reader panicked".into()))??;
             // Cannot fail: `index` was pristine and is filled in the lower shards only.
             if split && !index.absorb(upper, UPPER_SHARDS) {
                 return Err(StateError::Rocks(
@@ -209,9 +304,15 @@ impl StateStore {
         let mut pages = super::resident::lock(&self.dedup_pages);
         let mut written = PagesWritten::default();
         let mut seq = pages.next_seq;
-        for (partition, page, newest) in new_pages.finish() {
-            wb.put_cf(cf, page_key(partition, seq), page);
-            written.added.push((partition, seq, newest));
+        for (partition, bytes, newest) in new_pages.finish() {
+            numbered_seq(seq, &self.path)?;
+            wb.put_cf(cf, page_key(partition, seq), &bytes);
+            written.added.push(AddedPage {
+                partition,
+                seq,
+                newest,
+                bytes,
+            });
             seq += 1;
         }
         let retention = self.retention.load(std::sync::atomic::Ordering::Acquire);
@@ -232,21 +333,21 @@ impl StateStore {
     }
 
     /// The commit carrying `written` is durable.
-    pub(super) fn dedup_pages_written(&self, written: PagesWritten) {
+    pub(super) fn dedup_pages_written(&self, written: &PagesWritten) {
         let mut pages = super::resident::lock(&self.dedup_pages);
-        for (partition, seq) in written.deleted {
+        for &(partition, seq) in &written.deleted {
             if let Some(held) = pages.held.get_mut(&partition) {
                 if held.front().is_some_and(|(s, _)| *s == seq) {
                     held.pop_front();
                 }
             }
         }
-        for (partition, seq, newest) in written.added {
+        for page in &written.added {
             pages
                 .held
-                .entry(partition)
+                .entry(page.partition)
                 .or_default()
-                .push_back((seq, newest));
+                .push_back((page.seq, page.newest));
         }
     }
 

@@ -30,9 +30,13 @@ use rocksdb::{IteratorMode, ReadOptions, DB};
 use super::StateStore;
 use crate::batch::{Op, OpLog};
 use crate::cf::{CF_DEDUP, CF_FRAUD};
-use crate::dedup_index::{DedupIndex, DedupLookup};
+use crate::dedup_index::{locator, DedupIndex};
 use crate::keys::{dedup_value_partition, DedupEntry};
+use crate::legacy_dedup::{LegacyDedup, LegacyLookup};
+use crate::resident_pages::{PageEntry, ResidentPages};
 use crate::resident_values::{Lookup, ResidentValues};
+
+use super::dedup_pages::PagesWritten;
 use crate::StateError;
 
 /// How far (a fraction of the TTL) the most advanced committed watermark moves between
@@ -46,7 +50,12 @@ const LOAD_CHUNK: usize = 16 * 1024;
 
 #[derive(Default)]
 pub(super) struct Resident {
+    /// Where each stored dedup entry is (fingerprint → page and slot).
     dedup: DedupIndex,
+    /// The pages the store holds, the newest with their bytes.
+    pages: ResidentPages,
+    /// An earlier build's per-key dedup entries, which have no page.
+    legacy: LegacyDedup,
     fraud: ResidentValues,
     /// Set until the loader has scanned both column families: the sets may then miss
     /// stored keys, so they answer nothing (see the module docs).
@@ -136,7 +145,7 @@ impl ResidentLoader {
                     Ok(()) if !stopping.load(Ordering::Acquire) => {
                         let r = lock(&resident);
                         tracing::info!(
-                            dedup_keys = r.dedup.len(),
+                            dedup_keys = r.dedup.len() + r.legacy.len(),
                             fraud_keys = r.fraud.len(),
                             seconds = started.elapsed().as_secs_f64(),
                             "Resident key sets loaded."
@@ -232,8 +241,8 @@ impl Resident {
             Kind::Dedup => {
                 let forgotten = dedup_value_partition(value)
                     .is_some_and(|p| self.forgotten_while_loading.contains(&p));
-                if !forgotten {
-                    self.dedup.load(key, value);
+                if !forgotten && !page_holds(&self.dedup, &self.pages, key) {
+                    self.legacy.load(key, value);
                 }
             }
             Kind::Fraud => self.fraud.load(key, value),
@@ -242,11 +251,84 @@ impl Resident {
 
     /// The store forgot `partitions` (their keys are deleted from RocksDB).
     fn forget(&mut self, partitions: &[i32]) {
-        self.dedup.forget(partitions);
+        self.pages.forget(partitions);
+        let pages = &self.pages;
+        self.dedup.retain(|seq| pages.lives(seq));
+        self.legacy.forget(partitions);
         if self.loading {
             self.forgotten_while_loading.extend_from_slice(partitions);
         }
     }
+}
+
+/// What memory says of one dedup key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum DedupAnswer {
+    /// The entry the store holds for it, or that it holds none.
+    Known(Option<DedupEntry>),
+    /// Read the per-key `dedup` family: a key memory has no answer for (no memory, a
+    /// key that is not 16 bytes, an earlier build's malformed row, or while the loader
+    /// still scans that family).
+    AskFamily,
+    /// Read these pages' slots from RocksDB, newest first (pages whose bytes memory
+    /// no longer keeps); the first whose key matches is the entry. None matching: ask
+    /// the per-key family.
+    ReadPages(Vec<(i32, u64, usize)>),
+}
+
+impl Resident {
+    /// Memory's answer for one dedup key: its locators newest first, each compared
+    /// whole where its page's bytes are kept, then an earlier build's per-key entry.
+    fn dedup_answer(&self, key: &[u8]) -> DedupAnswer {
+        let Ok(key16) = <&[u8; 16]>::try_from(key) else {
+            return DedupAnswer::AskFamily;
+        };
+        let mut stored = Vec::new();
+        for loc in self.dedup.candidates(key16) {
+            match self.pages.entry(loc) {
+                PageEntry::Held { key: k, entry } if k == key => {
+                    return match DedupEntry::decode(entry) {
+                        Ok(e) => DedupAnswer::Known(Some(e)),
+                        // Cannot happen (a page's entries are whole): RocksDB's read
+                        // of the per-key family then gives the only answer there is.
+                        Err(_) => DedupAnswer::AskFamily,
+                    };
+                }
+                // Bytes are let go oldest first: every page after this one is older.
+                PageEntry::Stored {
+                    partition,
+                    seq,
+                    slot,
+                } => stored.push((partition, seq, slot)),
+                PageEntry::Held { .. } | PageEntry::Gone => {}
+            }
+        }
+        if !stored.is_empty() {
+            return DedupAnswer::ReadPages(stored);
+        }
+        match self.legacy.get(key16) {
+            LegacyLookup::Held(e) => DedupAnswer::Known(Some(e)),
+            LegacyLookup::Ask => DedupAnswer::AskFamily,
+            // While the loader scans the per-key family, a key memory does not hold
+            // may be there.
+            LegacyLookup::Absent if self.loading => DedupAnswer::AskFamily,
+            LegacyLookup::Absent => DedupAnswer::Known(None),
+        }
+    }
+}
+
+/// Whether a page may hold `key`: a locator of it whose page's bytes hold it, or
+/// whose page's bytes are not kept (the loader then leaves an earlier build's entry
+/// for the key to RocksDB, which a lookup reads after the pages: never wrong).
+pub(super) fn page_holds(index: &DedupIndex, pages: &ResidentPages, key: &[u8]) -> bool {
+    let Ok(key16) = <&[u8; 16]>::try_from(key) else {
+        return false;
+    };
+    index.candidates(key16).any(|loc| match pages.entry(loc) {
+        PageEntry::Held { key: k, .. } => k == key,
+        PageEntry::Stored { .. } => true,
+        PageEntry::Gone => false,
+    })
 }
 
 impl StateStore {
@@ -262,6 +344,7 @@ impl StateStore {
         let mut r = Resident {
             loading: true,
             fraud_budget: self.fraud_memory_bytes,
+            pages: ResidentPages::new(self.dedup_page_memory_bytes),
             ..Resident::default()
         };
         // Before the loader starts: pages are newer than the per-key family it scans,
@@ -269,11 +352,12 @@ impl StateStore {
         // A restart waits for this (every lookup needs it): logged with its time, which
         // grows with the ids alive within the retention.
         let started = std::time::Instant::now();
-        let pages = self.load_dedup_pages(&mut r.dedup)?;
+        let pages = self.load_dedup_pages(&mut r.dedup, &mut r.pages)?;
         tracing::info!(
             pages = pages.len(),
             dedup_entries = r.dedup.len(),
-            memory_bytes = r.dedup.memory_bytes(),
+            index_bytes = r.dedup.memory_bytes(),
+            page_bytes = r.pages.memory_bytes(),
             seconds = started.elapsed().as_secs_f64(),
             "Dedup index loaded from its pages."
         );
@@ -288,9 +372,16 @@ impl StateStore {
     pub(super) fn read_only_resident(&self) -> Result<Arc<Mutex<Resident>>, StateError> {
         let mut r = Resident {
             dedup_only: true,
+            pages: ResidentPages::new(self.dedup_page_memory_bytes),
             ..Resident::default()
         };
-        self.load_dedup_index(&mut r.dedup)?;
+        let Resident {
+            dedup,
+            pages,
+            legacy,
+            ..
+        } = &mut r;
+        self.load_dedup_index(dedup, pages, legacy)?;
         Ok(Arc::new(Mutex::new(r)))
     }
 
@@ -306,20 +397,41 @@ impl StateStore {
 
     /// Adds a durable commit's keys, then sweeps a set whose TTL's fraction has passed
     /// since its last sweep (by the most advanced committed watermark).
-    pub(super) fn record_commit(&self, ops: &OpLog) {
-        let Some(mut r) = self.resident() else {
+    pub(super) fn record_commit(&self, ops: &OpLog, written: PagesWritten) {
+        let Some(mut guard) = self.resident() else {
             return;
         };
-        // Every dedup put and every fraud put and delete is applied, in order: memory
-        // answers both, so none may be missed.
+        let r = &mut *guard;
+        // The pages deleted go first, so a key written again after expiring has its
+        // old locator replaced, not kept beside the new one.
+        for (_, seq) in &written.deleted {
+            r.pages.remove(*seq);
+        }
+        // Every page's keys: memory answers every dedup lookup, so none may be missed.
+        for page in written.added {
+            let pages = &r.pages;
+            if let Ok(keys) = crate::dedup_page::keys(&page.bytes) {
+                for (slot, key) in keys {
+                    r.dedup
+                        .put(&key, locator(page.seq, slot), |seq| pages.lives(seq));
+                    r.legacy.remove(&key);
+                }
+            }
+            r.pages.add(
+                page.seq,
+                page.partition,
+                Some(page.bytes.into_boxed_slice()),
+            );
+        }
+        // Every fraud put and delete, in order.
         let loading = r.loading;
         for op in ops.iter() {
             match op {
-                Op::Put { cf, key, value } => match Kind::of(cf) {
-                    Some(Kind::Dedup) => r.dedup.put(key, value),
-                    Some(Kind::Fraud) => r.fraud.put(key, value),
-                    None => {}
-                },
+                Op::Put { cf, key, value } => {
+                    if Kind::of(cf) == Some(Kind::Fraud) {
+                        r.fraud.put(key, value);
+                    }
+                }
                 Op::Delete { cf, key } => {
                     if Kind::of(cf) == Some(Kind::Fraud) {
                         r.fraud.delete(key, loading);
@@ -342,7 +454,9 @@ impl StateStore {
             // Read once: the sweep asks for every resident key (~0.8 % of a 10 M run's
             // samples went to taking the lock per key), and answered by index.
             let horizons = self.horizons.partitions.table(global);
-            r.dedup.sweep(retention, |p| horizons.get(p));
+            let pages = &r.pages;
+            r.dedup.retain(|seq| pages.lives(seq));
+            r.legacy.sweep(retention, |p| horizons.get(p));
             r.dedup_swept_at = Some(now);
         }
         if !loading && due(r.fraud_swept_at, self.fraud_ttl_micros) {
@@ -358,24 +472,12 @@ impl StateStore {
         }
     }
 
-    /// The dedup entries memory can answer: `Some(answer)` per key, `None` for a key to
-    /// read from RocksDB (every key without memory, or while it is still loading).
-    pub(super) fn resident_dedup<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-    ) -> Vec<Option<Option<DedupEntry>>> {
+    /// What memory says of each dedup key (see [`DedupAnswer`]).
+    pub(super) fn resident_dedup<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<DedupAnswer> {
         let Some(r) = self.resident() else {
-            return vec![None; keys.len()];
+            return vec![DedupAnswer::AskFamily; keys.len()];
         };
-        // The pages are in memory from the open on; while the loader still scans the
-        // older per-key family, a key memory does not hold may be there.
-        keys.iter()
-            .map(|k| match r.dedup.get(k.as_ref()) {
-                DedupLookup::Held(e) => Some(Some(e)),
-                DedupLookup::Absent if !r.loading => Some(None),
-                DedupLookup::Absent | DedupLookup::Ask => None,
-            })
-            .collect()
+        keys.iter().map(|k| r.dedup_answer(k.as_ref())).collect()
     }
 
     /// The fraud values memory can answer: `answer(i, value)` gets memory's answer for
@@ -411,7 +513,8 @@ impl StateStore {
             ..Resident::default()
         };
         // As at open: the pages are in memory before the loader starts.
-        *lock(&self.dedup_pages) = self.load_dedup_pages(&mut fresh.dedup)?;
+        fresh.pages = ResidentPages::new(self.dedup_page_memory_bytes);
+        *lock(&self.dedup_pages) = self.load_dedup_pages(&mut fresh.dedup, &mut fresh.pages)?;
         if let Some(mut r) = self.resident() {
             fresh.fraud_budget = r.fraud_budget;
             *r = fresh;
@@ -421,8 +524,10 @@ impl StateStore {
 
     /// Bytes of memory the sets take: (dedup entries, fraud keys and values).
     pub fn resident_bytes(&self) -> Option<(usize, usize)> {
-        self.resident()
-            .map(|r| (r.dedup.memory_bytes(), r.fraud.memory_bytes()))
+        self.resident().map(|r| {
+            let dedup = r.dedup.memory_bytes() + r.pages.memory_bytes() + r.legacy.memory_bytes();
+            (dedup, r.fraud.memory_bytes())
+        })
     }
 
     /// The fraud values' memory: (bytes, whether they hold every stored key).
@@ -433,7 +538,8 @@ impl StateStore {
 
     /// How many keys each set holds: (dedup, fraud).
     pub fn resident_keys(&self) -> Option<(usize, usize)> {
-        self.resident().map(|r| (r.dedup.len(), r.fraud.len()))
+        self.resident()
+            .map(|r| (r.dedup.len() + r.legacy.len(), r.fraud.len()))
     }
 }
 
@@ -469,17 +575,28 @@ mod tests {
         // Scanned after the forgetting, from the scan's older view.
         r.load(Kind::Dedup, &b, &on(1, 6));
         r.load(Kind::Dedup, &c, &on(2, 7));
-        // A commit after the forgetting puts partition 1's keys as usual.
+        // A commit after the forgetting puts partition 1's keys as usual (a page).
         let d = dedup_key("d");
-        r.dedup.put(&d, &on(1, 8));
-        assert_eq!(r.dedup.get(&b), DedupLookup::Absent);
-        assert!(matches!(r.dedup.get(&a), DedupLookup::Held(_)));
-        assert!(matches!(r.dedup.get(&c), DedupLookup::Held(_)));
-        assert!(matches!(r.dedup.get(&d), DedupLookup::Held(_)));
-        // Once loaded, a forgetting is only the deletion it is.
+        let page = crate::dedup_page::encode([(&d, &DedupEntry::decode(&on(1, 8)).unwrap())]);
+        r.pages = ResidentPages::new(1 << 20);
+        r.pages.add(0, 1, Some(page.into_boxed_slice()));
+        r.dedup.put(&d, locator(0, 0), |_| true);
         r.loading = false;
+        let found = |r: &Resident, k: &[u8; 16]| match r.dedup_answer(k) {
+            DedupAnswer::Known(e) => e.map(|e| e.event_time_micros),
+            other => panic!("memory answers every key once loaded: {other:?}"),
+        };
+        assert_eq!(found(&r, &b), None);
+        assert_eq!(found(&r, &a), Some(5));
+        assert_eq!(found(&r, &c), Some(7));
+        assert_eq!(found(&r, &d), Some(8));
+        // Once loaded, a forgetting is only the deletion it is: of legacy entries and
+        // of pages alike.
         r.forget(&[2]);
         assert!(r.forgotten_while_loading.iter().all(|p| *p == 1));
-        assert_eq!(r.dedup.get(&c), DedupLookup::Absent);
+        assert_eq!(found(&r, &c), None);
+        r.forget(&[1]);
+        assert_eq!(found(&r, &d), None);
+        assert!(r.dedup.is_empty());
     }
 }

@@ -1012,3 +1012,132 @@ fn a_cpu_without_what_rocksdb_was_built_for_is_a_clear_error() {
     // The machine running the tests opened stores above, so it has both.
     assert!(check_cpu().is_ok());
 }
+
+/// A store whose newest dedup pages' bytes are kept within `page_memory` bytes.
+fn open_with_page_memory(dir: &Path, page_memory: usize) -> StateStore {
+    let opts = StoreOptions {
+        dedup_page_memory_bytes: page_memory,
+        ..StoreOptions::default()
+    };
+    let s = StateStore::open(dir, &opts).unwrap();
+    s.wait_resident().unwrap();
+    s
+}
+
+/// One commit putting `ids` at time `t` on partition 0.
+fn commit_ids(s: &StateStore, ids: &[&str], t: i64) {
+    let mut b = StateBatch::new();
+    for id in ids {
+        b.put_dedup(keys::dedup_key(id), &entry(t));
+    }
+    s.commit(b).unwrap();
+}
+
+/// The index keeps only where an entry is; the bytes of older pages are let go past
+/// the budget. A repeat of an id on such a page must still find its entry (read from
+/// RocksDB), before and after a restart, or a late retry would land twice.
+#[test]
+fn a_repeat_of_an_id_whose_page_memory_let_go_is_found_in_rocksdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_page = 8 + 3 * crate::dedup_page::ENTRY_LEN;
+    {
+        // Room for one page of three entries: the first commit's bytes go.
+        let s = open_with_page_memory(dir.path(), one_page);
+        commit_ids(&s, &["a", "b", "c"], 5);
+        commit_ids(&s, &["d", "e", "f"], 6);
+        let (dedup_bytes, _) = s.resident_bytes().unwrap();
+        let ids = ["a", "c", "d", "x"].map(keys::dedup_key);
+        assert_eq!(
+            s.get_dedup_many(&ids).unwrap(),
+            vec![Some(entry(5)), Some(entry(5)), Some(entry(6)), None]
+        );
+        // With room for both, both pages' bytes are memory's.
+        let roomy = tempfile::tempdir().unwrap();
+        let r = open_with_page_memory(roomy.path(), 2 * one_page);
+        commit_ids(&r, &["a", "b", "c"], 5);
+        commit_ids(&r, &["d", "e", "f"], 6);
+        assert_eq!(r.resident_bytes().unwrap().0, dedup_bytes + one_page);
+    }
+    // Reopened with no page memory at all: every repeat reads its page.
+    let s = open_with_page_memory(dir.path(), 0);
+    let ids = ["b", "f", "y"].map(keys::dedup_key);
+    assert_eq!(
+        s.get_dedup_many(&ids).unwrap(),
+        vec![Some(entry(5)), Some(entry(6)), None]
+    );
+}
+
+/// Two ids whose keys share their first 8 bytes (the index's fingerprint): each is
+/// answered with its own entry, and a third sharing them is new, whether the pages'
+/// bytes are in memory or read from RocksDB.
+#[test]
+fn ids_sharing_a_fingerprint_are_told_apart_by_their_whole_keys() {
+    let key = |last: u8| {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&42u64.to_be_bytes());
+        k[15] = last;
+        k
+    };
+    for page_memory in [0, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_with_page_memory(dir.path(), page_memory);
+        for (last, t) in [(1, 10), (2, 20)] {
+            let mut b = StateBatch::new();
+            b.put_dedup(key(last), &entry(t));
+            s.commit(b).unwrap();
+        }
+        assert_eq!(
+            s.get_dedup_many(&[key(1), key(2), key(3)]).unwrap(),
+            vec![Some(entry(10)), Some(entry(20)), None],
+            "page memory {page_memory}"
+        );
+        drop(s);
+        let s = open_with_page_memory(dir.path(), page_memory);
+        assert_eq!(
+            s.get_dedup_many(&[key(3), key(2), key(1)]).unwrap(),
+            vec![None, Some(entry(20)), Some(entry(10))],
+            "page memory {page_memory}, reopened"
+        );
+    }
+}
+
+/// An id written again once its entry expired, while the page of its first entry
+/// still lives (a page goes only once its newest entry expires): the lookup must get
+/// the later entry, or the id's next repeat is judged by an expired one and lands
+/// again.
+#[test]
+fn an_id_written_again_after_expiring_is_answered_with_its_later_entry() {
+    const S: i64 = 1_000_000;
+    for page_memory in [0, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            dedup_retention_micros: Some(10 * S),
+            dedup_page_memory_bytes: page_memory,
+            ..StoreOptions::default()
+        };
+        {
+            let s = StateStore::open(dir.path(), &opts).unwrap();
+            s.wait_resident().unwrap();
+            // "a" at 100 s and "b" at 108 s share a page.
+            let mut b = StateBatch::new();
+            b.put_dedup(keys::dedup_key("a"), &entry(100 * S));
+            b.put_dedup(keys::dedup_key("b"), &entry(108 * S));
+            s.commit(b).unwrap();
+            // At 111 s "a" has expired, its page has not; "a" comes again.
+            s.advance_partition_horizon(0, 111 * S);
+            commit_ids(&s, &["a"], 111 * S);
+            assert_eq!(
+                s.get_dedup_many(&[keys::dedup_key("a")]).unwrap(),
+                vec![Some(entry(111 * S))],
+                "page memory {page_memory}"
+            );
+        }
+        let s = StateStore::open(dir.path(), &opts).unwrap();
+        assert_eq!(
+            s.get_dedup_many(&[keys::dedup_key("a"), keys::dedup_key("b")])
+                .unwrap(),
+            vec![Some(entry(111 * S)), Some(entry(108 * S))],
+            "page memory {page_memory}, reopened"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! [`ResidentPages`]: the dedup pages the store holds, by sequence number, and the
+//! bytes of the newest of them, so that a repeat (a retry, a replay) finds its first
+//! version's entry in memory. The index (`crate::dedup_index`) only says where an entry
+//! is; this says whether that page still lives and, for a recent one, what it holds.
+//!
+//! Why only the newest pages' bytes: entries are 52 bytes an id (9 M live ids: 470 MB,
+//! all zeroed and filled before a restart's first batch), and nearly every repeat
+//! comes soon after its first version (the peers' input: within 120 s; retries in
+//! general within minutes). A repeat of an id whose page is older is read from
+//! RocksDB (one page, by its key): slower, never wrong. The budget is memory the
+//! operator sets (`StoreOptions::dedup_page_memory_bytes`); pages are kept newest
+//! first, since they come in sequence order and the oldest is let go first.
+//!
+//! **Invariant: a page is here exactly while the store holds it** (added once its
+//! commit is durable, or at open; removed once the commit deleting it is durable, or
+//! its partition forgotten). So a locator whose page is not here answers nothing.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::dedup_index::{page_of, slot_of, Locator};
+use crate::dedup_page::ENTRY_LEN;
+use crate::keys::DedupEntry;
+
+/// One page: its partition (half of its RocksDB key) and, while kept, its bytes.
+struct Page {
+    partition: i32,
+    bytes: Option<Box<[u8]>>,
+}
+
+/// What a locator points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageEntry<'a> {
+    /// The entry, in memory: its 16-byte key and its encoded [`DedupEntry`].
+    Held { key: &'a [u8], entry: &'a [u8] },
+    /// The page lives but its bytes are not kept: read it from RocksDB.
+    Stored {
+        partition: i32,
+        seq: u64,
+        slot: usize,
+    },
+    /// The page is gone (expired and deleted, or forgotten), or holds no such slot.
+    Gone,
+}
+
+/// The entry at `slot` of a page's bytes: (key, encoded entry).
+pub fn entry_at(page: &[u8], slot: usize) -> Option<(&[u8], &[u8])> {
+    let at = 8 + slot.checked_mul(ENTRY_LEN)?;
+    let e = page.get(at..at.checked_add(ENTRY_LEN)?)?;
+    Some(e.split_at(16))
+}
+
+/// The entry for `key` at `slot` of a page's bytes, if that slot holds `key`.
+pub fn matching_entry(
+    page: &[u8],
+    slot: usize,
+    key: &[u8],
+) -> Result<Option<DedupEntry>, crate::StateError> {
+    match entry_at(page, slot) {
+        Some((k, e)) if k == key => DedupEntry::decode(e).map(Some),
+        _ => Ok(None),
+    }
+}
+
+pub struct ResidentPages {
+    pages: HashMap<u64, Page>,
+    /// Sequences of the pages whose bytes are kept, oldest first (a page removed
+    /// meanwhile is skipped when its turn to go comes).
+    kept: VecDeque<u64>,
+    kept_bytes: usize,
+    budget: usize,
+}
+
+impl Default for ResidentPages {
+    /// No bytes kept: every repeat reads its page from RocksDB.
+    fn default() -> ResidentPages {
+        ResidentPages::new(0)
+    }
+}
+
+impl ResidentPages {
+    pub fn new(budget: usize) -> ResidentPages {
+        ResidentPages {
+            pages: HashMap::new(),
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            budget,
+        }
+    }
+
+    /// A page the store now holds (pages come in sequence order), with its bytes if
+    /// they are to be kept: the oldest kept ones go while the budget is exceeded.
+    ///
+    /// The pages kept are always the newest ones (a reader relies on it: a page whose
+    /// bytes are not kept is older than every kept one), so a page too large for the
+    /// whole budget lets every older one go too.
+    pub fn add(&mut self, seq: u64, partition: i32, bytes: Option<Box<[u8]>>) {
+        let too_large = bytes.as_ref().is_some_and(|b| b.len() > self.budget);
+        let bytes = bytes.filter(|_| !too_large);
+        if let Some(b) = &bytes {
+            self.kept_bytes += b.len();
+            self.kept.push_back(seq);
+        }
+        self.pages.insert(seq, Page { partition, bytes });
+        while self.kept_bytes > self.budget || (too_large && !self.kept.is_empty()) {
+            let Some(oldest) = self.kept.pop_front() else {
+                break;
+            };
+            if let Some(b) = self.pages.get_mut(&oldest).and_then(|p| p.bytes.take()) {
+                self.kept_bytes -= b.len();
+            }
+        }
+    }
+
+    /// The budget for kept bytes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// The store deleted page `seq`.
+    pub fn remove(&mut self, seq: u64) {
+        if let Some(b) = self.pages.remove(&seq).and_then(|p| p.bytes) {
+            self.kept_bytes -= b.len();
+        }
+    }
+
+    /// The store forgot every page of `partitions`.
+    pub fn forget(&mut self, partitions: &[i32]) {
+        let gone: Vec<u64> = self
+            .pages
+            .iter()
+            .filter(|(_, p)| partitions.contains(&p.partition))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in gone {
+            self.remove(seq);
+        }
+    }
+
+    pub fn lives(&self, seq: u64) -> bool {
+        self.pages.contains_key(&seq)
+    }
+
+    /// What `loc` points at.
+    pub fn entry(&self, loc: Locator) -> PageEntry<'_> {
+        let (seq, slot) = (page_of(loc), slot_of(loc));
+        match self.pages.get(&seq) {
+            None => PageEntry::Gone,
+            Some(Page { bytes: Some(b), .. }) => match entry_at(b, slot) {
+                Some((key, entry)) => PageEntry::Held { key, entry },
+                None => PageEntry::Gone,
+            },
+            Some(Page {
+                partition,
+                bytes: None,
+            }) => PageEntry::Stored {
+                partition: *partition,
+                seq,
+                slot,
+            },
+        }
+    }
+
+    /// How many pages the store holds.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Bytes of memory: the kept pages' bytes and the table of pages.
+    pub fn memory_bytes(&self) -> usize {
+        self.kept_bytes + self.pages.capacity() * (std::mem::size_of::<(u64, Page)>() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup_index::locator;
+    use crate::dedup_page;
+    use crate::keys::dedup_key;
+
+    fn entry(t: i64) -> DedupEntry {
+        DedupEntry {
+            event_time_micros: t,
+            content_hash: 5,
+            partition: 0,
+            offset: t,
+        }
+    }
+
+    fn page(ids: &[&str]) -> Box<[u8]> {
+        let keys: Vec<_> = ids.iter().map(|i| dedup_key(i)).collect();
+        let entries: Vec<_> = (0..ids.len()).map(|i| entry(i as i64)).collect();
+        dedup_page::encode(keys.iter().zip(&entries)).into_boxed_slice()
+    }
+
+    #[test]
+    fn a_locator_reads_its_entry_while_kept_and_its_page_key_once_let_go() {
+        let one = page(&["a", "b"]);
+        let size = one.len();
+        // Room for two such pages.
+        let mut p = ResidentPages::new(2 * size);
+        p.add(1, 7, Some(one));
+        p.add(2, 7, Some(page(&["c"])));
+        let PageEntry::Held { key, entry: e } = p.entry(locator(1, 1)) else {
+            panic!("page 1 is kept");
+        };
+        assert_eq!(key, dedup_key("b"));
+        assert_eq!(DedupEntry::decode(e).unwrap(), entry(1));
+        assert_eq!(p.entry(locator(1, 2)), PageEntry::Gone);
+        // A third page: the oldest's bytes go, the page stays.
+        p.add(3, 8, Some(page(&["d", "e"])));
+        assert_eq!(
+            p.entry(locator(1, 0)),
+            PageEntry::Stored {
+                partition: 7,
+                seq: 1,
+                slot: 0
+            }
+        );
+        assert!(matches!(p.entry(locator(3, 0)), PageEntry::Held { .. }));
+        assert!(p.memory_bytes() >= p.kept_bytes);
+        assert!(p.kept_bytes <= 2 * size);
+        // Deleted, forgotten: gone.
+        p.remove(2);
+        assert_eq!(p.entry(locator(2, 0)), PageEntry::Gone);
+        p.forget(&[7]);
+        assert_eq!(p.entry(locator(1, 0)), PageEntry::Gone);
+        assert!(p.lives(3));
+        assert_eq!(p.len(), 1);
+        // A page larger than the whole budget lets the older kept ones go too: the
+        // kept pages are always the newest.
+        p.add(4, 8, Some(vec![0u8; 3 * size].into_boxed_slice()));
+        assert!(matches!(p.entry(locator(3, 0)), PageEntry::Stored { .. }));
+        assert_eq!(p.kept_bytes, 0);
+        assert!(p.kept.is_empty());
+    }
+
+    #[test]
+    fn a_slot_holding_another_key_matches_nothing() {
+        let b = page(&["a", "b"]);
+        assert_eq!(
+            matching_entry(&b, 0, &dedup_key("a")).unwrap(),
+            Some(entry(0))
+        );
+        assert_eq!(matching_entry(&b, 0, &dedup_key("b")).unwrap(), None);
+        assert_eq!(matching_entry(&b, 5, &dedup_key("a")).unwrap(), None);
+    }
+}
