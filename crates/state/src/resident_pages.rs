@@ -15,7 +15,7 @@
 //! commit is durable, or at open; removed once the commit deleting it is durable, or
 //! its partition forgotten). So a locator whose page is not here answers nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::dedup_index::{page_of, slot_of, Locator};
@@ -90,9 +90,10 @@ impl Hasher for SeqHasher {
 
 pub struct ResidentPages {
     pages: HashMap<u64, Page, BuildHasherDefault<SeqHasher>>,
-    /// Sequences of the pages whose bytes are kept, oldest first (a page removed
-    /// meanwhile is skipped when its turn to go comes).
-    kept: VecDeque<u64>,
+    /// Sequences of the pages whose bytes are kept (a page removed leaves it too: a
+    /// review found a queue of them growing by a sequence a page for good while the
+    /// pages fitted the budget).
+    kept: BTreeSet<u64>,
     kept_bytes: usize,
     budget: usize,
 }
@@ -108,7 +109,7 @@ impl ResidentPages {
     pub fn new(budget: usize) -> ResidentPages {
         ResidentPages {
             pages: HashMap::default(),
-            kept: VecDeque::new(),
+            kept: BTreeSet::new(),
             kept_bytes: 0,
             budget,
         }
@@ -125,11 +126,11 @@ impl ResidentPages {
         let bytes = bytes.filter(|_| !too_large);
         if let Some(b) = &bytes {
             self.kept_bytes += b.len();
-            self.kept.push_back(seq);
+            self.kept.insert(seq);
         }
         self.pages.insert(seq, Page { partition, bytes });
         while self.kept_bytes > self.budget || (too_large && !self.kept.is_empty()) {
-            let Some(oldest) = self.kept.pop_front() else {
+            let Some(oldest) = self.kept.pop_first() else {
                 break;
             };
             if let Some(b) = self.pages.get_mut(&oldest).and_then(|p| p.bytes.take()) {
@@ -147,6 +148,7 @@ impl ResidentPages {
     pub fn remove(&mut self, seq: u64) {
         if let Some(b) = self.pages.remove(&seq).and_then(|p| p.bytes) {
             self.kept_bytes -= b.len();
+            self.kept.remove(&seq);
         }
     }
 
@@ -196,9 +198,12 @@ impl ResidentPages {
         self.pages.is_empty()
     }
 
-    /// Bytes of memory: the kept pages' bytes and the table of pages.
+    /// Bytes of memory: the kept pages' bytes, the table of pages and (roughly) the
+    /// set of kept sequences.
     pub fn memory_bytes(&self) -> usize {
-        self.kept_bytes + self.pages.capacity() * (std::mem::size_of::<(u64, Page)>() + 1)
+        self.kept_bytes
+            + self.pages.capacity() * (std::mem::size_of::<(u64, Page)>() + 1)
+            + self.kept.len() * 2 * std::mem::size_of::<u64>()
     }
 }
 
@@ -254,6 +259,7 @@ mod tests {
         // Deleted, forgotten: gone.
         p.remove(2);
         assert_eq!(p.entry(locator(2, 0)), PageEntry::Gone);
+        assert!(!p.kept.contains(&2));
         p.forget(&[7]);
         assert_eq!(p.entry(locator(1, 0)), PageEntry::Gone);
         assert!(p.lives(3));

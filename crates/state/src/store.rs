@@ -65,7 +65,8 @@ impl Default for StoreOptions {
             fraud_memory_bytes: 768 << 20,
             max_wal_bytes: 256 << 20,
             // 2.5 M entries (52 bytes each): at 20k payments a second, the last two
-            // minutes; the peers' 10 M payments at 1 h retention keep every page.
+            // minutes; the bench's 10 M payments at its 600-s retention (0.54 M live
+            // ids) keep every page.
             dedup_page_memory_bytes: 128 << 20,
         }
     }
@@ -605,7 +606,7 @@ impl StateStore {
         }
         self.dedup_pages_written(&pages);
         // Only now, with the batch durable, may its keys be answered from memory.
-        self.record_commit(&ops, pages);
+        self.record_commit(&ops, pages)?;
         Ok(())
     }
 
@@ -644,10 +645,13 @@ impl StateStore {
         Ok(())
     }
 
-    /// Looks up many dedup keys at once: answered from memory (`DedupIndex`) once it has
-    /// loaded, one `multi_get` for the keys it leaves to RocksDB (all of them before).
-    /// Memory may already have let go of an entry expired under the committed horizon
-    /// that RocksDB still holds: the pipeline treats such an entry as absent either way.
+    /// Looks up many dedup keys at once: answered from memory (the index over the
+    /// pages, `DedupIndex`), a page read from RocksDB for a repeat of an id whose
+    /// page's bytes memory no longer keeps, and one `multi_get` of the per-key family
+    /// for the keys memory leaves to it (an earlier build's entries while the loader
+    /// scans them; every key of a store without memory). A page deleted since memory
+    /// answered had expired whole: its ids read as absent, which the pipeline makes of
+    /// an expired entry either way.
     pub fn get_dedup_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],

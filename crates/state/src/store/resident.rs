@@ -1,22 +1,27 @@
 //! The store's in-memory view of its two keyed column families — the dedup entries as
-//! a [`DedupIndex`], the fraud keys with their values as [`ResidentValues`] — how they
-//! are filled when the store opens, fed by commits, swept as watermarks advance, and
-//! consulted by the bulk lookups (see `crate::dedup_index` and
-//! `crate::resident_values` for the invariants they keep).
+//! a [`DedupIndex`] over the pages ([`ResidentPages`]) with an earlier build's per-key
+//! entries beside it ([`LegacyDedup`]), the fraud keys with their values as
+//! [`ResidentValues`] — how they are filled when the store opens, fed by commits,
+//! swept as watermarks advance, and consulted by the bulk lookups (see
+//! `crate::dedup_index`, `crate::resident_pages` and `crate::resident_values` for the
+//! invariants they keep).
 //!
-//! **Filled in the background.** At 10 M payments the fraud column family holds ~6 M
-//! keys, and scanning them took 4–5 s of every restart before the first batch. So the
-//! store opens at once and a loader thread scans both column families while batches
-//! run; until it has finished, every lookup goes to RocksDB, exactly as without the
-//! sets. That keeps the invariants at every instant: a key the store held when the
-//! scan's iterator was created is inserted by the loader; a key committed after the
-//! store opened is inserted by the commit (`record_commit`). A value the loader reads
-//! is never newer than one a commit put, so it only fills a key memory does not have.
+//! **The pages before the first batch, the rest in the background.** The dedup pages'
+//! keys are read into the index before the store is returned from open (RocksDB
+//! cannot answer one id of a page). At 10 M payments the fraud column family holds
+//! ~6 M keys, and scanning them took 4–5 s of every restart before the first batch:
+//! so a loader thread scans the fraud family, and an earlier build's per-key `dedup`
+//! family, while batches run; until it has finished, a fraud lookup, and a dedup
+//! lookup no page answers, go to RocksDB, exactly as without the sets. That keeps the
+//! invariants at every instant: a key the store held when the scan's iterator was
+//! created is inserted by the loader; a key committed after the store opened is
+//! inserted by the commit (`record_commit`). A value the loader reads is never newer
+//! than one a commit put, so it only fills a key memory does not have.
 //!
-//! - Dedup: the loader may bring back an entry a sweep let go, which is expired (see
-//!   `crate::dedup_index`). A partition forgotten while the loader runs has its
-//!   entries in the loader's scan skipped: that scan predates the forgetting, and an
-//!   entry of the partition committed since is in the index already.
+//! - Dedup: the loader fills only an earlier build's per-key entries, which no page
+//!   holds (a page's entry for a key is newer). A partition forgotten while the
+//!   loader runs has its entries in the loader's scan skipped: that scan predates the
+//!   forgetting.
 //! - Fraud: a key a commit deletes while loading is left to RocksDB, and the fraud
 //!   values are not swept until the loader is done (it could bring back an expired
 //!   key's older value).
@@ -44,6 +49,11 @@ use crate::StateError;
 /// at most this fraction of the TTL's worth of expired keys beyond the store.
 const SWEEP_EVERY_FRACTION_OF_TTL: i64 = 4;
 
+/// How many of a commit's fraud puts and deletes are prefetched together
+/// (`ResidentValues::prefetch`): their slots' and entries' cache lines (~3 a key) stay
+/// well within the core's L2 until they are applied.
+const PREFETCH_CHUNK: usize = 256;
+
 /// How many scanned keys the loader inserts per lock: commits wait for the lock, so it
 /// is held for short stretches (about a millisecond).
 const LOAD_CHUNK: usize = 16 * 1024;
@@ -57,8 +67,9 @@ pub(super) struct Resident {
     /// An earlier build's per-key dedup entries, which have no page.
     legacy: LegacyDedup,
     fraud: ResidentValues,
-    /// Set until the loader has scanned both column families: the sets may then miss
-    /// stored keys, so they answer nothing (see the module docs).
+    /// Set until the loader has scanned both column families: the fraud values and
+    /// the earlier build's dedup entries may then miss stored keys, so they answer
+    /// nothing (see the module docs); the pages answer from the open on.
     loading: bool,
     /// Partitions forgotten while loading, whose entries in the loader's scan are stale.
     forgotten_while_loading: Vec<i32>,
@@ -317,18 +328,18 @@ impl Resident {
     }
 }
 
-/// Whether a page may hold `key`: a locator of it whose page's bytes hold it, or
-/// whose page's bytes are not kept (the loader then leaves an earlier build's entry
-/// for the key to RocksDB, which a lookup reads after the pages: never wrong).
+/// Whether a page whose bytes memory keeps holds `key` (the loader then leaves an
+/// earlier build's entry for the key out: the page's is newer). A page whose bytes
+/// are not kept does not count: the earlier entry is loaded, and a lookup tries the
+/// pages first anyway. (Counting it, a review found, lost an earlier build's live
+/// entry sharing a fingerprint with an id on such a page, once that page expired.)
 pub(super) fn page_holds(index: &DedupIndex, pages: &ResidentPages, key: &[u8]) -> bool {
     let Ok(key16) = <&[u8; 16]>::try_from(key) else {
         return false;
     };
-    index.candidates(key16).any(|loc| match pages.entry(loc) {
-        PageEntry::Held { key: k, .. } => k == key,
-        PageEntry::Stored { .. } => true,
-        PageEntry::Gone => false,
-    })
+    index
+        .candidates(key16)
+        .any(|loc| matches!(pages.entry(loc), PageEntry::Held { key: k, .. } if k == key))
 }
 
 impl StateStore {
@@ -397,9 +408,17 @@ impl StateStore {
 
     /// Adds a durable commit's keys, then sweeps a set whose TTL's fraction has passed
     /// since its last sweep (by the most advanced committed watermark).
-    pub(super) fn record_commit(&self, ops: &OpLog, written: PagesWritten) {
+    ///
+    /// An error only for a page that is not whole entries, which `CommitPages` never
+    /// builds: the commit is durable, but memory could not answer for the page's ids,
+    /// so the caller must stop (a restart reads the page back, or reports it damaged).
+    pub(super) fn record_commit(
+        &self,
+        ops: &OpLog,
+        written: PagesWritten,
+    ) -> Result<(), StateError> {
         let Some(mut guard) = self.resident() else {
-            return;
+            return Ok(());
         };
         let r = &mut *guard;
         // The pages deleted go first, so a key written again after expiring has its
@@ -408,14 +427,15 @@ impl StateStore {
             r.pages.remove(*seq);
         }
         // Every page's keys: memory answers every dedup lookup, so none may be missed.
+        // The page being added lives too: two ids of one page sharing a fingerprint
+        // keep both locators (a review found the second replacing the first).
         for page in written.added {
             let pages = &r.pages;
-            if let Ok(keys) = crate::dedup_page::keys(&page.bytes) {
-                for (slot, key) in keys {
-                    r.dedup
-                        .put(&key, locator(page.seq, slot), |seq| pages.lives(seq));
-                    r.legacy.remove(&key);
-                }
+            for (slot, key) in crate::dedup_page::keys(&page.bytes)? {
+                r.dedup.put(&key, locator(page.seq, slot), |seq| {
+                    seq == page.seq || pages.lives(seq)
+                });
+                r.legacy.remove(&key);
             }
             r.pages.add(
                 page.seq,
@@ -425,24 +445,29 @@ impl StateStore {
         }
         // Every fraud put and delete, in order.
         let loading = r.loading;
-        for op in ops.iter() {
-            match op {
-                Op::Put { cf, key, value } => {
-                    if Kind::of(cf) == Some(Kind::Fraud) {
-                        r.fraud.put(key, value);
-                    }
-                }
-                Op::Delete { cf, key } => {
-                    if Kind::of(cf) == Some(Kind::Fraud) {
-                        r.fraud.delete(key, loading);
-                    }
+        let fraud: Vec<Op<'_>> = ops
+            .iter()
+            .filter(|op| match op {
+                Op::Put { cf, .. } | Op::Delete { cf, .. } => Kind::of(cf) == Some(Kind::Fraud),
+            })
+            .collect();
+        // A few hundred at a time: their slots and entries brought into the cache
+        // together (the misses overlap), then applied in order while still there.
+        for chunk in fraud.chunks(PREFETCH_CHUNK) {
+            r.fraud.prefetch(chunk.iter().map(|op| match op {
+                Op::Put { key, .. } | Op::Delete { key, .. } => *key,
+            }));
+            for op in chunk {
+                match *op {
+                    Op::Put { key, value, .. } => r.fraud.put(key, value),
+                    Op::Delete { key, .. } => r.fraud.delete(key, loading),
                 }
             }
         }
         r.bound_fraud();
         let now = self.horizons.fraud.get();
         if now == i64::MIN {
-            return;
+            return Ok(());
         }
         let due = |swept: Option<i64>, ttl: i64| match swept {
             None => true,
@@ -463,6 +488,7 @@ impl StateStore {
             r.fraud.sweep(self.fraud_ttl_micros, now);
             r.fraud_swept_at = Some(now);
         }
+        Ok(())
     }
 
     /// Lets go of the dedup entries of partitions the store just forgot.
