@@ -1024,6 +1024,15 @@ fn open_with_page_memory(dir: &Path, page_memory: usize) -> StateStore {
     s
 }
 
+/// A 16-byte key whose first 8 bytes (the dedup index's fingerprint) are
+/// `fingerprint`, told apart from the others sharing them by its last byte.
+fn sharing_fingerprint(fingerprint: u64, last: u8) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&fingerprint.to_be_bytes());
+    k[15] = last;
+    k
+}
+
 /// One commit putting `ids` at time `t` on partition 0.
 fn commit_ids(s: &StateStore, ids: &[&str], t: i64) {
     let mut b = StateBatch::new();
@@ -1075,12 +1084,7 @@ fn a_repeat_of_an_id_whose_page_memory_let_go_is_found_in_rocksdb() {
 /// bytes are in memory or read from RocksDB.
 #[test]
 fn ids_sharing_a_fingerprint_are_told_apart_by_their_whole_keys() {
-    let key = |last: u8| {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&42u64.to_be_bytes());
-        k[15] = last;
-        k
-    };
+    let key = |last: u8| sharing_fingerprint(42, last);
     for page_memory in [0, 1 << 20] {
         let dir = tempfile::tempdir().unwrap();
         let s = open_with_page_memory(dir.path(), page_memory);
@@ -1153,12 +1157,7 @@ fn an_id_written_again_after_expiring_is_answered_with_its_later_entry() {
 /// retry of it would have landed twice.
 #[test]
 fn ids_sharing_a_fingerprint_in_one_page_are_both_found() {
-    let key = |last: u8| {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&7u64.to_be_bytes());
-        k[15] = last;
-        k
-    };
+    let key = |last: u8| sharing_fingerprint(7, last);
     for page_memory in [0, 1 << 20] {
         let dir = tempfile::tempdir().unwrap();
         let s = open_with_page_memory(dir.path(), page_memory);
@@ -1181,12 +1180,7 @@ fn ids_sharing_a_fingerprint_in_one_page_are_both_found() {
 #[test]
 fn an_earlier_builds_entry_sharing_a_fingerprint_outlives_the_other_ids_page() {
     const S: i64 = 1_000_000;
-    let key = |last: u8| {
-        let mut k = [0u8; 16];
-        k[..8].copy_from_slice(&99u64.to_be_bytes());
-        k[15] = last;
-        k
-    };
+    let key = |last: u8| sharing_fingerprint(99, last);
     let on = |p: i32, t: i64| DedupEntry {
         event_time_micros: t,
         content_hash: 7,
