@@ -64,7 +64,7 @@ impl Default for StoreOptions {
             // 5.9 M fraud keys (the peers' 10 M payments) took 454 MB.
             fraud_memory_bytes: 768 << 20,
             max_wal_bytes: 256 << 20,
-            // 2.5 M entries (52 bytes each): at 20k payments a second, the last two
+            // 2.6 M entries (52 bytes each): at 20k payments a second, the last two
             // minutes; the bench's 10 M payments at its 600-s retention (0.54 M live
             // ids) keep every page.
             dedup_page_memory_bytes: 128 << 20,

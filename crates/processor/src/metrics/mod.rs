@@ -181,7 +181,7 @@ impl Metrics {
             fraud_memory: gauge(&r, "paydedup_fraud_memory_bytes", "Bytes of memory the fraud state held in memory takes (keys and values; budget: --fraud-memory-mib)."),
             fraud_memory_complete: gauge(&r, "paydedup_fraud_memory_complete", "1 while the fraud state in memory holds every stored card and customer; 0 once it outgrew --fraud-memory-mib (lookups it cannot answer then read RocksDB until a restart)."),
             dedup_index_entries: gauge(&r, "paydedup_dedup_index_entries", "Transaction ids the dedup index holds in memory (every id within the retention, and expired ones until the next sweep)."),
-            dedup_index_memory: gauge(&r, "paydedup_dedup_index_bytes", "Bytes of memory the dedup index takes: its fingerprints (17-34 bytes a held id, as the tables double; no budget: every id within the retention must be held) and the newest pages' entries (budget: --dedup-page-memory-mib)."),
+            dedup_index_memory: gauge(&r, "paydedup_dedup_index_bytes", "Bytes of memory the dedup index takes: its fingerprints (19-39 bytes a held id, as the tables double; no budget: every id within the retention must be held) and the newest pages' entries (budget: --dedup-page-memory-mib)."),
             dedup_page_reads: counter(&r, "paydedup_dedup_page_reads_total", "Dedup pages read from RocksDB for a repeat of an id older than the pages kept in memory (--dedup-page-memory-mib): correct, slower."),
             on_render: Arc::default(),
             registry: register_process_info(r),
