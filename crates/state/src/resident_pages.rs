@@ -116,20 +116,18 @@ impl ResidentPages {
     }
 
     /// A page the store now holds (pages come in sequence order), with its bytes if
-    /// they are to be kept: the oldest kept ones go while the budget is exceeded.
+    /// they are to be kept: then the oldest kept ones go while the budget is exceeded.
     ///
     /// The pages kept are always the newest ones (a reader relies on it: a page whose
-    /// bytes are not kept is older than every kept one), so a page too large for the
-    /// whole budget lets every older one go too.
+    /// bytes are not kept is older than every kept one): a page too large for the whole
+    /// budget goes itself, but only after every older one.
     pub fn add(&mut self, seq: u64, partition: i32, bytes: Option<Box<[u8]>>) {
-        let too_large = bytes.as_ref().is_some_and(|b| b.len() > self.budget);
-        let bytes = bytes.filter(|_| !too_large);
         if let Some(b) = &bytes {
             self.kept_bytes += b.len();
             self.kept.insert(seq);
         }
         self.pages.insert(seq, Page { partition, bytes });
-        while self.kept_bytes > self.budget || (too_large && !self.kept.is_empty()) {
+        while self.kept_bytes > self.budget {
             let Some(oldest) = self.kept.pop_first() else {
                 break;
             };

@@ -1217,3 +1217,22 @@ fn an_earlier_builds_entry_sharing_a_fingerprint_outlives_the_other_ids_page() {
         vec![Some(on(0, 100 * S))]
     );
 }
+
+/// A page larger than the whole page budget: the kept pages must stay the newest, as
+/// a lookup tries a key's locators newest first and stops at the first kept page that
+/// holds it. Here "k" is written again on the large page (as after its first entry
+/// expired): had its first page's bytes stayed in memory, the older entry would win.
+#[test]
+fn a_page_larger_than_the_budget_keeps_the_kept_pages_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = 8 + crate::dedup_page::ENTRY_LEN;
+    let s = open_with_page_memory(dir.path(), 2 * small);
+    commit_ids(&s, &["k"], 1);
+    commit_ids(&s, &["k", "b-0", "b-1", "b-2", "b-3"], 2);
+    commit_ids(&s, &["c"], 3);
+    let ids = ["k", "b-3", "c", "d"].map(keys::dedup_key);
+    assert_eq!(
+        s.get_dedup_many(&ids).unwrap(),
+        vec![Some(entry(2)), Some(entry(2)), Some(entry(3)), None]
+    );
+}
