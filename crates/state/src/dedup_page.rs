@@ -164,6 +164,26 @@ pub fn entries(
     }))
 }
 
+/// The entry at `slot` of a page: (its 16-byte key, its encoded `DedupEntry`), if the
+/// page has such a slot.
+pub fn entry_at(page: &[u8], slot: usize) -> Option<(&[u8], &[u8])> {
+    let at = 8 + slot.checked_mul(ENTRY_LEN)?;
+    let e = page.get(at..at.checked_add(ENTRY_LEN)?)?;
+    Some(e.split_at(16))
+}
+
+/// The entry for `key` at `slot` of a page, if that slot holds `key`.
+pub fn matching_entry(
+    page: &[u8],
+    slot: usize,
+    key: &[u8],
+) -> Result<Option<DedupEntry>, StateError> {
+    match entry_at(page, slot) {
+        Some((k, e)) if k == key => DedupEntry::decode(e).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// A page's keys with their slots, without decoding the entries (what a restart's
 /// index needs); an error as for `entries`.
 pub fn keys(page: &[u8]) -> Result<impl Iterator<Item = (usize, [u8; 16])> + '_, StateError> {
@@ -223,5 +243,15 @@ mod tests {
             Some((-1, u64::MAX))
         );
         assert_eq!(parse_page_key(b"short"), None);
+    }
+
+    #[test]
+    fn a_slot_holding_another_key_matches_nothing() {
+        let (a, b) = (dedup_key("a"), dedup_key("b"));
+        let page = encode([(&a, &entry(0, 0)), (&b, &entry(1, 0))]);
+        assert_eq!(matching_entry(&page, 0, &a).unwrap(), Some(entry(0, 0)));
+        assert_eq!(matching_entry(&page, 1, &b).unwrap(), Some(entry(1, 0)));
+        assert_eq!(matching_entry(&page, 0, &b).unwrap(), None);
+        assert_eq!(matching_entry(&page, 5, &a).unwrap(), None);
     }
 }

@@ -19,8 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::dedup_index::{page_of, slot_of, Locator};
-use crate::dedup_page::ENTRY_LEN;
-use crate::keys::DedupEntry;
+use crate::dedup_page::entry_at;
 
 /// One page: its partition (half of its RocksDB key) and, while kept, its bytes.
 struct Page {
@@ -41,25 +40,6 @@ pub enum PageEntry<'a> {
     },
     /// The page is gone (expired and deleted, or forgotten), or holds no such slot.
     Gone,
-}
-
-/// The entry at `slot` of a page's bytes: (key, encoded entry).
-pub fn entry_at(page: &[u8], slot: usize) -> Option<(&[u8], &[u8])> {
-    let at = 8 + slot.checked_mul(ENTRY_LEN)?;
-    let e = page.get(at..at.checked_add(ENTRY_LEN)?)?;
-    Some(e.split_at(16))
-}
-
-/// The entry for `key` at `slot` of a page's bytes, if that slot holds `key`.
-pub fn matching_entry(
-    page: &[u8],
-    slot: usize,
-    key: &[u8],
-) -> Result<Option<DedupEntry>, crate::StateError> {
-    match entry_at(page, slot) {
-        Some((k, e)) if k == key => DedupEntry::decode(e).map(Some),
-        _ => Ok(None),
-    }
 }
 
 /// Page sequences hashed by one multiplication: a sweep asks whether the page of every
@@ -210,7 +190,7 @@ mod tests {
     use super::*;
     use crate::dedup_index::locator;
     use crate::dedup_page;
-    use crate::keys::dedup_key;
+    use crate::keys::{dedup_key, DedupEntry};
 
     fn entry(t: i64) -> DedupEntry {
         DedupEntry {
@@ -268,16 +248,5 @@ mod tests {
         assert!(matches!(p.entry(locator(3, 0)), PageEntry::Stored { .. }));
         assert_eq!(p.kept_bytes, 0);
         assert!(p.kept.is_empty());
-    }
-
-    #[test]
-    fn a_slot_holding_another_key_matches_nothing() {
-        let b = page(&["a", "b"]);
-        assert_eq!(
-            matching_entry(&b, 0, &dedup_key("a")).unwrap(),
-            Some(entry(0))
-        );
-        assert_eq!(matching_entry(&b, 0, &dedup_key("b")).unwrap(), None);
-        assert_eq!(matching_entry(&b, 5, &dedup_key("a")).unwrap(), None);
     }
 }

@@ -1,6 +1,7 @@
 //! [`StateStore`]: one RocksDB database per processor instance.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,7 +14,7 @@ use serde::Serialize;
 
 use crate::batch::{Horizon, Op};
 use crate::cf::{self, CF_DEDUP, CF_DEDUP_PAGES, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
-use crate::dedup_page::CommitPages;
+use crate::dedup_page::{self, CommitPages};
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::fail_point;
 use crate::keys::{self, meta, DedupEntry};
@@ -665,6 +666,9 @@ impl StateStore {
         let known = self.resident_dedup(keys);
         let mut found: Vec<Option<DedupEntry>> = vec![None; keys.len()];
         let mut asked = Vec::new();
+        // Each page read once per lookup: a replay of old payments brings many repeats
+        // on one page (a few hundred KB), which would otherwise be read for each.
+        let mut read = HashMap::new();
         for (i, answer) in known.into_iter().enumerate() {
             let key = keys[i].as_ref();
             match answer {
@@ -672,9 +676,20 @@ impl StateStore {
                 DedupAnswer::AskFamily => asked.push(i),
                 DedupAnswer::ReadPages(pages) => {
                     let mut entry = None;
-                    for page in pages {
-                        DEDUP_PAGE_READS.fetch_add(1, Ordering::Relaxed);
-                        entry = dedup_pages::read_page_entry(&self.db, &self.path, page, key)?;
+                    for (partition, seq, slot) in pages {
+                        let page = match read.entry(seq) {
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(v) => {
+                                DEDUP_PAGE_READS.fetch_add(1, Ordering::Relaxed);
+                                v.insert(dedup_pages::read_stored_page(
+                                    &self.db, &self.path, partition, seq,
+                                )?)
+                            }
+                        };
+                        entry = match page {
+                            Some(page) => dedup_page::matching_entry(page, slot, key)?,
+                            None => None,
+                        };
                         if entry.is_some() {
                             break;
                         }

@@ -18,9 +18,8 @@ use crate::dedup_index::{
 };
 use crate::dedup_page::{self, page_key, parse_page_key, CommitPages};
 use crate::expiry::is_expired;
-use crate::keys::DedupEntry;
 use crate::legacy_dedup::LegacyDedup;
-use crate::resident_pages::{matching_entry, ResidentPages};
+use crate::resident_pages::ResidentPages;
 use crate::StateError;
 
 /// The pages a store holds, by partition in write order, with their newest times.
@@ -61,19 +60,10 @@ fn read_page(
     partition: i32,
     seq: u64,
 ) -> Result<ReadPage, StateError> {
-    let cf = db
-        .cf_handle(CF_DEDUP_PAGES)
-        .ok_or_else(|| StateError::Corrupt {
-            path: path.to_owned(),
-            detail: "column family dedup_pages is missing".into(),
-        })?;
-    let page = db
-        .get_pinned_cf(cf, page_key(partition, seq))
-        .map_err(|e| StateError::from_rocks(e, path))?
-        .ok_or_else(|| StateError::Corrupt {
-            path: path.to_owned(),
-            detail: format!("dedup page {partition}/{seq} vanished while loading"),
-        })?;
+    let page = read_stored_page(db, path, partition, seq)?.ok_or_else(|| StateError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("dedup page {partition}/{seq} vanished while loading"),
+    })?;
     let newest = dedup_page::newest_time(&page).ok_or(StateError::BadValue {
         what: "dedup page",
         len: page.len(),
@@ -113,23 +103,18 @@ fn numbered(page: ReadPage, path: &std::path::Path) -> Result<ReadPage, StateErr
     Ok(page)
 }
 
-/// The entry of `key` in page `seq` of `partition` at `slot`, read from RocksDB (a
-/// repeat of an id whose page's bytes memory no longer keeps): `None` if the page is
-/// gone (expired and deleted since the lookup) or the slot holds another key.
-pub(super) fn read_page_entry(
-    db: &rocksdb::DB,
+/// Page `seq` of `partition`, read from RocksDB for a repeat of an id whose page's
+/// bytes memory no longer keeps: `None` if the page is gone (expired and deleted since
+/// memory answered).
+pub(super) fn read_stored_page<'db>(
+    db: &'db rocksdb::DB,
     path: &std::path::Path,
-    (partition, seq, slot): (i32, u64, usize),
-    key: &[u8],
-) -> Result<Option<DedupEntry>, StateError> {
+    partition: i32,
+    seq: u64,
+) -> Result<Option<rocksdb::DBPinnableSlice<'db>>, StateError> {
     let cf = super::column_family(db, path, CF_DEDUP_PAGES)?;
-    match db
-        .get_pinned_cf(cf, page_key(partition, seq))
-        .map_err(|e| StateError::from_rocks(e, path))?
-    {
-        Some(page) => matching_entry(&page, slot, key),
-        None => Ok(None),
-    }
+    db.get_pinned_cf(cf, page_key(partition, seq))
+        .map_err(|e| StateError::from_rocks(e, path))
 }
 
 impl DedupPages {

@@ -1077,6 +1077,12 @@ fn a_repeat_of_an_id_whose_page_memory_let_go_is_found_in_rocksdb() {
         vec![Some(entry(5)), Some(entry(6)), None]
     );
     assert!(StateStore::dedup_page_reads() >= reads + 2);
+    // Repeats on one page in one lookup (the page is read once for them all).
+    let ids = ["a", "c", "b", "x"].map(keys::dedup_key);
+    assert_eq!(
+        s.get_dedup_many(&ids).unwrap(),
+        vec![Some(entry(5)), Some(entry(5)), Some(entry(5)), None]
+    );
 }
 
 /// Two ids whose keys share their first 8 bytes (the index's fingerprint): each is
