@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::payment::{PaymentMethod, SmolStr, TransactionId, SCHEMA_VERSION};
-use crate::{Currency, PaymentEvent, ValidationError};
+use crate::{CardFingerprint, Currency, PaymentEvent, ValidationError};
 
 /// Bounds applied while decoding.
 #[derive(Debug, Clone)]
@@ -398,7 +398,7 @@ fn merchant_category(s: &str) -> Result<u16, ValidationError> {
         .map_err(|_| ValidationError::InvalidMerchantCategory)
 }
 
-fn card_fingerprint(s: &str) -> Result<SmolStr, ValidationError> {
+fn card_fingerprint(s: &str) -> Result<CardFingerprint, ValidationError> {
     // A raw card number where a hash belongs is the worst input we can receive: say so
     // (without echoing it) so the producer gets fixed.
     let digits_only = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b' ');
@@ -415,7 +415,7 @@ fn card_fingerprint(s: &str) -> Result<SmolStr, ValidationError> {
     {
         return Err(ValidationError::InvalidCardFingerprint);
     }
-    Ok(SmolStr::new(s))
+    Ok(CardFingerprint::new(s))
 }
 
 fn country(field: &'static str, s: &str) -> Result<SmolStr, ValidationError> {

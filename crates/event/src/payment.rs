@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 pub use smol_str::SmolStr;
 
-use crate::Currency;
+use crate::{CardFingerprint, Currency};
 
 /// The only schema version this build understands. A producer that bumps it without a
 /// matching paydedup release gets `unsupported_schema_version`, not a silent guess.
@@ -78,7 +78,7 @@ pub struct PaymentEvent {
     /// ISO 18245 merchant category code, 0000–9999.
     pub merchant_category: u16,
     /// A hash of the card, lowercase hex. Never a card number.
-    pub card_fingerprint: SmolStr,
+    pub card_fingerprint: CardFingerprint,
     /// ISO 3166-1 alpha-2 country that issued the card.
     pub card_country: SmolStr,
     pub customer_id: SmolStr,

@@ -118,7 +118,14 @@ pub struct CompactRow {
 
 impl CompactRow {
     pub fn new(schema: &'static Schema, capacity: usize) -> CompactRow {
-        let mut buf = Vec::with_capacity(capacity);
+        CompactRow::reusing(schema, Vec::new(), capacity)
+    }
+
+    /// A row written into `buf`, whose bytes are dropped and whose memory is kept
+    /// (growing it to `capacity` if smaller).
+    pub fn reusing(schema: &'static Schema, mut buf: Vec<u8>, capacity: usize) -> CompactRow {
+        buf.clear();
+        buf.reserve(capacity);
         buf.push(MARKER);
         buf.push(schema.id);
         CompactRow {

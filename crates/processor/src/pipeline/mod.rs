@@ -128,6 +128,9 @@ pub struct Pipeline {
     /// The store's fraud horizon when the pipeline loaded: fraud values expire by no
     /// less (see [`Pipeline::fraud_horizon`]).
     fraud_floor: Option<i64>,
+    /// The last record's row, once the batch has copied it: the next unique payment's
+    /// row is written into it (an allocation and a free a row less).
+    spare_row: Vec<u8>,
 }
 
 /// (partition, window start µs, currency code).
@@ -202,6 +205,7 @@ impl Pipeline {
             landed_windows,
             in_flight: InFlight::default(),
             fraud_floor,
+            spare_row: Vec::new(),
         })
     }
 
@@ -289,9 +293,10 @@ impl Pipeline {
                 &mut stats,
             );
             match landed {
-                None => batch.put_outbox(table, r.partition, seq, row),
+                None => batch.put_outbox(table, r.partition, seq, &row),
                 Some(held) => self.check_landed(r, table, held, &mut stats),
             }
+            self.spare_row = row;
         }
 
         // 3. Close the windows the watermarks have passed.
@@ -387,7 +392,8 @@ impl Pipeline {
                 stats.flagged += u64::from(fraud.flagged);
                 self.on_time(r.partition, event, touched)
                     .add_payment(event.amount_minor, fraud.flagged);
-                rows::payment(r, event, hash, &fraud, seq)
+                let buf = std::mem::take(&mut self.spare_row);
+                rows::payment(buf, r, event, hash, &fraud, seq)
             }
             Outcome::Duplicate { event, hash, first } => {
                 self.on_time(r.partition, event, touched).duplicate_count += 1;

@@ -217,20 +217,22 @@ pub fn late_event(
 }
 
 /// `payments`: a unique payment with its content `hash` and fraud assessment. A
-/// compact row ([`CompactRow`]) of the columns of [`PaymentRow`], in its order.
+/// compact row ([`CompactRow`]) of the columns of [`PaymentRow`], in its order,
+/// written into `buf` (an earlier row's memory, see [`CompactRow::reusing`]).
 pub fn payment(
+    buf: Vec<u8>,
     r: &InputRecord<'_>,
     event: &PaymentEvent,
     hash: u128,
     fraud: &Assessment,
     seq: u64,
 ) -> Vec<u8> {
-    let mut row = CompactRow::new(&PAYMENTS, 192);
+    let mut row = CompactRow::reusing(&PAYMENTS, buf, 192);
     let row = row
         .str("transaction_id", event.transaction_id.as_str())
         .ts("event_time", event.event_time_micros())
         .int("amount_minor", event.amount_minor)
-        .str("amount", &event.currency.format_major(event.amount_minor))
+        .str("amount", &event.currency.major(event.amount_minor))
         .str("currency", event.currency.code())
         .str("merchant_id", &event.merchant_id)
         .padded4("merchant_category", event.merchant_category)
@@ -512,7 +514,19 @@ mod tests {
                     outbox_seq: 99,
                 });
                 assert_eq!(
-                    String::from_utf8(to_json(payment(&r, &e, hash, &fraud, 99)).unwrap()).unwrap(),
+                    // Written into an earlier row's buffer: none of its bytes remain.
+                    String::from_utf8(
+                        to_json(payment(
+                            b"an earlier row".to_vec(),
+                            &r,
+                            &e,
+                            hash,
+                            &fraud,
+                            99
+                        ))
+                        .unwrap()
+                    )
+                    .unwrap(),
                     String::from_utf8(expected).unwrap()
                 );
                 let expected = enc(&DedupAuditRow {

@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use paydedup_event::SmolStr;
+use paydedup_event::{CardFingerprint, SmolStr};
 use paydedup_fraud::{assess, CardState, CustomerState, FraudConfig};
 use paydedup_state::{DedupEntry, Table};
 
@@ -86,7 +86,7 @@ pub struct Rebuilt {
     pub landed_windows: BTreeSet<WindowKey>,
     /// Windows closed under the rebuilt watermark whose rows the sink lacks.
     pub to_emit: BTreeMap<WindowKey, WindowAgg>,
-    pub cards: BTreeMap<SmolStr, CardState>,
+    pub cards: BTreeMap<CardFingerprint, CardState>,
     pub customers: BTreeMap<SmolStr, CustomerState>,
 }
 
