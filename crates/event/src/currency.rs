@@ -158,6 +158,9 @@ static PACKED_CODES: [u32; CURRENCIES.len()] = {
     let mut i = 0;
     while i < out.len() {
         out[i] = packed(CURRENCIES[i].0);
+        // `Currency::major`'s text fits `MAJOR_AMOUNT_LEN` for up to 18 fraction
+        // digits: checked when this table is built, at compile time.
+        assert!(CURRENCIES[i].1 <= 18);
         i += 1;
     }
     out

@@ -245,6 +245,12 @@ fn cf_options(
                 // a 10 M run and 0.7-2.2 % more events/s, a restart no slower, 3 bytes
                 // more of keyed state a key, twenty-first step).
                 o.set_level_zero_file_num_compaction_trigger(FRAUD_RUNS_BEFORE_COMPACTION);
+                // Under universal compaction RocksDB counts sorted runs against its
+                // write-slowdown and write-stop limits (20 and 36 by default): keep the
+                // margins they had over a trigger of eight (12 and 28 runs: flushes
+                // that may land while one long merge runs), not 4 and 20.
+                o.set_level_zero_slowdown_writes_trigger(FRAUD_RUNS_BEFORE_COMPACTION + 12);
+                o.set_level_zero_stop_writes_trigger(FRAUD_RUNS_BEFORE_COMPACTION + 28);
                 // The TTL filter only sees keys a compaction rewrites, and universal
                 // compaction leaves its largest run alone for long stretches: rewrite
                 // anything older than a day, so expired history leaves the disk at most

@@ -133,6 +133,9 @@ pub struct Pipeline {
     spare_row: Vec<u8>,
 }
 
+/// The largest row buffer kept for the next row (`Pipeline::spare_row`).
+const SPARE_ROW_MAX_BYTES: usize = 1024;
+
 /// (partition, window start µs, currency code).
 type WindowKey = (i32, i64, &'static str);
 
@@ -296,7 +299,11 @@ impl Pipeline {
                 None => batch.put_outbox(table, r.partition, seq, &row),
                 Some(held) => self.check_landed(r, table, held, &mut stats),
             }
-            self.spare_row = row;
+            // Kept only if row-sized: a processing error's row carries its whole
+            // payload, and its memory would otherwise stay for good.
+            if row.capacity() <= SPARE_ROW_MAX_BYTES {
+                self.spare_row = row;
+            }
         }
 
         // 3. Close the windows the watermarks have passed.

@@ -514,17 +514,9 @@ mod tests {
                     outbox_seq: 99,
                 });
                 assert_eq!(
-                    // Written into an earlier row's buffer: none of its bytes remain.
+                    // Written into an earlier, longer row's buffer: none of its bytes remain.
                     String::from_utf8(
-                        to_json(payment(
-                            b"an earlier row".to_vec(),
-                            &r,
-                            &e,
-                            hash,
-                            &fraud,
-                            99
-                        ))
-                        .unwrap()
+                        to_json(payment(vec![0xab; 4096], &r, &e, hash, &fraud, 99)).unwrap()
                     )
                     .unwrap(),
                     String::from_utf8(expected).unwrap()

@@ -577,6 +577,14 @@ fn fraud_history_expires_by_its_ttl_under_universal_compaction() {
     assert!(fraud_section.contains(&format!(
         "level0_file_num_compaction_trigger={FRAUD_RUNS_BEFORE_COMPACTION}"
     )));
+    assert!(fraud_section.contains(&format!(
+        "level0_slowdown_writes_trigger={}",
+        FRAUD_RUNS_BEFORE_COMPACTION + 12
+    )));
+    assert!(fraud_section.contains(&format!(
+        "level0_stop_writes_trigger={}",
+        FRAUD_RUNS_BEFORE_COMPACTION + 28
+    )));
     // Small memtables, several merged per flush, in both families that take a random
     // key per event.
     for (cf, section, per_flush) in [
