@@ -78,18 +78,6 @@ impl From<String> for CardFingerprint {
     }
 }
 
-impl From<&String> for CardFingerprint {
-    fn from(text: &String) -> CardFingerprint {
-        CardFingerprint::new(text)
-    }
-}
-
-impl From<SmolStr> for CardFingerprint {
-    fn from(text: SmolStr) -> CardFingerprint {
-        CardFingerprint::new(&text)
-    }
-}
-
 impl PartialEq for CardFingerprint {
     fn eq(&self, other: &CardFingerprint) -> bool {
         self.as_str() == other.as_str()

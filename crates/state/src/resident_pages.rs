@@ -96,17 +96,35 @@ impl ResidentPages {
     }
 
     /// A page the store now holds (pages come in sequence order), with its bytes if
-    /// they are to be kept: then the oldest kept ones go while the budget is exceeded.
+    /// they are to be kept (see [`ResidentPages::keep`]).
+    pub fn add(&mut self, seq: u64, partition: i32, bytes: Option<Box<[u8]>>) {
+        self.pages.insert(
+            seq,
+            Page {
+                partition,
+                bytes: None,
+            },
+        );
+        if let Some(b) = bytes {
+            self.keep(seq, b);
+        }
+    }
+
+    /// Keeps the bytes of page `seq`, added before (a page not held keeps nothing);
+    /// then the oldest kept ones go while the budget is exceeded.
     ///
     /// The pages kept are always the newest ones (a reader relies on it: a page whose
     /// bytes are not kept is older than every kept one): a page too large for the whole
     /// budget goes itself, but only after every older one.
-    pub fn add(&mut self, seq: u64, partition: i32, bytes: Option<Box<[u8]>>) {
-        if let Some(b) = &bytes {
-            self.kept_bytes += b.len();
-            self.kept.insert(seq);
+    pub fn keep(&mut self, seq: u64, bytes: Box<[u8]>) {
+        let Some(page) = self.pages.get_mut(&seq) else {
+            return;
+        };
+        self.kept_bytes += bytes.len();
+        if let Some(old) = page.bytes.replace(bytes) {
+            self.kept_bytes -= old.len();
         }
-        self.pages.insert(seq, Page { partition, bytes });
+        self.kept.insert(seq);
         while self.kept_bytes > self.budget {
             let Some(oldest) = self.kept.pop_first() else {
                 break;

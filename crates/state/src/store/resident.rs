@@ -427,21 +427,18 @@ impl StateStore {
             r.pages.remove(*seq);
         }
         // Every page's keys: memory answers every dedup lookup, so none may be missed.
-        // The page being added lives too: two ids of one page sharing a fingerprint
-        // keep both locators (a review found the second replacing the first).
+        // The page is held before its keys go in, so it lives for them: two ids of one
+        // page sharing a fingerprint keep both locators (a review found the second
+        // replacing the first); its bytes are kept after.
         for page in written.added {
+            r.pages.add(page.seq, page.partition, None);
             let pages = &r.pages;
             for (slot, key) in crate::dedup_page::keys(&page.bytes)? {
-                r.dedup.put(&key, locator(page.seq, slot), |seq| {
-                    seq == page.seq || pages.lives(seq)
-                });
+                r.dedup
+                    .put(&key, locator(page.seq, slot), |seq| pages.lives(seq));
                 r.legacy.remove(&key);
             }
-            r.pages.add(
-                page.seq,
-                page.partition,
-                Some(page.bytes.into_boxed_slice()),
-            );
+            r.pages.keep(page.seq, page.bytes.into_boxed_slice());
         }
         // Every fraud put and delete, in order.
         let loading = r.loading;
