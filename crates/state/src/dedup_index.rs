@@ -157,6 +157,12 @@ fn buckets(capacity: usize) -> usize {
     }
 }
 
+/// How many fingerprints each shard reserves room for, of `additional` in all:
+/// fingerprints are uniform, so a sixteenth each, and a little over for the spread.
+fn per_shard(additional: usize) -> usize {
+    additional / SHARDS + additional / (SHARDS * 64) + 16
+}
+
 impl DedupIndex {
     fn ensure_shards(&mut self) {
         if self.maps.is_empty() {
@@ -222,12 +228,58 @@ impl DedupIndex {
     /// the index that fills it).
     pub fn reserve_shards(&mut self, additional: usize, shards: std::ops::Range<usize>) {
         self.ensure_shards();
-        // Fingerprints are uniform: a sixteenth each, and a little over for the spread.
-        let each = additional / SHARDS + additional / (SHARDS * 64) + 16;
+        let each = per_shard(additional);
         for i in shards {
             self.maps[i].reserve(each);
             self.note_buckets(i);
         }
+    }
+
+    /// An index reserved as [`DedupIndex::reserve_shards`] would reserve it, whose
+    /// tables' memory has been touched, shard by shard, until `stop` is set.
+    ///
+    /// Why: a fresh table's memory is zeroed by the kernel when first written, and at
+    /// a restart with 9 M ids that zeroing (~285 MB) was more than half of the load's
+    /// time on this kind of virtual machine (docs/benchmarks.md, twenty-second step).
+    /// Done here, on a thread of its own while RocksDB replays its log on one core,
+    /// the load then only inserts. Touching is inserting one fingerprint per 4 KB of
+    /// buckets (fingerprints are their own hash, so fingerprint `n` lands in bucket
+    /// `n` of an empty table) and clearing the table, which keeps its memory: if a
+    /// table placed them otherwise, fewer pages would be touched early, nothing else.
+    pub fn warmed(
+        additional: usize,
+        shards: std::ops::Range<usize>,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> DedupIndex {
+        let mut index = DedupIndex::default();
+        index.reserve_shards(additional, shards.clone());
+        // 4 KB of 16-byte buckets.
+        const BUCKETS_PER_PAGE: usize = 4096 / std::mem::size_of::<(u64, Locator)>();
+        for i in shards {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let map = &mut index.maps[i];
+            for bucket in (0..index.buckets[i]).step_by(BUCKETS_PER_PAGE) {
+                map.insert(bucket as u64, 0);
+            }
+            map.clear();
+        }
+        index
+    }
+
+    /// Whether the shards in `shards` have exactly the buckets a
+    /// [`DedupIndex::reserve_shards`]`(additional, shards)` of a pristine index gives
+    /// (an index warmed for a stale estimate of the ids is used only if it is the
+    /// size the load would make: never more memory than without it).
+    pub fn fits(&self, additional: usize, shards: std::ops::Range<usize>) -> bool {
+        let each = per_shard(additional);
+        // Room for them, in the smallest table that has it: half as many buckets
+        // (filled to 7 in 8) would not.
+        !self.maps.is_empty()
+            && shards
+                .into_iter()
+                .all(|i| self.maps[i].capacity() >= each && self.buckets[i] / 2 * 7 / 8 < each)
     }
 
     /// Takes over what `other` holds, which must be fingerprints of `shards` only, none
@@ -375,6 +427,34 @@ mod tests {
     /// A key whose fingerprint falls in `shard`.
     fn key_in(shard: usize, low: u32, rest: u8) -> [u8; 16] {
         key_with(((shard as u64) << 32) | u64::from(low), rest)
+    }
+
+    #[test]
+    fn a_warmed_index_is_empty_and_reserved_as_a_load_reserves() {
+        let ids = 100_000;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut warm = DedupIndex::warmed(ids, UPPER_SHARDS, &stop);
+        let mut plain = DedupIndex::default();
+        plain.reserve_shards(ids, UPPER_SHARDS);
+        // The touching fingerprints are gone; the room is the load's, not more.
+        assert!(warm.is_pristine());
+        assert_eq!(warm.memory_bytes(), plain.memory_bytes());
+        assert!(warm.fits(ids, UPPER_SHARDS) && plain.fits(ids, UPPER_SHARDS));
+        assert!(
+            !warm.fits(ids, LOWER_SHARDS),
+            "the other half was not reserved"
+        );
+        assert!(!warm.fits(4 * ids, UPPER_SHARDS) && !warm.fits(ids / 4, UPPER_SHARDS));
+        // Fingerprints that are where the touching ones were answer as usual.
+        let k = key_in(12, 256, 0);
+        warm.put(&k, locator(7, 1), |_| true);
+        assert_eq!(all(warm.candidates(&k)), vec![locator(7, 1)]);
+        assert!(all(warm.candidates(&key_in(12, 512, 0))).is_empty());
+        assert_eq!(warm.len(), 1);
+        // Stopped before the first shard: reserved all the same, nothing touched.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let stopped = DedupIndex::warmed(ids, UPPER_SHARDS, &stop);
+        assert!(stopped.is_pristine() && stopped.fits(ids, UPPER_SHARDS));
     }
 
     #[test]

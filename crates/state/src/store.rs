@@ -135,6 +135,8 @@ pub struct StateStore {
     dedup_page_memory_bytes: usize,
     /// The dedup pages held, for deleting them once expired (`store::dedup_pages`).
     dedup_pages: Mutex<dedup_pages::DedupPages>,
+    /// When commits last wrote the dedup index's size estimate (`index_warmup`).
+    index_hint_written: Mutex<std::time::Instant>,
     /// How many more commits may land before the next one fails: a test double for a
     /// disk that fails one write, which the real one cannot do on demand (set only
     /// through `fail_commit_after`; only builds with fail points have it).
@@ -364,6 +366,9 @@ impl StateStore {
             o.set_disable_auto_compactions(true);
             ColumnFamilyDescriptor::new(*name, o)
         });
+        // The dedup index's memory, made ready on the other core while RocksDB opens
+        // (`index_warmup`).
+        let warmup = index_warmup::IndexWarmup::start(path);
         // Damage RocksDB would loop on instead of reporting (`log_check`).
         log_check::check_logs(path)?;
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
@@ -380,6 +385,7 @@ impl StateStore {
             read_only: false,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            index_hint_written: Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -426,7 +432,7 @@ impl StateStore {
                 }
             }
         }
-        let (resident, loader) = store.start_resident()?;
+        let (resident, loader) = store.start_resident(warmup)?;
         store.resume_compactions()?;
         // Empty until here: nothing else sets it on a store opened for writing.
         let _ = store.resident.set(resident);
@@ -488,6 +494,7 @@ impl StateStore {
             read_only: true,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            index_hint_written: Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -617,6 +624,7 @@ impl StateStore {
         self.dedup_pages_written(&pages);
         // Only now, with the batch durable, may its keys be answered from memory.
         self.record_commit(&ops, pages)?;
+        self.refresh_index_hint();
         Ok(())
     }
 
@@ -1191,6 +1199,7 @@ impl StateStore {
 
 mod dedup_pages;
 mod forget;
+mod index_warmup;
 mod landed;
 mod live_dedup;
 mod log_check;

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
 
+use super::index_warmup::IndexWarmup;
+
 use super::StateStore;
 use crate::cf::{CF_DEDUP, CF_DEDUP_PAGES};
 use crate::dedup_index::{
@@ -133,7 +135,7 @@ impl StateStore {
         resident: &mut ResidentPages,
         legacy: &mut LegacyDedup,
     ) -> Result<(), StateError> {
-        self.load_dedup_pages(index, resident)?;
+        self.load_dedup_pages(index, resident, None)?;
         for item in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             if !super::resident::page_holds(index, resident, &k) {
@@ -158,6 +160,7 @@ impl StateStore {
         &self,
         index: &mut DedupIndex,
         resident: &mut ResidentPages,
+        warmup: Option<IndexWarmup>,
     ) -> Result<DedupPages, StateError> {
         let mut pages = DedupPages::default();
         // A directory an older build wrote, opened read-only, has no pages.
@@ -187,10 +190,16 @@ impl StateStore {
         // time with 9 M ids, on one thread while the other only read the pages. (Any
         // other index is filled here alone, as `absorb` could not join it.)
         let split = index.is_pristine();
-        if split {
-            index.reserve_shards(total, LOWER_SHARDS);
-        } else {
-            index.reserve(total);
+        // Halves reserved (and their memory touched) while RocksDB opened, if they
+        // are the size this load reserves (`index_warmup`).
+        let mut warm_upper = None;
+        match warmup.and_then(|w| w.finish(total)) {
+            Some((lower, upper)) if split => {
+                *index = lower;
+                warm_upper = Some(upper);
+            }
+            _ if split => index.reserve_shards(total, LOWER_SHARDS),
+            _ => index.reserve(total),
         }
         // In write order: a key written again after expiring has its later page's
         // locator tried first. Sequences are the store's, one per page: two alike is
@@ -223,8 +232,9 @@ impl StateStore {
             let helper = std::thread::Builder::new()
                 .name("dedup-pages".into())
                 .spawn_scoped(scope, move || {
-                    let mut upper = DedupIndex::default();
+                    let mut upper = warm_upper.unwrap_or_default();
                     if split {
+                        // Nothing to do for warmed halves: they hold the room already.
                         upper.reserve_shards(total, UPPER_SHARDS);
                     }
                     for (seq, partition, _) in order {

@@ -42,6 +42,7 @@ use crate::resident_pages::{PageEntry, ResidentPages};
 use crate::resident_values::{Lookup, ResidentValues};
 
 use super::dedup_pages::PagesWritten;
+use super::index_warmup::{self, IndexWarmup};
 use crate::StateError;
 
 /// How far (a fraction of the TTL) the most advanced committed watermark moves between
@@ -351,6 +352,7 @@ impl StateStore {
     /// the sets and their loader.
     pub(super) fn start_resident(
         &self,
+        warmup: Option<IndexWarmup>,
     ) -> Result<(Arc<Mutex<Resident>>, ResidentLoader), StateError> {
         let mut r = Resident {
             loading: true,
@@ -363,7 +365,8 @@ impl StateStore {
         // A restart waits for this (every lookup needs it): logged with its time, which
         // grows with the ids alive within the retention.
         let started = std::time::Instant::now();
-        let pages = self.load_dedup_pages(&mut r.dedup, &mut r.pages)?;
+        let pages = self.load_dedup_pages(&mut r.dedup, &mut r.pages, warmup)?;
+        index_warmup::write_hint(&self.path, r.dedup.len());
         tracing::info!(
             pages = pages.len(),
             dedup_entries = r.dedup.len(),
@@ -394,6 +397,20 @@ impl StateStore {
         } = &mut r;
         self.load_dedup_index(dedup, pages, legacy)?;
         Ok(Arc::new(Mutex::new(r)))
+    }
+
+    /// Writes the dedup index's size estimate if [`index_warmup::HINT_EVERY`] has
+    /// passed since commits last did (on the committing thread, after the commit).
+    pub(super) fn refresh_index_hint(&self) {
+        let mut last = lock(&self.index_hint_written);
+        if last.elapsed() < index_warmup::HINT_EVERY {
+            return;
+        }
+        *last = std::time::Instant::now();
+        let Some(ids) = self.resident().map(|r| r.dedup.len()) else {
+            return;
+        };
+        index_warmup::write_hint(&self.path, ids);
     }
 
     /// Waits until the resident sets are filled (they are filled in the background
@@ -537,7 +554,8 @@ impl StateStore {
         };
         // As at open: the pages are in memory before the loader starts.
         fresh.pages = ResidentPages::new(self.dedup_page_memory_bytes);
-        *lock(&self.dedup_pages) = self.load_dedup_pages(&mut fresh.dedup, &mut fresh.pages)?;
+        *lock(&self.dedup_pages) =
+            self.load_dedup_pages(&mut fresh.dedup, &mut fresh.pages, None)?;
         if let Some(mut r) = self.resident() {
             fresh.fraud_budget = r.fraud_budget;
             *r = fresh;
