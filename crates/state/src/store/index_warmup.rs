@@ -32,7 +32,11 @@ pub(super) const HINT_FILE: &str = "dedup-index-size";
 pub(super) const HINT_EVERY: Duration = Duration::from_secs(5);
 
 /// Below this many ids the index is a few MB: nothing worth a thread.
-const MIN_WARMED_IDS: usize = 1 << 18;
+pub(super) const MIN_WARMED_IDS: usize = 1 << 18;
+
+/// Loads that took a warmed index, in this process (for tests).
+#[cfg(test)]
+pub(super) static WARMED_LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The two halves of a pristine index (the shards the load fills on each of its two
 /// threads), being reserved and touched on a thread of their own.
@@ -80,6 +84,10 @@ impl IndexWarmup {
         let (lower, upper) = self.thread.take()?.join().ok()?;
         let fits = lower.fits(total, LOWER_SHARDS) && upper.fits(total, UPPER_SHARDS);
         tracing::debug!(fits, total, "Dedup index warmed while the store opened.");
+        #[cfg(test)]
+        if fits {
+            WARMED_LOADS.fetch_add(1, Ordering::Relaxed);
+        }
         fits.then_some((lower, upper))
     }
 }

@@ -1250,3 +1250,52 @@ fn a_page_larger_than_the_budget_keeps_the_kept_pages_the_newest() {
         vec![Some(entry(2)), Some(entry(2)), Some(entry(3)), None]
     );
 }
+
+/// A reopen takes an index warmed for the size the store last wrote down
+/// (`index_warmup`), and it holds exactly the stored ids, each answered, in the memory
+/// a load without it takes: the memory's touching leaves nothing behind.
+#[test]
+fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
+    use super::index_warmup::{read_hint, MIN_WARMED_IDS, WARMED_LOADS};
+    let dir = tempfile::tempdir().unwrap();
+    let n = MIN_WARMED_IDS + 1_000;
+    let ids: Vec<[u8; 16]> = (0..n)
+        .map(|i| keys::dedup_key(&format!("tx-{i}")))
+        .collect();
+    {
+        let s = open(dir.path());
+        for chunk in ids.chunks(50_000) {
+            let mut b = StateBatch::new();
+            for k in chunk {
+                b.put_dedup(*k, &entry(10));
+            }
+            s.commit(b).unwrap();
+        }
+    }
+    // The first reopen has no estimate of this size yet; it writes one after loading.
+    let (keys_unwarmed, bytes_unwarmed) = {
+        let s = open(dir.path());
+        (s.resident_keys().unwrap().0, s.resident_bytes().unwrap().0)
+    };
+    assert_eq!(keys_unwarmed, n);
+    assert_eq!(read_hint(dir.path()), Some(n));
+    let warmed_before = WARMED_LOADS.load(Ordering::Relaxed);
+    let s = open(dir.path());
+    assert!(
+        WARMED_LOADS.load(Ordering::Relaxed) > warmed_before,
+        "not warmed"
+    );
+    assert_eq!(s.resident_keys().unwrap().0, n, "exactly the stored ids");
+    assert_eq!(s.resident_bytes().unwrap().0, bytes_unwarmed);
+    let found = s.get_dedup_many(&ids).unwrap();
+    assert!(found.iter().all(|e| *e == Some(entry(10))));
+    // Ids whose fingerprints are those the warming put in and cleared: absent.
+    let touched: Vec<[u8; 16]> = [0u64, 256, 4096, (12 << 32) | 512]
+        .into_iter()
+        .map(|f| sharing_fingerprint(f, 0))
+        .collect();
+    assert_eq!(
+        s.get_dedup_many(&touched).unwrap(),
+        vec![None; touched.len()]
+    );
+}
