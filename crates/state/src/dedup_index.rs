@@ -243,10 +243,11 @@ impl DedupIndex {
     /// time on this kind of virtual machine (docs/benchmarks.md, twenty-second step).
     /// Done here, on a thread of its own while RocksDB replays its log on one core,
     /// the load then only inserts. Touching is inserting one fingerprint per 4 KB of
-    /// buckets (fingerprints are their own hash, so fingerprint `n` lands in bucket
-    /// `n` of an empty table) and clearing the table, which keeps its memory: if a
-    /// table placed them otherwise, fewer pages would be touched early, nothing else.
-    pub fn warmed(
+    /// buckets (fingerprints are their own hash, so one whose low bits are `n` lands
+    /// in bucket `n` of an empty table) and clearing the table, which keeps its
+    /// memory: if a table placed them otherwise, fewer pages would be touched early,
+    /// nothing else.
+    pub(crate) fn warmed(
         additional: usize,
         shards: std::ops::Range<usize>,
         stop: &std::sync::atomic::AtomicBool,
@@ -260,8 +261,10 @@ impl DedupIndex {
                 break;
             }
             let map = &mut index.maps[i];
+            // The shard's own fingerprints (as a lookup would find them, were any
+            // left), in bucket `n` for the `n` in their low bits.
             for bucket in (0..index.buckets[i]).step_by(BUCKETS_PER_PAGE) {
-                map.insert(bucket as u64, 0);
+                map.insert(((i as u64) << 32) | bucket as u64, 0);
             }
             map.clear();
         }
@@ -272,7 +275,7 @@ impl DedupIndex {
     /// [`DedupIndex::reserve_shards`]`(additional, shards)` of a pristine index gives
     /// (an index warmed for a stale estimate of the ids is used only if it is the
     /// size the load would make: never more memory than without it).
-    pub fn fits(&self, additional: usize, shards: std::ops::Range<usize>) -> bool {
+    pub(crate) fn fits(&self, additional: usize, shards: std::ops::Range<usize>) -> bool {
         let each = per_shard(additional);
         // Room for them, in the smallest table that has it: half as many buckets
         // (filled to 7 in 8) would not.

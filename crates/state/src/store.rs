@@ -136,7 +136,7 @@ pub struct StateStore {
     /// The dedup pages held, for deleting them once expired (`store::dedup_pages`).
     dedup_pages: Mutex<dedup_pages::DedupPages>,
     /// When commits last wrote the dedup index's size estimate (`index_warmup`).
-    index_hint_written: Mutex<std::time::Instant>,
+    size_estimate_written: Mutex<std::time::Instant>,
     /// How many more commits may land before the next one fails: a test double for a
     /// disk that fails one write, which the real one cannot do on demand (set only
     /// through `fail_commit_after`; only builds with fail points have it).
@@ -385,7 +385,7 @@ impl StateStore {
             read_only: false,
             resident_loader: None,
             dedup_pages: Mutex::default(),
-            index_hint_written: Mutex::new(std::time::Instant::now()),
+            size_estimate_written: Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -494,7 +494,7 @@ impl StateStore {
             read_only: true,
             resident_loader: None,
             dedup_pages: Mutex::default(),
-            index_hint_written: Mutex::new(std::time::Instant::now()),
+            size_estimate_written: Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -624,7 +624,7 @@ impl StateStore {
         self.dedup_pages_written(&pages);
         // Only now, with the batch durable, may its keys be answered from memory.
         self.record_commit(&ops, pages)?;
-        self.refresh_index_hint();
+        self.refresh_size_estimate();
         Ok(())
     }
 

@@ -28,7 +28,8 @@ use crate::StateError;
 #[derive(Debug, Default)]
 pub(super) struct DedupPages {
     next_seq: u64,
-    held: BTreeMap<i32, VecDeque<(u64, i64)>>,
+    /// Each partition's pages, oldest first: (sequence, newest entry's time, entries).
+    held: BTreeMap<i32, VecDeque<(u64, i64, usize)>>,
 }
 
 /// What a commit's pages change once the commit is durable: the pages added, with
@@ -123,6 +124,15 @@ impl DedupPages {
     /// How many pages the store holds.
     pub(super) fn len(&self) -> usize {
         self.held.values().map(VecDeque::len).sum()
+    }
+
+    /// How many entries the pages held hold: what the next open's load reserves the
+    /// dedup index for (`index_warmup`).
+    pub(super) fn entries(&self) -> usize {
+        self.held
+            .values()
+            .flat_map(|pages| pages.iter().map(|(_, _, n)| n))
+            .sum()
     }
 }
 
@@ -234,7 +244,7 @@ impl StateStore {
                 .spawn_scoped(scope, move || {
                     let mut upper = warm_upper.unwrap_or_default();
                     if split {
-                        // Nothing to do for warmed halves: they hold the room already.
+                        // Warmed halves hold the room already (this reserves nothing).
                         upper.reserve_shards(total, UPPER_SHARDS);
                     }
                     for (seq, partition, _) in order {
@@ -266,11 +276,11 @@ impl StateStore {
                 }
                 // In sequence order, so each partition's pages are in write order.
                 pages.next_seq = pages.next_seq.max(page.seq + 1);
-                pages
-                    .held
-                    .entry(page.partition)
-                    .or_default()
-                    .push_back((page.seq, page.newest));
+                pages.held.entry(page.partition).or_default().push_back((
+                    page.seq,
+                    page.newest,
+                    dedup_page::entry_count(&page.bytes)?,
+                ));
                 let kept = (page.seq >= keep_from).then_some(page.bytes);
                 resident.add(page.seq, page.partition, kept);
             }
@@ -315,7 +325,7 @@ impl StateStore {
         let horizons = self.horizons.partitions.snapshot();
         for (&partition, held) in &pages.held {
             let horizon = horizons.get(&partition).copied().unwrap_or(global);
-            for &(seq, newest) in held {
+            for &(seq, newest, _) in held {
                 if !is_expired(newest, retention, horizon) {
                     break;
                 }
@@ -332,17 +342,17 @@ impl StateStore {
         let mut pages = super::resident::lock(&self.dedup_pages);
         for &(partition, seq) in &written.deleted {
             if let Some(held) = pages.held.get_mut(&partition) {
-                if held.front().is_some_and(|(s, _)| *s == seq) {
+                if held.front().is_some_and(|(s, _, _)| *s == seq) {
                     held.pop_front();
                 }
             }
         }
         for page in &written.added {
-            pages
-                .held
-                .entry(page.partition)
-                .or_default()
-                .push_back((page.seq, page.newest));
+            pages.held.entry(page.partition).or_default().push_back((
+                page.seq,
+                page.newest,
+                dedup_page::entry_count(&page.bytes).unwrap_or(0),
+            ));
         }
     }
 

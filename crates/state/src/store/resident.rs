@@ -365,10 +365,12 @@ impl StateStore {
         // A restart waits for this (every lookup needs it): logged with its time, which
         // grows with the ids alive within the retention.
         let started = std::time::Instant::now();
+        let warmed_before = index_warmup::WARMED_LOADS.with(std::cell::Cell::get);
         let pages = self.load_dedup_pages(&mut r.dedup, &mut r.pages, warmup)?;
-        index_warmup::write_hint(&self.path, r.dedup.len());
+        index_warmup::write_size_estimate(&self.path, pages.entries());
         tracing::info!(
             pages = pages.len(),
+            warmed = index_warmup::WARMED_LOADS.with(std::cell::Cell::get) > warmed_before,
             dedup_entries = r.dedup.len(),
             index_bytes = r.dedup.memory_bytes(),
             page_bytes = r.pages.memory_bytes(),
@@ -399,18 +401,17 @@ impl StateStore {
         Ok(Arc::new(Mutex::new(r)))
     }
 
-    /// Writes the dedup index's size estimate if [`index_warmup::HINT_EVERY`] has
-    /// passed since commits last did (on the committing thread, after the commit).
-    pub(super) fn refresh_index_hint(&self) {
-        let mut last = lock(&self.index_hint_written);
-        if last.elapsed() < index_warmup::HINT_EVERY {
+    /// Writes the dedup index's size estimate (the entries of the pages held) if
+    /// [`index_warmup::SIZE_ESTIMATE_EVERY`] has passed since commits last did (on
+    /// the committing thread, after the commit).
+    pub(super) fn refresh_size_estimate(&self) {
+        let mut last = lock(&self.size_estimate_written);
+        if last.elapsed() < index_warmup::SIZE_ESTIMATE_EVERY {
             return;
         }
         *last = std::time::Instant::now();
-        let Some(ids) = self.resident().map(|r| r.dedup.len()) else {
-            return;
-        };
-        index_warmup::write_hint(&self.path, ids);
+        let entries = lock(&self.dedup_pages).entries();
+        index_warmup::write_size_estimate(&self.path, entries);
     }
 
     /// Waits until the resident sets are filled (they are filled in the background

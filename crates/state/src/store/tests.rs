@@ -1256,7 +1256,7 @@ fn a_page_larger_than_the_budget_keeps_the_kept_pages_the_newest() {
 /// a load without it takes: the memory's touching leaves nothing behind.
 #[test]
 fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
-    use super::index_warmup::{read_hint, MIN_WARMED_IDS, WARMED_LOADS};
+    use super::index_warmup::{MIN_WARMED_IDS, SIZE_ESTIMATE_FILE, WARMED_LOADS};
     let dir = tempfile::tempdir().unwrap();
     let n = MIN_WARMED_IDS + 1_000;
     let ids: Vec<[u8; 16]> = (0..n)
@@ -1278,11 +1278,12 @@ fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
         (s.resident_keys().unwrap().0, s.resident_bytes().unwrap().0)
     };
     assert_eq!(keys_unwarmed, n);
-    assert_eq!(read_hint(dir.path()), Some(n));
-    let warmed_before = WARMED_LOADS.load(Ordering::Relaxed);
+    let estimate = std::fs::read_to_string(dir.path().join(SIZE_ESTIMATE_FILE)).unwrap();
+    assert_eq!(estimate.trim(), n.to_string());
+    let warmed_before = WARMED_LOADS.with(std::cell::Cell::get);
     let s = open(dir.path());
     assert!(
-        WARMED_LOADS.load(Ordering::Relaxed) > warmed_before,
+        WARMED_LOADS.with(std::cell::Cell::get) > warmed_before,
         "not warmed"
     );
     assert_eq!(s.resident_keys().unwrap().0, n, "exactly the stored ids");
@@ -1290,7 +1291,7 @@ fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
     let found = s.get_dedup_many(&ids).unwrap();
     assert!(found.iter().all(|e| *e == Some(entry(10))));
     // Ids whose fingerprints are those the warming put in and cleared: absent.
-    let touched: Vec<[u8; 16]> = [0u64, 256, 4096, (12 << 32) | 512]
+    let touched: Vec<[u8; 16]> = [0u64, 256, (3 << 32) | 4096, (12 << 32) | 512]
         .into_iter()
         .map(|f| sharing_fingerprint(f, 0))
         .collect();
@@ -1298,4 +1299,42 @@ fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
         s.get_dedup_many(&touched).unwrap(),
         vec![None; touched.len()]
     );
+}
+
+/// An open that fails while the index is being warmed (here: a changed retention)
+/// stops the warming and returns its error; the next open, without the estimate the
+/// failed one read, loads as before.
+#[test]
+fn an_open_refused_while_warming_returns_its_error_and_the_next_loads() {
+    use super::index_warmup::MIN_WARMED_IDS;
+    let dir = tempfile::tempdir().unwrap();
+    let n = MIN_WARMED_IDS + 10;
+    let ids: Vec<[u8; 16]> = (0..n)
+        .map(|i| keys::dedup_key(&format!("tx-{i}")))
+        .collect();
+    let hour = 3_600_000_000;
+    {
+        let s = open_loaded_with_retention(dir.path(), hour);
+        let mut b = StateBatch::new();
+        for k in &ids {
+            b.put_dedup(*k, &entry(10));
+        }
+        s.commit(b).unwrap();
+    }
+    drop(open_loaded_with_retention(dir.path(), hour));
+    let refused = StateStore::open(
+        dir.path(),
+        &StoreOptions {
+            dedup_retention_micros: Some(2 * hour),
+            ..StoreOptions::default()
+        },
+    );
+    assert!(matches!(refused, Err(StateError::RetentionChanged { .. })));
+    let s = open_loaded_with_retention(dir.path(), hour);
+    assert_eq!(s.resident_keys().unwrap().0, n);
+    assert!(s
+        .get_dedup_many(&ids[..100])
+        .unwrap()
+        .iter()
+        .all(Option::is_some));
 }
