@@ -49,20 +49,48 @@ pub(super) struct AddedPage {
 }
 
 /// A page as read back at open: its sequence, partition, newest time and bytes.
-struct ReadPage {
+struct ReadPage<'db> {
     seq: u64,
     partition: i32,
     newest: i64,
-    bytes: Box<[u8]>,
+    bytes: PageBytes<'db>,
+}
+
+/// A page's bytes while loading: as RocksDB read them, or copied for memory to keep
+/// (only the newest pages are; see `load_dedup_pages` for who copies them).
+enum PageBytes<'db> {
+    Read(rocksdb::DBPinnableSlice<'db>),
+    Kept(Box<[u8]>),
+}
+
+impl std::ops::Deref for PageBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            PageBytes::Read(b) => b,
+            PageBytes::Kept(b) => b,
+        }
+    }
+}
+
+impl PageBytes<'_> {
+    /// The bytes for memory to keep (a copy unless already made).
+    fn kept(self) -> Box<[u8]> {
+        match self {
+            PageBytes::Read(b) => Box::from(&*b),
+            PageBytes::Kept(b) => b,
+        }
+    }
 }
 
 /// A page's bytes, read (checksums verified) and checked to be whole entries.
-fn read_page(
-    db: &rocksdb::DB,
+fn read_page<'db>(
+    db: &'db rocksdb::DB,
     path: &std::path::Path,
     partition: i32,
     seq: u64,
-) -> Result<ReadPage, StateError> {
+) -> Result<ReadPage<'db>, StateError> {
     let page = read_stored_page(db, path, partition, seq)?.ok_or_else(|| StateError::Corrupt {
         path: path.to_owned(),
         detail: format!("dedup page {partition}/{seq} vanished while loading"),
@@ -76,7 +104,7 @@ fn read_page(
         seq,
         partition,
         newest,
-        bytes: page.as_ref().into(),
+        bytes: PageBytes::Read(page),
     })
 }
 
@@ -95,7 +123,7 @@ fn numbered_seq(seq: u64, path: &std::path::Path) -> Result<u64, StateError> {
 }
 
 /// A page read back whose sequence a locator can name, and whose entries slots can.
-fn numbered(page: ReadPage, path: &std::path::Path) -> Result<ReadPage, StateError> {
+fn numbered<'db>(page: ReadPage<'db>, path: &std::path::Path) -> Result<ReadPage<'db>, StateError> {
     numbered_seq(page.seq, path)?;
     if dedup_page::entry_count(&page.bytes)? > crate::dedup_index::MAX_PAGE_ENTRIES {
         return Err(StateError::Corrupt {
@@ -248,8 +276,22 @@ impl StateStore {
                         upper.reserve_shards(total, UPPER_SHARDS);
                     }
                     for (seq, partition, _) in order {
-                        let read = read_page(db, &self.path, partition, seq)
+                        let mut read = read_page(db, &self.path, partition, seq)
                             .and_then(|p| numbered(p, &self.path));
+                        // Every other page memory keeps is copied here, the rest by
+                        // the receiver: a restart's newest pages are fresh memory (up
+                        // to the budget, 128 MB by default) whose first touches the
+                        // kernel zeroes, slowly on some machines, and each of the two
+                        // threads has half the keys to insert besides.
+                        if let Ok(page) = &mut read {
+                            if page.seq >= keep_from && page.seq % 2 == 1 {
+                                let bytes = std::mem::replace(
+                                    &mut page.bytes,
+                                    PageBytes::Kept(Box::default()),
+                                );
+                                page.bytes = PageBytes::Kept(bytes.kept());
+                            }
+                        }
                         if let (true, Ok(page)) = (split, &read) {
                             for (slot, key) in
                                 dedup_page::keys(&page.bytes)?.filter(|(_, k)| in_upper_shards(k))
@@ -281,7 +323,7 @@ impl StateStore {
                     page.newest,
                     dedup_page::entry_count(&page.bytes)?,
                 ));
-                let kept = (page.seq >= keep_from).then_some(page.bytes);
+                let kept = (page.seq >= keep_from).then(|| page.bytes.kept());
                 resident.add(page.seq, page.partition, kept);
             }
             let upper = helper
