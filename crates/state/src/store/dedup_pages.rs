@@ -56,11 +56,11 @@ struct ReadPage<'db> {
     bytes: PageBytes<'db>,
 }
 
-/// A page's bytes while loading: as RocksDB read them, or copied for memory to keep
-/// (only the newest pages are; see `load_dedup_pages` for who copies them).
+/// A page's bytes while loading: as RocksDB read them, or copied out (only the pages
+/// memory keeps, the newest; see `load_dedup_pages` for which thread copies them).
 enum PageBytes<'db> {
     Read(rocksdb::DBPinnableSlice<'db>),
-    Kept(Box<[u8]>),
+    Owned(Box<[u8]>),
 }
 
 impl std::ops::Deref for PageBytes<'_> {
@@ -69,17 +69,24 @@ impl std::ops::Deref for PageBytes<'_> {
     fn deref(&self) -> &[u8] {
         match self {
             PageBytes::Read(b) => b,
-            PageBytes::Kept(b) => b,
+            PageBytes::Owned(b) => b,
         }
     }
 }
 
 impl PageBytes<'_> {
-    /// The bytes for memory to keep (a copy unless already made).
-    fn kept(self) -> Box<[u8]> {
+    /// Copies the bytes out of RocksDB's buffer (if not done already).
+    fn own(&mut self) {
+        if let PageBytes::Read(b) = self {
+            *self = PageBytes::Owned(Box::from(&**b));
+        }
+    }
+
+    /// The bytes, owned (a copy unless already made), for memory to keep.
+    fn into_owned(self) -> Box<[u8]> {
         match self {
             PageBytes::Read(b) => Box::from(&*b),
-            PageBytes::Kept(b) => b,
+            PageBytes::Owned(b) => b,
         }
     }
 }
@@ -275,21 +282,18 @@ impl StateStore {
                         // Warmed halves hold the room already (this reserves nothing).
                         upper.reserve_shards(total, UPPER_SHARDS);
                     }
-                    for (seq, partition, _) in order {
+                    for (i, (seq, partition, _)) in order.into_iter().enumerate() {
                         let mut read = read_page(db, &self.path, partition, seq)
                             .and_then(|p| numbered(p, &self.path));
-                        // Every other page memory keeps is copied here, the rest by
-                        // the receiver: a restart's newest pages are fresh memory (up
-                        // to the budget, 128 MB by default) whose first touches the
-                        // kernel zeroes, slowly on some machines, and each of the two
-                        // threads has half the keys to insert besides.
+                        // Every other page memory keeps (by place in the reading order)
+                        // is copied here, the rest by the receiver: a restart's newest
+                        // pages are fresh memory (up to the budget, 128 MB by default)
+                        // whose first touches the kernel zeroes, slowly on some
+                        // machines, and each of the two threads has half the keys to
+                        // insert besides.
                         if let Ok(page) = &mut read {
-                            if page.seq >= keep_from && page.seq % 2 == 1 {
-                                let bytes = std::mem::replace(
-                                    &mut page.bytes,
-                                    PageBytes::Kept(Box::default()),
-                                );
-                                page.bytes = PageBytes::Kept(bytes.kept());
+                            if page.seq >= keep_from && i % 2 == 1 {
+                                page.bytes.own();
                             }
                         }
                         if let (true, Ok(page)) = (split, &read) {
@@ -323,7 +327,7 @@ impl StateStore {
                     page.newest,
                     dedup_page::entry_count(&page.bytes)?,
                 ));
-                let kept = (page.seq >= keep_from).then(|| page.bytes.kept());
+                let kept = (page.seq >= keep_from).then(|| page.bytes.into_owned());
                 resident.add(page.seq, page.partition, kept);
             }
             let upper = helper
