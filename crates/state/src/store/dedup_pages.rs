@@ -397,6 +397,8 @@ impl StateStore {
             pages.held.entry(page.partition).or_default().push_back((
                 page.seq,
                 page.newest,
+                // Only the size estimate reads it; `record_commit` refuses a page
+                // that is not whole entries.
                 dedup_page::entry_count(&page.bytes).unwrap_or(0),
             ));
         }

@@ -20,6 +20,7 @@
 //! - the file is removed once read, and written again only after a load succeeds: an
 //!   open that fails (or is killed) while warming does not warm the next one.
 
+#[cfg(test)]
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,9 +42,10 @@ pub(super) const SIZE_ESTIMATE_EVERY: Duration = Duration::from_secs(5);
 /// Below this many ids the index is a few MB: nothing worth a thread.
 pub(super) const MIN_WARMED_IDS: usize = 1 << 18;
 
+#[cfg(test)]
 thread_local! {
-    /// Loads on this thread that took a warmed index (for tests: the load runs on
-    /// the thread that opens the store).
+    /// Loads on this thread that took a warmed index (the load runs on the thread
+    /// that opens the store).
     pub(super) static WARMED_LOADS: Cell<u64> = const { Cell::new(0) };
 }
 
@@ -106,6 +108,12 @@ impl IndexWarmup {
             && upper.is_pristine()
             && lower.fits(total, LOWER_SHARDS)
             && upper.fits(total, UPPER_SHARDS);
+        tracing::info!(
+            used = fits,
+            ids = total,
+            "Dedup index warmed while the store opened."
+        );
+        #[cfg(test)]
         if fits {
             WARMED_LOADS.with(|n| n.set(n.get() + 1));
         }

@@ -365,12 +365,10 @@ impl StateStore {
         // A restart waits for this (every lookup needs it): logged with its time, which
         // grows with the ids alive within the retention.
         let started = std::time::Instant::now();
-        let warmed_before = index_warmup::WARMED_LOADS.with(std::cell::Cell::get);
         let pages = self.load_dedup_pages(&mut r.dedup, &mut r.pages, warmup)?;
         index_warmup::write_size_estimate(&self.path, pages.entries());
         tracing::info!(
             pages = pages.len(),
-            warmed = index_warmup::WARMED_LOADS.with(std::cell::Cell::get) > warmed_before,
             dedup_entries = r.dedup.len(),
             index_bytes = r.dedup.memory_bytes(),
             page_bytes = r.pages.memory_bytes(),

@@ -422,19 +422,8 @@ fn a_partly_delivered_page_hides_its_delivered_rows_across_a_reopen() {
 #[test]
 fn lookups_while_the_resident_sets_load_find_every_stored_key() {
     let dir = tempfile::tempdir().unwrap();
-    let ids: Vec<[u8; 16]> = (0..200_000)
-        .map(|i| keys::dedup_key(&format!("id-{i}")))
-        .collect();
-    {
-        let s = open(dir.path());
-        for chunk in ids.chunks(20_000) {
-            let mut b = StateBatch::new();
-            for k in chunk {
-                b.put_dedup(*k, &entry(5));
-            }
-            s.commit(b).unwrap();
-        }
-    }
+    let ids = numbered_ids("id", 200_000);
+    commit_keys(&open(dir.path()), &ids, 20_000, 5);
     for _ in 0..3 {
         let s = open(dir.path());
         let last = &ids[ids.len() - 1000..];
@@ -1041,6 +1030,24 @@ fn sharing_fingerprint(fingerprint: u64, last: u8) -> [u8; 16] {
     k
 }
 
+/// The dedup keys of ids `{prefix}-0` … `{prefix}-{n-1}`.
+fn numbered_ids(prefix: &str, n: usize) -> Vec<[u8; 16]> {
+    (0..n)
+        .map(|i| keys::dedup_key(&format!("{prefix}-{i}")))
+        .collect()
+}
+
+/// Puts `keys` at time `t` on partition 0, `per_commit` a commit.
+fn commit_keys(s: &StateStore, keys: &[[u8; 16]], per_commit: usize, t: i64) {
+    for chunk in keys.chunks(per_commit) {
+        let mut b = StateBatch::new();
+        for k in chunk {
+            b.put_dedup(*k, &entry(t));
+        }
+        s.commit(b).unwrap();
+    }
+}
+
 /// One commit putting `ids` at time `t` on partition 0.
 fn commit_ids(s: &StateStore, ids: &[&str], t: i64) {
     let mut b = StateBatch::new();
@@ -1259,19 +1266,8 @@ fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
     use super::index_warmup::{MIN_WARMED_IDS, SIZE_ESTIMATE_FILE, WARMED_LOADS};
     let dir = tempfile::tempdir().unwrap();
     let n = MIN_WARMED_IDS + 1_000;
-    let ids: Vec<[u8; 16]> = (0..n)
-        .map(|i| keys::dedup_key(&format!("tx-{i}")))
-        .collect();
-    {
-        let s = open(dir.path());
-        for chunk in ids.chunks(50_000) {
-            let mut b = StateBatch::new();
-            for k in chunk {
-                b.put_dedup(*k, &entry(10));
-            }
-            s.commit(b).unwrap();
-        }
-    }
+    let ids = numbered_ids("tx", n);
+    commit_keys(&open(dir.path()), &ids, 50_000, 10);
     // The first reopen has no estimate of this size yet; it writes one after loading.
     let (keys_unwarmed, bytes_unwarmed) = {
         let s = open(dir.path());
@@ -1309,18 +1305,9 @@ fn an_open_refused_while_warming_returns_its_error_and_the_next_loads() {
     use super::index_warmup::MIN_WARMED_IDS;
     let dir = tempfile::tempdir().unwrap();
     let n = MIN_WARMED_IDS + 10;
-    let ids: Vec<[u8; 16]> = (0..n)
-        .map(|i| keys::dedup_key(&format!("tx-{i}")))
-        .collect();
+    let ids = numbered_ids("tx", n);
     let hour = 3_600_000_000;
-    {
-        let s = open_loaded_with_retention(dir.path(), hour);
-        let mut b = StateBatch::new();
-        for k in &ids {
-            b.put_dedup(*k, &entry(10));
-        }
-        s.commit(b).unwrap();
-    }
+    commit_keys(&open_loaded_with_retention(dir.path(), hour), &ids, n, 10);
     drop(open_loaded_with_retention(dir.path(), hour));
     let refused = StateStore::open(
         dir.path(),
