@@ -115,10 +115,14 @@ impl ResidentPages {
     ///
     /// The pages kept are always the newest ones (a reader relies on it: a page whose
     /// bytes are not kept is older than every kept one): a page too large for the whole
-    /// budget goes itself, but only after every older one.
-    pub fn keep(&mut self, seq: u64, bytes: Box<[u8]>) {
+    /// budget goes itself, but only after every older one. So bytes of a page older
+    /// than every kept one are kept only while the budget has room for them (as a
+    /// restart's pages are, newest first, after the open).
+    ///
+    /// Returns whether the page's bytes are kept now.
+    pub fn keep(&mut self, seq: u64, bytes: Box<[u8]>) -> bool {
         let Some(page) = self.pages.get_mut(&seq) else {
-            return;
+            return false;
         };
         self.kept_bytes += bytes.len();
         if let Some(old) = page.bytes.replace(bytes) {
@@ -133,6 +137,13 @@ impl ResidentPages {
                 self.kept_bytes -= b.len();
             }
         }
+        self.kept.contains(&seq)
+    }
+
+    /// The sequences of the pages whose bytes are kept, oldest first.
+    #[cfg(test)]
+    pub fn kept(&self) -> Vec<u64> {
+        self.kept.iter().copied().collect()
     }
 
     /// The budget for kept bytes.
@@ -266,5 +277,33 @@ mod tests {
         assert!(matches!(p.entry(locator(3, 0)), PageEntry::Stored { .. }));
         assert_eq!(p.kept_bytes, 0);
         assert!(p.kept.is_empty());
+    }
+
+    /// A restart's pages are added without bytes, commits then add newer ones with
+    /// theirs, and the restart's are kept afterwards, newest first: each is kept only
+    /// while the budget has room, so the kept pages stay the newest.
+    #[test]
+    fn bytes_kept_after_newer_pages_are_kept_only_while_they_fit() {
+        let one = page(&["a"]);
+        let mut p = ResidentPages::new(3 * one.len());
+        for seq in 1..=3 {
+            p.add(seq, 0, None);
+        }
+        p.add(4, 0, Some(page(&["d"])));
+        assert_eq!(p.kept(), vec![4]);
+        assert!(p.keep(3, page(&["c"])));
+        assert!(p.keep(2, page(&["b"])));
+        // No room left: page 1 is older than every kept one, so its bytes go at once.
+        assert!(!p.keep(1, page(&["a"])));
+        assert_eq!(p.kept(), vec![2, 3, 4]);
+        assert!(matches!(p.entry(locator(1, 0)), PageEntry::Stored { .. }));
+        // A page gone meanwhile keeps nothing.
+        p.remove(3);
+        assert!(!p.keep(3, page(&["c"])));
+        assert!(!p.lives(3));
+        // A commit's newer page lets the oldest kept one go.
+        p.add(5, 0, Some(page(&["e"])));
+        p.add(6, 0, Some(page(&["f"])));
+        assert_eq!(p.kept(), vec![4, 5, 6]);
     }
 }

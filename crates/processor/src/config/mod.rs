@@ -175,9 +175,10 @@ pub struct StoreSettings {
     #[arg(long, env = "PAYDEDUP_FRAUD_MEMORY_MIB", default_value = "768")]
     pub fraud_memory_mib: usize,
     /// Memory for the newest dedup pages' entries, MiB (52 bytes an id: 128 MiB holds
-    /// the last ~2.6 M). A retry or replay of an id on an older page reads that page
-    /// from RocksDB: correct, slower. Raise it when repeats come later than the pages
-    /// it holds (`paydedup_dedup_page_reads_total` counts those reads).
+    /// the last ~2.6 M; after a start, filled in the background). A retry or replay
+    /// of an id on an older page reads that page from RocksDB: correct, slower. Raise
+    /// it when repeats come later than the pages it holds
+    /// (`paydedup_dedup_page_reads_total` counts those reads).
     #[arg(long, env = "PAYDEDUP_DEDUP_PAGE_MEMORY_MIB", default_value = "128")]
     pub dedup_page_memory_mib: usize,
     /// Compact the TTL column families this often, seconds; 0 = only RocksDB's own compactions.

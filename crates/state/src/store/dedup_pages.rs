@@ -48,47 +48,63 @@ pub(super) struct AddedPage {
     pub(super) bytes: Vec<u8>,
 }
 
-/// A page as read back at open: its sequence, partition, newest time and bytes.
+/// A page as read back at open: its sequence, partition, newest time and bytes (in
+/// RocksDB's buffer: the load keeps none of them, see [`PagesToKeep`]).
 struct ReadPage<'db> {
     seq: u64,
     partition: i32,
     newest: i64,
-    bytes: PageBytes<'db>,
+    bytes: rocksdb::DBPinnableSlice<'db>,
 }
 
-/// A page's bytes while loading: as RocksDB read them, or copied out (only the pages
-/// memory keeps, the newest; see `load_dedup_pages` for which thread copies them).
-enum PageBytes<'db> {
-    Read(rocksdb::DBPinnableSlice<'db>),
-    Owned(Box<[u8]>),
-}
+/// The pages whose bytes memory is to keep after a load, newest first: their bytes are
+/// read again and kept after the store is open ([`keep_pages`]), not while the restart
+/// waits.
+///
+/// Why: those bytes are the newest pages up to the budget (128 MB by default), fresh
+/// memory whose first touches the kernel zeroes, slowly on some machines (0.4 GB/s
+/// measured here): a tenth of a second or more of a restart with 9 M ids alive, for
+/// bytes that only spare a repeat a RocksDB read. Until a page is kept, a repeat of an
+/// id on it reads its page from RocksDB, as one on an older page always does.
+#[derive(Debug, Default)]
+pub(super) struct PagesToKeep(Vec<(u64, i32)>);
 
-impl std::ops::Deref for PageBytes<'_> {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            PageBytes::Read(b) => b,
-            PageBytes::Owned(b) => b,
-        }
+impl PagesToKeep {
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
-impl PageBytes<'_> {
-    /// Copies the bytes out of RocksDB's buffer (if not done already).
-    fn own(&mut self) {
-        if let PageBytes::Read(b) = self {
-            *self = PageBytes::Owned(Box::from(&**b));
+/// Reads the pages of `to_keep` (newest first) and hands each one's bytes to `keep`,
+/// which keeps them in memory and answers whether to go on (no, once memory lets go of
+/// the bytes it was just given: every page after is older, and would go too). A page
+/// gone meanwhile (expired and deleted, or its partition forgotten) is passed over.
+/// Returns early when `stop` is set.
+///
+/// Newest first, one page at a time, so that the pages memory keeps stay the newest at
+/// every step, which lookups rely on (`ResidentPages::keep`), while commits add newer
+/// ones.
+pub(super) fn keep_pages(
+    db: &rocksdb::DB,
+    path: &std::path::Path,
+    to_keep: PagesToKeep,
+    stop: &std::sync::atomic::AtomicBool,
+    mut keep: impl FnMut(u64, Box<[u8]>) -> bool,
+) -> Result<(), StateError> {
+    for (seq, partition) in to_keep.0 {
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            break;
+        }
+        let Some(page) = read_stored_page(db, path, partition, seq)? else {
+            continue;
+        };
+        // Read and checked whole when loaded; read again here, checked again.
+        dedup_page::entry_count(&page)?;
+        if !keep(seq, Box::from(&*page)) {
+            break;
         }
     }
-
-    /// The bytes, owned (a copy unless already made), for memory to keep.
-    fn into_owned(self) -> Box<[u8]> {
-        match self {
-            PageBytes::Read(b) => Box::from(&*b),
-            PageBytes::Owned(b) => b,
-        }
-    }
+    Ok(())
 }
 
 /// A page's bytes, read (checksums verified) and checked to be whole entries.
@@ -111,7 +127,7 @@ fn read_page<'db>(
         seq,
         partition,
         newest,
-        bytes: PageBytes::Read(page),
+        bytes: page,
     })
 }
 
@@ -172,15 +188,17 @@ impl DedupPages {
 }
 
 impl StateStore {
-    /// Fills the dedup memory as a read-only store answers from it: the pages, then
-    /// the older per-key family's entries (which only fill keys no page holds).
+    /// Fills the dedup memory as a read-only store answers from it: the pages (and
+    /// the bytes of the newest, at once), then the older per-key family's entries
+    /// (which only fill keys no page holds).
     pub(super) fn load_dedup_index(
         &self,
         index: &mut DedupIndex,
         resident: &mut ResidentPages,
         legacy: &mut LegacyDedup,
     ) -> Result<(), StateError> {
-        self.load_dedup_pages(index, resident, None)?;
+        let (_, to_keep) = self.load_dedup_pages(index, resident, None)?;
+        self.keep_pages_now(resident, to_keep)?;
         for item in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::Start) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             if !super::resident::page_holds(index, resident, &k) {
@@ -190,9 +208,22 @@ impl StateStore {
         Ok(())
     }
 
+    /// Keeps the bytes of `to_keep` in `resident` now, on this thread.
+    pub(super) fn keep_pages_now(
+        &self,
+        resident: &mut ResidentPages,
+        to_keep: PagesToKeep,
+    ) -> Result<(), StateError> {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        keep_pages(&self.db, &self.path, to_keep, &never, |seq, bytes| {
+            resident.keep(seq, bytes) || !resident.lives(seq)
+        })
+    }
+
     /// Reads every page into `index` (each key's locator: later pages were written
-    /// later) and `resident` (every page, with the bytes of the newest within its
-    /// budget), and returns their bookkeeping.
+    /// later) and `resident` (every page, without its bytes), and returns their
+    /// bookkeeping and the newest pages whose bytes fit the budget, for memory to keep
+    /// once the store is open.
     ///
     /// A restart waits for this, so it is kept short. Two passes, so that memory holds
     /// a few pages at a time beside the index: the first lists the pages (key order is
@@ -206,11 +237,12 @@ impl StateStore {
         index: &mut DedupIndex,
         resident: &mut ResidentPages,
         warmup: Option<IndexWarmup>,
-    ) -> Result<DedupPages, StateError> {
+    ) -> Result<(DedupPages, PagesToKeep), StateError> {
         let mut pages = DedupPages::default();
+        let mut to_keep = PagesToKeep::default();
         // A directory an older build wrote, opened read-only, has no pages.
         let Some(cf) = self.db.cf_handle(CF_DEDUP_PAGES) else {
-            return Ok(pages);
+            return Ok((pages, to_keep));
         };
         // The listing is only an order and sizes: nothing read in it is kept, since
         // it is not verified. What the pages say (their newest times, their entries)
@@ -256,8 +288,9 @@ impl StateStore {
                 detail: format!("two dedup pages listed with sequence {}", w[0].0),
             });
         }
-        // The newest pages whose bytes fit the budget are kept (read newest first by
-        // a repeat); the first sequence kept.
+        // The newest pages whose bytes fit the budget are to be kept (read newest
+        // first by a repeat), once the store is open (`PagesToKeep`); the first
+        // sequence to keep.
         let mut room = resident.budget();
         let keep_from = order
             .iter()
@@ -282,20 +315,9 @@ impl StateStore {
                         // Warmed halves hold the room already (this reserves nothing).
                         upper.reserve_shards(total, UPPER_SHARDS);
                     }
-                    for (i, (seq, partition, _)) in order.into_iter().enumerate() {
-                        let mut read = read_page(db, &self.path, partition, seq)
+                    for (seq, partition, _) in order {
+                        let read = read_page(db, &self.path, partition, seq)
                             .and_then(|p| numbered(p, &self.path));
-                        // Every other page memory keeps (by place in the reading order)
-                        // is copied here, the rest by the receiver: a restart's newest
-                        // pages are fresh memory (up to the budget, 128 MB by default)
-                        // whose first touches the kernel zeroes, slowly on some
-                        // machines, and each of the two threads has half the keys to
-                        // insert besides.
-                        if let Ok(page) = &mut read {
-                            if page.seq >= keep_from && i % 2 == 1 {
-                                page.bytes.own();
-                            }
-                        }
                         if let (true, Ok(page)) = (split, &read) {
                             for (slot, key) in
                                 dedup_page::keys(&page.bytes)?.filter(|(_, k)| in_upper_shards(k))
@@ -327,8 +349,10 @@ impl StateStore {
                     page.newest,
                     dedup_page::entry_count(&page.bytes)?,
                 ));
-                let kept = (page.seq >= keep_from).then(|| page.bytes.into_owned());
-                resident.add(page.seq, page.partition, kept);
+                resident.add(page.seq, page.partition, None);
+                if page.seq >= keep_from {
+                    to_keep.0.push((page.seq, page.partition));
+                }
             }
             let upper = helper
                 .join()
@@ -341,7 +365,9 @@ impl StateStore {
             }
             Ok::<(), StateError>(())
         })?;
-        Ok(pages)
+        // Newest first (see `keep_pages`).
+        to_keep.0.reverse();
+        Ok((pages, to_keep))
     }
 
     /// Puts a commit's dedup pages into `wb`, and deletes the pages whose newest entry

@@ -18,6 +18,9 @@
 //! inserted by the commit (`record_commit`). A value the loader reads is never newer
 //! than one a commit put, so it only fills a key memory does not have.
 //!
+//! - Dedup pages' bytes: the loader first reads again the newest pages within their
+//!   budget and keeps their bytes, newest first (`dedup_pages::PagesToKeep`); until
+//!   then a repeat of an id on one of them reads its page from RocksDB.
 //! - Dedup: the loader fills only an earlier build's per-key entries, which no page
 //!   holds (a page's entry for a key is newer). A partition forgotten while the
 //!   loader runs has its entries in the loader's scan skipped: that scan predates the
@@ -41,7 +44,7 @@ use crate::legacy_dedup::{LegacyDedup, LegacyLookup};
 use crate::resident_pages::{PageEntry, ResidentPages};
 use crate::resident_values::{Lookup, ResidentValues};
 
-use super::dedup_pages::PagesWritten;
+use super::dedup_pages::{keep_pages, PagesToKeep, PagesWritten};
 use super::index_warmup::{self, IndexWarmup};
 use crate::StateError;
 
@@ -133,12 +136,13 @@ pub(super) struct ResidentLoader {
 }
 
 impl ResidentLoader {
-    /// Starts scanning the dedup and fraud column families of `db` into `resident`,
-    /// which must be marked as loading.
+    /// Starts keeping the bytes of the pages `to_keep`, then scanning the dedup and
+    /// fraud column families of `db` into `resident`, which must be marked as loading.
     pub(super) fn spawn(
         db: Arc<DB>,
         path: std::path::PathBuf,
         resident: Arc<Mutex<Resident>>,
+        to_keep: PagesToKeep,
     ) -> Result<ResidentLoader, StateError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
@@ -146,7 +150,11 @@ impl ResidentLoader {
             .name("resident-keys".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let loaded = load(&db, &path, &resident, &stopping);
+                let loaded = keep_pages(&db, &path, to_keep, &stopping, |seq, bytes| {
+                    let mut r = lock(&resident);
+                    r.pages.keep(seq, bytes) || !r.pages.lives(seq)
+                })
+                .and_then(|()| load(&db, &path, &resident, &stopping));
                 // Lookups are right either way; what an operator needs to know is
                 // whether they are fast again (and why not, if the scan failed).
                 match &loaded {
@@ -365,10 +373,11 @@ impl StateStore {
         // A restart waits for this (every lookup needs it): logged with its time, which
         // grows with the ids alive within the retention.
         let started = std::time::Instant::now();
-        let pages = self.load_dedup_pages(&mut r.dedup, &mut r.pages, warmup)?;
+        let (pages, to_keep) = self.load_dedup_pages(&mut r.dedup, &mut r.pages, warmup)?;
         index_warmup::write_size_estimate(&self.path, pages.entries());
         tracing::info!(
             pages = pages.len(),
+            pages_to_keep = to_keep.len(),
             dedup_entries = r.dedup.len(),
             index_bytes = r.dedup.memory_bytes(),
             page_bytes = r.pages.memory_bytes(),
@@ -377,7 +386,12 @@ impl StateStore {
         );
         *lock(&self.dedup_pages) = pages;
         let resident = Arc::new(Mutex::new(r));
-        let loader = ResidentLoader::spawn(self.db.clone(), self.path.clone(), resident.clone())?;
+        let loader = ResidentLoader::spawn(
+            self.db.clone(),
+            self.path.clone(),
+            resident.clone(),
+            to_keep,
+        )?;
         Ok((resident, loader))
     }
 
@@ -553,13 +567,20 @@ impl StateStore {
         };
         // As at open: the pages are in memory before the loader starts.
         fresh.pages = ResidentPages::new(self.dedup_page_memory_bytes);
-        *lock(&self.dedup_pages) =
-            self.load_dedup_pages(&mut fresh.dedup, &mut fresh.pages, None)?;
+        let (pages, to_keep) = self.load_dedup_pages(&mut fresh.dedup, &mut fresh.pages, None)?;
+        self.keep_pages_now(&mut fresh.pages, to_keep)?;
+        *lock(&self.dedup_pages) = pages;
         if let Some(mut r) = self.resident() {
             fresh.fraud_budget = r.fraud_budget;
             *r = fresh;
         }
         Ok(())
+    }
+
+    /// The sequences of the dedup pages whose bytes memory keeps, oldest first.
+    #[cfg(test)]
+    pub(super) fn kept_dedup_pages(&self) -> Vec<u64> {
+        self.resident().map(|r| r.pages.kept()).unwrap_or_default()
     }
 
     /// Bytes of memory the sets take: (dedup entries, fraud keys and values).

@@ -1239,6 +1239,49 @@ fn an_earlier_builds_entry_sharing_a_fingerprint_outlives_the_other_ids_page() {
     );
 }
 
+/// A reopen keeps the newest pages' bytes again, after the open: its loader reads them
+/// back newest first, within the budget (`dedup_pages::PagesToKeep`), so a restart
+/// does not wait for that memory. Lookups are right before and after, a key written
+/// again on a newer page ("a", as after its first entry expired) included.
+#[test]
+fn a_reopen_keeps_the_newest_pages_bytes_once_its_loader_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        // Room for two pages of three entries.
+        dedup_page_memory_bytes: 2 * (8 + 3 * crate::dedup_page::ENTRY_LEN),
+        ..StoreOptions::default()
+    };
+    {
+        let s = StateStore::open(dir.path(), &opts).unwrap();
+        commit_ids(&s, &["a", "b", "c"], 5);
+        commit_ids(&s, &["d", "e", "f"], 6);
+        commit_ids(&s, &["g", "h", "a"], 7);
+        assert_eq!(s.kept_dedup_pages(), vec![1, 2]);
+    }
+    let s = StateStore::open(dir.path(), &opts).unwrap();
+    let ids = ["a", "b", "f", "h", "x"].map(keys::dedup_key);
+    let answers = vec![
+        Some(entry(7)),
+        Some(entry(5)),
+        Some(entry(6)),
+        Some(entry(7)),
+        None,
+    ];
+    // Whatever the loader has kept by now.
+    assert_eq!(s.get_dedup_many(&ids).unwrap(), answers);
+    s.wait_resident().unwrap();
+    assert_eq!(s.kept_dedup_pages(), vec![1, 2]);
+    let reads = StateStore::dedup_page_reads();
+    assert_eq!(s.get_dedup_many(&ids).unwrap(), answers);
+    // Only "b" is on the page memory does not keep (other tests' reads may add to the
+    // process's count).
+    assert!(StateStore::dedup_page_reads() > reads);
+    // A read-only open keeps them at once.
+    drop(s);
+    let r = StateStore::open_read_only(dir.path()).unwrap();
+    assert_eq!(r.get_dedup_many(&ids).unwrap(), answers);
+}
+
 /// A page larger than the whole page budget: the kept pages must stay the newest, as
 /// a lookup tries a key's locators newest first and stops at the first kept page that
 /// holds it. Here "k" is written again on the large page (as after its first entry
