@@ -8,8 +8,10 @@
 //! comes soon after its first version (the peers' input: within 120 s; retries in
 //! general within minutes). A repeat of an id whose page is older is read from
 //! RocksDB (one page, by its key): slower, never wrong. The budget is memory the
-//! operator sets (`StoreOptions::dedup_page_memory_bytes`); pages are kept newest
-//! first, since they come in sequence order and the oldest is let go first.
+//! operator sets (`StoreOptions::dedup_page_memory_bytes`); the pages kept are the
+//! newest: commits' pages come in sequence order and the oldest is let go first, and
+//! a restart's, kept after its open newest first, only while no newer page's bytes
+//! have been let go (see [`ResidentPages::keep`]).
 //!
 //! **Invariant: a page is here exactly while the store holds it** (added once its
 //! commit is durable, or at open; removed once the commit deleting it is durable, or
@@ -76,6 +78,9 @@ pub struct ResidentPages {
     kept: BTreeSet<u64>,
     kept_bytes: usize,
     budget: usize,
+    /// The newest page whose bytes were let go for the budget: no older page's bytes
+    /// may be kept after it (they would be kept while a newer page's are not).
+    let_go_newest: Option<u64>,
 }
 
 impl Default for ResidentPages {
@@ -92,6 +97,7 @@ impl ResidentPages {
             kept: BTreeSet::new(),
             kept_bytes: 0,
             budget,
+            let_go_newest: None,
         }
     }
 
@@ -115,12 +121,16 @@ impl ResidentPages {
     ///
     /// The pages kept are always the newest ones (a reader relies on it: a page whose
     /// bytes are not kept is older than every kept one): a page too large for the whole
-    /// budget goes itself, but only after every older one. So bytes of a page older
-    /// than every kept one are kept only while the budget has room for them (as a
-    /// restart's pages are, newest first, after the open).
+    /// budget goes itself, but only after every older one. The bytes of a page older
+    /// than one whose bytes were let go (a restart's pages, kept after the open while
+    /// commits add newer ones) are refused, and those of a page older than every kept
+    /// one are kept only while the budget has room for them.
     ///
     /// Returns whether the page's bytes are kept now.
     pub fn keep(&mut self, seq: u64, bytes: Box<[u8]>) -> bool {
+        if self.let_go_newest.is_some_and(|newest| seq < newest) {
+            return false;
+        }
         let Some(page) = self.pages.get_mut(&seq) else {
             return false;
         };
@@ -136,6 +146,7 @@ impl ResidentPages {
             if let Some(b) = self.pages.get_mut(&oldest).and_then(|p| p.bytes.take()) {
                 self.kept_bytes -= b.len();
             }
+            self.let_go_newest = self.let_go_newest.max(Some(oldest));
         }
         self.kept.contains(&seq)
     }
@@ -305,5 +316,26 @@ mod tests {
         p.add(5, 0, Some(page(&["e"])));
         p.add(6, 0, Some(page(&["f"])));
         assert_eq!(p.kept(), vec![4, 5, 6]);
+    }
+
+    /// A commit lets go of a restart's page the loader kept: an older one must not be
+    /// kept after it, even with room, or a lookup would take the older page's entry for
+    /// a key the newer one holds again (a review's finding).
+    #[test]
+    fn no_bytes_are_kept_older_than_a_page_whose_bytes_were_let_go() {
+        let one = page(&["a"]).len();
+        let three = page(&["a", "b", "c"]).len();
+        let mut p = ResidentPages::new(2 * one + three);
+        for seq in 1..=3 {
+            p.add(seq, 0, None);
+        }
+        assert!(p.keep(3, page(&["c"])));
+        assert!(p.keep(2, page(&["x", "y", "z"])));
+        // A commit's page lets page 2 go (the oldest kept), leaving room for one more.
+        p.add(4, 0, Some(page(&["d", "e", "f"])));
+        assert_eq!(p.kept(), vec![3, 4]);
+        assert!(!p.keep(1, page(&["a"])));
+        assert_eq!(p.kept(), vec![3, 4]);
+        assert!(matches!(p.entry(locator(1, 0)), PageEntry::Stored { .. }));
     }
 }

@@ -150,11 +150,18 @@ impl ResidentLoader {
             .name("resident-keys".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let loaded = keep_pages(&db, &path, to_keep, &stopping, |seq, bytes| {
+                let kept = keep_pages(&db, &path, to_keep, &stopping, |seq, bytes| {
                     let mut r = lock(&resident);
                     r.pages.keep(seq, bytes) || !r.pages.lives(seq)
-                })
-                .and_then(|()| load(&db, &path, &resident, &stopping));
+                });
+                // Only a speed-up: the scan below is not given up for it.
+                if let Err(e) = kept {
+                    tracing::warn!(
+                        error = %e,
+                        "Could not keep the newest dedup pages' bytes in memory; repeats of their ids read them from RocksDB (correct, slower)."
+                    );
+                }
+                let loaded = load(&db, &path, &resident, &stopping);
                 // Lookups are right either way; what an operator needs to know is
                 // whether they are fast again (and why not, if the scan failed).
                 match &loaded {
@@ -380,7 +387,6 @@ impl StateStore {
             pages_to_keep = to_keep.len(),
             dedup_entries = r.dedup.len(),
             index_bytes = r.dedup.memory_bytes(),
-            page_bytes = r.pages.memory_bytes(),
             seconds = started.elapsed().as_secs_f64(),
             "Dedup index loaded from its pages."
         );

@@ -1314,6 +1314,8 @@ fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
     // The first reopen has no estimate of this size yet; it writes one after loading.
     let (keys_unwarmed, bytes_unwarmed) = {
         let s = open(dir.path());
+        // The newest pages' bytes are kept by the loader, after the open.
+        s.wait_resident().unwrap();
         (s.resident_keys().unwrap().0, s.resident_bytes().unwrap().0)
     };
     assert_eq!(keys_unwarmed, n);
@@ -1326,6 +1328,7 @@ fn a_reopen_with_a_size_estimate_loads_exactly_the_stored_ids() {
         "not warmed"
     );
     assert_eq!(s.resident_keys().unwrap().0, n, "exactly the stored ids");
+    s.wait_resident().unwrap();
     assert_eq!(s.resident_bytes().unwrap().0, bytes_unwarmed);
     let found = s.get_dedup_many(&ids).unwrap();
     assert!(found.iter().all(|e| *e == Some(entry(10))));
