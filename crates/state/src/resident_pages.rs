@@ -151,6 +151,14 @@ impl ResidentPages {
         self.kept.contains(&seq)
     }
 
+    /// Keeps the bytes of a page read back after a restart's open (those come newest
+    /// first, after commits' newer pages): returns whether an older one could still be
+    /// kept, i.e. this one was kept, or is gone (expired or forgotten meanwhile) and
+    /// tells nothing. Once one is refused, every older one would be too.
+    pub fn keep_restored(&mut self, seq: u64, bytes: Box<[u8]>) -> bool {
+        self.keep(seq, bytes) || !self.lives(seq)
+    }
+
     /// The sequences of the pages whose bytes are kept, oldest first.
     #[cfg(test)]
     pub fn kept(&self) -> Vec<u64> {
@@ -312,6 +320,8 @@ mod tests {
         p.remove(3);
         assert!(!p.keep(3, page(&["c"])));
         assert!(!p.lives(3));
+        // ... and a restart's loader goes on past it to older pages.
+        assert!(p.keep_restored(3, page(&["c"])));
         // A commit's newer page lets the oldest kept one go.
         p.add(5, 0, Some(page(&["e"])));
         p.add(6, 0, Some(page(&["f"])));
@@ -335,6 +345,8 @@ mod tests {
         p.add(4, 0, Some(page(&["d", "e", "f"])));
         assert_eq!(p.kept(), vec![3, 4]);
         assert!(!p.keep(1, page(&["a"])));
+        // The loader stops there: page 1 lives, refused.
+        assert!(!p.keep_restored(1, page(&["a"])));
         assert_eq!(p.kept(), vec![3, 4]);
         assert!(matches!(p.entry(locator(1, 0)), PageEntry::Stored { .. }));
     }

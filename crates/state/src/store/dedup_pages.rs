@@ -75,10 +75,11 @@ impl PagesToKeep {
     }
 }
 
-/// Reads the pages of `to_keep` (newest first) and hands each one's bytes to `keep`,
-/// which keeps them in memory and answers whether to go on (no, once memory lets go of
-/// the bytes it was just given: every page after is older, and would go too). A page
-/// gone meanwhile (expired and deleted, or its partition forgotten) is passed over.
+/// Reads the pages of `to_keep` (newest first) and hands each one's bytes to `keep`
+/// (`ResidentPages::keep_restored`), which keeps them in memory and answers whether to
+/// go on (no, once memory refuses them: every page after is older, and would be
+/// refused too). A page gone from RocksDB meanwhile (expired and deleted, or its
+/// partition forgotten) is passed over.
 /// Returns early when `stop` is set.
 ///
 /// Newest first, one page at a time, so that the pages memory keeps stay the newest at
@@ -216,7 +217,7 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let never = std::sync::atomic::AtomicBool::new(false);
         keep_pages(&self.db, &self.path, to_keep, &never, |seq, bytes| {
-            resident.keep(seq, bytes) || !resident.lives(seq)
+            resident.keep_restored(seq, bytes)
         })
     }
 

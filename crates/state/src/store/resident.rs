@@ -151,8 +151,7 @@ impl ResidentLoader {
             .spawn(move || {
                 let started = std::time::Instant::now();
                 let kept = keep_pages(&db, &path, to_keep, &stopping, |seq, bytes| {
-                    let mut r = lock(&resident);
-                    r.pages.keep(seq, bytes) || !r.pages.lives(seq)
+                    lock(&resident).pages.keep_restored(seq, bytes)
                 });
                 // Only a speed-up: the scan below is not given up for it.
                 if let Err(e) = kept {
