@@ -428,9 +428,11 @@ fn raw_latencies(
 }
 
 /// The broker's stalls as the do-nothing consumer saw them: for each run of records
-/// produced within a second of one another that arrived more than 500 ms after their
-/// timestamp, when it began (seconds into the run), how many records, the worst
-/// latency. Tells a periodic stall (one cause, the tail) from a load that grows.
+/// that arrived more than 500 ms after their timestamp, each produced less than a
+/// second after the previous late one (records on time in between do not end a run,
+/// so two stalls under a second apart are one), when it began (seconds into the run),
+/// how many records, the worst latency. Tells a periodic stall (one cause, the tail)
+/// from a load that grows.
 fn stalls(raw: &[(f64, f64)]) -> Vec<(f64, usize, f64)> {
     let Some(start) = raw.iter().map(|r| r.0).reduce(f64::min) else {
         return Vec::new();
@@ -465,9 +467,12 @@ fn produce_paced(broker: &Broker, data: &Path, topic: &str, rate: u64, secs: u64
     let p = producer(broker);
     let warm_up = format!("warm-up-{topic}");
     broker.create_topic(&warm_up, 1).expect("the warm-up topic");
-    p.client()
+    let metadata = p
+        .client()
         .fetch_metadata(Some(topic), Duration::from_secs(30))
         .expect("the topic's metadata");
+    let error = metadata.topics().first().and_then(|t| t.error());
+    assert!(error.is_none(), "topic {topic}: {error:?}");
     send(&p, &warm_up, "warm-up", "{}");
     flush(&p);
     let total = rate * secs;
@@ -538,6 +543,39 @@ fn latency(broker: &Broker, data: &Path, rate: u64, secs: u64, work: &Path) -> L
     }
 }
 
+/// Prints the throughput part's table and the output check.
+fn report_throughput(t: &Throughput, data: &Path) {
+    let rate = |d: Duration| t.events as f64 / d.as_secs_f64();
+    println!(
+        "| {} events from {} | records/s | seconds |",
+        t.events,
+        data.display()
+    );
+    println!("|---|---|---|");
+    println!(
+        "| produce (idempotent, acks=all) | {:.0} | {:.1} |",
+        rate(t.produce),
+        t.produce.as_secs_f64()
+    );
+    println!(
+        "| raw consume (rdkafka, nothing done) | {:.0} | {:.1} |",
+        rate(t.raw),
+        t.raw.as_secs_f64()
+    );
+    println!(
+        "| processor, start to every row acknowledged by the file sink | {:.0} ({:.2} × raw) | {:.1} |",
+        rate(t.processor),
+        t.raw.as_secs_f64() / t.processor.as_secs_f64(),
+        t.processor.as_secs_f64()
+    );
+    let rows: Vec<String> = t.rows.iter().map(|(n, c)| format!("{n} {c}")).collect();
+    println!(
+        "\nrows: {}; one per record (besides window aggregates) and one payment per distinct id: {}",
+        rows.join(", "),
+        if t.exact { "yes" } else { "NO" }
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let valued = [
@@ -560,11 +598,15 @@ fn main() {
                 .to_string()
         })
     };
-    let _ = KNOBS.set(Knobs {
+    let knobs_set = KNOBS.set(Knobs {
         linger_ms: knob("--linger-ms"),
         fetch_wait_ms: knob("--fetch-wait-ms"),
         batch_timeout_ms: knob("--batch-timeout-ms"),
     });
+    assert!(
+        knobs_set.is_ok(),
+        "the knobs were read before they were set"
+    );
     let events: u64 = opt(&args, "--events").map_or(1_000_000, |v| v.parse().expect("--events N"));
     let events = events.min(manifest.events);
     let rates: Vec<u64> = opt(&args, "--rates")
@@ -580,40 +622,11 @@ fn main() {
     let broker = Broker::start().expect("tansu (scripts/install-tansu.sh)");
 
     // `--events 0`: the latency runs only.
-    let exact = events == 0
-        || {
-            let t = throughput(&broker, &data, events, work.path());
-            let rate = |d: Duration| t.events as f64 / d.as_secs_f64();
-            println!(
-                "| {} events from {} | records/s | seconds |",
-                t.events,
-                data.display()
-            );
-            println!("|---|---|---|");
-            println!(
-                "| produce (idempotent, acks=all) | {:.0} | {:.1} |",
-                rate(t.produce),
-                t.produce.as_secs_f64()
-            );
-            println!(
-                "| raw consume (rdkafka, nothing done) | {:.0} | {:.1} |",
-                rate(t.raw),
-                t.raw.as_secs_f64()
-            );
-            println!(
-            "| processor, start to every row acknowledged by the file sink | {:.0} ({:.2} × raw) | {:.1} |",
-            rate(t.processor),
-            t.raw.as_secs_f64() / t.processor.as_secs_f64(),
-            t.processor.as_secs_f64()
-        );
-            let rows: Vec<String> = t.rows.iter().map(|(n, c)| format!("{n} {c}")).collect();
-            println!(
-            "\nrows: {}; one per record (besides window aggregates) and one payment per distinct id: {}",
-            rows.join(", "),
-            if t.exact { "yes" } else { "NO" }
-        );
-            t.exact
-        };
+    let exact = events == 0 || {
+        let t = throughput(&broker, &data, events, work.path());
+        report_throughput(&t, &data);
+        t.exact
+    };
 
     let runs: Vec<Latency> = rates
         .iter()
@@ -650,10 +663,14 @@ fn main() {
             .map(|(at, n, worst)| format!("{at:.1} s ({n} records, up to {worst:.0} ms)"))
             .collect();
         println!(
-            "\nat {}/s the do-nothing consumer got records more than 500 ms late in {} runs: {}",
+            "\nat {}/s the do-nothing consumer got records more than 500 ms late in {} runs{}",
             l.rate,
             seen.len(),
-            seen.join(", ")
+            if seen.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", seen.join(", "))
+            }
         );
     }
     if args.iter().any(|a| a == "--keep") {
