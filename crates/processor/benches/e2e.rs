@@ -454,6 +454,29 @@ fn stalls(raw: &[(f64, f64)]) -> Vec<(f64, usize, f64)> {
     out
 }
 
+/// What `cargo test` checks of [`stalls`] (this bench has no test harness): late
+/// records under a second apart are one stall, started when its first was produced,
+/// whatever came on time between; a second's gap starts another.
+fn check_stalls() {
+    // (Kafka timestamp, latency), ms; out of order, as a consumer may see them.
+    let raw = [
+        (1_000.0, 20.0),
+        (1_500.0, 700.0),
+        (1_200.0, 600.0),
+        (1_900.0, 30.0),
+        (2_100.0, 900.0),
+        (5_000.0, 510.0),
+        (6_000.0, 40.0),
+    ];
+    assert_eq!(
+        stalls(&raw),
+        vec![(0.2, 3, 900.0), (4.0, 1, 510.0)],
+        "stalls"
+    );
+    assert!(stalls(&[]).is_empty());
+    assert!(stalls(&[(1.0, 500.0)]).is_empty(), "500 ms is not late");
+}
+
 /// Produces the first `rate × secs` lines to `topic` at `rate`, paced in 1 ms steps
 /// (the Kafka timestamp is each record's send time); returns how many and the rate
 /// achieved.
@@ -588,6 +611,7 @@ fn main() {
     ];
     let Some(data) = data_dir(&args, &valued) else {
         peers_input::check_patching();
+        check_stalls();
         return;
     };
     let manifest = Manifest::read(&data);

@@ -77,6 +77,29 @@ pub struct KafkaSource {
 /// 25 ms against 223/306 ms at 100; at 10 ms 81/136 ms. Catch-up throughput the same.
 pub const FETCH_WAIT_MAX_MS: &str = "25";
 
+/// The consumer's librdkafka settings: paydedup's own, then `properties` (the config
+/// file's `[kafka]` table and `--kafka` flags), which override them.
+fn consumer_config(
+    settings: &KafkaSettings,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        // A checkpointed offset outside the log (retention passed it, topic
+        // recreated) must stop the processor, not silently jump to the end.
+        .set("auto.offset.reset", "error")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .set("queued.min.messages", "20000");
+    for (k, v) in properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
 impl KafkaSource {
     /// Creates the consumer and works out the owned partitions from the topic's
     /// partition count (`owned_of`; see `topology`). The set may be empty: the caller
@@ -86,20 +109,7 @@ impl KafkaSource {
         properties: &std::collections::BTreeMap<String, String>,
         owned_of: impl FnOnce(i32) -> Vec<i32>,
     ) -> anyhow::Result<KafkaSource> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &settings.brokers)
-            .set("group.id", &settings.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            // A checkpointed offset outside the log (retention passed it, topic
-            // recreated) must stop the processor, not silently jump to the end.
-            .set("auto.offset.reset", "error")
-            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-            .set("queued.min.messages", "20000");
-        for (k, v) in properties {
-            cfg.set(k, v);
-        }
+        let cfg = consumer_config(settings, properties);
         let consumer: BaseConsumer = cfg.create().context("creating the Kafka consumer")?;
         let partition_count = partition_count(&consumer, settings)?;
         let owned = owned_of(partition_count);
@@ -366,4 +376,25 @@ fn partition_count(consumer: &BaseConsumer, settings: &KafkaSettings) -> anyhow:
         bail!("topic `{topic}` does not exist on {brokers}");
     }
     Ok(found.partitions().len() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunConfig;
+
+    fn config(args: &[&str]) -> ClientConfig {
+        let c = RunConfig::parse_layered(args.iter().copied()).unwrap();
+        consumer_config(&c.kafka, &c.kafka_properties())
+    }
+
+    /// The fetch wait is paydedup's (a floor under every record's latency on tansu),
+    /// and an operator's `--kafka` setting of it wins.
+    #[test]
+    fn the_fetch_wait_is_25_ms_unless_a_kafka_property_sets_it() {
+        assert_eq!(config(&[]).get("fetch.wait.max.ms"), Some("25"));
+        let set = config(&["--kafka", "fetch.wait.max.ms=10"]);
+        assert_eq!(set.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(set.get("auto.offset.reset"), Some("error"));
+    }
 }
