@@ -283,13 +283,13 @@ impl Pipeline {
 
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();
-        for (r, d) in records.iter().zip(&decoded) {
+        for (i, (r, d)) in records.iter().zip(&decoded).enumerate() {
             // A record whose row the sink already holds (a restored state replaying
             // past its position) has its state effects, not its row.
             let landed = self.take_landed(r, &mut batch);
             let (table, seq, row) = self.record(
                 r,
-                d,
+                (i, d),
                 landed.is_none(),
                 &mut state,
                 &mut windows_touched,
@@ -360,7 +360,9 @@ impl Pipeline {
     fn record<'a>(
         &mut self,
         r: &InputRecord<'_>,
-        decoded: &'a Result<PaymentEvent, ValidationError>,
+        // The record's index in the batch (where `state` keeps its state) and what it
+        // decoded to.
+        (index, decoded): (usize, &'a Result<PaymentEvent, ValidationError>),
         send: bool,
         state: &mut BatchState<'a>,
         touched: &mut BTreeSet<WindowKey>,
@@ -370,7 +372,7 @@ impl Pipeline {
         let progress = self.partitions.entry(r.partition).or_default();
         progress.next_offset = Some(r.offset + 1);
         let wm = watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
-        let existing = decoded.as_ref().ok().and_then(|e| state.dedup_entry(e));
+        let existing = decoded.as_ref().ok().and_then(|_| state.dedup_entry(index));
         let outcome = classify(decoded, existing, wm, self.cfg.retention_micros);
         stats.count(r, &outcome);
         let table = outcome.table();
@@ -394,8 +396,8 @@ impl Pipeline {
                     partition: r.partition,
                     offset: r.offset,
                 };
-                state.insert_dedup(event, first);
-                let fraud = state.assess(event, &self.cfg.fraud);
+                state.insert_dedup(index, first);
+                let fraud = state.assess(index, event, &self.cfg.fraud);
                 stats.flagged += u64::from(fraud.flagged);
                 self.on_time(r.partition, event, touched)
                     .add_payment(event.amount_minor, fraud.flagged);

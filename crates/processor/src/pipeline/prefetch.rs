@@ -223,11 +223,9 @@ impl<'a, S: FraudState> FraudTable<'a, S> {
         asked
     }
 
-    /// The state of `id`, to be changed. Every valid record's ids were read up front,
-    /// so a new slot here (an empty history) only guards a caller that skipped the read.
-    fn change(&mut self, id: &'a str) -> &mut S {
-        let i = self.add(id);
-        let slot = &mut self.values.slots[i];
+    /// The state in `slot` (one [`FraudTable::add`] gave), to be changed.
+    fn change(&mut self, slot: usize) -> &mut S {
+        let slot = &mut self.values.slots[slot];
         slot.changed = true;
         &mut slot.state
     }
@@ -272,6 +270,12 @@ pub const COMMITS_IN_FLIGHT: usize = 2;
 /// `memcmp`).
 fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
     keys.sort_unstable_by_key(|k| u128::from_be_bytes(*k));
+}
+
+/// Where `key` is in `keys`, sorted by [`sort_dedup_keys`] and holding it.
+fn position_of(keys: &[[u8; 16]], key: &[u8; 16]) -> usize {
+    let n = u128::from_be_bytes(*key);
+    keys.partition_point(|k| u128::from_be_bytes(*k) < n)
 }
 
 /// The fraud values a batch wrote, by key: keys and values in one buffer, found through
@@ -436,13 +440,33 @@ impl FraudExpiry {
 }
 
 /// The state a batch reads and writes, between its bulk read and its commit.
+///
+/// Records name their state by position: the bulk read finds each valid record's dedup
+/// entry, card and customer once ([`RecordState`]), and every later step reaches them
+/// by the record's index in the batch. (Found again by id at each step, the same ids
+/// were hashed and looked up three more times a payment: ~8 % of the loop thread on
+/// the peers' input.)
 pub struct BatchState<'a> {
-    /// Dedup entries by key: as read, then as this batch wrote them.
-    dedup: BatchMap<[u8; 16], Option<DedupEntry>>,
-    /// Keys this batch wrote, in write order.
-    dedup_written: Vec<[u8; 16]>,
+    /// The batch's distinct dedup keys, in byte order (the bulk read's order).
+    dedup_keys: Vec<[u8; 16]>,
+    /// Each key's entry: as read, then as this batch wrote it.
+    dedup_values: Vec<Option<DedupEntry>>,
+    /// Indexes into `dedup_keys` this batch wrote, in write order.
+    dedup_written: Vec<usize>,
+    /// Per record of the batch: where its state is (`None`: an invalid record).
+    records: Vec<Option<RecordState>>,
     cards: FraudTable<'a, CardState>,
     customers: FraudTable<'a, CustomerState>,
+}
+
+/// Where one valid record's state is in its [`BatchState`].
+#[derive(Debug, Clone, Copy)]
+struct RecordState {
+    /// Index into `dedup_keys` and `dedup_values`.
+    dedup: usize,
+    /// Slots in the cards' and the customers' tables.
+    card: usize,
+    customer: usize,
 }
 
 impl<'a> BatchState<'a> {
@@ -476,14 +500,30 @@ impl<'a> BatchState<'a> {
         let mut dedup_keys = Vec::with_capacity(decoded.len());
         let mut cards = FraudTable::with_capacity(decoded.len());
         let mut customers = FraudTable::with_capacity(decoded.len());
-        for e in decoded.iter().flatten() {
-            dedup_keys.push(dedup_key(e.transaction_id.as_str()));
-            cards.add(&e.card_fingerprint);
-            customers.add(&e.customer_id);
+        // Each valid record's dedup key, card slot and customer slot.
+        let mut found: Vec<Option<([u8; 16], usize, usize)>> = Vec::with_capacity(decoded.len());
+        for d in decoded {
+            found.push(d.as_ref().ok().map(|e| {
+                let key = dedup_key(e.transaction_id.as_str());
+                dedup_keys.push(key);
+                let card = cards.add(&e.card_fingerprint);
+                let customer = customers.add(&e.customer_id);
+                (key, card, customer)
+            }));
         }
         sort_dedup_keys(&mut dedup_keys);
         dedup_keys.dedup();
         let dedup_values = in_flight.read_dedup(&dedup_keys, dedup_many)?;
+        let records = found
+            .into_iter()
+            .map(|f| {
+                f.map(|(key, card, customer)| RecordState {
+                    dedup: position_of(&dedup_keys, &key),
+                    card,
+                    customer,
+                })
+            })
+            .collect();
 
         // One read for both kinds: the cards' keys, then the customers'.
         let card_asked = cards.fill_in_flight(in_flight, expiry);
@@ -504,33 +544,42 @@ impl<'a> BatchState<'a> {
         cards.values.decode();
         customers.values.decode();
         Ok(BatchState {
-            dedup: dedup_keys.into_iter().zip(dedup_values).collect(),
+            dedup_keys,
+            dedup_values,
             dedup_written: Vec::new(),
+            records,
             cards,
             customers,
         })
     }
 
-    /// The dedup entry of `event`'s id as this batch sees it.
-    pub fn dedup_entry(&self, event: &PaymentEvent) -> Option<DedupEntry> {
-        self.dedup
-            .get(&dedup_key(event.transaction_id.as_str()))
-            .copied()
-            .flatten()
+    /// Where the valid record at `record` (its index in the batch) has its state.
+    ///
+    /// Panics for an invalid record or an index past the batch: the pipeline asks only
+    /// for the valid records of the batch it read (a caller's bug, not bad input).
+    fn at(&self, record: usize) -> RecordState {
+        self.records[record].expect("state is asked only for a valid record of the batch")
     }
 
-    /// Records `entry` as the first version of `event`'s id.
-    pub fn insert_dedup(&mut self, event: &PaymentEvent, entry: DedupEntry) {
-        let key = dedup_key(event.transaction_id.as_str());
-        self.dedup.insert(key, Some(entry));
-        self.dedup_written.push(key);
+    /// The dedup entry of the id of the valid record at `record`, as this batch sees it
+    /// (a record earlier in the batch may have written it).
+    pub fn dedup_entry(&self, record: usize) -> Option<DedupEntry> {
+        self.dedup_values[self.at(record).dedup]
     }
 
-    /// Scores a unique payment against its card's and customer's history and folds it
-    /// into both.
-    pub fn assess(&mut self, event: &'a PaymentEvent, cfg: &FraudConfig) -> Assessment {
-        let card = self.cards.change(&event.card_fingerprint);
-        let customer = self.customers.change(&event.customer_id);
+    /// Records `entry` as the first version of the id of the valid record at `record`.
+    pub fn insert_dedup(&mut self, record: usize, entry: DedupEntry) {
+        let i = self.at(record).dedup;
+        self.dedup_values[i] = Some(entry);
+        self.dedup_written.push(i);
+    }
+
+    /// Scores the unique payment `event`, the valid record at `record`, against its
+    /// card's and customer's history and folds it into both.
+    pub fn assess(&mut self, record: usize, event: &PaymentEvent, cfg: &FraudConfig) -> Assessment {
+        let at = self.at(record);
+        let card = self.cards.change(at.card);
+        let customer = self.customers.change(at.customer);
         assess(event, card, customer, cfg)
     }
 
@@ -543,11 +592,12 @@ impl<'a> BatchState<'a> {
     pub fn into_deltas(mut self, batch: &mut StateBatch) -> BatchWrites {
         let mut in_flight = BatchWrites::default();
         in_flight.dedup.reserve(self.dedup_written.len());
-        sort_dedup_keys(&mut self.dedup_written);
-        for key in self.dedup_written {
-            if let Some(Some(entry)) = self.dedup.get(&key) {
-                batch.put_dedup(key, entry);
-                in_flight.dedup.insert(key, *entry);
+        // `dedup_keys` is in byte order, so its indexes are too.
+        self.dedup_written.sort_unstable();
+        for i in self.dedup_written {
+            if let Some(entry) = &self.dedup_values[i] {
+                batch.put_dedup(self.dedup_keys[i], entry);
+                in_flight.dedup.insert(self.dedup_keys[i], *entry);
             }
         }
         self.cards.into_deltas(batch, &mut in_flight.fraud);
@@ -612,7 +662,8 @@ mod tests {
             Ok(event("a", "k-1", "same")),
             Ok(event("b", "k-1", "c-2")),
         ];
-        let (state, mut asked) = state_from(&decoded, &InFlight::default(), &BatchMap::default());
+        let (mut state, mut asked) =
+            state_from(&decoded, &InFlight::default(), &BatchMap::default());
         asked.sort();
         let mut expected = vec![
             CardState::key("same"),
@@ -623,10 +674,27 @@ mod tests {
         expected.sort();
         assert_eq!(asked, expected);
         let mut dedup = vec![dedup_key("a"), dedup_key("b")];
-        dedup.sort_unstable();
-        let mut read: Vec<[u8; 16]> = state.dedup.keys().copied().collect();
-        read.sort_unstable();
-        assert_eq!(read, dedup);
+        sort_dedup_keys(&mut dedup);
+        assert_eq!(state.dedup_keys, dedup);
+        // Each record reaches its own id's, card's and customer's state: the two
+        // records of "b" one dedup entry, the two payments of card "k-1" one card.
+        let at = |i: usize| state.records[i].unwrap();
+        assert!(state.records[1].is_none());
+        assert_eq!(at(0).dedup, at(3).dedup);
+        assert_ne!(at(0).dedup, at(2).dedup);
+        assert_eq!(state.dedup_keys[at(2).dedup], dedup_key("a"));
+        assert_eq!(at(2).card, at(3).card);
+        assert_ne!(at(0).card, at(2).card);
+        assert_eq!(at(0).customer, at(3).customer);
+        let entry = DedupEntry {
+            event_time_micros: 1,
+            content_hash: 2,
+            partition: 0,
+            offset: 0,
+        };
+        state.insert_dedup(0, entry);
+        assert_eq!(state.dedup_entry(3), Some(entry));
+        assert_eq!(state.dedup_entry(2), None);
     }
 
     #[test]
@@ -744,7 +812,7 @@ mod tests {
         let decoded = vec![Ok(event("a", "same", "same"))];
         let mut state = empty_state(&decoded);
         let Ok(e) = &decoded[0] else { unreachable!() };
-        state.assess(e, &FraudConfig::default());
+        state.assess(0, e, &FraudConfig::default());
         assert_eq!(state.cards.values.slots.len(), 1);
         assert_eq!(state.customers.values.slots.len(), 1);
         assert_eq!(state.cards.keys.get(0), CardState::key("same"));
@@ -759,16 +827,17 @@ mod tests {
         let decoded = vec![Ok(event("a", "k-1", "c-1")), Ok(event("b", "k-2", "c-2"))];
         let mut state = empty_state(&decoded);
         let Ok(a) = &decoded[0] else { unreachable!() };
-        assert_eq!(state.dedup_entry(a), None);
+        assert_eq!(state.dedup_entry(0), None);
         let entry = DedupEntry {
             event_time_micros: a.event_time_micros(),
             content_hash: 7,
             partition: 0,
             offset: 0,
         };
-        state.insert_dedup(a, entry);
-        assert_eq!(state.dedup_entry(a), Some(entry));
-        state.assess(a, &FraudConfig::default());
+        state.insert_dedup(0, entry);
+        assert_eq!(state.dedup_entry(0), Some(entry));
+        assert_eq!(state.dedup_entry(1), None);
+        state.assess(0, a, &FraudConfig::default());
         // Only a's dedup entry, card and customer are written; b's state was only read.
         let mut batch = StateBatch::new();
         state.into_deltas(&mut batch);
@@ -813,9 +882,9 @@ mod tests {
         let (mut state, asked) = state_from(&decoded, &in_flight, &stored);
         assert!(!asked.contains(&CardState::key("k-3")));
         assert!(!asked.contains(&CardState::key("7c04")));
-        for d in &decoded {
+        for (i, d) in decoded.iter().enumerate() {
             let Ok(e) = d else { unreachable!() };
-            state.assess(e, &cfg);
+            state.assess(i, e, &cfg);
         }
         // Each card's history as read, plus the payment just assessed.
         let read: Vec<usize> = cards
@@ -856,7 +925,7 @@ mod tests {
             let one = std::slice::from_ref(d);
             let (mut state, _) = state_from(one, &InFlight::default(), &stored);
             let Ok(e) = d else { unreachable!() };
-            state.assess(e, &cfg);
+            state.assess(0, e, &cfg);
             let mut batch = StateBatch::new();
             let in_flight = state.into_deltas(&mut batch);
             let mut keys: Vec<Vec<u8>> = in_flight.fraud.iter().map(|(k, _)| k.to_vec()).collect();
