@@ -442,9 +442,9 @@ impl FraudExpiry {
 /// The state a batch reads and writes, between its bulk read and its commit.
 ///
 /// Records name their state by position: the bulk read finds each valid record's dedup
-/// entry, card and customer once ([`RecordState`]), and every later step reaches them
+/// entry, card and customer once (`RecordState`), and every later step reaches them
 /// by the record's index in the batch. (Found again by id at each step, the same ids
-/// were hashed and looked up three more times a payment: ~8 % of the loop thread on
+/// were hashed and looked up three more times a payment: ~9 % of the loop thread on
 /// the peers' input.)
 pub struct BatchState<'a> {
     /// The batch's distinct dedup keys, in byte order (the bulk read's order).
