@@ -372,7 +372,7 @@ impl Pipeline {
         let progress = self.partitions.entry(r.partition).or_default();
         progress.next_offset = Some(r.offset + 1);
         let wm = watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
-        let existing = decoded.as_ref().ok().and_then(|_| state.dedup_entry(index));
+        let existing = state.dedup_entry(index);
         let outcome = classify(decoded, existing, wm, self.cfg.retention_micros);
         stats.count(r, &outcome);
         let table = outcome.table();
@@ -397,7 +397,7 @@ impl Pipeline {
                     offset: r.offset,
                 };
                 state.insert_dedup(index, first);
-                let fraud = state.assess(index, event, &self.cfg.fraud);
+                let fraud = state.assess(index, &self.cfg.fraud);
                 stats.flagged += u64::from(fraud.flagged);
                 self.on_time(r.partition, event, touched)
                     .add_payment(event.amount_minor, fraud.flagged);

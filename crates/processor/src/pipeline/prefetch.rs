@@ -454,14 +454,15 @@ pub struct BatchState<'a> {
     /// Indexes into `dedup_keys` this batch wrote, in write order.
     dedup_written: Vec<usize>,
     /// Per record of the batch: where its state is (`None`: an invalid record).
-    records: Vec<Option<RecordState>>,
+    records: Vec<Option<RecordState<'a>>>,
     cards: FraudTable<'a, CardState>,
     customers: FraudTable<'a, CustomerState>,
 }
 
-/// Where one valid record's state is in its [`BatchState`].
+/// One valid record, and where its state is in its [`BatchState`].
 #[derive(Debug, Clone, Copy)]
-struct RecordState {
+struct RecordState<'a> {
+    event: &'a PaymentEvent,
     /// Index into `dedup_keys` and `dedup_values`.
     dedup: usize,
     /// Slots in the cards' and the customers' tables.
@@ -500,15 +501,20 @@ impl<'a> BatchState<'a> {
         let mut dedup_keys = Vec::with_capacity(decoded.len());
         let mut cards = FraudTable::with_capacity(decoded.len());
         let mut customers = FraudTable::with_capacity(decoded.len());
-        // Each valid record's dedup key, card slot and customer slot.
-        let mut found: Vec<Option<([u8; 16], usize, usize)>> = Vec::with_capacity(decoded.len());
+        // Each valid record's state, with its dedup key: where that key lands among
+        // the batch's keys is known once they are sorted.
+        let mut found: Vec<Option<(RecordState<'a>, [u8; 16])>> = Vec::with_capacity(decoded.len());
         for d in decoded {
-            found.push(d.as_ref().ok().map(|e| {
-                let key = dedup_key(e.transaction_id.as_str());
+            found.push(d.as_ref().ok().map(|event| {
+                let key = dedup_key(event.transaction_id.as_str());
                 dedup_keys.push(key);
-                let card = cards.add(&e.card_fingerprint);
-                let customer = customers.add(&e.customer_id);
-                (key, card, customer)
+                let at = RecordState {
+                    event,
+                    dedup: 0,
+                    card: cards.add(&event.card_fingerprint),
+                    customer: customers.add(&event.customer_id),
+                };
+                (at, key)
             }));
         }
         sort_dedup_keys(&mut dedup_keys);
@@ -517,10 +523,9 @@ impl<'a> BatchState<'a> {
         let records = found
             .into_iter()
             .map(|f| {
-                f.map(|(key, card, customer)| RecordState {
+                f.map(|(at, key)| RecordState {
                     dedup: position_of(&dedup_keys, &key),
-                    card,
-                    customer,
+                    ..at
                 })
             })
             .collect();
@@ -555,16 +560,16 @@ impl<'a> BatchState<'a> {
 
     /// Where the valid record at `record` (its index in the batch) has its state.
     ///
-    /// Panics for an invalid record or an index past the batch: the pipeline asks only
-    /// for the valid records of the batch it read (a caller's bug, not bad input).
-    fn at(&self, record: usize) -> RecordState {
-        self.records[record].expect("state is asked only for a valid record of the batch")
+    /// Panics for an invalid record or an index past the batch: only a unique payment
+    /// of the batch it read changes state (a caller's bug, not bad input).
+    fn at(&self, record: usize) -> RecordState<'a> {
+        self.records[record].expect("state is changed only for a valid record of the batch")
     }
 
-    /// The dedup entry of the id of the valid record at `record`, as this batch sees it
-    /// (a record earlier in the batch may have written it).
+    /// The dedup entry of the id of the record at `record`, as this batch sees it (a
+    /// record earlier in the batch may have written it); none for an invalid record.
     pub fn dedup_entry(&self, record: usize) -> Option<DedupEntry> {
-        self.dedup_values[self.at(record).dedup]
+        self.records[record].and_then(|at| self.dedup_values[at.dedup])
     }
 
     /// Records `entry` as the first version of the id of the valid record at `record`.
@@ -574,13 +579,13 @@ impl<'a> BatchState<'a> {
         self.dedup_written.push(i);
     }
 
-    /// Scores the unique payment `event`, the valid record at `record`, against its
-    /// card's and customer's history and folds it into both.
-    pub fn assess(&mut self, record: usize, event: &PaymentEvent, cfg: &FraudConfig) -> Assessment {
+    /// Scores the unique payment at `record` against its card's and customer's history
+    /// and folds it into both.
+    pub fn assess(&mut self, record: usize, cfg: &FraudConfig) -> Assessment {
         let at = self.at(record);
         let card = self.cards.change(at.card);
         let customer = self.customers.change(at.customer);
-        assess(event, card, customer, cfg)
+        assess(at.event, card, customer, cfg)
     }
 
     /// Writes what the batch changed: dedup entries, card and customer state, each in
@@ -811,8 +816,7 @@ mod tests {
         // "same" is a card fingerprint and a customer id: their states must not merge.
         let decoded = vec![Ok(event("a", "same", "same"))];
         let mut state = empty_state(&decoded);
-        let Ok(e) = &decoded[0] else { unreachable!() };
-        state.assess(0, e, &FraudConfig::default());
+        state.assess(0, &FraudConfig::default());
         assert_eq!(state.cards.values.slots.len(), 1);
         assert_eq!(state.customers.values.slots.len(), 1);
         assert_eq!(state.cards.keys.get(0), CardState::key("same"));
@@ -837,7 +841,7 @@ mod tests {
         state.insert_dedup(0, entry);
         assert_eq!(state.dedup_entry(0), Some(entry));
         assert_eq!(state.dedup_entry(1), None);
-        state.assess(0, a, &FraudConfig::default());
+        state.assess(0, &FraudConfig::default());
         // Only a's dedup entry, card and customer are written; b's state was only read.
         let mut batch = StateBatch::new();
         state.into_deltas(&mut batch);
@@ -882,9 +886,8 @@ mod tests {
         let (mut state, asked) = state_from(&decoded, &in_flight, &stored);
         assert!(!asked.contains(&CardState::key("k-3")));
         assert!(!asked.contains(&CardState::key("7c04")));
-        for (i, d) in decoded.iter().enumerate() {
-            let Ok(e) = d else { unreachable!() };
-            state.assess(i, e, &cfg);
+        for i in 0..decoded.len() {
+            state.assess(i, &cfg);
         }
         // Each card's history as read, plus the payment just assessed.
         let read: Vec<usize> = cards
@@ -924,8 +927,7 @@ mod tests {
         for d in &decoded {
             let one = std::slice::from_ref(d);
             let (mut state, _) = state_from(one, &InFlight::default(), &stored);
-            let Ok(e) = d else { unreachable!() };
-            state.assess(0, e, &cfg);
+            state.assess(0, &cfg);
             let mut batch = StateBatch::new();
             let in_flight = state.into_deltas(&mut batch);
             let mut keys: Vec<Vec<u8>> = in_flight.fraud.iter().map(|(k, _)| k.to_vec()).collect();
