@@ -10,6 +10,10 @@ pub const CF_DEDUP_PAGES: &str = "dedup_pages";
 /// Fraud keyed state (per card, per customer). Values start with a last-seen time and
 /// expire like dedup keys, with their own TTL.
 pub const CF_FRAUD: &str = "fraud";
+/// Fraud changes not yet folded into `fraud`: commit number → the commit's fraud puts
+/// as one page (`crate::fraud_log_page`; see `store::fraud_log`). Folded and deleted
+/// in runs of pages.
+pub const CF_FRAUD_LOG: &str = "fraud_log";
 /// Open event-time windows: (partition, window start, currency) → aggregate.
 pub const CF_WINDOW: &str = "window";
 /// Rows waiting for delivery: (table, partition, seq) → row bytes.
@@ -17,10 +21,11 @@ pub const CF_OUTBOX: &str = "outbox";
 /// Small bookkeeping: next offsets, watermarks, sequence counters, sink positions.
 pub const CF_META: &str = "meta";
 
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     CF_DEDUP,
     CF_DEDUP_PAGES,
     CF_FRAUD,
+    CF_FRAUD_LOG,
     CF_WINDOW,
     CF_OUTBOX,
     CF_META,

@@ -15,12 +15,17 @@
 //! - [`COMMIT_AFTER`]: the commit is durable, the relay has not been told;
 //! - [`RELAY_AFTER_ACK`]: the sink acknowledged rows that are still in the outbox;
 //! - [`RELAY_AFTER_DELETE`]: the delivered rows left the outbox.
+//!
+//! And off the batch's path, on the fraud log's fold thread (`store::fraud_log`):
+//! - [`FOLD_AFTER_INGEST`]: a fold's file is in the fraud family, its pages are not yet
+//!   deleted. Not among [`ALL`]: the fault campaign's runs are too short to fold.
 
 pub const COMMIT_BEFORE_WRITE: &str = "commit.before_write";
 pub const COMMIT_INSIDE: &str = "commit.inside";
 pub const COMMIT_AFTER: &str = "commit.after";
 pub const RELAY_AFTER_ACK: &str = "relay.after_ack";
 pub const RELAY_AFTER_DELETE: &str = "relay.after_delete";
+pub const FOLD_AFTER_INGEST: &str = "fraud_log.after_ingest";
 
 /// Every fail point, for the campaign to choose from.
 pub const ALL: [&str; 5] = [

@@ -13,7 +13,8 @@
 //!   fingerprint and its page's slot), in memory, so dedup lookups of new ids never
 //!   reach RocksDB; [`resident_pages`], the pages and the newest ones' bytes, which
 //!   answer a repeat; [`legacy_dedup`], an earlier build's per-key entries;
-//!   [`resident_values`], the fraud values.
+//!   [`resident_values`], the fraud values; [`fraud_log_page`], a commit's fraud
+//!   changes as one value, until they are folded into the per-key family.
 //! - [`expiry`]: the time-to-live of dedup and fraud keys, enforced by a compaction filter.
 //! - [`error`]: the error type, [`StateError`].
 //! - [`fail_point`]: named places where a test build can die on demand.
@@ -25,6 +26,7 @@ pub mod dedup_page;
 pub mod error;
 pub mod expiry;
 pub mod fail_point;
+pub mod fraud_log_page;
 pub mod keys;
 pub mod legacy_dedup;
 pub mod outbox_page;

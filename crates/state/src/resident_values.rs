@@ -184,8 +184,9 @@ impl Arena {
     }
 }
 
-/// Whether `key` and `value` fit an entry's header and a chunk.
-fn fits(key: &[u8], value: &[u8]) -> bool {
+/// Whether `key` and `value` fit an entry's header and a chunk: memory can hold them.
+/// (Stricter than a fraud log page's limits, which the store checks it implies.)
+pub fn fits(key: &[u8], value: &[u8]) -> bool {
     key.len() <= usize::from(u8::MAX)
         && value.len() <= usize::from(u16::MAX)
         && HEADER + key.len() + value.len() <= CHUNK
@@ -328,6 +329,12 @@ impl ResidentValues {
         self.complete
     }
 
+    /// Whether memory was over its budget at the last [`ResidentValues::bound`]: new
+    /// keys are then not added (except by [`ResidentValues::put_held`]).
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
     /// Whether memory holds every key the store holds (see `complete`).
     pub fn is_complete(&self) -> bool {
         self.complete
@@ -425,7 +432,24 @@ impl ResidentValues {
 
     /// A durable commit put `key` = `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        let (tag, shard, new) = self.locate_new(key);
+        self.put_with(key, value, false);
+    }
+
+    /// A durable commit put `key` = `value`, and memory must hold it whatever the
+    /// budget and whatever else shares its tag: the only copy outside memory is a page
+    /// of the fraud log, which RocksDB's lookups do not read (`store::fraud_log`). A
+    /// key whose tag's slot is `ASK` is held whole beside the slot (in `collided`, which
+    /// every lookup checks before the slot's `ASK`). The caller checked that it fits
+    /// (`fraud_log_page::fits`; a longer one is left to RocksDB as by `put`).
+    pub fn put_held(&mut self, key: &[u8], value: &[u8]) {
+        self.put_with(key, value, true);
+    }
+
+    fn put_with(&mut self, key: &[u8], value: &[u8], held: bool) {
+        let (tag, shard, mut new) = self.locate_new(key);
+        if held {
+            new.full = false;
+        }
         if !fits(key, value) {
             shard.collided.remove(key);
             shard.mark_ask(tag);
@@ -436,6 +460,7 @@ impl ResidentValues {
             return;
         }
         match shard.offset(tag) {
+            Some(ASK) if held => new.add_collided(shard, key, value),
             Some(ASK) => {}
             Some(offset) => {
                 let (k, v) = shard.arena.entry(offset);
@@ -481,8 +506,9 @@ impl ResidentValues {
 
     /// The loader read `key` = `value` from a snapshot taken when the store opened.
     /// Anything a commit did to the key since is newer, so an existing entry wins; a
-    /// different key with the same tag keeps its slot and this one goes beside it
-    /// (both `ASK` only if this entry is too long for the arena).
+    /// different key with the same tag keeps its slot and this one goes beside it (if
+    /// this entry is too long for the arena, the slot becomes `ASK` and the held key
+    /// goes beside it instead).
     ///
     /// Once memory is incomplete, nothing is added: a commit's put that the budget
     /// left out leaves no trace here, and the snapshot's older value of that key must
@@ -498,10 +524,15 @@ impl ResidentValues {
         match shard.offset(tag) {
             Some(ASK) => {}
             Some(offset) => {
-                if shard.arena.entry(offset).0 != key {
+                let (k, v) = shard.arena.entry(offset);
+                if k != key {
                     if fits(key, value) {
                         new.add_collided(shard, key, value);
                     } else {
+                        // The held key stays held, beside the slot: it may be one a
+                        // fraud log page changed, which RocksDB cannot answer for.
+                        let held = (Box::<[u8]>::from(k), Box::<[u8]>::from(v));
+                        shard.collided.insert(held.0, held.1);
                         shard.mark_ask(tag);
                     }
                 }
@@ -715,6 +746,30 @@ mod tests {
         r.load(b"x2", b"old");
         assert_eq!(r.get(b"x2"), Lookup::Ask);
         assert_eq!(r.get(b"x1"), Lookup::Held(b"a"));
+    }
+
+    /// A fraud log page's key has no other copy RocksDB reads: held past the budget,
+    /// beside a slot that asks, and kept when the loader marks its slot as asking.
+    #[test]
+    fn a_held_put_is_answered_whatever_the_budget_and_the_slot() {
+        let mut r = ResidentValues::with_fingerprint(colliding);
+        assert!(r.bound(0));
+        r.put_held(b"p1", b"paged");
+        assert_eq!(r.get(b"p1"), Lookup::Held(b"paged"));
+        assert!(r.is_complete(), "nothing was left out");
+        // A key too long for memory made its tag's slot ask; a held put of another
+        // key with that tag is answered beside it, and the long key still asks.
+        let long = [b"q".as_slice(), &[0u8; 300]].concat();
+        r.put(&long, b"v");
+        r.put_held(b"q1", b"paged");
+        assert_eq!(r.get(b"q1"), Lookup::Held(b"paged"));
+        assert_eq!(r.get(&long), Lookup::Ask);
+        // The loader reads a too-long entry whose tag a held key's slot has: the slot
+        // asks for the long key, the held key moves beside it.
+        r.put_held(b"s1", b"paged");
+        r.load(&[b"s".as_slice(), &[0u8; 300]].concat(), b"stored");
+        assert_eq!(r.get(b"s1"), Lookup::Held(b"paged"));
+        assert_eq!(r.get(&[b"s".as_slice(), &[0u8; 300]].concat()), Lookup::Ask);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! [`StateStore`]: one RocksDB database per processor instance.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,13 +13,17 @@ use rocksdb::{
 use serde::Serialize;
 
 use crate::batch::{Horizon, Op};
-use crate::cf::{self, CF_DEDUP, CF_DEDUP_PAGES, CF_FRAUD, CF_META, CF_OUTBOX, CF_WINDOW};
+use crate::cf::{
+    self, CF_DEDUP, CF_DEDUP_PAGES, CF_FRAUD, CF_FRAUD_LOG, CF_META, CF_OUTBOX, CF_WINDOW,
+};
 use crate::dedup_page::{self, CommitPages};
 use crate::expiry::{self, ExpiryHorizon, PartitionHorizons};
 use crate::fail_point;
+use crate::fraud_log_page;
 use crate::keys::{self, meta, DedupEntry};
 use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
+use fraud_log::{FraudLog, FraudWrites};
 use resident::{DedupAnswer, Resident, ResidentLoader};
 
 #[derive(Debug, Clone)]
@@ -49,6 +53,11 @@ pub struct StoreOptions {
     /// of a recent id finds its first version's entry without reading RocksDB; a
     /// repeat of an older one reads its page (slower, never wrong).
     pub dedup_page_memory_bytes: usize,
+    /// Write each commit's fraud changes as one page of the fraud log, folded into the
+    /// per-key family in the background (`store::fraud_log`), instead of per key. On
+    /// by default; off writes them per key as earlier builds did (for comparison: the
+    /// log is read back either way).
+    pub fraud_log: bool,
 }
 
 impl Default for StoreOptions {
@@ -69,6 +78,7 @@ impl Default for StoreOptions {
             // minutes; the bench's 10 M payments at its 600-s retention (0.54 M live
             // ids) keep every page.
             dedup_page_memory_bytes: 128 << 20,
+            fraud_log: true,
         }
     }
 }
@@ -84,7 +94,8 @@ pub struct StateStats {
     /// in the older per-key family (`dedup`), by a full scan of both. A page goes only
     /// once all its entries have expired, so this counts some expired ones too.
     pub dedup_keys: u64,
-    /// Exact number of fraud keys.
+    /// Exact number of fraud keys: those in the per-key family and those only in the
+    /// fraud log's unfolded pages, as of one snapshot.
     pub fraud_keys: u64,
     pub open_windows: u64,
     /// SST + memtable bytes per column family.
@@ -135,6 +146,14 @@ pub struct StateStore {
     dedup_page_memory_bytes: usize,
     /// The dedup pages held, for deleting them once expired (`store::dedup_pages`).
     dedup_pages: Mutex<dedup_pages::DedupPages>,
+    /// Whether commits page their fraud changes (`StoreOptions::fraud_log`).
+    fraud_log_on: bool,
+    /// The fraud log's pages and its running fold (`store::fraud_log`).
+    fraud_log: Mutex<FraudLog>,
+    /// A read-only store's copy of the fraud log's unfolded changes (newest of each
+    /// key), read at its first fraud lookup: it has no resident fraud values to hold
+    /// them.
+    unfolded_fraud: OnceLock<HashMap<Box<[u8]>, Box<[u8]>>>,
     /// When commits last wrote the dedup index's size estimate (`index_warmup`).
     size_estimate_written: Mutex<std::time::Instant>,
     /// How many more commits may land before the next one fails: a test double for a
@@ -260,8 +279,9 @@ fn cf_options(
                 o.set_periodic_compaction_seconds(FRAUD_PERIODIC_COMPACTION_SECS);
             }
         }
-        CF_DEDUP_PAGES => {
-            // Written once, read back only at open, deleted whole: kept in blob files,
+        CF_DEDUP_PAGES | CF_FRAUD_LOG => {
+            // Written once, read back only at open (and the fraud log's once more by
+            // its fold), deleted whole: kept in blob files,
             // which compactions do not rewrite (the keys, 12 bytes a page, are all
             // they move), as for the outbox's pages.
             o.set_write_buffer_size(16 << 20);
@@ -385,6 +405,9 @@ impl StateStore {
             read_only: false,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            fraud_log_on: opts.fraud_log,
+            fraud_log: Mutex::default(),
+            unfolded_fraud: OnceLock::new(),
             size_estimate_written: Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
@@ -494,6 +517,9 @@ impl StateStore {
             read_only: true,
             resident_loader: None,
             dedup_pages: Mutex::default(),
+            fraud_log_on: opts.fraud_log,
+            fraud_log: Mutex::default(),
+            unfolded_fraud: OnceLock::new(),
             size_estimate_written: Mutex::new(std::time::Instant::now()),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
@@ -579,16 +605,28 @@ impl StateStore {
             horizons,
             ..
         } = batch;
+        let fraud_writes = self.plan_fraud_writes(&ops);
+        self.prepare_fraud_log(fraud_writes)?;
+        let paged = fraud_writes == FraudWrites::Paged;
         let mut dedup = CommitPages::default();
+        let mut fraud_page = Vec::new();
         for op in ops.iter() {
             match op {
                 // Written as pages, one per partition.
                 Op::Put { cf, key, value } if cf == CF_DEDUP => dedup.push(key, value)?,
+                // One page for the commit (`store::fraud_log`).
+                Op::Put { cf, key, value } if paged && cf == CF_FRAUD => {
+                    fraud_log_page::push(&mut fraud_page, key, value)
+                }
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
             }
         }
         let pages = self.write_dedup_pages(dedup, &mut wb)?;
+        let fraud_page_number = paged.then(|| self.next_fraud_page());
+        if let Some(n) = fraud_page_number {
+            wb.put_cf(handle(CF_FRAUD_LOG), fraud_log::page_key(n), fraud_page);
+        }
         // Each stream's rows as pages, compressed here, on the committing thread.
         for stream in &mut outbox {
             let (table, partition) = (stream.table, stream.partition);
@@ -612,6 +650,8 @@ impl StateStore {
                 .write_opt(wb, &self.write_options)
                 .map_err(|e| self.rocks(e))?;
         }
+        // Counted before anything else can fail: the next commit's page is a new one.
+        self.fraud_page_written(fraud_page_number);
         fail_point::hit(fail_point::COMMIT_AFTER);
         // The horizons the batch carries are committed now: published before anything
         // judges an entry by them, as a reopen publishes the stored ones. Without this,
@@ -623,7 +663,8 @@ impl StateStore {
         }
         self.dedup_pages_written(&pages);
         // Only now, with the batch durable, may its keys be answered from memory.
-        self.record_commit(&ops, pages)?;
+        self.record_commit(&ops, pages, paged)?;
+        self.fold_fraud_log_if_due()?;
         self.refresh_size_estimate();
         Ok(())
     }
@@ -740,13 +781,16 @@ impl StateStore {
         DEDUP_PAGE_READS.load(Ordering::Relaxed)
     }
 
+    /// The stored fraud value of `key`, expired or not (memory, the fraud log's
+    /// unfolded pages, or the per-key family: see [`StateStore::read_fraud_many`]).
     pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        let cf = self.cf(CF_FRAUD)?;
-        self.db.get_cf(cf, key).map_err(|e| self.rocks(e))
+        let mut found = None;
+        self.read_stored_fraud(&[key], |_, v| found = v.map(<[u8]>::to_vec))?;
+        Ok(found)
     }
 
-    /// Many fraud keys at once: answered from memory (`ResidentValues`) once it has
-    /// loaded, one `multi_get` for the keys it leaves to RocksDB (all of them before).
+    /// Many fraud keys at once: answered from memory (`ResidentValues`), one
+    /// `multi_get` for the keys it leaves to RocksDB (all of them before).
     ///
     /// A value expired by the TTL under the committed horizon reads as absent, wherever
     /// it was found: the compaction filter drops it at a time of RocksDB's choosing and
@@ -770,11 +814,33 @@ impl StateStore {
         keys: &[K],
         mut answer: impl FnMut(usize, Option<&[u8]>),
     ) -> Result<(), StateError> {
-        without_perf_counters();
         let horizon = self.horizons.fraud.get();
         let ttl = self.fraud_ttl_micros;
         let live = |v: &[u8]| !expiry::value_expired(v, ttl, horizon);
-        let asked = self.resident_fraud(keys, |i, v| answer(i, v.filter(|v| live(v))));
+        self.read_stored_fraud(keys, |i, v| answer(i, v.filter(|v| live(v))))
+    }
+
+    /// The stored value of each of `keys`, expired or not: memory's answer where it
+    /// has one (it holds every key the fraud log's unfolded pages changed, see
+    /// `store::fraud_log`), a read-only store's copy of those pages, then the per-key
+    /// family for the rest.
+    fn read_stored_fraud<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        mut answer: impl FnMut(usize, Option<&[u8]>),
+    ) -> Result<(), StateError> {
+        without_perf_counters();
+        let mut asked = self.resident_fraud(keys, &mut answer);
+        if self.read_only && !asked.is_empty() {
+            let unfolded = self.unfolded_fraud()?;
+            asked.retain(|&i| match unfolded.get(keys[i].as_ref()) {
+                Some(v) => {
+                    answer(i, Some(v));
+                    false
+                }
+                None => true,
+            });
+        }
         if asked.is_empty() {
             return Ok(());
         }
@@ -784,9 +850,53 @@ impl StateStore {
                 .batched_multi_get_cf(cf, asked.iter().map(|&i| keys[i].as_ref()), false);
         for (i, a) in asked.into_iter().zip(answers) {
             let value = a.map_err(|e| self.rocks(e))?;
-            answer(i, value.as_deref().filter(|v| live(v)));
+            answer(i, value.as_deref());
         }
         Ok(())
+    }
+
+    /// A read-only store's copy of the fraud log's unfolded changes: the newest of
+    /// each key (read once; the store is a view of the directory as it was opened).
+    fn unfolded_fraud(&self) -> Result<&HashMap<Box<[u8]>, Box<[u8]>>, StateError> {
+        if let Some(m) = self.unfolded_fraud.get() {
+            return Ok(m);
+        }
+        let mut m = HashMap::new();
+        self.each_fraud_page(None, |_, page| {
+            for entry in fraud_log_page::entries(page) {
+                let (k, v) = entry?;
+                m.insert(k.into(), v.into());
+            }
+            Ok(())
+        })?;
+        Ok(self.unfolded_fraud.get_or_init(|| m))
+    }
+
+    /// Exactly how many fraud keys the store holds: the per-key family's and those of
+    /// the log's unfolded pages it does not have, as of one snapshot (a page being
+    /// folded may be in both).
+    fn count_fraud_keys(&self) -> Result<u64, StateError> {
+        let snapshot = self.db.snapshot();
+        let mut unfolded: HashSet<Box<[u8]>> = HashSet::new();
+        self.each_fraud_page(Some(&snapshot), |_, page| {
+            for entry in fraud_log_page::entries(page) {
+                unfolded.insert(entry?.0.into());
+            }
+            Ok(())
+        })?;
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snapshot);
+        ro.fill_cache(false);
+        let mut n = 0u64;
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(CF_FRAUD)?, ro, IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(|e| self.rocks(e))?;
+            unfolded.remove(&k);
+            n += 1;
+        }
+        Ok(n + unfolded.len() as u64)
     }
 
     /// The horizon fraud values expire by, as committed batches published it (the most
@@ -1175,7 +1285,7 @@ impl StateStore {
         Ok(StateStats {
             path: self.path.clone(),
             dedup_keys: self.count_keys(CF_DEDUP)? + self.count_paged_dedup_entries()?,
-            fraud_keys: self.count_keys(CF_FRAUD)?,
+            fraud_keys: self.count_fraud_keys()?,
             open_windows: self.count_keys(CF_WINDOW)?,
             total_bytes: bytes.values().sum(),
             bytes,
@@ -1185,9 +1295,11 @@ impl StateStore {
         })
     }
 
-    /// Flushes memtables and compacts the TTL column families, running the compaction
-    /// filter over everything (tests and the `state --compact` command use it).
+    /// Folds the fraud log, flushes memtables and compacts the TTL column families,
+    /// running the compaction filter over everything (tests and the `state --compact`
+    /// command use it).
     pub fn compact(&self) -> Result<(), StateError> {
+        self.settle_fraud_log()?;
         for name in [CF_DEDUP, CF_FRAUD] {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf).map_err(|e| self.rocks(e))?;
@@ -1199,6 +1311,7 @@ impl StateStore {
 
 mod dedup_pages;
 mod forget;
+mod fraud_log;
 mod index_warmup;
 mod landed;
 mod live_dedup;

@@ -70,7 +70,8 @@ pub(super) struct Resident {
     pages: ResidentPages,
     /// An earlier build's per-key dedup entries, which have no page.
     legacy: LegacyDedup,
-    fraud: ResidentValues,
+    /// The fraud values (every key the fraud log's unfolded pages changed among them).
+    pub(super) fraud: ResidentValues,
     /// Set until the loader has scanned both column families: the fraud values and
     /// the earlier build's dedup entries may then miss stored keys, so they answer
     /// nothing (see the module docs); the pages answer from the open on.
@@ -390,6 +391,16 @@ impl StateStore {
             "Dedup index loaded from its pages."
         );
         *lock(&self.dedup_pages) = pages;
+        // The fraud log's unfolded changes too: RocksDB's lookups do not read them.
+        let started = std::time::Instant::now();
+        let changes = self.open_fraud_log(&mut r.fraud)?;
+        r.bound_fraud();
+        tracing::info!(
+            changes,
+            fraud_keys = r.fraud.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "Fraud log's unfolded changes loaded."
+        );
         let resident = Arc::new(Mutex::new(r));
         let loader = ResidentLoader::spawn(
             self.db.clone(),
@@ -447,10 +458,13 @@ impl StateStore {
     /// An error only for a page that is not whole entries, which `CommitPages` never
     /// builds: the commit is durable, but memory could not answer for the page's ids,
     /// so the caller must stop (a restart reads the page back, or reports it damaged).
+    /// `fraud_paged`: the commit wrote its fraud puts as a page of the fraud log, so
+    /// memory must hold every one of them (`store::fraud_log`).
     pub(super) fn record_commit(
         &self,
         ops: &OpLog,
         written: PagesWritten,
+        fraud_paged: bool,
     ) -> Result<(), StateError> {
         let Some(mut guard) = self.resident() else {
             return Ok(());
@@ -491,6 +505,7 @@ impl StateStore {
             }));
             for op in chunk {
                 match *op {
+                    Op::Put { key, value, .. } if fraud_paged => r.fraud.put_held(key, value),
                     Op::Put { key, value, .. } => r.fraud.put(key, value),
                     Op::Delete { key, .. } => r.fraud.delete(key, loading),
                 }
@@ -540,23 +555,26 @@ impl StateStore {
 
     /// The fraud values memory can answer: `answer(i, value)` gets memory's answer for
     /// `keys[i]` (borrowed, under the sets' lock: nothing is copied), and the indices
-    /// of the keys left to RocksDB are returned (every key without memory, or while
-    /// it is still loading). `answer` runs under the lock the commit thread also
-    /// takes: it must be short (a copy, not a decode) and must not call the store.
+    /// of the keys left to RocksDB are returned (every key without memory). While the
+    /// loader still scans, only a held value answers: it is the newest there is (a
+    /// commit's since the open, an unfolded page's, or what the loader read for a key
+    /// neither changed), and a key memory does not hold may yet be in the scan's part
+    /// still ahead. `answer` runs under the lock the commit thread also takes: it must
+    /// be short (a copy, not a decode) and must not call the store.
     pub(super) fn resident_fraud<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
         mut answer: impl FnMut(usize, Option<&[u8]>),
     ) -> Vec<usize> {
-        let Some(r) = self.resident().filter(|r| !r.loading && !r.dedup_only) else {
+        let Some(r) = self.resident().filter(|r| !r.dedup_only) else {
             return (0..keys.len()).collect();
         };
         let mut asked = Vec::new();
         for (i, lookup) in r.fraud.get_many(keys).into_iter().enumerate() {
             match lookup {
                 Lookup::Held(v) => answer(i, Some(v)),
-                Lookup::Absent => answer(i, None),
-                Lookup::Ask => asked.push(i),
+                Lookup::Absent if !r.loading => answer(i, None),
+                Lookup::Absent | Lookup::Ask => asked.push(i),
             }
         }
         asked
@@ -575,6 +593,9 @@ impl StateStore {
         let (pages, to_keep) = self.load_dedup_pages(&mut fresh.dedup, &mut fresh.pages, None)?;
         self.keep_pages_now(&mut fresh.pages, to_keep)?;
         *lock(&self.dedup_pages) = pages;
+        // And the fraud log's unfolded changes, once no fold runs.
+        self.finish_fraud_fold()?;
+        self.read_unfolded_into(&mut fresh.fraud)?;
         if let Some(mut r) = self.resident() {
             fresh.fraud_budget = r.fraud_budget;
             *r = fresh;

@@ -1,0 +1,664 @@
+//! The fraud log: a commit's fraud changes written as one page, folded into the
+//! per-key `fraud` family later, off the commit thread.
+//!
+//! **Why.** Every valid payment changes two fraud keys (its card, its customer), each
+//! a random key among millions. Put one by one, each went through the WAL, a memtable
+//! skiplist insert, a flush and universal compactions: on the peers' 10 M input about
+//! 16 s of CPU a run, much of it on the commit thread (docs/benchmarks.md, twenty-sixth
+//! step). As one page per commit (`crate::fraud_log_page`, in blob files like the dedup
+//! pages), RocksDB sees one value a commit. Every `FOLD_PAGES` commits a thread sorts
+//! the oldest pages' changes (the newest of each key kept), writes them as one SST
+//! file, has RocksDB ingest it into `fraud`, and deletes the pages: the keys are
+//! written to `fraud` once per fold, not once per change, and never through a memtable.
+//!
+//! **Invariant: the store's fraud value of a key is its newest change in the unfolded
+//! pages, or else what `fraud` holds; and memory holds every key a page changed, with
+//! that newest value.** Lookups read memory first and ask `fraud` only for keys memory
+//! does not hold, which the pages therefore never changed. What keeps it:
+//! - A commit's paged puts go into memory whatever its budget
+//!   (`ResidentValues::put_held`), and at open every unfolded page is read into memory
+//!   before the first batch (oldest first, so the newest change wins).
+//! - An ingested file's keys get sequence numbers above everything already in `fraud`:
+//!   an ingest must never carry a value older than one written to `fraud` per key. So
+//!   a commit that writes fraud changes per key (it deletes one, a key or value is too
+//!   long for memory, or memory is over its budget: only memory keeps a paged key
+//!   readable, so past the budget the store stops paging) first folds *every*
+//!   unfolded page and waits for their deletion to be durable
+//!   ([`StateStore::settle_fraud_log`]). Any page ingested later was written after
+//!   that per-key write, so is newer.
+//! - A crash between an ingest and the pages' deletion leaves pages whose changes are
+//!   already in `fraud`: the next open reads them into memory again, and folding them
+//!   again writes the same newest values (a fold is idempotent). A fold file written
+//!   but not ingested is left in `fraud-fold/`, which every open empties.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use rocksdb::{
+    DBCompressionType, Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions,
+    SstFileWriter, WriteBatch, WriteOptions, DB,
+};
+
+use super::resident::lock;
+use super::StateStore;
+use crate::batch::{Op, OpLog};
+use crate::cf::{CF_FRAUD, CF_FRAUD_LOG};
+use crate::fail_point;
+use crate::fraud_log_page;
+use crate::resident_values::{self, ResidentValues};
+use crate::StateError;
+
+/// Pages per background fold: at 5,000 payments a batch, ~640,000 changes (a fold of
+/// ~0.2 s on a thread), and the most a restart reads back before its first batch is
+/// about twice that (a fold running and a full run waiting).
+pub(super) const FOLD_PAGES: u64 = 64;
+
+/// The directory (inside the state directory) fold files are written to before
+/// RocksDB takes them.
+const FOLD_DIR: &str = "fraud-fold";
+
+/// Where the log stands: which pages exist and which fold runs.
+#[derive(Debug, Default)]
+pub(super) struct FraudLog {
+    /// The number of the next page a commit writes.
+    next: u64,
+    /// The first page not yet folded: pages below it are in `fraud` (and deleted, or
+    /// being deleted by the fold that ingested them).
+    first_unfolded: u64,
+    /// The background fold of `[first_unfolded, its end)`, if one runs.
+    running: Option<RunningFold>,
+    /// **Test double** for a crash between a fold's ingest and its pages' deletion
+    /// (which the fail point `FOLD_AFTER_INGEST` makes for real, killing the process):
+    /// folds leave their pages behind.
+    #[cfg(test)]
+    keep_folded_pages: bool,
+}
+
+#[derive(Debug)]
+struct RunningFold {
+    to: u64,
+    handle: JoinHandle<Result<FoldReport, StateError>>,
+}
+
+/// What one fold did, for its log line.
+#[derive(Debug, Clone, Copy)]
+struct FoldReport {
+    pages: u64,
+    changes: usize,
+    keys: usize,
+    seconds: f64,
+}
+
+impl FraudLog {
+    #[cfg(test)]
+    fn deletes_folded_pages(&self) -> bool {
+        !self.keep_folded_pages
+    }
+
+    #[cfg(not(test))]
+    fn deletes_folded_pages(&self) -> bool {
+        true
+    }
+
+    /// Takes a finished background fold's outcome (its error, if it failed: the commit
+    /// about to be made then fails before it writes).
+    fn reap(&mut self, wait: bool) -> Result<(), StateError> {
+        let Some(running) = self.running.take() else {
+            return Ok(());
+        };
+        if !wait && !running.handle.is_finished() {
+            self.running = Some(running);
+            return Ok(());
+        }
+        let report = running
+            .handle
+            .join()
+            .map_err(|_| StateError::Rocks("the fraud log's fold thread panicked".into()))??;
+        self.first_unfolded = running.to;
+        log_fold(&report, "background");
+        Ok(())
+    }
+}
+
+fn log_fold(report: &FoldReport, how: &'static str) {
+    tracing::debug!(
+        pages = report.pages,
+        changes = report.changes,
+        keys = report.keys,
+        seconds = report.seconds,
+        how,
+        "Fraud log folded into the fraud family."
+    );
+}
+
+/// What a commit does with its fraud changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FraudWrites {
+    /// No fraud change.
+    None,
+    /// One page of the log.
+    Paged,
+    /// Per key, into `fraud`, after every unfolded page is folded.
+    PerKey,
+}
+
+/// How a commit writes `ops`' fraud changes: paged when the log is on, memory is under
+/// its budget, and every change is a put memory can hold (see the module docs).
+pub(super) fn fraud_writes(ops: &OpLog, log_on: bool, memory: &ResidentValues) -> FraudWrites {
+    let mut any = false;
+    let mut pageable = log_on && !memory.is_full();
+    for op in ops.iter() {
+        match op {
+            Op::Put { cf, key, value } if cf == CF_FRAUD => {
+                any = true;
+                pageable &= resident_values::fits(key, value) && fraud_log_page::fits(key, value);
+            }
+            Op::Delete { cf, .. } if cf == CF_FRAUD => {
+                any = true;
+                pageable = false;
+            }
+            _ => {}
+        }
+    }
+    match (any, pageable) {
+        (false, _) => FraudWrites::None,
+        (true, true) => FraudWrites::Paged,
+        (true, false) => FraudWrites::PerKey,
+    }
+}
+
+impl StateStore {
+    /// How this commit writes its fraud changes. Without memory (a read-only store
+    /// never commits) everything goes per key.
+    pub(super) fn plan_fraud_writes(&self, ops: &OpLog) -> FraudWrites {
+        match self.resident.get() {
+            Some(r) => fraud_writes(ops, self.fraud_log_on, &lock(r).fraud),
+            None => fraud_writes(ops, false, &ResidentValues::default()),
+        }
+    }
+
+    /// Before a commit: a finished fold's error, if it failed; for a commit writing per
+    /// key, every unfolded page folded first and their deletion made durable.
+    pub(super) fn prepare_fraud_log(&self, writes: FraudWrites) -> Result<(), StateError> {
+        lock(&self.fraud_log).reap(false)?;
+        if writes == FraudWrites::PerKey {
+            self.settle_fraud_log()?;
+        }
+        Ok(())
+    }
+
+    /// The page number a paged commit writes under.
+    pub(super) fn next_fraud_page(&self) -> u64 {
+        lock(&self.fraud_log).next
+    }
+
+    /// Right after a durable commit that wrote page `written` (if any): the next
+    /// commit's page is a new one.
+    pub(super) fn fraud_page_written(&self, written: Option<u64>) {
+        if let Some(n) = written {
+            lock(&self.fraud_log).next = n + 1;
+        }
+    }
+
+    /// After a commit: starts a background fold of the unfolded pages once
+    /// `FOLD_PAGES` wait and none runs.
+    pub(super) fn fold_fraud_log_if_due(&self) -> Result<(), StateError> {
+        let mut log = lock(&self.fraud_log);
+        if log.running.is_some() || log.next - log.first_unfolded < FOLD_PAGES {
+            return Ok(());
+        }
+        let (db, path) = (self.db.clone(), self.path.clone());
+        let (from, to) = (log.first_unfolded, log.next);
+        let delete = log.deletes_folded_pages();
+        let handle = std::thread::Builder::new()
+            .name("fraud-fold".into())
+            .spawn(move || fold(&db, &path, from, to, delete))
+            .map_err(|e| StateError::Rocks(format!("starting the fraud log's fold: {e}")))?;
+        log.running = Some(RunningFold { to, handle });
+        Ok(())
+    }
+
+    /// Waits for a running fold (its error, if it failed).
+    pub fn finish_fraud_fold(&self) -> Result<(), StateError> {
+        lock(&self.fraud_log).reap(true)
+    }
+
+    /// Folds every unfolded page now (waiting for a running fold first): `fraud` then
+    /// holds every fraud change, and the pages' deletion is durable.
+    pub fn settle_fraud_log(&self) -> Result<(), StateError> {
+        let mut log = lock(&self.fraud_log);
+        log.reap(true)?;
+        if log.first_unfolded < log.next {
+            let delete = log.deletes_folded_pages();
+            let report = fold(&self.db, &self.path, log.first_unfolded, log.next, delete)?;
+            log.first_unfolded = log.next;
+            log_fold(&report, "settled");
+        }
+        Ok(())
+    }
+
+    /// At open: empties the fold directory, finds the unfolded pages, and reads their
+    /// changes into `memory` (oldest first: the newest change of a key wins). Returns
+    /// how many changes were read.
+    pub(super) fn open_fraud_log(&self, memory: &mut ResidentValues) -> Result<u64, StateError> {
+        let dir = self.path.join(FOLD_DIR);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StateError::Rocks(format!(
+                    "emptying {}: {e}",
+                    dir.display()
+                )))
+            }
+        }
+        let (changes, pages) = self.read_unfolded_into(memory)?;
+        let mut log = lock(&self.fraud_log);
+        if let Some((first, last)) = pages {
+            log.first_unfolded = first;
+            log.next = last + 1;
+        }
+        Ok(changes)
+    }
+
+    /// Puts every unfolded page's changes into `memory`, oldest first (the newest
+    /// change of a key wins): how many, and the first and last page numbers.
+    pub(super) fn read_unfolded_into(
+        &self,
+        memory: &mut ResidentValues,
+    ) -> Result<(u64, Option<(u64, u64)>), StateError> {
+        let mut changes = 0u64;
+        let mut pages: Option<(u64, u64)> = None;
+        self.each_fraud_page(None, |n, page| {
+            pages = Some((pages.map_or(n, |(first, _)| first), n));
+            for entry in fraud_log_page::entries(page) {
+                let (key, value) = entry?;
+                memory.put_held(key, value);
+                changes += 1;
+            }
+            Ok(())
+        })?;
+        Ok((changes, pages))
+    }
+
+    /// Calls `each(page number, page)` for every page of the log, oldest first, as of
+    /// `snapshot` (or now).
+    pub(super) fn each_fraud_page(
+        &self,
+        snapshot: Option<&rocksdb::Snapshot<'_>>,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        // An older build's directory opened read-only has no log.
+        let Some(cf) = self.db.cf_handle(CF_FRAUD_LOG) else {
+            return Ok(());
+        };
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        if let Some(s) = snapshot {
+            ro.set_snapshot(s);
+        }
+        for item in self.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.rocks(e))?;
+            each(page_number(&k, &self.path)?, &v)?;
+        }
+        Ok(())
+    }
+}
+
+fn page_number(key: &[u8], path: &Path) -> Result<u64, StateError> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StateError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("a fraud log key of {} bytes, not 8", key.len()),
+        })
+}
+
+/// The key of page `n`.
+pub(super) fn page_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+/// The newest change of each key among `pages` (oldest page first), sorted by key:
+/// what one fold writes; and how many changes the pages held.
+fn newest_by_key(pages: &[Box<[u8]>]) -> Result<(Vec<(&[u8], &[u8])>, usize), StateError> {
+    let mut changes: Vec<(&[u8], &[u8])> = Vec::new();
+    for page in pages {
+        for entry in fraud_log_page::entries(page) {
+            changes.push(entry?);
+        }
+    }
+    // Sorted by key, the changes of one key in the order they were made, then the last
+    // of each run of one key kept. The sort compares the keys' first 16 bytes as one
+    // number (zero-padded: the same order as comparing the bytes, a tie going to the
+    // whole keys): a sort of slices chasing pointers into the pages took about twice
+    // the fold's time (docs/benchmarks.md, twenty-sixth step).
+    let prefix = |k: &[u8]| {
+        let mut p = [0u8; 16];
+        let n = k.len().min(16);
+        p[..n].copy_from_slice(&k[..n]);
+        u128::from_be_bytes(p)
+    };
+    let mut order: Vec<(u128, u32)> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (prefix(k), i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| changes[a.1 as usize].0.cmp(changes[b.1 as usize].0))
+            .then(a.1.cmp(&b.1))
+    });
+    let mut out: Vec<(&[u8], &[u8])> = Vec::with_capacity(order.len());
+    for (_, i) in order {
+        let (key, value) = changes[i as usize];
+        match out.last_mut() {
+            Some(last) if last.0 == key => *last = (key, value),
+            _ => out.push((key, value)),
+        }
+    }
+    Ok((out, changes.len()))
+}
+
+/// Folds pages `[from, to)` into `fraud`: their newest change of each key written as
+/// one SST file, ingested, then the pages deleted (synced, see the module docs;
+/// `delete` is false only for a test's stand-in for a crash before the deletion).
+fn fold(db: &DB, path: &Path, from: u64, to: u64, delete: bool) -> Result<FoldReport, StateError> {
+    let started = std::time::Instant::now();
+    let rocks = |e| StateError::from_rocks(e, path);
+    let log_cf = super::column_family(db, path, CF_FRAUD_LOG)?;
+    let fraud_cf = super::column_family(db, path, CF_FRAUD)?;
+    let mut ro = ReadOptions::default();
+    ro.fill_cache(false);
+    ro.set_iterate_upper_bound(page_key(to).to_vec());
+    let start = page_key(from);
+    let mut pages = Vec::new();
+    for item in db.iterator_cf_opt(log_cf, ro, IteratorMode::From(&start, Direction::Forward)) {
+        pages.push(item.map_err(rocks)?.1);
+    }
+    let (newest, changes) = newest_by_key(&pages)?;
+    if !newest.is_empty() {
+        let dir = path.join(FOLD_DIR);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StateError::Rocks(format!("creating {}: {e}", dir.display())))?;
+        let file: PathBuf = dir.join(format!("fold-{from}-{to}.sst"));
+        let mut opts = Options::default();
+        // Uncompressed: the family's compactions compress what they write, and this
+        // file is read back by the first of them.
+        opts.set_compression_type(DBCompressionType::None);
+        let mut writer = SstFileWriter::create(&opts);
+        writer.open(&file).map_err(rocks)?;
+        for (key, value) in &newest {
+            writer.put(key, value).map_err(rocks)?;
+        }
+        writer.finish().map_err(rocks)?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        db.ingest_external_file_cf_opts(fraud_cf, &ingest, vec![&file])
+            .map_err(rocks)?;
+    }
+    fail_point::hit(fail_point::FOLD_AFTER_INGEST);
+    if !delete {
+        return Ok(FoldReport {
+            pages: to - from,
+            changes,
+            keys: newest.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let mut wb = WriteBatch::default();
+    wb.delete_range_cf(log_cf, page_key(from), page_key(to));
+    let mut synced = WriteOptions::default();
+    synced.set_sync(true);
+    db.write_opt(wb, &synced).map_err(rocks)?;
+    Ok(FoldReport {
+        pages: to - from,
+        changes,
+        keys: newest.len(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Lets a running fold finish: its thread holds the database.
+impl Drop for FraudLog {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            let _ = running.handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(puts: &[(&str, &str)]) -> Box<[u8]> {
+        let mut p = Vec::new();
+        for (k, v) in puts {
+            fraud_log_page::push(&mut p, k.as_bytes(), v.as_bytes());
+        }
+        p.into_boxed_slice()
+    }
+
+    use crate::{StateBatch, StoreOptions};
+    use std::collections::BTreeMap;
+
+    /// A fraud value last seen at `t` (the TTL reads its first 8 bytes).
+    fn value(t: i64, tag: &str) -> Vec<u8> {
+        [t.to_be_bytes().as_slice(), tag.as_bytes()].concat()
+    }
+
+    fn key(i: u64) -> Vec<u8> {
+        format!("card/{i:04}").into_bytes()
+    }
+
+    /// Commits `n` batches, each changing a few shared keys and one new key, and
+    /// records what each key should read.
+    fn commit_many(s: &StateStore, from: u64, n: u64, want: &mut BTreeMap<Vec<u8>, Vec<u8>>) {
+        for c in from..from + n {
+            let mut b = StateBatch::new();
+            for k in [key(c % 7), key(c % 3), key(1_000 + c)] {
+                let v = value(c as i64, &format!("c{c}"));
+                b.put_fraud(k.clone(), v.clone());
+                want.insert(k, v);
+            }
+            s.commit(b).unwrap();
+        }
+    }
+
+    /// Every key reads its newest value, one by one, in bulk, and in the exact count.
+    fn assert_reads(s: &StateStore, want: &BTreeMap<Vec<u8>, Vec<u8>>, when: &str) {
+        let keys: Vec<&Vec<u8>> = want.keys().collect();
+        let got = s.get_fraud_many(&keys).unwrap();
+        for ((k, v), g) in want.iter().zip(&got) {
+            assert_eq!(
+                g.as_ref(),
+                Some(v),
+                "{when}: {}",
+                String::from_utf8_lossy(k)
+            );
+            assert_eq!(s.get_fraud(k).unwrap().as_ref(), Some(v), "{when}");
+        }
+        assert_eq!(s.stats().unwrap().fraud_keys, want.len() as u64, "{when}");
+    }
+
+    fn pages_stored(s: &StateStore) -> u64 {
+        let mut n = 0;
+        s.each_fraud_page(None, |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    }
+
+    /// The log's whole life: paged commits, a background fold into `fraud`, the
+    /// unfolded pages read back at a reopen (and by lookups while the loader still
+    /// scans), a read-only view, and a full fold.
+    #[test]
+    fn paged_changes_read_back_through_folds_reopens_and_read_only_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut want = BTreeMap::new();
+        commit_many(&s, 0, FOLD_PAGES + 10, &mut want);
+        s.finish_fraud_fold().unwrap();
+        // The first FOLD_PAGES pages went into `fraud` and left the log.
+        assert_eq!(pages_stored(&s), 10);
+        let fraud = s.cf(CF_FRAUD).unwrap();
+        assert_eq!(
+            s.db.get_cf(fraud, key(1_000)).unwrap(),
+            Some(value(0, "c0")),
+            "a folded page's change is in the per-key family"
+        );
+        assert_eq!(s.db.get_cf(fraud, key(1_000 + FOLD_PAGES)).unwrap(), None);
+        assert_reads(&s, &want, "after a fold");
+        commit_many(&s, FOLD_PAGES + 10, 5, &mut want);
+        drop(s);
+
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_reads(&s, &want, "reopened");
+        // As the first batch after a restart finds it, the loader not yet started:
+        // the pages' keys from memory, the folded ones from RocksDB.
+        s.wait_resident().unwrap();
+        s.reset_resident_to_loading().unwrap();
+        assert_reads(&s, &want, "while loading");
+        commit_many(&s, FOLD_PAGES + 15, FOLD_PAGES, &mut want);
+        s.finish_fraud_fold().unwrap();
+        assert!(pages_stored(&s) < FOLD_PAGES, "a second fold ran");
+        assert_reads(&s, &want, "after the second fold");
+        drop(s);
+
+        let ro = StateStore::open_read_only(dir.path()).unwrap();
+        assert!(pages_stored(&ro) > 0);
+        assert_reads(&ro, &want, "read-only");
+        drop(ro);
+
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        s.compact().unwrap();
+        assert_eq!(pages_stored(&s), 0, "compact folds the whole log");
+        assert_reads(&s, &want, "after compact");
+    }
+
+    /// The hazard of ingesting: a fold's file lands above everything in `fraud`, so
+    /// a page folded after a per-key write of the same key would bring back its older
+    /// value. A commit that writes per key (here: it deletes a key) folds the log
+    /// first; the per-key value then survives later folds, reopens and compactions.
+    #[test]
+    fn a_per_key_commit_folds_the_log_first_so_no_older_page_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut b = StateBatch::new();
+        b.put_fraud(key(1), value(1, "paged"));
+        b.put_fraud(key(500), value(1, "to delete"));
+        s.commit(b).unwrap();
+        assert_eq!(pages_stored(&s), 1);
+
+        let mut b = StateBatch::new();
+        b.put_fraud(key(1), value(2, "per key"));
+        b.delete_fraud(key(500));
+        s.commit(b).unwrap();
+        assert_eq!(pages_stored(&s), 0, "folded before the per-key write");
+        let mut want = BTreeMap::from([(key(1), value(2, "per key"))]);
+        assert_reads(&s, &want, "after the per-key commit");
+        assert_eq!(s.get_fraud(&key(500)).unwrap(), None);
+        drop(s);
+
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_reads(&s, &want, "reopened");
+        s.compact().unwrap();
+        assert_reads(&s, &want, "compacted");
+        assert_eq!(s.get_fraud(&key(500)).unwrap(), None);
+        // Paged again afterwards, and newer than the per-key value.
+        commit_many(&s, 10, FOLD_PAGES + 1, &mut want);
+        s.finish_fraud_fold().unwrap();
+        assert_reads(&s, &want, "paged again and folded");
+        assert_eq!(s.get_fraud(&key(500)).unwrap(), None);
+    }
+
+    /// A crash between a fold's ingest and its pages' deletion (the test double leaves
+    /// the pages; the processor's crash test dies there for real): the next open reads
+    /// the pages back, and folding them again changes nothing, before or after newer
+    /// pages, and before a per-key commit.
+    #[test]
+    fn a_fold_whose_pages_were_not_deleted_is_folded_again_without_harm() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        lock(&s.fraud_log).keep_folded_pages = true;
+        let mut want = BTreeMap::new();
+        commit_many(&s, 0, FOLD_PAGES, &mut want);
+        s.finish_fraud_fold().unwrap();
+        let fraud = s.cf(CF_FRAUD).unwrap();
+        assert!(
+            s.db.get_cf(fraud, key(1_000)).unwrap().is_some(),
+            "ingested"
+        );
+        assert_eq!(pages_stored(&s), FOLD_PAGES, "and the pages left behind");
+        drop(s);
+
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        assert_reads(&s, &want, "reopened after the crash");
+        commit_many(&s, FOLD_PAGES, FOLD_PAGES + 3, &mut want);
+        s.finish_fraud_fold().unwrap();
+        assert_reads(&s, &want, "folded again with newer pages");
+        let mut b = StateBatch::new();
+        b.delete_fraud(key(1_000));
+        want.remove(&key(1_000));
+        s.commit(b).unwrap();
+        assert_eq!(pages_stored(&s), 0);
+        drop(s);
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        s.compact().unwrap();
+        assert_reads(&s, &want, "after a per-key commit, reopened and compacted");
+    }
+
+    /// Memory keeps every paged key whatever its budget (RocksDB cannot answer for
+    /// them); once over the budget, commits stop paging: they fold the log and write
+    /// per key, and lookups memory cannot answer go to RocksDB.
+    #[test]
+    fn past_the_memory_budget_commits_fold_the_log_and_write_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            fraud_memory_bytes: 64 << 10,
+            ..StoreOptions::default()
+        };
+        let s = StateStore::open(dir.path(), &opts).unwrap();
+        let mut want = BTreeMap::new();
+        let mut paged = 0;
+        for c in 0..200u64 {
+            let mut b = StateBatch::new();
+            for i in 0..50 {
+                let k = key(c * 50 + i);
+                let v = value(c as i64, "x");
+                b.put_fraud(k.clone(), v.clone());
+                want.insert(k, v);
+            }
+            let before = pages_stored(&s);
+            s.commit(b).unwrap();
+            if pages_stored(&s) > before {
+                paged += 1;
+            }
+        }
+        let (_, complete) = s.fraud_memory().unwrap();
+        assert!(!complete, "the budget left keys out");
+        assert!(paged > 0, "commits paged while under the budget");
+        assert_eq!(pages_stored(&s), 0, "over it, the log was folded");
+        assert_reads(&s, &want, "over the budget");
+        drop(s);
+        let s = StateStore::open(dir.path(), &opts).unwrap();
+        assert_reads(&s, &want, "reopened over the budget");
+    }
+
+    #[test]
+    fn a_fold_keeps_the_newest_change_of_each_key_in_key_order() {
+        let pages = vec![
+            page(&[("b", "b1"), ("a", "a1"), ("b", "b2")]),
+            page(&[("c", "c1"), ("a", "a2")]),
+            page(&[("b", "b3"), ("ab", "x")]),
+        ];
+        let (got, changes) = newest_by_key(&pages).unwrap();
+        assert_eq!(changes, 7);
+        let want: Vec<(&[u8], &[u8])> =
+            vec![(b"a", b"a2"), (b"ab", b"x"), (b"b", b"b3"), (b"c", b"c1")];
+        assert_eq!(got, want);
+    }
+}
