@@ -110,6 +110,9 @@ pub struct StateStats {
 /// A raw key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// The fraud log's unfolded changes, the newest of each key: key → value.
+type UnfoldedFraud = HashMap<Box<[u8]>, Box<[u8]>>;
+
 /// What the TTL compaction filters read (see `expiry`).
 #[derive(Debug, Clone, Default)]
 struct Horizons {
@@ -153,7 +156,7 @@ pub struct StateStore {
     /// A read-only store's copy of the fraud log's unfolded changes (newest of each
     /// key), read at its first fraud lookup: it has no resident fraud values to hold
     /// them.
-    unfolded_fraud: OnceLock<HashMap<Box<[u8]>, Box<[u8]>>>,
+    unfolded_fraud: OnceLock<UnfoldedFraud>,
     /// When commits last wrote the dedup index's size estimate (`index_warmup`).
     size_estimate_written: Mutex<std::time::Instant>,
     /// How many more commits may land before the next one fails: a test double for a
@@ -857,7 +860,7 @@ impl StateStore {
 
     /// A read-only store's copy of the fraud log's unfolded changes: the newest of
     /// each key (read once; the store is a view of the directory as it was opened).
-    fn unfolded_fraud(&self) -> Result<&HashMap<Box<[u8]>, Box<[u8]>>, StateError> {
+    fn unfolded_fraud(&self) -> Result<&UnfoldedFraud, StateError> {
         if let Some(m) = self.unfolded_fraud.get() {
             return Ok(m);
         }

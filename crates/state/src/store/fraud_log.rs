@@ -319,9 +319,12 @@ pub(super) fn page_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
+/// One put of a page: (key, value).
+type Change<'p> = (&'p [u8], &'p [u8]);
+
 /// The newest change of each key among `pages` (oldest page first), sorted by key:
 /// what one fold writes; and how many changes the pages held.
-fn newest_by_key(pages: &[Box<[u8]>]) -> Result<(Vec<(&[u8], &[u8])>, usize), StateError> {
+fn newest_by_key(pages: &[Box<[u8]>]) -> Result<(Vec<Change<'_>>, usize), StateError> {
     let mut changes: Vec<(&[u8], &[u8])> = Vec::new();
     for page in pages {
         for entry in fraud_log_page::entries(page) {
