@@ -617,7 +617,12 @@ fn an_idle_partition_follows_the_active_ones_and_its_windows_close() {
 #[test]
 fn fraud_history_under_an_earlier_builds_keys_is_renamed_and_read() {
     let dir = tempfile::tempdir().unwrap();
-    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+    // Written per key, as that build did (it had no fraud log).
+    let earlier_build = StoreOptions {
+        fraud_log: false,
+        ..StoreOptions::default()
+    };
+    let store = StateStore::open(dir.path(), &earlier_build).unwrap();
     let fingerprint = "ab".repeat(16);
     let t0 = payment("x", 0, 100).event_time_micros();
     let history = paydedup_fraud::CardState {
@@ -630,6 +635,8 @@ fn fraud_history_under_an_earlier_builds_keys_is_renamed_and_read() {
     let mut b = StateBatch::new();
     b.put_fraud(format!("card/{fingerprint}").into_bytes(), old_value);
     store.commit(b).unwrap();
+    drop(store);
+    let store = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
 
     assert_eq!(prefetch::rename_legacy_fraud_keys(&store).unwrap(), 1);
     assert_eq!(prefetch::rename_legacy_fraud_keys(&store).unwrap(), 0);
