@@ -148,6 +148,8 @@ fn reopen(state_dir: &Path) {
     let t = Instant::now();
     let store = StateStore::open(state_dir, &store_options).unwrap();
     let opened = t.elapsed();
+    // Read back into memory by the open, before its first batch.
+    let log_pages = store.fraud_log_pages();
     let pipeline = Pipeline::load(config, &store).unwrap();
     let ready = t.elapsed();
     store.wait_resident().unwrap();
@@ -157,7 +159,7 @@ fn reopen(state_dir: &Path) {
         .iter()
         .filter_map(|&p| pipeline.next_offset(p))
         .sum();
-    eprintln!("reopen: {:.2} s to open the store (WAL replay), {:.2} s with the pipeline loaded (ready for the first batch; {positions} records consumed before); resident sets filled in the background after {:.2} s ({dedup} dedup and {fraud} fraud keys)",
+    eprintln!("reopen: {:.2} s to open the store (WAL replay, {log_pages} unfolded fraud log pages read), {:.2} s with the pipeline loaded (ready for the first batch; {positions} records consumed before); resident sets filled in the background after {:.2} s ({dedup} dedup and {fraud} fraud keys)",
         opened.as_secs_f64(),
         ready.as_secs_f64(),
         filled.as_secs_f64(),
@@ -398,6 +400,17 @@ fn main() {
             eprintln!("rocksdb: {line}");
         }
     }
+    // The run's folds (before `compact`, which folds what is left).
+    let folds = store.fraud_log_folds();
+    eprintln!(
+        "fraud log: {} folds in the run, {:.2} s (wall clock), {} pages, {} changes written as {} keys; {} pages unfolded at the end",
+        folds.folds,
+        folds.seconds,
+        folds.pages,
+        folds.changes,
+        folds.keys,
+        store.fraud_log_pages()
+    );
     store.compact().unwrap();
     let live: u64 = store.live_dedup().unwrap().values().map(|l| l.live).sum();
     let state_bytes = dir_bytes(&state_dir);

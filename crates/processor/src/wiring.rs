@@ -26,8 +26,8 @@ use crate::health::{self, Readiness};
 use crate::identity::{self, StateIdentity};
 use crate::kafka::KafkaSource;
 use crate::metrics::events::{
-    DedupIndexMeasured, FraudMemoryMeasured, OwnershipChanged, PartitionsRestored,
-    StateSizeMeasured,
+    DedupIndexMeasured, FraudLogMeasured, FraudMemoryMeasured, OwnershipChanged,
+    PartitionsRestored, StateSizeMeasured,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
@@ -133,6 +133,9 @@ fn build(
         if let Some((bytes, complete)) = store.fraud_memory() {
             m.emit(FraudMemoryMeasured { bytes, complete });
         }
+        m.emit(FraudLogMeasured {
+            pages: store.fraud_log_pages(),
+        });
         if let (Some((entries, _)), Some((bytes, _))) =
             (store.resident_keys(), store.resident_bytes())
         {

@@ -1298,12 +1298,14 @@ impl StateStore {
         })
     }
 
-    /// Folds the fraud log, flushes memtables and compacts the TTL column families,
-    /// running the compaction filter over everything (tests and the `state --compact`
-    /// command use it).
+    /// Folds the fraud log, flushes memtables and compacts the TTL column families
+    /// (running the compaction filter over everything) and the log (tests and the
+    /// `state --compact` command use it).
     pub fn compact(&self) -> Result<(), StateError> {
         self.settle_fraud_log()?;
-        for name in [CF_DEDUP, CF_FRAUD] {
+        // The log's folded pages are range-deleted: a compaction drops their keys, and
+        // with them the blob files holding their bytes.
+        for name in [CF_DEDUP, CF_FRAUD, CF_FRAUD_LOG] {
             let cf = self.cf(name)?;
             self.db.flush_cf(cf).map_err(|e| self.rocks(e))?;
             self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
@@ -1322,6 +1324,7 @@ mod log_check;
 mod rekey;
 mod resident;
 pub use forget::Forgotten;
+pub use fraud_log::FoldTotals;
 pub use landed::LandedAhead;
 pub use live_dedup::{entry_digest, LiveDedup};
 

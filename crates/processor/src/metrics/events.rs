@@ -238,6 +238,18 @@ impl Event for FraudMemoryMeasured {
     }
 }
 
+/// Measured at a scrape: the fraud log's pages not yet folded (`store::fraud_log`).
+pub struct FraudLogMeasured {
+    pub pages: u64,
+}
+
+impl Event for FraudLogMeasured {
+    fn emit(self, m: &Metrics) {
+        m.fraud_log_pages
+            .set(i64::try_from(self.pages).unwrap_or(i64::MAX));
+    }
+}
+
 /// Measured at a scrape: the dedup index (`DedupIndex`), which holds every id within
 /// the retention, with the newest pages' entries.
 pub struct DedupIndexMeasured {
@@ -435,6 +447,31 @@ mod tests {
         // A budget the first key already spends: the second is left to RocksDB.
         let (_, text) = fill(1);
         assert!(text.contains("paydedup_fraud_memory_complete 0"), "{text}");
+    }
+
+    /// The fraud log's unfolded pages, from a real store: one per commit with fraud
+    /// changes, none once folded.
+    #[test]
+    fn the_fraud_log_gauge_counts_the_unfolded_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            paydedup_state::StateStore::open(dir.path(), &paydedup_state::StoreOptions::default())
+                .unwrap();
+        for i in 0..3u8 {
+            let mut b = paydedup_state::StateBatch::new();
+            b.put_fraud([3, i], 1i64.to_be_bytes());
+            store.commit(b).unwrap();
+        }
+        let m = Metrics::new();
+        m.emit(FraudLogMeasured {
+            pages: store.fraud_log_pages(),
+        });
+        assert!(rendered(&m).contains("paydedup_fraud_log_pages 3"));
+        store.settle_fraud_log().unwrap();
+        m.emit(FraudLogMeasured {
+            pages: store.fraud_log_pages(),
+        });
+        assert!(rendered(&m).contains("paydedup_fraud_log_pages 0"));
     }
 
     /// The dedup index's size, from a real store: what a commit put is counted.

@@ -67,6 +67,8 @@ pub(super) struct FraudLog {
     first_unfolded: u64,
     /// The background fold of `[first_unfolded, its end)`, if one runs.
     running: Option<RunningFold>,
+    /// The folds done since the open.
+    totals: FoldTotals,
     /// **Test double** for a crash between a fold's ingest and its pages' deletion
     /// (which the fail point `FOLD_AFTER_INGEST` makes for real, killing the process):
     /// folds leave their pages behind.
@@ -78,6 +80,20 @@ pub(super) struct FraudLog {
 struct RunningFold {
     to: u64,
     handle: JoinHandle<Result<FoldReport, StateError>>,
+}
+
+/// The folds a store has done since it opened (`StateStore::fraud_log_folds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FoldTotals {
+    pub folds: u64,
+    pub pages: u64,
+    /// Changes read from the pages.
+    pub changes: u64,
+    /// Keys written to `fraud` (a key changed in several pages is written once).
+    pub keys: u64,
+    /// Wall-clock seconds the folds took (on their thread, or a commit's when it
+    /// folds the log first).
+    pub seconds: f64,
 }
 
 /// What one fold did, for its log line.
@@ -115,8 +131,20 @@ impl FraudLog {
             .join()
             .map_err(|_| StateError::Rocks("the fraud log's fold thread panicked".into()))??;
         self.first_unfolded = running.to;
-        log_fold(&report, "background");
+        self.count(&report, "background");
         Ok(())
+    }
+}
+
+impl FraudLog {
+    fn count(&mut self, report: &FoldReport, how: &'static str) {
+        let t = &mut self.totals;
+        t.folds += 1;
+        t.pages += report.pages;
+        t.changes += report.changes as u64;
+        t.keys += report.keys as u64;
+        t.seconds += report.seconds;
+        log_fold(report, how);
     }
 }
 
@@ -218,6 +246,18 @@ impl StateStore {
         Ok(())
     }
 
+    /// How many pages of the fraud log are not folded yet (a fold running included):
+    /// between 0 and about `2 × FOLD_PAGES` while folds keep up.
+    pub fn fraud_log_pages(&self) -> u64 {
+        let log = lock(&self.fraud_log);
+        log.next - log.first_unfolded
+    }
+
+    /// The folds this store has done since it opened.
+    pub fn fraud_log_folds(&self) -> FoldTotals {
+        lock(&self.fraud_log).totals
+    }
+
     /// Waits for a running fold (its error, if it failed).
     pub fn finish_fraud_fold(&self) -> Result<(), StateError> {
         lock(&self.fraud_log).reap(true)
@@ -232,7 +272,7 @@ impl StateStore {
             let delete = log.deletes_folded_pages();
             let report = fold(&self.db, &self.path, log.first_unfolded, log.next, delete)?;
             log.first_unfolded = log.next;
-            log_fold(&report, "settled");
+            log.count(&report, "settled");
         }
         Ok(())
     }
