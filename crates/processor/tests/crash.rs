@@ -94,14 +94,15 @@ fn sigkill_at_random_moments_changes_nothing() {
     );
 }
 
-/// The fraud log's fold dies between its ingest (its changes are in the `fraud`
-/// family) and its pages' deletion, for real (the fail point aborts the process, as a
-/// SIGKILL there would). The restart reads those pages back and folds them again. On
-/// one partition the fraud columns are a function of the record order too, so the
+/// The fraud log's fold dies for real (the fail point aborts the process, as a
+/// SIGKILL there would): before RocksDB takes its file (the pages are the only copy of
+/// their changes, which the restart must read back into memory), and between the
+/// ingest and the pages' deletion (the restart reads them back and folds them again).
+/// On one partition the fraud columns are a function of the record order too, so the
 /// output, fraud scores and card counts included, must equal an uninterrupted run's:
 /// a fraud change lost or an older one brought back would change a count.
 #[test]
-fn a_kill_between_a_folds_ingest_and_its_pages_deletion_changes_no_score() {
+fn a_kill_in_a_fraud_log_fold_changes_no_score() {
     let broker = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let manifest = simulate(&broker, "payments", 1, 30_000, 11, &[], dir.path());
@@ -117,31 +118,36 @@ fn a_kill_between_a_folds_ingest_and_its_pages_deletion_changes_no_score() {
         &tuning,
     );
     assert_matches_manifest(&reference, &manifest);
-
-    let crashed = dir.path().join("crashed");
-    let state = dir.path().join("state-crash");
-    // Dies at the second fold: the first one's file is in `fraud` already.
-    let out = processor_command(&broker, "payments", &state, &crashed, &tuning)
-        .env("PAYDEDUP_FAIL_POINT", "fraud_log.after_ingest:2")
-        .args(["--exit-when-caught-up", "--drain"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("fail point fraud_log.after_ingest reached"),
-        "the processor did not die in its fold: {stderr}"
-    );
-    let (consumed, _) = progress(&state);
     let total = manifest["totals"]["records"].as_i64().unwrap();
-    assert!(consumed < total, "it died mid-stream ({consumed}/{total})");
-    process_to_end(&broker, "payments", &state, &crashed, &tuning);
 
-    assert_matches_manifest(&crashed, &manifest);
-    assert_eq!(
-        canonical_output(&crashed, &[]),
-        canonical_output(&reference, &[]),
-        "the output after the kill in the fold differs from the uninterrupted run's"
-    );
+    for point in ["fraud_log.before_ingest", "fraud_log.after_ingest"] {
+        let crashed = dir.path().join(format!("crashed-{point}"));
+        let state = dir.path().join(format!("state-{point}"));
+        // Dies in the second fold: the first one's file is in `fraud` already.
+        let out = processor_command(&broker, "payments", &state, &crashed, &tuning)
+            .env("PAYDEDUP_FAIL_POINT", format!("{point}:2"))
+            .args(["--exit-when-caught-up", "--drain"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&format!("fail point {point} reached")),
+            "the processor did not die at {point}: {stderr}"
+        );
+        let (consumed, _) = progress(&state);
+        assert!(
+            consumed < total,
+            "{point}: died mid-stream ({consumed}/{total})"
+        );
+        process_to_end(&broker, "payments", &state, &crashed, &tuning);
+
+        assert_matches_manifest(&crashed, &manifest);
+        assert_eq!(
+            canonical_output(&crashed, &[]),
+            canonical_output(&reference, &[]),
+            "the output after a kill at {point} differs from the uninterrupted run's"
+        );
+    }
 }
 
 /// Waits (up to a minute) until the state at `state` has consumed more than `before`

@@ -16,15 +16,18 @@
 //! - [`RELAY_AFTER_ACK`]: the sink acknowledged rows that are still in the outbox;
 //! - [`RELAY_AFTER_DELETE`]: the delivered rows left the outbox.
 //!
-//! And off the batch's path, on the fraud log's fold thread (`store::fraud_log`):
+//! And off the batch's path, on the fraud log's fold thread (`store::fraud_log`), not
+//! among [`ALL`] (the fault campaign's runs are too short to fold):
+//! - [`FOLD_BEFORE_INGEST`]: a fold's file is written, RocksDB has not taken it;
 //! - [`FOLD_AFTER_INGEST`]: a fold's file is in the fraud family, its pages are not yet
-//!   deleted. Not among [`ALL`]: the fault campaign's runs are too short to fold.
+//!   deleted.
 
 pub const COMMIT_BEFORE_WRITE: &str = "commit.before_write";
 pub const COMMIT_INSIDE: &str = "commit.inside";
 pub const COMMIT_AFTER: &str = "commit.after";
 pub const RELAY_AFTER_ACK: &str = "relay.after_ack";
 pub const RELAY_AFTER_DELETE: &str = "relay.after_delete";
+pub const FOLD_BEFORE_INGEST: &str = "fraud_log.before_ingest";
 pub const FOLD_AFTER_INGEST: &str = "fraud_log.after_ingest";
 
 /// Every fail point, for the campaign to choose from.

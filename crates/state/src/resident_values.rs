@@ -6,10 +6,12 @@
 //! keys alone (what an earlier build kept) spares the misses only, and the hits cost a
 //! `multi_get` through the block cache, and often a block read and decompression.
 //!
-//! **The invariant: for every key, [`ResidentValues::get`] answers what the column
-//! family holds, or [`Lookup::Ask`].** A held value is the last value a durable commit
-//! put; an absent key is one the store does not hold. `Ask` sends the lookup to
-//! RocksDB, which is always right, and is the answer wherever memory cannot be sure:
+//! **The invariant: for every key, [`ResidentValues::get`] answers what the store
+//! holds, or [`Lookup::Ask`].** A held value is the last value a durable commit put
+//! (for a key a fraud log page changed, the only copy RocksDB's lookups do not read:
+//! see [`ResidentValues::put_held`]); an absent key is one the store does not hold.
+//! `Ask` sends the lookup to RocksDB, which is right for every key no unfolded page
+//! changed, and is the answer wherever memory cannot be sure:
 //! - a key or value too long for an entry's header;
 //! - a key deleted while the loader was still scanning: the loader's snapshot may hold
 //!   the old value, which must not come back;

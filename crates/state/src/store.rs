@@ -626,7 +626,9 @@ impl StateStore {
             }
         }
         let pages = self.write_dedup_pages(dedup, &mut wb)?;
-        let fraud_page_number = paged.then(|| self.next_fraud_page());
+        // Reserved whether or not the write lands: a write that fails may still be in
+        // the log, and its number must not be written again.
+        let fraud_page_number = paged.then(|| self.reserve_fraud_page());
         if let Some(n) = fraud_page_number {
             wb.put_cf(handle(CF_FRAUD_LOG), fraud_log::page_key(n), fraud_page);
         }
@@ -653,8 +655,6 @@ impl StateStore {
                 .write_opt(wb, &self.write_options)
                 .map_err(|e| self.rocks(e))?;
         }
-        // Counted before anything else can fail: the next commit's page is a new one.
-        self.fraud_page_written(fraud_page_number);
         fail_point::hit(fail_point::COMMIT_AFTER);
         // The horizons the batch carries are committed now: published before anything
         // judges an entry by them, as a reopen publishes the stored ones. Without this,
@@ -784,8 +784,10 @@ impl StateStore {
         DEDUP_PAGE_READS.load(Ordering::Relaxed)
     }
 
-    /// The stored fraud value of `key`, expired or not (memory, the fraud log's
-    /// unfolded pages, or the per-key family: see [`StateStore::read_fraud_many`]).
+    /// The fraud value a lookup finds for `key`, not judged by the TTL (memory, the
+    /// fraud log's unfolded pages, or the per-key family: see
+    /// [`StateStore::read_fraud_many`]); a value memory has swept as expired may read
+    /// as absent.
     pub fn get_fraud(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let mut found = None;
         self.read_stored_fraud(&[key], |_, v| found = v.map(<[u8]>::to_vec))?;
@@ -1298,11 +1300,18 @@ impl StateStore {
         })
     }
 
-    /// Folds the fraud log, flushes memtables and compacts the TTL column families
-    /// (running the compaction filter over everything) and the log (tests and the
-    /// `state --compact` command use it).
+    /// Folds the fraud log, then [`StateStore::compact_families`] (tests and the
+    /// `state --compact` command use it, on a store nothing else commits to: the fold
+    /// is the commit thread's to wait for and to report).
     pub fn compact(&self) -> Result<(), StateError> {
         self.settle_fraud_log()?;
+        self.compact_families()
+    }
+
+    /// Flushes memtables and compacts the TTL column families (running the compaction
+    /// filter over everything) and the fraud log's family, without folding it: what
+    /// the processor's periodic TTL compaction runs beside its commits.
+    pub fn compact_families(&self) -> Result<(), StateError> {
         // The log's folded pages are range-deleted: a compaction drops their keys, and
         // with them the blob files holding their bytes.
         for name in [CF_DEDUP, CF_FRAUD, CF_FRAUD_LOG] {

@@ -215,17 +215,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// The page number a paged commit writes under.
-    pub(super) fn next_fraud_page(&self) -> u64 {
-        lock(&self.fraud_log).next
-    }
-
-    /// Right after a durable commit that wrote page `written` (if any): the next
-    /// commit's page is a new one.
-    pub(super) fn fraud_page_written(&self, written: Option<u64>) {
-        if let Some(n) = written {
-            lock(&self.fraud_log).next = n + 1;
-        }
+    /// The page number a paged commit writes under, taken for good (a number left
+    /// unused by a failed write is a gap, which folds and opens step over).
+    pub(super) fn reserve_fraud_page(&self) -> u64 {
+        let mut log = lock(&self.fraud_log);
+        log.next += 1;
+        log.next - 1
     }
 
     /// After a commit: starts a background fold of the unfolded pages once
@@ -435,6 +430,7 @@ fn fold(db: &DB, path: &Path, from: u64, to: u64, delete: bool) -> Result<FoldRe
             writer.put(key, value).map_err(rocks)?;
         }
         writer.finish().map_err(rocks)?;
+        fail_point::hit(fail_point::FOLD_BEFORE_INGEST);
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
         db.ingest_external_file_cf_opts(fraud_cf, &ingest, vec![&file])
@@ -689,6 +685,27 @@ mod tests {
         drop(s);
         let s = StateStore::open(dir.path(), &opts).unwrap();
         assert_reads(&s, &want, "reopened over the budget");
+        drop(s);
+
+        // Pages written under a large budget, opened under a small one: every
+        // unfolded change is read into memory all the same, and the first commit
+        // folds them before it writes per key.
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let mut want = BTreeMap::new();
+        commit_many(&s, 0, 10, &mut want);
+        drop(s);
+        let tiny = StoreOptions {
+            fraud_memory_bytes: 1,
+            ..StoreOptions::default()
+        };
+        let s = StateStore::open(dir.path(), &tiny).unwrap();
+        assert_eq!(pages_stored(&s), 10);
+        s.wait_resident().unwrap();
+        assert_reads(&s, &want, "pages past the budget");
+        commit_many(&s, 10, 1, &mut want);
+        assert_eq!(pages_stored(&s), 0, "folded, then written per key");
+        assert_reads(&s, &want, "after the first commit over the budget");
     }
 
     #[test]

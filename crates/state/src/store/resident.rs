@@ -11,8 +11,11 @@
 //! cannot answer one id of a page). At 10 M payments the fraud column family holds
 //! ~6 M keys, and scanning them took 4–5 s of every restart before the first batch:
 //! so a loader thread scans the fraud family, and an earlier build's per-key `dedup`
-//! family, while batches run; until it has finished, a fraud lookup, and a dedup
-//! lookup no page answers, go to RocksDB, exactly as without the sets. That keeps the
+//! family, while batches run; until it has finished, a fraud lookup memory holds no
+//! value for, and a dedup lookup no page answers, go to RocksDB, exactly as without
+//! the sets (a held fraud value is the newest there is: a commit's since the open, an
+//! unfolded fraud log page's, read before the loader starts, or the loader's for a
+//! key neither changed; see `store::fraud_log`). That keeps the
 //! invariants at every instant: a key the store held when the scan's iterator was
 //! created is inserted by the loader; a key committed after the store opened is
 //! inserted by the commit (`record_commit`). A value the loader reads is never newer
@@ -73,8 +76,9 @@ pub(super) struct Resident {
     /// The fraud values (every key the fraud log's unfolded pages changed among them).
     pub(super) fraud: ResidentValues,
     /// Set until the loader has scanned both column families: the fraud values and
-    /// the earlier build's dedup entries may then miss stored keys, so they answer
-    /// nothing (see the module docs); the pages answer from the open on.
+    /// the earlier build's dedup entries may then miss stored keys, so they do not
+    /// answer "absent" (a held fraud value still answers; see the module docs); the
+    /// pages answer from the open on.
     loading: bool,
     /// Partitions forgotten while loading, whose entries in the loader's scan are stale.
     forgotten_while_loading: Vec<i32>,
