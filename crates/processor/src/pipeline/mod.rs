@@ -21,6 +21,7 @@
 
 mod closing;
 pub mod compact_row;
+pub mod decode_ahead;
 pub mod dedupe;
 #[cfg(test)]
 pub(crate) mod fixtures;
@@ -34,12 +35,12 @@ pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, TimeZone, Utc};
-use paydedup_event::{decode, Currency, DecodeLimits, PaymentEvent, ValidationError};
+use paydedup_event::{Currency, DecodeLimits, PaymentEvent, ValidationError};
 use paydedup_fraud::FraudConfig;
 use paydedup_state::keys::{parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
 
+pub use decode_ahead::{Decoded, InputBatch, RecordDecoder};
 use outcome::{classify, Outcome};
 pub use prefetch::COMMITS_IN_FLIGHT;
 use prefetch::{BatchState, FraudExpiry, InFlight};
@@ -267,10 +268,21 @@ impl Pipeline {
         records: &[InputRecord<'_>],
         store: &StateStore,
     ) -> Result<(StateBatch, BatchStats), StateError> {
-        // 1. Decode everything, then fetch the state the batch needs in bulk.
-        let now = Utc::now();
-        let decoded: Vec<Result<PaymentEvent, ValidationError>> =
-            records.iter().map(|r| self.decode_record(r, now)).collect();
+        let decoded = self.decoder().decode(records);
+        self.process_decoded(records, decoded, store)
+    }
+
+    /// [`Pipeline::process`] of a batch already decoded (`decoded[i]` is what
+    /// `records[i]` decoded to, by [`Pipeline::decoder`]): decoded ahead, on another
+    /// thread, while the batch before it was processed (`decode_ahead`).
+    pub fn process_decoded(
+        &mut self,
+        records: &[InputRecord<'_>],
+        decoded: Decoded,
+        store: &StateStore,
+    ) -> Result<(StateBatch, BatchStats), StateError> {
+        // 1. Everything decoded: fetch the state the batch needs in bulk.
+        debug_assert_eq!(records.len(), decoded.len());
         let expiry = FraudExpiry {
             ttl_micros: store.fraud_ttl_micros(),
             horizon: self.fraud_horizon(),
@@ -335,23 +347,12 @@ impl Pipeline {
     /// replay-safe: only a batch that was never committed is ever processed again (its
     /// first verdict never left the process), and a later `now` only accepts more,
     /// so a verdict the warehouse holds is never contradicted by a replay.
-    fn decode_record(
-        &self,
-        r: &InputRecord<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<PaymentEvent, ValidationError> {
-        // Every value a row will carry must be representable there: a timestamp no
-        // TIMESTAMP column holds would make the sink reject the row (and its batch).
-        if r.timestamp_ms
-            .is_some_and(|ms| !rows::kafka_timestamp_fits(ms))
-        {
-            return Err(ValidationError::KafkaTimestampOutOfRange);
+    /// What decodes this pipeline's records (for a batch decoded ahead, on another
+    /// thread: `decode_ahead`).
+    pub fn decoder(&self) -> RecordDecoder {
+        RecordDecoder {
+            limits: self.cfg.decode.clone(),
         }
-        let reference = r
-            .timestamp_ms
-            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
-            .map_or(now, |t| t.min(now));
-        decode(r.payload, reference, &self.cfg.decode)
     }
 
     /// One record: classify it, apply its outcome's state effects, render its row.

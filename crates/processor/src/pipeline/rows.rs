@@ -3,7 +3,7 @@
 //! Rows are a pure function of the input records, the checkpointed state and what the
 //! pipeline decided; they never contain the wall clock, so a batch re-processed after a
 //! crash yields byte-identical rows (the one clock-capped verdict is explained at
-//! `Pipeline::decode_record`). That is why there is no `processed_at` column; `kafka_timestamp` says when the record arrived.
+//! `RecordDecoder::decode_one`). That is why there is no `processed_at` column; `kafka_timestamp` says when the record arrived.
 //! Every row carries `source_partition` and `outbox_seq`, the relay's idempotency key.
 //!
 //! One function per table renders a row from its record, what the pipeline decided

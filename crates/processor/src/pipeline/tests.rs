@@ -1,6 +1,7 @@
 //! Pipeline tests on a real RocksDB in a temporary directory (no Kafka).
 
 use base64::Engine;
+use chrono::{TimeZone, Utc};
 use paydedup_event::{encode_json, Currency};
 use paydedup_state::StoreOptions;
 

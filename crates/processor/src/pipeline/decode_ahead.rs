@@ -1,0 +1,217 @@
+//! Decoding the next batch on a second thread while this one is processed.
+//!
+//! **Why.** Decoding a batch (JSON to a checked `PaymentEvent`, ~0.8 µs a record) is a
+//! quarter of the loop thread's time at 10 M payments, and the loop thread is what
+//! limits a run once the commit thread's fraud writes are pages (docs/benchmarks.md,
+//! twenty-sixth and twenty-seventh steps). Decoding depends on nothing the pipeline
+//! keeps, only on the record and the decode limits ([`RecordDecoder`]), so batch
+//! `n + 1` can be decoded while batch `n` is classified, scored and rendered.
+//!
+//! **What stays the same.** Records are processed in the order they were polled, each
+//! exactly once: a batch decoded ahead is the next one processed. It is not committed
+//! until it is processed, so a crash or an exit while it waits loses nothing (the
+//! next start resumes from the committed offsets). The caller only decodes ahead when
+//! the poll returned a full batch (more are waiting): a partial one is processed at
+//! once, with the one ahead of it first, so a quiet stream waits no extra turn.
+
+use std::ops::Range;
+
+use chrono::{DateTime, TimeZone, Utc};
+use paydedup_event::{decode, DecodeLimits, PaymentEvent, ValidationError};
+
+use super::{rows, InputRecord};
+
+/// What each record of a batch decoded to, in the batch's order.
+pub type Decoded = Vec<Result<PaymentEvent, ValidationError>>;
+
+/// Decodes records: the pipeline's decode limits, nothing of its state (so it can run
+/// on another thread while the pipeline works).
+#[derive(Debug, Clone)]
+pub struct RecordDecoder {
+    pub(super) limits: DecodeLimits,
+}
+
+impl RecordDecoder {
+    /// Every record of a batch, against the clock now.
+    pub fn decode(&self, records: &[InputRecord<'_>]) -> Decoded {
+        let now = Utc::now();
+        records.iter().map(|r| self.decode_one(r, now)).collect()
+    }
+
+    /// One record. `now` bounds the reference time a record without a usable Kafka
+    /// timestamp is judged against.
+    pub(super) fn decode_one(
+        &self,
+        r: &InputRecord<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<PaymentEvent, ValidationError> {
+        // Every value a row will carry must be representable there: a timestamp no
+        // TIMESTAMP column holds would make the sink reject the row (and its batch).
+        if r.timestamp_ms
+            .is_some_and(|ms| !rows::kafka_timestamp_fits(ms))
+        {
+            return Err(ValidationError::KafkaTimestampOutOfRange);
+        }
+        let reference = r
+            .timestamp_ms
+            .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+            .map_or(now, |t| t.min(now));
+        decode(r.payload, reference, &self.limits)
+    }
+
+    /// Runs `process` (of the batch decoded before) on this thread while `next` is
+    /// decoded on a second one; both results. `process` must not need `next`.
+    pub fn decode_while<R>(
+        &self,
+        next: &[InputRecord<'_>],
+        process: impl FnOnce() -> R,
+    ) -> (R, Decoded) {
+        std::thread::scope(|s| {
+            let decoding = std::thread::Builder::new()
+                .name("decode-ahead".into())
+                .spawn_scoped(s, || self.decode(next));
+            let processed = process();
+            let decoded = match decoding {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had: decoded here, after, as without the stage.
+                Err(_) => self.decode(next),
+            };
+            (processed, decoded)
+        })
+    }
+}
+
+/// A polled batch copied out of the consumer's buffers into one of its own, so that
+/// it can wait a turn (decoded ahead) after the consumer's messages are released.
+#[derive(Debug, Default)]
+pub struct InputBatch {
+    bytes: Vec<u8>,
+    records: Vec<RecordAt>,
+}
+
+/// One record of an [`InputBatch`]: its key and payload as ranges of the bytes.
+#[derive(Debug)]
+struct RecordAt {
+    partition: i32,
+    offset: i64,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+    timestamp_ms: Option<i64>,
+}
+
+impl InputBatch {
+    /// Copies `records` (one buffer for every key and payload).
+    pub fn copy(records: &[InputRecord<'_>]) -> InputBatch {
+        let len: usize = records
+            .iter()
+            .map(|r| r.payload.len() + r.key.map_or(0, <[u8]>::len))
+            .sum();
+        let mut bytes = Vec::with_capacity(len);
+        let mut put = |b: &[u8]| {
+            let start = bytes.len();
+            bytes.extend_from_slice(b);
+            start..bytes.len()
+        };
+        let records = records
+            .iter()
+            .map(|r| RecordAt {
+                partition: r.partition,
+                offset: r.offset,
+                key: r.key.map(&mut put),
+                payload: put(r.payload),
+                timestamp_ms: r.timestamp_ms,
+            })
+            .collect();
+        InputBatch { bytes, records }
+    }
+
+    /// The records, borrowed from the batch.
+    pub fn records(&self) -> Vec<InputRecord<'_>> {
+        self.records
+            .iter()
+            .map(|r| InputRecord {
+                partition: r.partition,
+                offset: r.offset,
+                key: r.key.clone().map(|k| &self.bytes[k]),
+                payload: &self.bytes[r.payload.clone()],
+                timestamp_ms: r.timestamp_ms,
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(offset: i64, key: Option<&'a [u8]>, payload: &'a [u8]) -> InputRecord<'a> {
+        InputRecord {
+            partition: (offset % 3) as i32,
+            offset,
+            key,
+            payload,
+            timestamp_ms: Some(1_700_000_000_000 + offset),
+        }
+    }
+
+    #[test]
+    fn a_copied_batch_gives_back_the_same_records() {
+        let payloads: Vec<Vec<u8>> = (0..5).map(|i| format!("{{\"n\":{i}}}").into()).collect();
+        let records: Vec<InputRecord<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| record(i as i64, (i % 2 == 0).then_some(b"k".as_slice()), p))
+            .collect();
+        let copy = InputBatch::copy(&records);
+        drop(records);
+        let back = copy.records();
+        assert_eq!(back.len(), 5);
+        for (i, r) in back.iter().enumerate() {
+            assert_eq!(r.offset, i as i64);
+            assert_eq!(r.partition, (i % 3) as i32);
+            assert_eq!(r.payload, payloads[i].as_slice());
+            assert_eq!(r.key, (i % 2 == 0).then_some(b"k".as_slice()));
+            assert_eq!(r.timestamp_ms, Some(1_700_000_000_000 + i as i64));
+        }
+        assert!(InputBatch::copy(&[]).is_empty());
+    }
+
+    /// Decoded on the second thread, a batch decodes to what it decodes to here, and
+    /// the work given to this thread runs meanwhile.
+    #[test]
+    fn decoding_ahead_equals_decoding_in_place() {
+        let good = paydedup_event::encode_json(&crate::pipeline::fixtures::payment("t1", 0, 100));
+        let payloads: Vec<&[u8]> = vec![&good, b"not json", &good[..good.len() - 1]];
+        let records: Vec<InputRecord<'_>> = payloads
+            .iter()
+            .enumerate()
+            // Without a Kafka timestamp: judged against the clock, which is past the
+            // payment's time.
+            .map(|(i, p)| InputRecord {
+                timestamp_ms: None,
+                ..record(i as i64, None, p)
+            })
+            .collect();
+        let decoder = RecordDecoder {
+            limits: DecodeLimits::default(),
+        };
+        let (ran, ahead) = decoder.decode_while(&records, || 42);
+        assert_eq!(ran, 42);
+        let here = decoder.decode(&records);
+        assert_eq!(ahead.len(), 3);
+        assert!(ahead[0].is_ok());
+        for (a, h) in ahead.iter().zip(&here) {
+            assert_eq!(format!("{a:?}"), format!("{h:?}"));
+        }
+    }
+}
