@@ -102,8 +102,6 @@ pub struct Processor {
 struct DecodedAhead {
     input: InputBatch,
     decoded: Decoded,
-    /// When it was polled: its latency counts from there.
-    polled: Instant,
 }
 
 impl Processor {
@@ -194,15 +192,19 @@ impl Processor {
 
     /// Polls and processes one batch, or handles an empty poll.
     fn turn(&mut self) -> anyhow::Result<Option<Exit>> {
-        let started = Instant::now();
         let s = &self.settings;
         let messages = self
             .source
             .poll_batch(s.batch_size, s.batch_timeout, &self.shutdown)?;
         let full = messages.len() >= s.batch_size;
-        // Copied out (~0.1 ms a batch of 5,000), so the consumer's messages are let go
+        // Copied into one buffer, so the consumer's messages are let go
         // and the batch can wait a turn.
-        let input = InputBatch::copy(&input_records(&messages));
+        let records = input_records(&messages);
+        // Seen when polled, as the idle check (`advance_idle_partitions`, between
+        // turns) must see it, not when processed a turn later.
+        self.activity.saw(&records);
+        let input = InputBatch::copy(&records);
+        drop(records);
         drop(messages);
         if !full {
             // Nothing more is waiting: no batch is decoded ahead of a partial one (a
@@ -210,10 +212,10 @@ impl Processor {
             let ahead = self.ahead.take();
             let had_ahead = ahead.is_some();
             if let Some(ahead) = ahead {
-                self.process(&ahead.input.records(), Some(ahead.decoded), ahead.polled)?;
+                self.process(&ahead.input.records(), Some(ahead.decoded))?;
             }
             if !input.is_empty() {
-                self.process(&input.records(), None, started)?;
+                self.process(&input.records(), None)?;
             } else if !had_ahead {
                 return self.on_empty_poll();
             }
@@ -227,34 +229,31 @@ impl Processor {
             None => decoder.decode(&records),
             Some(ahead) => {
                 let (processed, decoded) = decoder.decode_while(&records, || {
-                    self.process(&ahead.input.records(), Some(ahead.decoded), ahead.polled)
+                    self.process(&ahead.input.records(), Some(ahead.decoded))
                 });
                 processed?;
                 decoded
             }
         };
         drop(records);
-        self.ahead = Some(DecodedAhead {
-            input,
-            decoded,
-            polled: started,
-        });
+        self.ahead = Some(DecodedAhead { input, decoded });
         Ok(None)
     }
 
     /// Runs one batch through the pipeline (`decoded` when it was decoded ahead) and
-    /// hands it to the checkpoint step; `started` is when it was polled.
+    /// hands it to the checkpoint step. The batch's duration (a metric) counts from
+    /// here; a record's latency counts from its Kafka timestamp, the wait ahead
+    /// included.
     fn process(
         &mut self,
         records: &[InputRecord<'_>],
         decoded: Option<Decoded>,
-        started: Instant,
     ) -> anyhow::Result<()> {
+        let started = Instant::now();
         self.caught_up = false;
         // Every log line of this batch (pipeline, checkpoint) carries its size.
         let span = tracing::info_span!("batch", records = records.len());
         let _entered = span.enter();
-        self.activity.saw(records);
         let store = self.checkpoint.store();
         let (batch, stats) = match decoded {
             Some(decoded) => self.pipeline.process_decoded(records, decoded, store)?,

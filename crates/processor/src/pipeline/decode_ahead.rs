@@ -11,8 +11,13 @@
 //! exactly once: a batch decoded ahead is the next one processed. It is not committed
 //! until it is processed, so a crash or an exit while it waits loses nothing (the
 //! next start resumes from the committed offsets). The caller only decodes ahead when
-//! the poll returned a full batch (more are waiting): a partial one is processed at
-//! once, with the one ahead of it first, so a quiet stream waits no extra turn.
+//! the poll returned a full batch (more are likely waiting): a partial one is
+//! processed at once, with the one ahead of it first, so a quiet stream waits no extra
+//! turn. (A full batch followed by silence waits one poll, `--batch-timeout-ms`.)
+//!
+//! Not the same as decoding one batch on two threads (a helper for half of each
+//! batch, twenty-fifth step: no gain), which splits one batch's decode; here a whole
+//! batch's decode leaves the loop thread, overlapping the next step's work.
 
 use std::ops::Range;
 
@@ -38,8 +43,20 @@ impl RecordDecoder {
         records.iter().map(|r| self.decode_one(r, now)).collect()
     }
 
-    /// One record. `now` bounds the reference time a record without a usable Kafka
-    /// timestamp is judged against.
+    /// Decodes and validates one record.
+    ///
+    /// "Too far in the future" is judged against the record's Kafka timestamp, but
+    /// never against a time later than `now`, the processor's clock when the batch
+    /// was decoded: a producer whose clock says 2099 stamps both its timestamp and its event
+    /// time, and judged by its own clock such a record would move its partition's
+    /// watermark for good. A record without a timestamp is judged against `now`.
+    ///
+    /// NOTE: this is the one decision that reads the wall clock, and it stays
+    /// replay-safe: only a batch that was never committed is ever processed again (its
+    /// first verdict never left the process), and a later `now` only accepts more,
+    /// so a verdict the warehouse holds is never contradicted by a replay.
+    /// (A batch decoded ahead takes `now` a turn before it is processed: judged a
+    /// little earlier, never against a later clock than its own.)
     pub(super) fn decode_one(
         &self,
         r: &InputRecord<'_>,

@@ -282,7 +282,9 @@ impl Pipeline {
         store: &StateStore,
     ) -> Result<(StateBatch, BatchStats), StateError> {
         // 1. Everything decoded: fetch the state the batch needs in bulk.
-        debug_assert_eq!(records.len(), decoded.len());
+        // A caller's bug, never input: a shorter `decoded` would have the zip below
+        // skip records whose positions the batch still moves past.
+        assert_eq!(records.len(), decoded.len(), "one decode per record");
         let expiry = FraudExpiry {
             ttl_micros: store.fraud_ttl_micros(),
             horizon: self.fraud_horizon(),
@@ -335,18 +337,6 @@ impl Pipeline {
         Ok((batch, stats))
     }
 
-    /// Decodes and validates one record.
-    ///
-    /// "Too far in the future" is judged against the record's Kafka timestamp, but
-    /// never against a time later than `now`, the processor's clock when the batch
-    /// began: a producer whose clock says 2099 stamps both its timestamp and its event
-    /// time, and judged by its own clock such a record would move its partition's
-    /// watermark for good. A record without a timestamp is judged against `now`.
-    ///
-    /// NOTE: this is the one decision that reads the wall clock, and it stays
-    /// replay-safe: only a batch that was never committed is ever processed again (its
-    /// first verdict never left the process), and a later `now` only accepts more,
-    /// so a verdict the warehouse holds is never contradicted by a replay.
     /// What decodes this pipeline's records (for a batch decoded ahead, on another
     /// thread: `decode_ahead`).
     pub fn decoder(&self) -> RecordDecoder {
