@@ -30,15 +30,7 @@ fn sigkill_at_random_moments_changes_nothing() {
         "20",
     ];
 
-    let reference = dir.path().join("reference");
-    process_to_end(
-        &broker,
-        "payments",
-        &dir.path().join("state-ref"),
-        &reference,
-        &tuning,
-    );
-    assert_matches_manifest(&reference, &manifest);
+    let reference = reference_run(&broker, "payments", dir.path(), &tuning, &manifest);
 
     let crashed = dir.path().join("crashed");
     let state = dir.path().join("state-crash");
@@ -109,15 +101,7 @@ fn a_kill_in_a_fraud_log_fold_changes_no_score() {
     // 300 commits: several folds of 64 pages each.
     let tuning = ["--batch-size", "100", "--batch-timeout-ms", "20"];
 
-    let reference = dir.path().join("reference");
-    process_to_end(
-        &broker,
-        "payments",
-        &dir.path().join("state-ref"),
-        &reference,
-        &tuning,
-    );
-    assert_matches_manifest(&reference, &manifest);
+    let reference = reference_run(&broker, "payments", dir.path(), &tuning, &manifest);
     let total = manifest["totals"]["records"].as_i64().unwrap();
 
     for point in ["fraud_log.before_ingest", "fraud_log.after_ingest"] {

@@ -76,15 +76,7 @@ fn a_lost_volume_is_restored_from_the_sink_and_the_output_stays_exact() {
         "--batch-timeout-ms",
         "20",
     ];
-    let reference = dir.path().join("reference");
-    process_to_end(
-        &broker,
-        "payments",
-        &dir.path().join("state-ref"),
-        &reference,
-        &tuning,
-    );
-    assert_matches_manifest(&reference, &manifest);
+    let reference = reference_run(&broker, "payments", dir.path(), &tuning, &manifest);
 
     let out = dir.path().join("restored");
     let state = dir.path().join("state");

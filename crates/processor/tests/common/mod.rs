@@ -90,6 +90,21 @@ pub fn processor_command(
     c
 }
 
+/// An uninterrupted run to the end, output in `dir/reference` (state in
+/// `dir/state-ref`), checked against the manifest: what a faulted run must equal.
+pub fn reference_run(
+    broker: &Broker,
+    topic: &str,
+    dir: &Path,
+    tuning: &[&str],
+    manifest: &Value,
+) -> PathBuf {
+    let reference = dir.join("reference");
+    process_to_end(broker, topic, &dir.join("state-ref"), &reference, tuning);
+    assert_matches_manifest(&reference, manifest);
+    reference
+}
+
 /// Runs the processor until it has consumed and delivered everything (and drained).
 pub fn process_to_end(
     broker: &Broker,
