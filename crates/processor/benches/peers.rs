@@ -40,7 +40,9 @@ use paydedup_fraud::FraudConfig;
 use paydedup_processor::checkpoint::{stamp_watermarks, Checkpoint};
 use paydedup_processor::commit_queue::CommitQueue;
 use paydedup_processor::metrics::Metrics;
-use paydedup_processor::pipeline::{Decoded, InputRecord, Pipeline, PipelineConfig};
+use paydedup_processor::pipeline::{
+    DecodeThread, Decoded, InputBatch, InputRecord, Pipeline, PipelineConfig,
+};
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
@@ -259,6 +261,7 @@ fn main() {
     // Decoded ahead, as the processor's loop decodes a full batch while the one before
     // it is processed (`pipeline::decode_ahead`).
     let decoder = pipeline.decoder();
+    let decode_thread = DecodeThread::spawn(decoder.clone()).unwrap();
     let mut flush =
         |records: &[InputRecord<'_>], decoded: Decoded, latencies: &mut Vec<Duration>| {
             if records.is_empty() {
@@ -330,21 +333,21 @@ fn main() {
             })
             .unwrap()
     };
-    let mut ahead: Option<(InputLines, Decoded)> = None;
+    let mut ahead: Option<(Arc<InputBatch>, Decoded)> = None;
     for lines in input {
         events += lines.len() as u64;
-        let next = InputLines::at_offsets(lines, &mut offsets);
-        let next_records = next.records();
+        // Copied into one buffer, as the processor copies a polled batch.
+        let next = Arc::new(InputBatch::copy(
+            &InputLines::at_offsets(lines, &mut offsets).records(),
+        ));
         let decoded = match ahead.take() {
-            None => decoder.decode(&next_records),
+            None => decoder.decode(&next.records()),
             Some((before, decoded)) => {
-                let records = before.records();
-                decoder
-                    .decode_while(&next_records, || flush(&records, decoded, &mut latencies))
-                    .1
+                decode_thread.start(next.clone()).unwrap();
+                flush(&before.records(), decoded, &mut latencies);
+                decode_thread.finish().unwrap()
             }
         };
-        drop(next_records);
         ahead = Some((next, decoded));
     }
     if let Some((last, decoded)) = ahead.take() {

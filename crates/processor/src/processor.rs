@@ -2,15 +2,16 @@
 //!
 //! One turn of the loop: check for a shutdown or a failed relay, apply backpressure,
 //! poll a batch, run it through the [`Pipeline`], and hand the result to the
-//! [`Checkpoint`] step. Under load (a full batch polled) the batch is decoded on a
-//! second thread while the one polled before it is processed, and is processed the
+//! [`Checkpoint`] step. Under load (a full batch polled) the batch is decoded on the
+//! decode thread while the one polled before it is processed, and is processed the
 //! next turn (`pipeline::decode_ahead`). A turn with no records checks whether a bounded run is done,
 //! and publishes progress. Nothing here decides anything about a payment: that is the
 //! pipeline's job; this file only moves batches and time along.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
+use anyhow::{anyhow, Context};
 use paydedup_state::StateBatch;
 
 use crate::activity::PartitionActivity;
@@ -22,7 +23,7 @@ use crate::metrics::events::{
     IdlePartitionsAdvanced, PartitionProgressed, WindowsDrained,
 };
 use crate::metrics::Metrics;
-use crate::pipeline::{BatchStats, Decoded, InputBatch, InputRecord, Pipeline};
+use crate::pipeline::{BatchStats, DecodeThread, Decoded, InputBatch, InputRecord, Pipeline};
 use crate::shutdown::Shutdown;
 use crate::topology::InstanceCount;
 
@@ -95,12 +96,14 @@ pub struct Processor {
     caught_up: bool,
     /// A full batch polled and decoded, processed next turn (`turn`).
     ahead: Option<DecodedAhead>,
+    /// Decodes the full batches ahead (started at the first).
+    decode_thread: Option<DecodeThread>,
 }
 
 /// A batch decoded ahead of its turn (`pipeline::decode_ahead`): not processed, so not
 /// committed; an exit while it waits leaves its records to the next start.
 struct DecodedAhead {
-    input: InputBatch,
+    input: Arc<InputBatch>,
     decoded: Decoded,
 }
 
@@ -129,6 +132,7 @@ impl Processor {
             last_topology_check: Instant::now(),
             caught_up: false,
             ahead: None,
+            decode_thread: None,
         }
     }
 
@@ -221,21 +225,26 @@ impl Processor {
             }
             return Ok(None);
         }
-        // A full batch: decoded on a second thread while the one decoded ahead of it
+        // A full batch: decoded on the decode thread while the one decoded ahead of it
         // is processed here (`pipeline::decode_ahead`), then it waits a turn.
-        let decoder = self.pipeline.decoder();
-        let records = input.records();
+        let input = Arc::new(input);
         let decoded = match self.ahead.take() {
-            None => decoder.decode(&records),
+            None => self.pipeline.decoder().decode(&input.records()),
             Some(ahead) => {
-                let (processed, decoded) = decoder.decode_while(&records, || {
-                    self.process(&ahead.input.records(), Some(ahead.decoded))
-                });
+                let thread = match self.decode_thread.take() {
+                    Some(thread) => thread,
+                    None => DecodeThread::spawn(self.pipeline.decoder())
+                        .context("starting the decode-ahead thread")?,
+                };
+                thread.start(input.clone())?;
+                let processed = self.process(&ahead.input.records(), Some(ahead.decoded));
+                // Taken back before any error goes up: the thread is then idle.
+                let decoded = thread.finish()?;
+                self.decode_thread = Some(thread);
                 processed?;
                 decoded
             }
         };
-        drop(records);
         self.ahead = Some(DecodedAhead { input, decoded });
         Ok(None)
     }

@@ -40,7 +40,7 @@ use paydedup_fraud::FraudConfig;
 use paydedup_state::keys::{parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
 
-pub use decode_ahead::{Decoded, InputBatch, RecordDecoder};
+pub use decode_ahead::{DecodeThread, Decoded, InputBatch, RecordDecoder};
 use outcome::{classify, Outcome};
 pub use prefetch::COMMITS_IN_FLIGHT;
 use prefetch::{BatchState, FraudExpiry, InFlight};
