@@ -1,4 +1,4 @@
-//! Decoding the next batch on a second thread while this one is processed.
+//! Decoding the next batch on the decode thread while this one is processed.
 //!
 //! **Why.** Decoding a batch (JSON to a checked `PaymentEvent`, ~0.8 µs a record) is a
 //! quarter of the loop thread's time at 10 M payments, and the loop thread is what
