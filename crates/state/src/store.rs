@@ -285,7 +285,7 @@ fn cf_options(
         CF_DEDUP_PAGES | CF_FRAUD_LOG => {
             // Written once, read back only at open (and the fraud log's once more by
             // its fold), deleted whole: kept in blob files,
-            // which compactions do not rewrite (the keys, 12 bytes a page, are all
+            // which compactions do not rewrite (the keys, 8 or 12 bytes a page, are all
             // they move), as for the outbox's pages.
             o.set_write_buffer_size(16 << 20);
             o.set_enable_blob_files(true);

@@ -81,9 +81,10 @@ impl RecordDecoder {
 }
 
 /// The thread that decodes batches ahead: one for the loop's life, not one a batch
-/// (a thread per batch left each one's allocator pages behind, ~20–40 MiB more peak
-/// RSS at 10 M). [`DecodeThread::start`] hands it a batch, [`DecodeThread::finish`]
-/// waits for what it decoded to.
+/// (a thread spawned per batch measured no faster and its peak RSS no lower,
+/// docs/benchmarks.md, twenty-seventh step; this one spawns nothing per batch).
+/// [`DecodeThread::start`] hands it a batch, [`DecodeThread::finish`] waits for what
+/// it decoded to.
 pub struct DecodeThread {
     batches: Option<SyncSender<Arc<InputBatch>>>,
     decoded: Receiver<Decoded>,
