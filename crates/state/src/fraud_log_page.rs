@@ -31,6 +31,29 @@ pub fn push(page: &mut Vec<u8>, key: &[u8], value: &[u8]) {
 /// that is not whole entries is an error (RocksDB checksums what it stores, so that is
 /// a bug or a foreign write, never a torn write).
 pub fn entries(page: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), StateError>> {
+    spans(page).map(|span| {
+        span.map(|s| {
+            let value_at = s.key_at + s.key_len;
+            (
+                &page[s.key_at..value_at],
+                &page[value_at..value_at + s.value_len],
+            )
+        })
+    })
+}
+
+/// Where one entry's key and value lie in its page: the key at `key_at`, the value
+/// right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub key_at: usize,
+    pub key_len: usize,
+    pub value_len: usize,
+}
+
+/// [`entries`] as positions in the page (for a caller that keeps many pages in one
+/// buffer and refers to their entries by position).
+pub fn spans(page: &[u8]) -> impl Iterator<Item = Result<Span, StateError>> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         if at == page.len() {
@@ -44,21 +67,18 @@ pub fn entries(page: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), State
             at = page.len();
             return Some(Err(bad));
         };
-        let key_len = usize::from(header[0]);
-        let value_len = usize::from(u16::from_le_bytes([header[1], header[2]]));
-        let key_at = at + HEADER;
-        let value_at = key_at + key_len;
-        let end = value_at + value_len;
-        match (page.get(key_at..value_at), page.get(value_at..end)) {
-            (Some(key), Some(value)) => {
-                at = end;
-                Some(Ok((key, value)))
-            }
-            _ => {
-                at = page.len();
-                Some(Err(bad))
-            }
+        let span = Span {
+            key_at: at + HEADER,
+            key_len: usize::from(header[0]),
+            value_len: usize::from(u16::from_le_bytes([header[1], header[2]])),
+        };
+        let end = span.key_at + span.key_len + span.value_len;
+        if end > page.len() {
+            at = page.len();
+            return Some(Err(bad));
         }
+        at = end;
+        Some(Ok(span))
     })
 }
 

@@ -25,12 +25,38 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, TimeZone, Utc};
-use paydedup_event::{decode, DecodeLimits, PaymentEvent, ValidationError};
+use paydedup_event::{content_hash, decode, DecodeLimits, PaymentEvent, ValidationError};
 
 use super::{rows, InputRecord};
 
-/// What each record of a batch decoded to, in the batch's order.
-pub type Decoded = Vec<Result<PaymentEvent, ValidationError>>;
+/// What the records of a batch decoded to, and what else depends on nothing but a
+/// record (so it is worked out where the record was just decoded).
+///
+/// Why the rest is here: the loop thread first touches a record's bytes and its
+/// event's strings when it uses them, and they were written on another core; checking
+/// the Kafka key against the transaction id and hashing the event's content there
+/// missed the cache on each record (~2.2 s of the loop thread's ~29 s a 10 M run,
+/// docs/benchmarks.md, twenty-eighth step). On the decode thread they are in the cache.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// What each record decoded to, in the batch's order.
+    pub events: Vec<Result<PaymentEvent, ValidationError>>,
+    /// Each record's content hash (`paydedup_event::content_hash`); 0 for an invalid
+    /// one.
+    pub hashes: Vec<u128>,
+    /// How many valid records' Kafka key is not their transaction id.
+    pub key_mismatches: u64,
+}
+
+impl Decoded {
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
 
 /// Decodes records: the pipeline's decode limits, nothing of its state (so it can run
 /// on another thread while the pipeline works).
@@ -43,7 +69,26 @@ impl RecordDecoder {
     /// Every record of a batch, against the clock now.
     pub fn decode(&self, records: &[InputRecord<'_>]) -> Decoded {
         let now = Utc::now();
-        records.iter().map(|r| self.decode_one(r, now)).collect()
+        let mut d = Decoded {
+            events: Vec::with_capacity(records.len()),
+            hashes: Vec::with_capacity(records.len()),
+            key_mismatches: 0,
+        };
+        for r in records {
+            let event = self.decode_one(r, now);
+            let hash = match &event {
+                Ok(e) => {
+                    if r.key != Some(e.transaction_id.as_str().as_bytes()) {
+                        d.key_mismatches += 1;
+                    }
+                    content_hash(e).0
+                }
+                Err(_) => 0,
+            };
+            d.events.push(event);
+            d.hashes.push(hash);
+        }
+        d
     }
 
     /// Decodes and validates one record.
@@ -264,7 +309,7 @@ mod tests {
         };
         let thread = DecodeThread::spawn(decoder.clone()).unwrap();
         let batch = Arc::new(InputBatch::copy(&records));
-        let mut ahead = Vec::new();
+        let mut ahead = Decoded::default();
         for _ in 0..3 {
             thread.start(batch.clone()).unwrap();
             ahead = thread.finish().unwrap();
@@ -272,9 +317,36 @@ mod tests {
         drop(thread);
         let here = decoder.decode(&records);
         assert_eq!(ahead.len(), 3);
-        assert!(ahead[0].is_ok());
-        for (a, h) in ahead.iter().zip(&here) {
-            assert_eq!(format!("{a:?}"), format!("{h:?}"));
+        assert!(ahead.events[0].is_ok());
+        assert_eq!(format!("{ahead:?}"), format!("{here:?}"));
+    }
+
+    /// The hash is the event's content hash (0 for an invalid record), and a valid
+    /// record counts as a key mismatch unless its key is its transaction id.
+    #[test]
+    fn hashes_and_key_mismatches_are_worked_out_with_the_decode() {
+        let event = crate::pipeline::fixtures::payment("t1", 0, 100);
+        let good = paydedup_event::encode_json(&event);
+        let records: Vec<InputRecord<'_>> = [
+            (Some(b"t1".as_slice()), good.as_slice()),
+            (Some(b"t2".as_slice()), good.as_slice()),
+            (None, good.as_slice()),
+            (Some(b"t1".as_slice()), b"not json".as_slice()),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, payload))| InputRecord {
+            timestamp_ms: None,
+            ..record(i as i64, key, payload)
+        })
+        .collect();
+        let d = RecordDecoder {
+            limits: DecodeLimits::default(),
         }
+        .decode(&records);
+        let hash = content_hash(&event).0;
+        assert_ne!(hash, 0);
+        assert_eq!(d.hashes, vec![hash, hash, hash, 0]);
+        assert_eq!(d.key_mismatches, 2, "a wrong key and no key; not the invalid record");
     }
 }

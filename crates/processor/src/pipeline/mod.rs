@@ -141,15 +141,11 @@ const SPARE_ROW_MAX_BYTES: usize = 1024;
 type WindowKey = (i32, i64, &'static str);
 
 impl BatchStats {
-    /// Counts one record's outcome (fraud flags are counted where they are scored).
+    /// Counts one record's outcome (fraud flags are counted where they are scored; key
+    /// mismatches where the batch was decoded).
     fn count(&mut self, r: &InputRecord<'_>, outcome: &Outcome<'_>) {
         self.records += 1;
         self.kafka_timestamps_ms.extend(r.timestamp_ms);
-        if let Some(event) = outcome.event() {
-            if r.key != Some(event.transaction_id.as_str().as_bytes()) {
-                self.key_mismatch += 1;
-            }
-        }
         match outcome {
             Outcome::Invalid { error } => {
                 self.invalid += 1;
@@ -285,25 +281,30 @@ impl Pipeline {
         // A caller's bug, never input: a shorter `decoded` would have the zip below
         // skip records whose positions the batch still moves past.
         assert_eq!(records.len(), decoded.len(), "one decode per record");
+        assert_eq!(decoded.hashes.len(), decoded.len(), "one hash per record");
         let expiry = FraudExpiry {
             ttl_micros: store.fraud_ttl_micros(),
             horizon: self.fraud_horizon(),
         };
-        let mut state = BatchState::read(&decoded, &self.in_flight, store, expiry)?;
-        let mut stats = BatchStats::default();
+        let mut state = BatchState::read(&decoded.events, &self.in_flight, store, expiry)?;
+        let mut stats = BatchStats {
+            key_mismatch: decoded.key_mismatches,
+            ..BatchStats::default()
+        };
         // Per record, about: a dedup entry (16 + 36 bytes), a card (~18 + 40) and a
         // customer (~11 + 20).
         let mut batch = StateBatch::with_capacity(3 * records.len(), 160 * records.len());
 
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();
-        for (i, (r, d)) in records.iter().zip(&decoded).enumerate() {
+        let each = records.iter().zip(&decoded.events).zip(&decoded.hashes);
+        for (i, ((r, d), &hash)) in each.enumerate() {
             // A record whose row the sink already holds (a restored state replaying
             // past its position) has its state effects, not its row.
             let landed = self.take_landed(r, &mut batch);
             let (table, seq, row) = self.record(
                 r,
-                (i, d),
+                (i, d, hash),
                 landed.is_none(),
                 &mut state,
                 &mut windows_touched,
@@ -351,9 +352,9 @@ impl Pipeline {
     fn record<'a>(
         &mut self,
         r: &InputRecord<'_>,
-        // The record's index in the batch (where `state` keeps its state) and what it
-        // decoded to.
-        (index, decoded): (usize, &'a Result<PaymentEvent, ValidationError>),
+        // The record's index in the batch (where `state` keeps its state), what it
+        // decoded to and its content hash.
+        (index, decoded, hash): (usize, &'a Result<PaymentEvent, ValidationError>, u128),
         send: bool,
         state: &mut BatchState<'a>,
         touched: &mut BTreeSet<WindowKey>,
@@ -364,7 +365,7 @@ impl Pipeline {
         progress.next_offset = Some(r.offset + 1);
         let wm = watermark::watermark(progress.max_event_micros, self.cfg.allowed_lateness_micros);
         let existing = state.dedup_entry(index);
-        let outcome = classify(decoded, existing, wm, self.cfg.retention_micros);
+        let outcome = classify(decoded, hash, existing, wm, self.cfg.retention_micros);
         stats.count(r, &outcome);
         let table = outcome.table();
         let seq = if send {

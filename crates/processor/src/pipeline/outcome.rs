@@ -16,7 +16,7 @@
 //! (the dedup entry and the watermark), so it needs no store: applying the outcome's
 //! state effects and rendering its row are the caller's next steps.
 
-use paydedup_event::{content_hash, PaymentEvent, ValidationError};
+use paydedup_event::{PaymentEvent, ValidationError};
 use paydedup_state::{DedupEntry, Table};
 
 use super::dedupe::{self, DedupDecision};
@@ -79,10 +79,11 @@ impl<'a> Outcome<'a> {
 /// its partition's watermark before the record. Expired entries count as absent
 /// ([`dedupe::alive`]), so the answer never depends on compaction timing.
 ///
-/// The content hash is computed for on-time records only: a late or invalid record
-/// never needs it.
+/// `hash` is the event's content hash (`paydedup_event::content_hash`; anything for an
+/// invalid record), worked out where the record was decoded (`decode_ahead::Decoded`).
 pub fn classify(
     decoded: &Result<PaymentEvent, ValidationError>,
+    hash: u128,
     existing: Option<DedupEntry>,
     watermark: Option<i64>,
     retention_micros: i64,
@@ -100,7 +101,6 @@ pub fn classify(
             key_known: dedupe::alive(existing, watermark, retention_micros).is_some(),
         };
     }
-    let hash = content_hash(event).0;
     match dedupe::decide(existing, hash, watermark, retention_micros) {
         DedupDecision::Unique => Outcome::Unique { event, hash },
         DedupDecision::Duplicate { first } => Outcome::Duplicate { event, hash, first },
@@ -112,8 +112,20 @@ pub fn classify(
 mod tests {
     use super::super::fixtures::payment;
     use super::*;
+    use paydedup_event::content_hash;
 
     const RETENTION: i64 = 3_600_000_000;
+
+    /// [`classify`] with the event's content hash, as the decode works it out.
+    fn classify_event(
+        d: &Result<PaymentEvent, ValidationError>,
+        existing: Option<DedupEntry>,
+        watermark: Option<i64>,
+        retention_micros: i64,
+    ) -> Outcome<'_> {
+        let hash = d.as_ref().map_or(0, |e| content_hash(e).0);
+        classify(d, hash, existing, watermark, retention_micros)
+    }
 
     fn event(amount_minor: i64) -> PaymentEvent {
         payment("tx-1", 0, amount_minor)
@@ -132,7 +144,7 @@ mod tests {
     #[test]
     fn invalid_records_go_to_processing_errors() {
         let d = Err(ValidationError::NotAnObject);
-        let o = classify(&d, None, Some(0), RETENTION);
+        let o = classify_event(&d, None, Some(0), RETENTION);
         assert_eq!(
             o,
             Outcome::Invalid {
@@ -148,10 +160,10 @@ mod tests {
         let d = Ok(event(100));
         let t = event(100).event_time_micros();
         // Exactly at the watermark: on time.
-        let o = classify(&d, None, Some(t), RETENTION);
+        let o = classify_event(&d, None, Some(t), RETENTION);
         assert!(matches!(o, Outcome::Unique { .. }));
         // One microsecond after the event: late, with the watermark it missed.
-        let o = classify(&d, None, Some(t + 1), RETENTION);
+        let o = classify_event(&d, None, Some(t + 1), RETENTION);
         assert!(matches!(
             o,
             Outcome::Late {
@@ -170,7 +182,7 @@ mod tests {
         let d = Ok(e.clone());
         let t = e.event_time_micros();
         let wm = t + 1;
-        let known = |existing| match classify(&d, existing, Some(wm), RETENTION) {
+        let known = |existing| match classify_event(&d, existing, Some(wm), RETENTION) {
             Outcome::Late { key_known, .. } => key_known,
             other => panic!("expected late, got {other:?}"),
         };
@@ -190,10 +202,10 @@ mod tests {
         let t = e.event_time_micros();
         let hash = content_hash(&e).0;
         let unique = Outcome::Unique { event: &e, hash };
-        assert_eq!(classify(&d, None, Some(t), RETENTION), unique);
-        assert_eq!(classify(&d, None, None, RETENTION), unique);
+        assert_eq!(classify_event(&d, None, Some(t), RETENTION), unique);
+        assert_eq!(classify_event(&d, None, None, RETENTION), unique);
         let expired = entry_of(&e, t - RETENTION - 1);
-        assert_eq!(classify(&d, Some(expired), Some(t), RETENTION), unique);
+        assert_eq!(classify_event(&d, Some(expired), Some(t), RETENTION), unique);
         assert_eq!(unique.table(), Table::Payments);
     }
 
@@ -203,7 +215,7 @@ mod tests {
         let d = Ok(e.clone());
         let t = e.event_time_micros();
         let first = entry_of(&e, t - 1_000_000);
-        let o = classify(&d, Some(first), Some(t), RETENTION);
+        let o = classify_event(&d, Some(first), Some(t), RETENTION);
         let hash = content_hash(&e).0;
         assert_eq!(
             o,
@@ -222,7 +234,7 @@ mod tests {
         let d = Ok(e.clone());
         let t = e.event_time_micros();
         let first = entry_of(&event(100), t - 1_000_000);
-        let o = classify(&d, Some(first), Some(t), RETENTION);
+        let o = classify_event(&d, Some(first), Some(t), RETENTION);
         let hash = content_hash(&e).0;
         assert_ne!(hash, first.content_hash);
         assert_eq!(
@@ -243,10 +255,10 @@ mod tests {
         // However old the event and the entry, a partition without a watermark (before
         // its first valid event) judges neither late nor expired.
         let first = entry_of(&e, i64::MIN);
-        let o = classify(&d, Some(first), None, RETENTION);
+        let o = classify_event(&d, Some(first), None, RETENTION);
         assert!(matches!(o, Outcome::Duplicate { .. }));
         assert!(matches!(
-            classify(&d, None, None, RETENTION),
+            classify_event(&d, None, None, RETENTION),
             Outcome::Unique { .. }
         ));
     }

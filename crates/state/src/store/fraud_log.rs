@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use rocksdb::{
-    DBCompressionType, Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions,
+    DBCompressionType, IngestExternalFileOptions, IteratorMode, Options, ReadOptions,
     SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 
@@ -70,6 +70,8 @@ pub(super) struct FraudLog {
     running: Option<RunningFold>,
     /// The folds done since the open.
     totals: FoldTotals,
+    /// The fold's buffers, between folds (a running fold has them).
+    buffers: FoldBuffers,
     /// **Test double** for a crash between a fold's ingest and its pages' deletion
     /// (which the fail point `FOLD_AFTER_INGEST` makes for real, killing the process):
     /// folds leave their pages behind.
@@ -80,7 +82,8 @@ pub(super) struct FraudLog {
 #[derive(Debug)]
 struct RunningFold {
     to: u64,
-    handle: JoinHandle<Result<FoldTotals, StateError>>,
+    /// The fold's buffers come back with its outcome.
+    handle: JoinHandle<(FoldBuffers, Result<FoldTotals, StateError>)>,
 }
 
 /// What folds did: one fold's (`folds` = 1), or all a store has done since it opened
@@ -119,10 +122,12 @@ impl FraudLog {
             self.running = Some(running);
             return Ok(());
         }
-        let report = running
+        let (buffers, report) = running
             .handle
             .join()
-            .map_err(|_| StateError::Rocks("the fraud log's fold thread panicked".into()))??;
+            .map_err(|_| StateError::Rocks("the fraud log's fold thread panicked".into()))?;
+        self.buffers = buffers;
+        let report = report?;
         self.first_unfolded = running.to;
         self.count(&report, "background");
         Ok(())
@@ -224,9 +229,13 @@ impl StateStore {
         let (db, path) = (self.db.clone(), self.path.clone());
         let (from, to) = (log.first_unfolded, log.next);
         let delete = log.deletes_folded_pages();
+        let mut buffers = std::mem::take(&mut log.buffers);
         let handle = std::thread::Builder::new()
             .name("fraud-fold".into())
-            .spawn(move || fold(&db, &path, from, to, delete))
+            .spawn(move || {
+                let report = fold(&db, &path, (from, to), delete, &mut buffers);
+                (buffers, report)
+            })
             .map_err(|e| StateError::Rocks(format!("starting the fraud log's fold: {e}")))?;
         log.running = Some(RunningFold { to, handle });
         Ok(())
@@ -256,7 +265,11 @@ impl StateStore {
         log.reap(true)?;
         if log.first_unfolded < log.next {
             let delete = log.deletes_folded_pages();
-            let report = fold(&self.db, &self.path, log.first_unfolded, log.next, delete)?;
+            let pages = (log.first_unfolded, log.next);
+            let mut buffers = std::mem::take(&mut log.buffers);
+            let report = fold(&self.db, &self.path, pages, delete, &mut buffers);
+            log.buffers = buffers;
+            let report = report?;
             log.first_unfolded = log.next;
             log.count(&report, "settled");
         }
@@ -345,54 +358,105 @@ pub(super) fn page_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()
 }
 
-/// One put of a page: (key, value).
-type Change<'p> = (&'p [u8], &'p [u8]);
+/// The buffers a fold works in, kept from one fold to the next.
+///
+/// Why: allocated afresh, their ~50 MB were new memory every fold, which the kernel
+/// zeroes page by page as it is first touched: 2.3 s of a 10 M run's CPU, a third of
+/// the fold thread's (docs/benchmarks.md, twenty-eighth step). Kept, they are written
+/// over.
+#[derive(Debug, Default)]
+pub(super) struct FoldBuffers {
+    /// The pages read, back to back.
+    bytes: Vec<u8>,
+    /// Each change of the pages, in the order made: where it lies in `bytes`.
+    changes: Vec<fraud_log_page::Span>,
+    /// (the key's first 16 bytes as a number, index into `changes`), sorted by key.
+    order: Vec<(u128, u32)>,
+}
 
-/// The newest change of each key among `pages` (oldest page first), sorted by key:
-/// what one fold writes; and how many changes the pages held.
-fn newest_by_key(pages: &[Box<[u8]>]) -> Result<(Vec<Change<'_>>, usize), StateError> {
-    let mut changes: Vec<(&[u8], &[u8])> = Vec::new();
-    for page in pages {
-        for entry in fraud_log_page::entries(page) {
-            changes.push(entry?);
-        }
+impl FoldBuffers {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.changes.clear();
+        self.order.clear();
     }
-    // Sorted by key, the changes of one key in the order they were made, then the last
-    // of each run of one key kept. The sort compares the keys' first 16 bytes as one
-    // number (zero-padded: the same order as comparing the bytes, a tie going to the
-    // whole keys): a sort of slices chasing pointers into the pages took about twice
-    // the fold's time (docs/benchmarks.md, twenty-sixth step).
-    let prefix = |k: &[u8]| {
-        let mut p = [0u8; 16];
-        let n = k.len().min(16);
-        p[..n].copy_from_slice(&k[..n]);
-        u128::from_be_bytes(p)
-    };
-    let mut order: Vec<(u128, u32)> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, (k, _))| (prefix(k), i as u32))
-        .collect();
-    order.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| changes[a.1 as usize].0.cmp(changes[b.1 as usize].0))
-            .then(a.1.cmp(&b.1))
-    });
-    let mut out: Vec<(&[u8], &[u8])> = Vec::with_capacity(order.len());
-    for (_, i) in order {
-        let (key, value) = changes[i as usize];
-        match out.last_mut() {
-            Some(last) if last.0 == key => *last = (key, value),
-            _ => out.push((key, value)),
+
+    /// Adds a page's changes after those of the pages added before it (which are
+    /// older).
+    fn add_page(&mut self, page: &[u8]) -> Result<(), StateError> {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(page);
+        for span in fraud_log_page::spans(page) {
+            let span = span?;
+            self.changes.push(fraud_log_page::Span {
+                key_at: base + span.key_at,
+                ..span
+            });
         }
+        Ok(())
     }
-    Ok((out, changes.len()))
+
+    fn key(&self, change: u32) -> &[u8] {
+        let s = self.changes[change as usize];
+        &self.bytes[s.key_at..s.key_at + s.key_len]
+    }
+
+    fn change(&self, change: u32) -> (&[u8], &[u8]) {
+        let s = self.changes[change as usize];
+        let value_at = s.key_at + s.key_len;
+        (
+            &self.bytes[s.key_at..value_at],
+            &self.bytes[value_at..value_at + s.value_len],
+        )
+    }
+
+    /// The newest change of each key among the pages added, in key order: what one fold
+    /// writes.
+    fn newest_by_key(&mut self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        // Sorted by key, the changes of one key in the order they were made, then the
+        // last of each run of one key kept. The sort compares the keys' first 16 bytes
+        // as one number (zero-padded: the same order as comparing the bytes, a tie
+        // going to the whole keys): a sort of slices chasing pointers into the pages
+        // took about twice the fold's time (docs/benchmarks.md, twenty-sixth step).
+        let prefix = |k: &[u8]| {
+            let mut p = [0u8; 16];
+            let n = k.len().min(16);
+            p[..n].copy_from_slice(&k[..n]);
+            u128::from_be_bytes(p)
+        };
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend((0..self.changes.len() as u32).map(|i| (prefix(self.key(i)), i)));
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.key(a.1).cmp(self.key(b.1)))
+                .then(a.1.cmp(&b.1))
+        });
+        self.order = order;
+        let this = &*self;
+        let newest = move |n: usize| match this.order.get(n + 1) {
+            None => true,
+            Some(next) => {
+                let here = this.order[n];
+                next.0 != here.0 || this.key(next.1) != this.key(here.1)
+            }
+        };
+        (0..this.order.len())
+            .filter(move |&n| newest(n))
+            .map(move |n| this.change(this.order[n].1))
+    }
 }
 
 /// Folds pages `[from, to)` into `fraud`: their newest change of each key written as
 /// one SST file, ingested, then the pages deleted (synced, see the module docs;
 /// `delete` is false only for a test's stand-in for a crash before the deletion).
-fn fold(db: &DB, path: &Path, from: u64, to: u64, delete: bool) -> Result<FoldTotals, StateError> {
+fn fold(
+    db: &DB,
+    path: &Path,
+    (from, to): (u64, u64),
+    delete: bool,
+    buffers: &mut FoldBuffers,
+) -> Result<FoldTotals, StateError> {
     let started = std::time::Instant::now();
     let rocks = |e| StateError::from_rocks(e, path);
     let log_cf = super::column_family(db, path, CF_FRAUD_LOG)?;
@@ -400,13 +464,18 @@ fn fold(db: &DB, path: &Path, from: u64, to: u64, delete: bool) -> Result<FoldTo
     let mut ro = ReadOptions::default();
     ro.fill_cache(false);
     ro.set_iterate_upper_bound(page_key(to).to_vec());
-    let start = page_key(from);
-    let mut pages = Vec::new();
-    for item in db.iterator_cf_opt(log_cf, ro, IteratorMode::From(&start, Direction::Forward)) {
-        pages.push(item.map_err(rocks)?.1);
+    buffers.clear();
+    let mut pages = db.raw_iterator_cf_opt(log_cf, ro);
+    pages.seek(page_key(from));
+    while let Some(page) = pages.value() {
+        buffers.add_page(page)?;
+        pages.next();
     }
-    let (newest, changes) = newest_by_key(&pages)?;
-    if !newest.is_empty() {
+    pages.status().map_err(rocks)?;
+    drop(pages);
+    let changes = buffers.changes.len() as u64;
+    let mut keys = 0u64;
+    if changes > 0 {
         let dir = path.join(FOLD_DIR);
         std::fs::create_dir_all(&dir)
             .map_err(|e| StateError::Rocks(format!("creating {}: {e}", dir.display())))?;
@@ -417,8 +486,9 @@ fn fold(db: &DB, path: &Path, from: u64, to: u64, delete: bool) -> Result<FoldTo
         opts.set_compression_type(DBCompressionType::None);
         let mut writer = SstFileWriter::create(&opts);
         writer.open(&file).map_err(rocks)?;
-        for (key, value) in &newest {
+        for (key, value) in buffers.newest_by_key() {
             writer.put(key, value).map_err(rocks)?;
+            keys += 1;
         }
         writer.finish().map_err(rocks)?;
         fail_point::hit(fail_point::FOLD_BEFORE_INGEST);
@@ -438,8 +508,8 @@ fn fold(db: &DB, path: &Path, from: u64, to: u64, delete: bool) -> Result<FoldTo
     Ok(FoldTotals {
         folds: 1,
         pages: to - from,
-        changes: changes as u64,
-        keys: newest.len() as u64,
+        changes,
+        keys,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -696,15 +766,41 @@ mod tests {
 
     #[test]
     fn a_fold_keeps_the_newest_change_of_each_key_in_key_order() {
-        let pages = vec![
-            page(&[("b", "b1"), ("a", "a1"), ("b", "b2")]),
-            page(&[("c", "c1"), ("a", "a2")]),
-            page(&[("b", "b3"), ("ab", "x")]),
-        ];
-        let (got, changes) = newest_by_key(&pages).unwrap();
-        assert_eq!(changes, 7);
-        let want: Vec<(&[u8], &[u8])> =
-            vec![(b"a", b"a2"), (b"ab", b"x"), (b"b", b"b3"), (b"c", b"c1")];
-        assert_eq!(got, want);
+        let mut buffers = FoldBuffers::default();
+        // Twice through the same buffers: what one fold left must not reach the next.
+        for round in 0..2 {
+            buffers.clear();
+            let pages = [
+                page(&[("b", "b1"), ("a", "a1"), ("b", "b2")]),
+                page(&[("c", "c1"), ("a", "a2")]),
+                page(&[("b", "b3"), ("ab", "x"), ("abcdefghijklmnopq", "long1")]),
+                page(&[
+                    ("abcdefghijklmnopr", "long2"),
+                    ("abcdefghijklmnopq", "long3"),
+                ]),
+            ];
+            for p in &pages {
+                buffers.add_page(p).unwrap();
+            }
+            assert_eq!(buffers.changes.len(), 10, "round {round}");
+            let got: Vec<(&[u8], &[u8])> = buffers.newest_by_key().collect();
+            // Keys equal in their first 16 bytes are told apart by the rest.
+            let want: Vec<(&[u8], &[u8])> = vec![
+                (b"a", b"a2"),
+                (b"ab", b"x"),
+                (b"abcdefghijklmnopq", b"long3"),
+                (b"abcdefghijklmnopr", b"long2"),
+                (b"b", b"b3"),
+                (b"c", b"c1"),
+            ];
+            assert_eq!(got, want, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_page_cut_short_fails_the_fold_instead_of_folding_less() {
+        let mut buffers = FoldBuffers::default();
+        let p = page(&[("a", "a1"), ("b", "b1")]);
+        assert!(buffers.add_page(&p[..p.len() - 1]).is_err());
     }
 }
