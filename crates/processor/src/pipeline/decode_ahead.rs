@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use chrono::{DateTime, TimeZone, Utc};
 use paydedup_event::{content_hash, decode, DecodeLimits, PaymentEvent, ValidationError};
 
+use super::prefetch::{BatchKeys, BatchKeysBuilder};
 use super::{rows, InputRecord};
 
 /// What the records of a batch decoded to, and what else depends on nothing but a
@@ -46,6 +47,8 @@ pub struct Decoded {
     pub hashes: Vec<u128>,
     /// How many valid records' Kafka key is not their transaction id.
     pub key_mismatches: u64,
+    /// The keys of the batch's state.
+    pub keys: BatchKeys,
 }
 
 impl Decoded {
@@ -73,7 +76,9 @@ impl RecordDecoder {
             events: Vec::with_capacity(records.len()),
             hashes: Vec::with_capacity(records.len()),
             key_mismatches: 0,
+            keys: BatchKeys::default(),
         };
+        let mut keys = BatchKeysBuilder::with_capacity(records.len());
         for r in records {
             let event = self.decode_one(r, now);
             let hash = match &event {
@@ -85,9 +90,11 @@ impl RecordDecoder {
                 }
                 Err(_) => 0,
             };
+            keys.add(event.as_ref().ok());
             d.events.push(event);
             d.hashes.push(hash);
         }
+        d.keys = keys.finish();
         d
     }
 
@@ -347,6 +354,9 @@ mod tests {
         let hash = content_hash(&event).0;
         assert_ne!(hash, 0);
         assert_eq!(d.hashes, vec![hash, hash, hash, 0]);
-        assert_eq!(d.key_mismatches, 2, "a wrong key and no key; not the invalid record");
+        assert_eq!(
+            d.key_mismatches, 2,
+            "a wrong key and no key; not the invalid record"
+        );
     }
 }

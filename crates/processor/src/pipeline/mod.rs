@@ -286,9 +286,15 @@ impl Pipeline {
             ttl_micros: store.fraud_ttl_micros(),
             horizon: self.fraud_horizon(),
         };
-        let mut state = BatchState::read(&decoded.events, &self.in_flight, store, expiry)?;
+        let Decoded {
+            events,
+            hashes,
+            key_mismatches,
+            keys,
+        } = decoded;
+        let mut state = BatchState::read(&events, keys, &self.in_flight, store, expiry)?;
         let mut stats = BatchStats {
-            key_mismatch: decoded.key_mismatches,
+            key_mismatch: key_mismatches,
             ..BatchStats::default()
         };
         // Per record, about: a dedup entry (16 + 36 bytes), a card (~18 + 40) and a
@@ -297,7 +303,7 @@ impl Pipeline {
 
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();
-        let each = records.iter().zip(&decoded.events).zip(&decoded.hashes);
+        let each = records.iter().zip(&events).zip(&hashes);
         for (i, ((r, d), &hash)) in each.enumerate() {
             // A record whose row the sink already holds (a restored state replaying
             // past its position) has its state effects, not its row.

@@ -205,7 +205,10 @@ mod tests {
         assert_eq!(classify_event(&d, None, Some(t), RETENTION), unique);
         assert_eq!(classify_event(&d, None, None, RETENTION), unique);
         let expired = entry_of(&e, t - RETENTION - 1);
-        assert_eq!(classify_event(&d, Some(expired), Some(t), RETENTION), unique);
+        assert_eq!(
+            classify_event(&d, Some(expired), Some(t), RETENTION),
+            unique
+        );
         assert_eq!(unique.table(), Table::Payments);
     }
 

@@ -48,17 +48,13 @@ pub fn rename_legacy_fraud_keys(store: &StateStore) -> Result<u64, StateError> {
     )
 }
 
-/// A kind of keyed fraud state: how its store key is built and its value read/written.
+/// A kind of keyed fraud state: how its value is read and written.
 trait FraudState: Default {
-    fn key_into(id: &str, out: &mut Vec<u8>);
     fn decode(value: &[u8]) -> Self;
     fn encode_into(&self, out: &mut Vec<u8>);
 }
 
 impl FraudState for CardState {
-    fn key_into(id: &str, out: &mut Vec<u8>) {
-        CardState::key_into(id, out)
-    }
     fn decode(value: &[u8]) -> Self {
         CardState::decode(value)
     }
@@ -68,9 +64,6 @@ impl FraudState for CardState {
 }
 
 impl FraudState for CustomerState {
-    fn key_into(id: &str, out: &mut Vec<u8>) {
-        CustomerState::key_into(id, out)
-    }
     fn decode(value: &[u8]) -> Self {
         CustomerState::decode(value)
     }
@@ -83,8 +76,10 @@ impl FraudState for CustomerState {
 /// the ids first appear. All keys share one buffer: a batch has thousands, and one
 /// allocation each cost more than building them.
 #[derive(Default)]
-struct FraudKeys<'a> {
-    index: BatchMap<&'a str, usize>,
+struct FraudKeys {
+    /// Each slot, found by its key's bytes (hashed with foldhash, as `BatchMap`).
+    index: hashbrown::HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
     bytes: Vec<u8>,
     ranges: Vec<Range<usize>>,
     /// Each key's first 16 bytes as a big-endian number (zero-padded): keys sort as
@@ -94,30 +89,42 @@ struct FraudKeys<'a> {
     prefixes: Vec<u128>,
 }
 
-impl<'a> FraudKeys<'a> {
-    fn with_capacity(n: usize) -> FraudKeys<'a> {
+impl FraudKeys {
+    fn with_capacity(n: usize) -> FraudKeys {
         FraudKeys {
-            index: BatchMap::with_capacity_and_hasher(n, Default::default()),
+            index: hashbrown::HashTable::with_capacity(n),
+            hasher: Default::default(),
             bytes: Vec::with_capacity(24 * n),
             ranges: Vec::with_capacity(n),
             prefixes: Vec::with_capacity(n),
         }
     }
 
-    /// The slot of `id`, added (with its store key built by `key_into`) if new.
-    fn slot(&mut self, id: &'a str, key_into: fn(&str, &mut Vec<u8>)) -> usize {
-        let (bytes, ranges, prefixes) = (&mut self.bytes, &mut self.ranges, &mut self.prefixes);
-        *self.index.entry(id).or_insert_with(|| {
-            let start = bytes.len();
-            key_into(id, bytes);
-            let key = &bytes[start..];
-            let mut prefix = [0; 16];
-            let n = key.len().min(16);
-            prefix[..n].copy_from_slice(&key[..n]);
-            prefixes.push(u128::from_be_bytes(prefix));
-            ranges.push(start..bytes.len());
-            ranges.len() - 1
-        })
+    /// The slot of `id`'s store key (built by `key_into`), added if new.
+    fn slot(&mut self, id: &str, key_into: fn(&str, &mut Vec<u8>)) -> usize {
+        let FraudKeys {
+            index,
+            hasher,
+            bytes,
+            ranges,
+            prefixes,
+        } = self;
+        let start = bytes.len();
+        key_into(id, bytes);
+        let key = &bytes[start..];
+        let hash = hasher.hash_one(key);
+        if let Some(&slot) = index.find(hash, |&s| &bytes[ranges[s].clone()] == key) {
+            bytes.truncate(start);
+            return slot;
+        }
+        let mut prefix = [0; 16];
+        let n = key.len().min(16);
+        prefix[..n].copy_from_slice(&key[..n]);
+        prefixes.push(u128::from_be_bytes(prefix));
+        ranges.push(start..bytes.len());
+        let slot = ranges.len() - 1;
+        index.insert_unique(hash, slot, |&s| hasher.hash_one(&bytes[ranges[s].clone()]));
+        slot
     }
 
     /// `slots` in the order of their keys.
@@ -179,33 +186,28 @@ impl<S: FraudState> FraudValues<S> {
 /// device encodes to the bytes already stored (see `CUSTOMER_LAST_SEEN_QUANTUM_MICROS`),
 /// and writing them again would cost a put through WAL, memtable and compaction for
 /// nothing.
-struct FraudTable<'a, S> {
-    keys: FraudKeys<'a>,
+struct FraudTable<S> {
+    keys: FraudKeys,
     values: FraudValues<S>,
 }
 
-impl<'a, S: FraudState> FraudTable<'a, S> {
-    fn with_capacity(n: usize) -> FraudTable<'a, S> {
+impl<S: FraudState> FraudTable<S> {
+    /// A slot per key, each with no history until filled.
+    fn new(keys: FraudKeys) -> FraudTable<S> {
+        let n = keys.len();
         FraudTable {
-            keys: FraudKeys::with_capacity(n),
+            keys,
             values: FraudValues {
-                slots: Vec::with_capacity(n),
+                slots: (0..n)
+                    .map(|_| Slot {
+                        state: S::default(),
+                        read: None,
+                        changed: false,
+                    })
+                    .collect(),
                 read: Vec::with_capacity(48 * n),
             },
         }
-    }
-
-    /// The slot of `id`, new ones with no history until filled.
-    fn add(&mut self, id: &'a str) -> usize {
-        let slot = self.keys.slot(id, S::key_into);
-        if slot == self.values.slots.len() {
-            self.values.slots.push(Slot {
-                state: S::default(),
-                read: None,
-                changed: false,
-            });
-        }
-        slot
     }
 
     /// Fills the slots whose keys a batch in flight wrote (`in_flight`), judged by
@@ -439,6 +441,129 @@ impl FraudExpiry {
     }
 }
 
+/// The keys a batch's state lives under, worked out from its decoded events alone: the
+/// distinct dedup keys in byte order, the card and customer keys, and which of them
+/// each valid record names. Built where the batch is decoded (`decode_ahead::Decoded`):
+/// there the ids are in the cache, where the loop thread would first touch them (the
+/// loop thread built these at ~2 s of its ~25 s a 10 M run, docs/benchmarks.md,
+/// twenty-eighth step).
+#[derive(Default)]
+pub struct BatchKeys {
+    /// The batch's distinct dedup keys, in byte order (the bulk read's order).
+    dedup_keys: Vec<[u8; 16]>,
+    /// Per record of the batch (`None`: an invalid record).
+    records: Vec<Option<RecordKeys>>,
+    cards: FraudKeys,
+    customers: FraudKeys,
+}
+
+/// Where one valid record's keys are in its [`BatchKeys`].
+#[derive(Debug, Clone, Copy)]
+struct RecordKeys {
+    /// Index into `dedup_keys`.
+    dedup: usize,
+    /// Slots of the cards' and the customers' keys.
+    card: usize,
+    customer: usize,
+}
+
+impl BatchKeys {
+    /// The keys of every valid record of `decoded`.
+    pub fn of(decoded: &[Result<PaymentEvent, ValidationError>]) -> BatchKeys {
+        let mut keys = BatchKeysBuilder::with_capacity(decoded.len());
+        for d in decoded {
+            keys.add(d.as_ref().ok());
+        }
+        keys.finish()
+    }
+
+    /// How many records the keys were worked out for.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// [`BatchKeys`], a record at a time (the decode adds each record as it decodes it,
+/// while its ids are in the cache).
+pub struct BatchKeysBuilder {
+    dedup_keys: Vec<[u8; 16]>,
+    cards: FraudKeys,
+    customers: FraudKeys,
+    /// Each valid record's slots, with its dedup key: where that key lands among the
+    /// batch's keys is known once they are sorted.
+    found: Vec<Option<([u8; 16], usize, usize)>>,
+}
+
+impl BatchKeysBuilder {
+    pub fn with_capacity(n: usize) -> BatchKeysBuilder {
+        BatchKeysBuilder {
+            dedup_keys: Vec::with_capacity(n),
+            cards: FraudKeys::with_capacity(n),
+            customers: FraudKeys::with_capacity(n),
+            found: Vec::with_capacity(n),
+        }
+    }
+
+    /// The next record: its event, `None` for an invalid record.
+    pub fn add(&mut self, event: Option<&PaymentEvent>) {
+        self.found.push(event.map(|event| {
+            let key = dedup_key(event.transaction_id.as_str());
+            self.dedup_keys.push(key);
+            let card = self
+                .cards
+                .slot(&event.card_fingerprint, CardState::key_into);
+            let customer = self
+                .customers
+                .slot(&event.customer_id, CustomerState::key_into);
+            (key, card, customer)
+        }));
+    }
+
+    pub fn finish(self) -> BatchKeys {
+        let BatchKeysBuilder {
+            mut dedup_keys,
+            cards,
+            customers,
+            found,
+        } = self;
+        sort_dedup_keys(&mut dedup_keys);
+        dedup_keys.dedup();
+        let records = found
+            .into_iter()
+            .map(|f| {
+                f.map(|(key, card, customer)| RecordKeys {
+                    dedup: position_of(&dedup_keys, &key),
+                    card,
+                    customer,
+                })
+            })
+            .collect();
+        BatchKeys {
+            dedup_keys,
+            records,
+            cards,
+            customers,
+        }
+    }
+}
+
+impl std::fmt::Debug for BatchKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BatchKeys({} records, {} ids, {} cards, {} customers)",
+            self.records.len(),
+            self.dedup_keys.len(),
+            self.cards.len(),
+            self.customers.len()
+        )
+    }
+}
+
 /// The state a batch reads and writes, between its bulk read and its commit.
 ///
 /// Records name their state by position: the bulk read finds each valid record's dedup
@@ -455,8 +580,8 @@ pub struct BatchState<'a> {
     dedup_written: Vec<usize>,
     /// Per record of the batch: where its state is (`None`: an invalid record).
     records: Vec<Option<RecordState<'a>>>,
-    cards: FraudTable<'a, CardState>,
-    customers: FraudTable<'a, CustomerState>,
+    cards: FraudTable<CardState>,
+    customers: FraudTable<CustomerState>,
 }
 
 /// One valid record, and where its state is in its [`BatchState`].
@@ -471,17 +596,20 @@ struct RecordState<'a> {
 }
 
 impl<'a> BatchState<'a> {
-    /// Reads, in two bulk reads, the dedup and fraud state of every valid record: the
-    /// writes of the batches in flight from `in_flight`, the rest from `store`; fraud
-    /// values judged by `expiry`.
+    /// Reads, in two bulk reads, the dedup and fraud state of every valid record of
+    /// `decoded` (whose keys are `keys`, [`BatchKeys::of`] it): the writes of the
+    /// batches in flight from `in_flight`, the rest from `store`; fraud values judged by
+    /// `expiry`.
     pub fn read(
         decoded: &'a [Result<PaymentEvent, ValidationError>],
+        keys: BatchKeys,
         in_flight: &InFlight,
         store: &StateStore,
         expiry: FraudExpiry,
     ) -> Result<BatchState<'a>, StateError> {
         BatchState::read_from(
             decoded,
+            keys,
             in_flight,
             expiry,
             |asked| store.get_dedup_many(asked),
@@ -493,40 +621,35 @@ impl<'a> BatchState<'a> {
     /// `fraud_many` answers fraud keys through its callback.
     fn read_from<E>(
         decoded: &'a [Result<PaymentEvent, ValidationError>],
+        keys: BatchKeys,
         in_flight: &InFlight,
         expiry: FraudExpiry,
         dedup_many: impl FnOnce(&[&[u8; 16]]) -> Result<Vec<Option<DedupEntry>>, E>,
         fraud_many: impl FnOnce(&[&[u8]], FraudAnswer<'_>) -> Result<(), E>,
     ) -> Result<BatchState<'a>, E> {
-        let mut dedup_keys = Vec::with_capacity(decoded.len());
-        let mut cards = FraudTable::with_capacity(decoded.len());
-        let mut customers = FraudTable::with_capacity(decoded.len());
-        // Each valid record's state, with its dedup key: where that key lands among
-        // the batch's keys is known once they are sorted.
-        let mut found: Vec<Option<(RecordState<'a>, [u8; 16])>> = Vec::with_capacity(decoded.len());
-        for d in decoded {
-            found.push(d.as_ref().ok().map(|event| {
-                let key = dedup_key(event.transaction_id.as_str());
-                dedup_keys.push(key);
-                let at = RecordState {
-                    event,
-                    dedup: 0,
-                    card: cards.add(&event.card_fingerprint),
-                    customer: customers.add(&event.customer_id),
-                };
-                (at, key)
-            }));
-        }
-        sort_dedup_keys(&mut dedup_keys);
-        dedup_keys.dedup();
+        // A caller's bug, never input: the keys of another batch would read and write
+        // other records' state.
+        assert_eq!(keys.len(), decoded.len(), "the keys of this batch");
+        let BatchKeys {
+            dedup_keys,
+            records,
+            cards,
+            customers,
+        } = keys;
+        let mut cards = FraudTable::<CardState>::new(cards);
+        let mut customers = FraudTable::<CustomerState>::new(customers);
         let dedup_values = in_flight.read_dedup(&dedup_keys, dedup_many)?;
-        let records = found
+        let records = records
             .into_iter()
-            .map(|f| {
-                f.map(|(at, key)| RecordState {
-                    dedup: position_of(&dedup_keys, &key),
-                    ..at
-                })
+            .zip(decoded)
+            .map(|(k, d)| match (k, d) {
+                (Some(k), Ok(event)) => Some(RecordState {
+                    event,
+                    dedup: k.dedup,
+                    card: k.card,
+                    customer: k.customer,
+                }),
+                _ => None,
             })
             .collect();
 
@@ -636,6 +759,7 @@ mod tests {
         let mut asked = Vec::new();
         let state = BatchState::read_from(
             decoded,
+            BatchKeys::of(decoded),
             in_flight,
             FraudExpiry {
                 ttl_micros: i64::MAX,
@@ -893,7 +1017,9 @@ mod tests {
         let read: Vec<usize> = cards
             .iter()
             .map(|c| {
-                let slot = state.cards.keys.index[c];
+                let key = CardState::key(c);
+                let keys = &state.cards.keys;
+                let slot = (0..keys.len()).find(|&s| keys.get(s) == key).unwrap();
                 state.cards.values.slots[slot].state.recent.len()
             })
             .collect();
