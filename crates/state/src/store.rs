@@ -315,24 +315,6 @@ fn cf_options(
     o
 }
 
-/// `ops` (of one column family) in key order, the ops of one key in the order they
-/// were made (a stable sort: a later put or delete of a key still wins).
-///
-/// Why: a memtable inserts a run of ascending keys by walking forward from the one
-/// before, instead of descending its skiplist from the top for each random key. The
-/// fraud family is the one written per key with thousands of random keys a commit
-/// (when it is not paged, `store::fraud_log`), so its ops are put in this order; the
-/// pipeline hands them over in the order it made them.
-fn in_key_order<'a>(mut ops: Vec<Op<'a>>) -> Vec<Op<'a>> {
-    fn key<'a>(op: &Op<'a>) -> &'a [u8] {
-        match *op {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
-        }
-    }
-    ops.sort_by(|a, b| key(a).cmp(key(b)));
-    ops
-}
-
 /// Turns off RocksDB's per-thread perf counters for the calling thread.
 ///
 /// Why: by default RocksDB counts every key comparison (and more) in a thread-local
@@ -631,7 +613,6 @@ impl StateStore {
         let paged = fraud_writes == FraudWrites::Paged;
         let mut dedup = CommitPages::default();
         let mut fraud_page = Vec::new();
-        let mut fraud_per_key = Vec::new();
         for op in ops.iter() {
             match op {
                 // Written as pages, one per partition.
@@ -640,17 +621,8 @@ impl StateStore {
                 Op::Put { cf, key, value } if paged && cf == CF_FRAUD => {
                     fraud_log_page::push(&mut fraud_page, key, value)
                 }
-                Op::Put { cf, .. } | Op::Delete { cf, .. } if cf == CF_FRAUD => {
-                    fraud_per_key.push(op)
-                }
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
-            }
-        }
-        for op in in_key_order(fraud_per_key) {
-            match op {
-                Op::Put { key, value, .. } => wb.put_cf(handle(CF_FRAUD), key, value),
-                Op::Delete { key, .. } => wb.delete_cf(handle(CF_FRAUD), key),
             }
         }
         let pages = self.write_dedup_pages(dedup, &mut wb)?;

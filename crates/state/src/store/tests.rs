@@ -1371,31 +1371,3 @@ fn an_open_refused_while_warming_returns_its_error_and_the_next_loads() {
         .iter()
         .all(Option::is_some));
 }
-
-#[test]
-fn per_key_fraud_ops_go_in_key_order_each_keys_in_the_order_made() {
-    use crate::batch::Op;
-    let put = |key: &'static [u8], value: &'static [u8]| Op::Put {
-        cf: CF_FRAUD,
-        key,
-        value,
-    };
-    let delete = |key: &'static [u8]| Op::Delete { cf: CF_FRAUD, key };
-    let ops = vec![
-        put(b"k2", b"1"),
-        put(b"k10", b"a"),
-        delete(b"k2"),
-        put(b"k1", b"x"),
-        put(b"k2", b"2"),
-    ];
-    assert_eq!(
-        super::in_key_order(ops),
-        vec![
-            put(b"k1", b"x"),
-            put(b"k10", b"a"),
-            put(b"k2", b"1"),
-            delete(b"k2"),
-            put(b"k2", b"2"),
-        ]
-    );
-}
