@@ -268,7 +268,7 @@ impl Pipeline {
         self.process_decoded(records, decoded, store)
     }
 
-    /// [`Pipeline::process`] of a batch already decoded (`decoded[i]` is what
+    /// [`Pipeline::process`] of a batch already decoded (`decoded.events[i]` is what
     /// `records[i]` decoded to, by [`Pipeline::decoder`]): decoded ahead, on another
     /// thread, while the batch before it was processed (`decode_ahead`).
     pub fn process_decoded(
