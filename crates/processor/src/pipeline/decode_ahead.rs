@@ -33,11 +33,12 @@ use super::{rows, InputRecord};
 /// What the records of a batch decoded to, and what else depends on nothing but a
 /// record (so it is worked out where the record was just decoded).
 ///
-/// Why the rest is here: the loop thread first touches a record's bytes and its
-/// event's strings when it uses them, and they were written on another core; checking
-/// the Kafka key against the transaction id and hashing the event's content there
-/// missed the cache on each record (~2.2 s of the loop thread's ~29 s a 10 M run,
-/// docs/benchmarks.md, twenty-eighth step). On the decode thread they are in the cache.
+/// Why the rest is here: on the loop thread, which every batch waits on, checking the
+/// Kafka key against the transaction id (its first touch of the record's bytes, which
+/// were written on the other core) and hashing the event's content took ~2.2 s of its
+/// ~29 s a 10 M run; here they run beside it. Moved, the work shrank little (the
+/// decode thread grew by about what the loop lost): what a run gains is the loop's
+/// time (docs/benchmarks.md, twenty-eighth step).
 #[derive(Debug, Default)]
 pub struct Decoded {
     /// What each record decoded to, in the batch's order.

@@ -443,10 +443,9 @@ impl FraudExpiry {
 
 /// The keys a batch's state lives under, worked out from its decoded events alone: the
 /// distinct dedup keys in byte order, the card and customer keys, and which of them
-/// each valid record names. Built where the batch is decoded (`decode_ahead::Decoded`):
-/// there the ids are in the cache, where the loop thread would first touch them (the
-/// loop thread built these at ~2 s of its ~25 s a 10 M run, docs/benchmarks.md,
-/// twenty-eighth step).
+/// each valid record names. Built where the batch is decoded (`decode_ahead::Decoded`),
+/// record by record, beside the loop thread instead of on it (the loop built these in
+/// ~2 s of its ~29 s a 10 M run, docs/benchmarks.md, twenty-eighth step).
 #[derive(Default)]
 pub struct BatchKeys {
     /// The batch's distinct dedup keys, in byte order (the bulk read's order).
