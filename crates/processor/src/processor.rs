@@ -213,11 +213,7 @@ impl Processor {
         if !full {
             // Nothing more is waiting: no batch is decoded ahead of a partial one (a
             // quiet stream waits no extra turn). The one decoded ahead goes first.
-            let ahead = self.ahead.take();
-            let had_ahead = ahead.is_some();
-            if let Some(ahead) = ahead {
-                self.process(&ahead.input.records(), Some(ahead.decoded))?;
-            }
+            let had_ahead = self.process_ahead()?;
             if !input.is_empty() {
                 self.process(&input.records(), None)?;
             } else if !had_ahead {
@@ -286,6 +282,10 @@ impl Processor {
         let bound = self.settings.outbox_bound;
         match (self.flow, next_flow(self.flow, depth, bound)) {
             (Flow::Reading, Flow::Paused) => {
+                // The batch decoded ahead was polled already: processed before the
+                // pause shows, so that from then on consumption stands still (a
+                // test's scrape between the pause and the next turn saw it move).
+                self.process_ahead()?;
                 self.source.pause()?;
                 self.metrics.emit(ConsumerPaused {
                     outbox_depth: depth,
@@ -303,6 +303,15 @@ impl Processor {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Processes the batch decoded ahead, if one waits; returns whether one did.
+    fn process_ahead(&mut self) -> anyhow::Result<bool> {
+        let Some(ahead) = self.ahead.take() else {
+            return Ok(false);
+        };
+        self.process(&ahead.input.records(), Some(ahead.decoded))?;
+        Ok(true)
     }
 
     /// Nothing arrived: end a bounded run once every owned partition is caught up and

@@ -13,7 +13,9 @@
 //! next start resumes from the committed offsets). The caller only decodes ahead when
 //! the poll returned a full batch (more are likely waiting): a partial one is
 //! processed at once, with the one ahead of it first, so a quiet stream waits no extra
-//! turn. (A full batch followed by silence waits one poll, `--batch-timeout-ms`.)
+//! turn. (A full batch followed by silence waits one poll, `--batch-timeout-ms`.) A
+//! pause for backpressure processes the batch waiting ahead first, so while the
+//! consumer shows paused, consumption stands still.
 //!
 //! Not the same as decoding one batch on two threads (a helper for half of each
 //! batch, twenty-fifth step: no gain), which splits one batch's decode; here a whole
