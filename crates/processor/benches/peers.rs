@@ -343,9 +343,12 @@ fn main() {
         let decoded = match ahead.take() {
             None => decoder.decode(&next.records()),
             Some((before, decoded)) => {
-                decode_thread.start(next.clone()).unwrap();
-                flush(&before.records(), decoded, &mut latencies);
-                decode_thread.finish().unwrap()
+                let ((), decoded) = decode_thread
+                    .decode_while(next.clone(), || {
+                        flush(&before.records(), decoded, &mut latencies)
+                    })
+                    .unwrap();
+                decoded
             }
         };
         ahead = Some((next, decoded));

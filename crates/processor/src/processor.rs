@@ -232,11 +232,11 @@ impl Processor {
                     None => DecodeThread::spawn(self.pipeline.decoder())
                         .context("starting the decode-ahead thread")?,
                 };
-                thread.start(input.clone())?;
-                let processed = self.process(&ahead.input.records(), Some(ahead.decoded));
-                // Taken back before any error goes up: the thread is then idle.
-                let decoded = thread.finish()?;
+                let decoded = thread.decode_while(input.clone(), || {
+                    self.process(&ahead.input.records(), Some(ahead.decoded))
+                });
                 self.decode_thread = Some(thread);
+                let (processed, decoded) = decoded?;
                 processed?;
                 decoded
             }

@@ -138,8 +138,8 @@ impl RecordDecoder {
 /// The thread that decodes batches ahead: one for the loop's life, not one a batch
 /// (a thread spawned per batch measured no faster and its peak RSS no lower,
 /// docs/benchmarks.md, twenty-seventh step; this one spawns nothing per batch).
-/// [`DecodeThread::start`] hands it a batch, [`DecodeThread::finish`] waits for what
-/// it decoded to.
+/// [`DecodeThread::decode_while`] hands it a batch and waits for what it decoded to
+/// once the caller's work is done.
 pub struct DecodeThread {
     batches: Option<SyncSender<Arc<InputBatch>>>,
     decoded: Receiver<Decoded>,
@@ -172,7 +172,7 @@ impl DecodeThread {
     }
 
     /// Starts decoding `batch` (one at a time: `finish` before the next `start`).
-    pub fn start(&self, batch: Arc<InputBatch>) -> Result<(), DecodeThreadStopped> {
+    fn start(&self, batch: Arc<InputBatch>) -> Result<(), DecodeThreadStopped> {
         match &self.batches {
             Some(b) => b.send(batch).map_err(|_| DecodeThreadStopped),
             None => Err(DecodeThreadStopped),
@@ -180,8 +180,21 @@ impl DecodeThread {
     }
 
     /// What the batch `start` gave it decoded to.
-    pub fn finish(&self) -> Result<Decoded, DecodeThreadStopped> {
+    fn finish(&self) -> Result<Decoded, DecodeThreadStopped> {
         self.decoded.recv().map_err(|_| DecodeThreadStopped)
+    }
+
+    /// Decodes `batch` while `work` runs on the caller's thread: `work`'s outcome and
+    /// what the batch decoded to. The decode is taken back whatever `work` returned,
+    /// so the thread is idle again when this returns.
+    pub fn decode_while<R>(
+        &self,
+        batch: Arc<InputBatch>,
+        work: impl FnOnce() -> R,
+    ) -> Result<(R, Decoded), DecodeThreadStopped> {
+        self.start(batch)?;
+        let done = work();
+        Ok((done, self.finish()?))
     }
 }
 

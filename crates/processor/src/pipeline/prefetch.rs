@@ -467,7 +467,9 @@ struct RecordKeys {
 }
 
 impl BatchKeys {
-    /// The keys of every valid record of `decoded`.
+    /// The keys of every valid record of `decoded` (the decode builds them record by
+    /// record instead, [`BatchKeysBuilder`]).
+    #[cfg(test)]
     pub fn of(decoded: &[Result<PaymentEvent, ValidationError>]) -> BatchKeys {
         let mut keys = BatchKeysBuilder::with_capacity(decoded.len());
         for d in decoded {
