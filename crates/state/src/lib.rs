@@ -32,6 +32,7 @@ pub mod legacy_dedup;
 pub mod outbox_page;
 pub mod resident_pages;
 pub mod resident_values;
+mod slot_table;
 pub mod store;
 pub mod table;
 
