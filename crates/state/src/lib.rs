@@ -30,9 +30,9 @@ pub mod fraud_log_page;
 pub mod keys;
 pub mod legacy_dedup;
 pub mod outbox_page;
+mod probe_table;
 pub mod resident_pages;
 pub mod resident_values;
-mod slot_table;
 pub mod store;
 pub mod table;
 

@@ -33,7 +33,7 @@
 //! **Layout.** Entries live in 64 shards. A shard is an arena of fixed-size chunks
 //! holding `[key length][value length: 2 bytes][key][value]`, and a table of 8-byte
 //! slots, each a 32-bit tag of the key's fingerprint and the entry's offset, in one
-//! flat array ([`crate::slot_table`]: a lookup misses the cache once, not twice). At 10 M
+//! flat array ([`crate::probe_table`]: a lookup misses the cache once, not twice). At 10 M
 //! payments (5.9 M cards and customers) that took 454 MB, ~77 bytes a key (measured);
 //! a heap allocation per key and value would take ~130 (estimated from the
 //! allocator's size classes, not measured). A value rewritten at the same length
@@ -46,7 +46,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::expiry::is_expired;
 use crate::keys::value_time;
-use crate::slot_table::{self, SlotTable};
+use crate::probe_table::{ProbeTable, Probed};
 
 /// The offset that marks a slot "ask RocksDB" (see the module docs).
 const ASK: u32 = u32::MAX;
@@ -67,9 +67,43 @@ pub enum Lookup<'a> {
     Ask,
 }
 
+/// A table slot: a 32-bit tag of the key's fingerprint (its low half; the shard comes
+/// from the high half) and the entry's offset in the arena, in one `u64` (8 bytes a
+/// slot, where a `hashbrown` map of fingerprint to offset took 16 and a control byte).
+#[derive(Clone, Copy, PartialEq)]
+struct Slot(u64);
+
+impl Slot {
+    fn new(tag: u32, offset: u32) -> Slot {
+        Slot((u64::from(tag) << 32) | u64::from(offset))
+    }
+    fn offset(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+impl Probed for Slot {
+    type Key = u32;
+    /// A tag half of all ones: [`tag`] never returns `u32::MAX`.
+    const EMPTY: Slot = Slot(u64::MAX);
+    fn key(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    fn spread(tag: u32) -> u64 {
+        u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// The tag of a fingerprint's low half: itself, but for `u32::MAX` (the empty slot's),
+/// which becomes `u32::MAX - 1`. Two keys whose tags are equal are told apart by their
+/// whole keys whatever their fingerprints, so merging two values costs nothing else.
+fn tag(low: u32) -> u32 {
+    low.min(u32::MAX - 1)
+}
+
 #[derive(Default)]
 struct Shard {
-    table: SlotTable,
+    table: ProbeTable<Slot>,
     arena: Arena,
     /// Arena bytes no table slot points to.
     garbage: usize,
@@ -175,12 +209,12 @@ pub fn fits(key: &[u8], value: &[u8]) -> bool {
 impl Shard {
     /// The offset in the slot tagged `tag`, if there is one.
     fn offset(&self, tag: u32) -> Option<u32> {
-        self.table.get(tag)
+        self.table.get(tag).map(Slot::offset)
     }
 
     /// Points the slot tagged `tag` at `offset`, adding the slot if there is none.
     fn set(&mut self, tag: u32, offset: u32) {
-        self.table.set(tag, offset);
+        self.table.set(Slot::new(tag, offset));
     }
 
     /// Appends an entry and points the slot tagged `tag` at it.
@@ -203,7 +237,12 @@ impl Shard {
 
     /// Removes the slot tagged `tag`.
     fn remove(&mut self, tag: u32) {
-        if let Some(offset) = self.table.remove(tag).filter(|o| *o != ASK) {
+        if let Some(offset) = self
+            .table
+            .remove(tag)
+            .map(Slot::offset)
+            .filter(|o| *o != ASK)
+        {
             self.garbage += self.arena.entry_len(offset);
         }
     }
@@ -215,13 +254,13 @@ impl Shard {
         }
         let mut arena = Arena::default();
         let old = &self.arena;
-        self.table.update_offsets(|offset| {
-            if offset == ASK {
-                return ASK;
+        self.table.update(|slot| {
+            if slot.offset() == ASK {
+                return slot;
             }
-            let (k, v) = old.entry(offset);
+            let (k, v) = old.entry(slot.offset());
             // The live entries fitted the old arena's offsets, so they fit the new one.
-            arena.append(k, v).unwrap_or(ASK)
+            Slot::new(slot.key(), arena.append(k, v).unwrap_or(ASK))
         });
         self.arena = arena;
         self.garbage = 0;
@@ -325,7 +364,7 @@ impl ResidentValues {
     fn shard_and_tag(&self, key: &[u8]) -> (usize, u32) {
         let fingerprint = (self.fingerprint)(key);
         let shard = (fingerprint >> 32) as usize % SHARDS;
-        (shard, slot_table::tag(fingerprint as u32))
+        (shard, tag(fingerprint as u32))
     }
 
     /// What memory knows of `key`.
@@ -375,7 +414,7 @@ impl ResidentValues {
         let located: Vec<(usize, u32)> = keys.map(|k| self.shard_and_tag(k)).collect();
         let mut seen = 0u64;
         for (shard, tag) in &located {
-            seen ^= self.shards[*shard].table.touch(*tag);
+            seen ^= self.shards[*shard].table.touch(*tag).map_or(0, |s| s.0);
         }
         std::hint::black_box(seen);
         located
@@ -534,7 +573,8 @@ impl ResidentValues {
         for shard in &mut self.shards {
             let arena = &shard.arena;
             let mut freed = 0;
-            shard.table.retain(|offset| {
+            shard.table.retain(|slot| {
+                let offset = slot.offset();
                 if offset == ASK {
                     return true;
                 }
@@ -574,7 +614,7 @@ impl ResidentValues {
     pub fn asks(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.table.offsets().filter(|o| *o == ASK).count())
+            .map(|s| s.table.iter().filter(|slot| slot.offset() == ASK).count())
             .sum()
     }
 
