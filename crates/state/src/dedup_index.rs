@@ -1,10 +1,9 @@
 //! [`DedupIndex`]: where every stored dedup entry is, in memory: a transaction id's
 //! fingerprint (the first 8 bytes of its 16-byte key) and a [`Locator`], the page
-//! (`crate::dedup_page`) and slot that hold its entry. 16 bytes an id in a flat table
-//! at most three quarters full ([`crate::probe_table`]: a lookup misses the cache once,
-//! where a `hashbrown` map's control byte and bucket missed it twice), against 57 when
-//! the index held every entry whole; a restart fills that memory before its first
-//! batch, which was most of its time (docs/benchmarks.md, nineteenth step).
+//! (`crate::dedup_page`) and slot that hold its entry. 16 bytes and a control byte an
+//! id, against 57 when the index held every entry whole (9 M live ids: 285 MB, not
+//! 956 MB); a restart zeroes and fills that much memory before its first batch, which
+//! was most of its time (docs/benchmarks.md, nineteenth step).
 //!
 //! Why this is enough: nine in ten lookups are new ids, and for them the fingerprint
 //! alone answers "absent" (no bucket holds it). The tenth, a retry or a replay, wants
@@ -27,8 +26,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::probe_table::{ProbeTable, Probed};
-
 /// Where an entry is: its page's sequence number (the store's, one per page) in the
 /// high 40 bits, its slot in the page in the low 24.
 pub type Locator = u64;
@@ -40,13 +37,9 @@ const SLOT_BITS: u32 = 24;
 /// (`dedup_page::CommitPages`).
 pub const MAX_PAGE_ENTRIES: usize = 1 << SLOT_BITS;
 
-/// The highest page sequence a locator can name (2^40 − 2: at a thousand pages a
-/// second, 35 years). Not 2^40 − 1: the locator of its last slot would be all ones,
-/// the index's empty slot ([`NO_LOCATOR`]).
-pub const MAX_PAGE_SEQ: u64 = (1 << (64 - SLOT_BITS)) - 2;
-
-/// The locator of an empty slot of the index's tables: no page's.
-const NO_LOCATOR: Locator = Locator::MAX;
+/// The highest page sequence a locator can name (2^40 − 1: at a thousand pages a
+/// second, 35 years).
+pub const MAX_PAGE_SEQ: u64 = (1 << (64 - SLOT_BITS)) - 1;
 
 /// The locator of `slot` in page `seq` (`seq` ≤ [`MAX_PAGE_SEQ`], `slot` <
 /// [`MAX_PAGE_ENTRIES`], both checked where pages are numbered and built).
@@ -88,30 +81,6 @@ impl Hasher for FingerprintHasher {
 
 type Fingerprints<V> = HashMap<u64, V, BuildHasherDefault<FingerprintHasher>>;
 
-/// One id of a shard's table: its fingerprint and the locator of its entry.
-#[derive(Clone, Copy, PartialEq)]
-struct Slot {
-    fingerprint: u64,
-    loc: Locator,
-}
-
-impl Probed for Slot {
-    type Key = u64;
-    const EMPTY: Slot = Slot {
-        fingerprint: 0,
-        loc: NO_LOCATOR,
-    };
-    fn key(self) -> u64 {
-        self.fingerprint
-    }
-    /// Fingerprints are uniform already. The home is their top bits, which the shard
-    /// (bits 32–35) does not use for any table under 2^28 slots; and a batch's keys,
-    /// sorted, then meet their tables in address order.
-    fn spread(fingerprint: u64) -> u64 {
-        fingerprint
-    }
-}
-
 /// A 16-byte key's fingerprint: its first 8 bytes, big-endian.
 pub fn fingerprint(key: &[u8; 16]) -> u64 {
     let mut f = [0u8; 8];
@@ -119,10 +88,10 @@ pub fn fingerprint(key: &[u8; 16]) -> u64 {
     u64::from_be_bytes(f)
 }
 
-/// How many tables the fingerprints are spread over, by four bits a table's home
-/// positions (its top bits) do not use. Why: one table of millions doubles all at
-/// once, on the committing thread, holding the old and the new table together; sixteen
-/// double one at a time, each a sixteenth of that.
+/// How many tables the fingerprints are spread over, by four bits that neither a
+/// table's bucket index (its low bits) nor its control byte (its top 7) uses. Why: one
+/// table of millions doubles all at once, on the committing thread, holding the old and
+/// the new table together; sixteen double one at a time, each a sixteenth of that.
 const SHARDS: usize = 16;
 
 fn shard(fingerprint: u64) -> usize {
@@ -168,14 +137,18 @@ impl Iterator for Candidates<'_> {
 
 #[derive(Default)]
 pub struct DedupIndex {
-    maps: Vec<ProbeTable<Slot>>,
+    maps: Vec<Fingerprints<Locator>>,
+    /// The buckets each map has grown to. A table never shrinks, but after removals
+    /// its `capacity()` may (a removed slot can stay a tombstone, counted in neither
+    /// its items nor its room), so the memory is read off the growth instead.
+    buckets: Vec<usize>,
     /// Fingerprints with more than one live locator, oldest first (see the module
     /// docs); such a fingerprint is in no map.
     shared: Fingerprints<Vec<Locator>>,
 }
 
-/// The buckets behind a `hashbrown` map's `capacity` (the shared map's): it fills 7 of
-/// 8 before growing (maps under 8 buckets fill all but one).
+/// The buckets behind a hashbrown table's `capacity`: it fills 7 of 8 before growing
+/// (tables under 8 buckets fill all but one).
 fn buckets(capacity: usize) -> usize {
     match capacity {
         0 => 0,
@@ -193,7 +166,8 @@ fn per_shard(additional: usize) -> usize {
 impl DedupIndex {
     fn ensure_shards(&mut self) {
         if self.maps.is_empty() {
-            self.maps = (0..SHARDS).map(|_| ProbeTable::default()).collect();
+            self.maps = (0..SHARDS).map(|_| Fingerprints::default()).collect();
+            self.buckets = vec![0; SHARDS];
         }
     }
 
@@ -208,17 +182,21 @@ impl DedupIndex {
             held.push(loc);
             return;
         }
-        let map = &mut self.maps[shard(fp)];
-        let new = Slot {
-            fingerprint: fp,
-            loc,
-        };
-        match map.get(fp) {
-            Some(held) if page_lives(page_of(held.loc)) => {
-                map.remove(fp);
-                self.shared.insert(fp, vec![held.loc, loc]);
+        let i = shard(fp);
+        match self.maps[i].entry(fp) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(loc);
+                self.note_buckets(i);
             }
-            _ => map.set(new),
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let held = *o.get();
+                if page_lives(page_of(held)) {
+                    o.remove();
+                    self.shared.insert(fp, vec![held, loc]);
+                } else {
+                    *o.get_mut() = loc;
+                }
+            }
         }
     }
 
@@ -233,25 +211,10 @@ impl DedupIndex {
                 return Candidates::Many(held);
             }
         }
-        match self.maps[shard(fp)].get(fp) {
-            Some(slot) => Candidates::One(slot.loc),
+        match self.maps[shard(fp)].get(&fp) {
+            Some(l) => Candidates::One(*l),
             None => Candidates::None,
         }
-    }
-
-    /// Reads the table slot each of `keys` is looked up at first, only to bring it
-    /// into the cache before [`DedupIndex::candidates`] (the loads of different keys
-    /// are independent, so their misses overlap).
-    pub fn touch<'k>(&self, keys: impl Iterator<Item = &'k [u8; 16]>) {
-        if self.maps.is_empty() {
-            return;
-        }
-        let mut seen = 0u64;
-        for key in keys {
-            let fp = fingerprint(key);
-            seen ^= self.maps[shard(fp)].touch(fp).map_or(0, |s| s.loc);
-        }
-        std::hint::black_box(seen);
     }
 
     /// Room for `additional` more fingerprints without growing (at open, before the
@@ -268,46 +231,58 @@ impl DedupIndex {
         let each = per_shard(additional);
         for i in shards {
             self.maps[i].reserve(each);
+            self.note_buckets(i);
         }
     }
 
-    /// An index reserved as [`DedupIndex::reserve_shards`] would reserve it, shard by
-    /// shard, until `stop` is set (a shard not reserved then makes it not
-    /// [`DedupIndex::fits`]).
+    /// An index reserved as [`DedupIndex::reserve_shards`] would reserve it, whose
+    /// tables' memory has been touched, shard by shard, until `stop` is set.
     ///
     /// Why: a fresh table's memory is zeroed by the kernel when first written, and at
     /// a restart with 9 M ids that zeroing (~285 MB) was more than half of the load's
     /// time on this kind of virtual machine (docs/benchmarks.md, twenty-second step).
     /// Done here, on a thread of its own while RocksDB replays its log on one core,
-    /// the load then only inserts. Reserving writes every slot (an empty slot is not
-    /// zero), so it is the touching too.
+    /// the load then only inserts. Touching is inserting one fingerprint per 4 KB of
+    /// buckets (fingerprints are their own hash, so one whose low bits are `n` lands
+    /// in bucket `n` of an empty table) and clearing the table, which keeps its
+    /// memory: if a table placed them otherwise, fewer pages would be touched early,
+    /// nothing else.
     pub(crate) fn warmed(
         additional: usize,
         shards: std::ops::Range<usize>,
         stop: &std::sync::atomic::AtomicBool,
     ) -> DedupIndex {
         let mut index = DedupIndex::default();
+        index.reserve_shards(additional, shards.clone());
+        // 4 KB of 16-byte buckets.
+        const BUCKETS_PER_PAGE: usize = 4096 / std::mem::size_of::<(u64, Locator)>();
         for i in shards {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            index.reserve_shards(additional, i..i + 1);
+            let map = &mut index.maps[i];
+            // The shard's own fingerprints (as a lookup would find them, were any
+            // left), in bucket `n` for the `n` in their low bits.
+            for bucket in (0..index.buckets[i]).step_by(BUCKETS_PER_PAGE) {
+                map.insert(((i as u64) << 32) | bucket as u64, 0);
+            }
+            map.clear();
         }
         index
     }
 
-    /// Whether the shards in `shards` have exactly the room a
+    /// Whether the shards in `shards` have exactly the buckets a
     /// [`DedupIndex::reserve_shards`]`(additional, shards)` of a pristine index gives
     /// (an index warmed for a stale estimate of the ids is used only if it is the
     /// size the load would make: never more memory than without it).
     pub(crate) fn fits(&self, additional: usize, shards: std::ops::Range<usize>) -> bool {
         let each = per_shard(additional);
-        // Room for them, in the smallest table that has it: half as many slots would
-        // not.
+        // Room for them, in the smallest table that has it: half as many buckets
+        // (filled to 7 in 8) would not.
         !self.maps.is_empty()
             && shards
                 .into_iter()
-                .all(|i| self.maps[i].capacity() >= each && self.maps[i].capacity() / 2 < each)
+                .all(|i| self.maps[i].capacity() >= each && self.buckets[i] / 2 * 7 / 8 < each)
     }
 
     /// Takes over what `other` holds, which must be fingerprints of `shards` only, none
@@ -328,14 +303,20 @@ impl DedupIndex {
         }
         for i in shards {
             std::mem::swap(&mut self.maps[i], &mut other.maps[i]);
+            self.buckets[i] = self.buckets[i].max(other.buckets[i]);
         }
         self.shared.extend(other.shared);
         true
     }
 
+    /// Right after an insert or a reserve, a map's capacity is its buckets' room.
+    fn note_buckets(&mut self, i: usize) {
+        self.buckets[i] = self.buckets[i].max(buckets(self.maps[i].capacity()));
+    }
+
     /// How many locators the index holds (those of pages gone until a `retain`).
     pub fn len(&self) -> usize {
-        self.maps.iter().map(ProbeTable::len).sum::<usize>()
+        self.maps.iter().map(HashMap::len).sum::<usize>()
             + self.shared.values().map(Vec::len).sum::<usize>()
     }
 
@@ -346,16 +327,13 @@ impl DedupIndex {
     /// Whether nothing was ever put. Only such an index is filled on two threads (see
     /// [`DedupIndex::absorb`]).
     pub fn is_pristine(&self) -> bool {
-        self.maps.iter().all(ProbeTable::is_empty) && self.shared.is_empty()
+        self.maps.iter().all(HashMap::is_empty) && self.shared.is_empty()
     }
 
-    /// Bytes of memory the index takes (its tables' slots, 16 bytes each; the shared
-    /// map's buckets and control bytes).
+    /// Bytes of memory the index takes (by its buckets: 16 bytes and a control byte
+    /// each for the maps).
     pub fn memory_bytes(&self) -> usize {
-        self.maps
-            .iter()
-            .map(ProbeTable::memory_bytes)
-            .sum::<usize>()
+        self.buckets.iter().sum::<usize>() * (std::mem::size_of::<(u64, Locator)>() + 1)
             + buckets(self.shared.capacity()) * (std::mem::size_of::<(u64, Vec<Locator>)>() + 1)
             + self
                 .shared
@@ -369,7 +347,7 @@ impl DedupIndex {
     pub fn retain(&mut self, page_lives: impl Fn(u64) -> bool) -> usize {
         let before = self.len();
         for map in &mut self.maps {
-            map.retain(|slot| page_lives(page_of(slot.loc)));
+            map.retain(|_, l| page_lives(page_of(*l)));
         }
         self.shared.retain(|_, held| {
             held.retain(|l| page_lives(page_of(*l)));
@@ -413,11 +391,10 @@ mod tests {
         assert_eq!(all(r.candidates(&a)), vec![locator(1, 0)]);
         assert!(all(r.candidates(&b)).is_empty());
         assert_eq!(r.len(), 1);
-        // A million ids: 16 tables of 2^17 slots of 16 bytes (62,500 ids each, and a
-        // little over, at most three quarters full).
+        // A million ids: 2^21 buckets of 17 bytes.
         let mut big = DedupIndex::default();
         big.reserve(1_000_000);
-        assert_eq!(big.memory_bytes(), 16 * (1 << 17) * 16);
+        assert_eq!(big.memory_bytes(), (1 << 21) * 17);
     }
 
     #[test]
@@ -462,7 +439,7 @@ mod tests {
         let mut warm = DedupIndex::warmed(ids, UPPER_SHARDS, &stop);
         let mut plain = DedupIndex::default();
         plain.reserve_shards(ids, UPPER_SHARDS);
-        // Empty, and the room is the load's, not more.
+        // The touching fingerprints are gone; the room is the load's, not more.
         assert!(warm.is_pristine());
         assert_eq!(warm.memory_bytes(), plain.memory_bytes());
         assert!(warm.fits(ids, UPPER_SHARDS) && plain.fits(ids, UPPER_SHARDS));
@@ -471,17 +448,16 @@ mod tests {
             "the other half was not reserved"
         );
         assert!(!warm.fits(4 * ids, UPPER_SHARDS) && !warm.fits(ids / 4, UPPER_SHARDS));
+        // Fingerprints that are where the touching ones were answer as usual.
         let k = key_in(12, 256, 0);
         warm.put(&k, locator(7, 1), |_| true);
         assert_eq!(all(warm.candidates(&k)), vec![locator(7, 1)]);
         assert!(all(warm.candidates(&key_in(12, 512, 0))).is_empty());
         assert_eq!(warm.len(), 1);
-        // Stopped before the first shard (an open that failed): nothing reserved, and
-        // so not the load's size.
+        // Stopped before the first shard: reserved all the same, nothing touched.
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let stopped = DedupIndex::warmed(ids, UPPER_SHARDS, &stop);
-        assert!(stopped.is_pristine() && !stopped.fits(ids, UPPER_SHARDS));
-        assert_eq!(stopped.memory_bytes(), 0);
+        assert!(stopped.is_pristine() && stopped.fits(ids, UPPER_SHARDS));
     }
 
     #[test]
@@ -532,7 +508,7 @@ mod tests {
     }
 
     /// The memory reported is the tables' real size: it does not fall when locators go
-    /// (a table never shrinks), and it is what the slots take.
+    /// (a table never shrinks), and it is what the buckets take.
     #[test]
     fn memory_follows_the_tables_growth_not_their_entries() {
         let mut r = DedupIndex::default();
@@ -540,15 +516,8 @@ mod tests {
             r.put(&dedup_key(&format!("k{i}")), locator(i / 1000, 0), |_| true);
         }
         let grown = r.memory_bytes();
-        // Each table a power of two of slots, more than 4/3 of its ids.
-        for m in &r.maps {
-            let slots = m.memory_bytes() / 16;
-            assert!(
-                slots.is_power_of_two() && slots * 3 >= m.len() * 4,
-                "{slots}"
-            );
-        }
-        assert!(r.shared.is_empty());
+        let buckets: usize = r.maps.iter().map(|m| buckets(m.capacity())).sum();
+        assert_eq!(grown, buckets * 17);
         assert_eq!(r.retain(|seq| seq >= 90), 90_000);
         assert_eq!(r.len(), 10_000);
         assert_eq!(r.memory_bytes(), grown);

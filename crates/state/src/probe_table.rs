@@ -191,6 +191,12 @@ impl<S: Probed> ProbeTable<S> {
         self.slots.iter().copied().filter(|s| *s != S::EMPTY)
     }
 
+    /// Removes every entry, keeping the memory.
+    pub fn clear(&mut self) {
+        self.slots.fill(S::EMPTY);
+        self.len = 0;
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -299,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_update_and_reserve_keep_every_key_findable() {
+    fn retain_update_reserve_and_clear_keep_every_key_findable() {
         let mut table = ProbeTable::default();
         for k in 0..1000 {
             table.set(E(k, k * 2));
@@ -320,6 +326,9 @@ mod tests {
         }
         assert_eq!(table.memory_bytes(), memory);
         assert_eq!(value(&table, 10_999), Some(10_999));
-        assert_eq!(table.touch(3).is_some(), !table.is_empty());
+        table.clear();
+        assert!(table.is_empty() && table.get(10_999).is_none());
+        assert_eq!(table.memory_bytes(), memory);
+        assert_eq!(table.touch(3), Some(E::EMPTY));
     }
 }

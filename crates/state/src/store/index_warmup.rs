@@ -5,9 +5,8 @@
 //! kernel zeroing the index's fresh memory on first write (9 M ids: ~285 MB, about
 //! 1 s of CPU of a 1.6-s load on this kind of virtual machine; docs/benchmarks.md,
 //! twenty-second step). RocksDB's open before it (replaying the write-ahead log after a
-//! crash, ~1 s with a full log) runs on one core. So the index is reserved (which
-//! writes its memory: an empty slot is not zero) on a thread of its own during the
-//! open, and the load only inserts.
+//! crash, ~1 s with a full log) runs on one core. So the index is reserved and its
+//! memory touched on a thread of its own during the open, and the load only inserts.
 //!
 //! How many ids there are is known only once the pages are listed, after the open: the
 //! store keeps an estimate in a small file beside RocksDB's ([`SIZE_ESTIMATE_FILE`]):
@@ -93,10 +92,11 @@ impl IndexWarmup {
         }
     }
 
-    /// Waits for the warming (what it has left to reserve is what the load would
-    /// reserve without it) and returns the (lower, upper) halves if they are empty and
-    /// the size a load of `total` ids reserves.
+    /// Stops the warming (memory not touched yet is touched by the inserts, as without
+    /// it) and returns the (lower, upper) halves if they are empty and the size a load
+    /// of `total` ids reserves.
     pub(super) fn finish(mut self, total: usize) -> Option<(DedupIndex, DedupIndex)> {
+        self.stop.store(true, Ordering::Relaxed);
         let (lower, upper) = match self.thread.take()?.join() {
             Ok(halves) => halves?,
             Err(_) => {
@@ -123,7 +123,7 @@ impl IndexWarmup {
 
 impl Drop for IndexWarmup {
     /// An open that failed before the load: the thread stops after the shard it is
-    /// reserving, and what it reserved is freed.
+    /// touching, and what it reserved is freed.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

@@ -486,10 +486,7 @@ impl StateStore {
         for page in written.added {
             r.pages.add(page.seq, page.partition, None);
             let pages = &r.pages;
-            // The keys' table slots touched first, so their misses overlap.
-            let keys: Vec<(usize, [u8; 16])> = crate::dedup_page::keys(&page.bytes)?.collect();
-            r.dedup.touch(keys.iter().map(|(_, key)| key));
-            for (slot, key) in keys {
+            for (slot, key) in crate::dedup_page::keys(&page.bytes)? {
                 r.dedup
                     .put(&key, locator(page.seq, slot), |seq| pages.lives(seq));
                 r.legacy.remove(&key);
@@ -557,12 +554,6 @@ impl StateStore {
         let Some(r) = self.resident() else {
             return vec![DedupAnswer::AskFamily; keys.len()];
         };
-        // The index's table slots first, all of them (their misses overlap), then the
-        // answers from the cache.
-        let ids = keys
-            .iter()
-            .filter_map(|k| <&[u8; 16]>::try_from(k.as_ref()).ok());
-        r.dedup.touch(ids);
         keys.iter().map(|k| r.dedup_answer(k.as_ref())).collect()
     }
 
