@@ -6,8 +6,8 @@
 //! `hashbrown` table answers those from its control bytes alone (one byte a bucket,
 //! a sixteenth of the table), where a flat table of 16-byte slots
 //! (`paydedup_state::probe_table`, which the fraud values use: their lookups are nine
-//! in ten hits) read a slot a lookup, and more until an empty one: 45–60 ns a lookup
-//! against 26–28 (docs/benchmarks.md, twenty-ninth step).
+//! in ten hits) read a slot a lookup, and more until an empty one: 82 ns a lookup
+//! against 45–57 (docs/benchmarks.md, twenty-ninth step).
 //!
 //! cargo bench -p paydedup-processor --bench dedup_index -- --bench [IDS]
 //! Under `cargo test` (no `--bench`) it checks that the ids put are found.
