@@ -4,10 +4,10 @@
 //!
 //! It is how the index's table was chosen: nine in ten lookups are of new ids, and a
 //! `hashbrown` table answers those from its control bytes alone (one byte a bucket,
-//! a sixteenth of the table), where a flat table of 16-byte slots
-//! (`paydedup_state::probe_table`, which the fraud values use: their lookups are nine
-//! in ten hits) read a slot a lookup, and more until an empty one: 82 ns a lookup
-//! against 45–57 (docs/benchmarks.md, twenty-ninth step).
+//! a sixteenth of the table). A flat table of 16-byte slots
+//! (`crates/state/src/probe_table.rs`, which the fraud values use: their lookups are
+//! nine in ten hits) reads a whole slot for each, and more until an empty one: 82 ns
+//! a lookup against 45–57 (docs/benchmarks.md, twenty-ninth step).
 //!
 //! cargo bench -p paydedup-processor --bench dedup_index -- --bench [IDS]
 //! Under `cargo test` (no `--bench`) it checks that the ids put are found.
