@@ -12,6 +12,8 @@
 //! cargo bench -p paydedup-processor --bench dedup_index -- --bench [IDS]
 //! Under `cargo test` (no `--bench`) it checks that the ids put are found.
 
+mod memory_bench;
+
 use std::time::{Duration, Instant};
 
 use paydedup_state::dedup_index::{locator, DedupIndex};
@@ -28,12 +30,7 @@ fn key(i: u64) -> [u8; 16] {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let measuring = args.iter().any(|a| a == "--bench");
-    let ids: u64 = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(if measuring { 9_000_000 } else { 20_000 });
+    let (measuring, ids) = memory_bench::args(9_000_000, 20_000);
     let filling = Instant::now();
     let mut index = DedupIndex::default();
     index.reserve(ids as usize);
@@ -41,19 +38,17 @@ fn main() {
         index.put(&key(i), locator(i / 5_000, (i % 5_000) as usize), |_| true);
     }
     let fill = filling.elapsed();
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = memory_bench::xorshift();
     // Nine in ten new, the tenth a repeat; sorted, as a batch's keys are.
     let mut batch = || -> Vec<[u8; 16]> {
         let mut b: Vec<[u8; 16]> = (0..BATCH)
             .map(|_| {
                 let n = next();
-                key(if n % 10 == 0 { n % ids } else { ids + n % ids })
+                key(if n.is_multiple_of(10) {
+                    n % ids
+                } else {
+                    ids + n % ids
+                })
             })
             .collect();
         b.sort_unstable();

@@ -10,6 +10,8 @@
 //! cargo bench -p paydedup-processor --bench resident_values -- --bench [KEYS]
 //! Under `cargo test` (no `--bench`) it checks both answer alike on a few keys.
 
+mod memory_bench;
+
 use std::time::{Duration, Instant};
 
 use paydedup_state::resident_values::{Lookup, ResidentValues};
@@ -35,12 +37,7 @@ fn value(i: u64) -> Vec<u8> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let measuring = args.iter().any(|a| a == "--bench");
-    let keys: u64 = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(if measuring { 5_900_000 } else { 20_000 });
+    let (measuring, keys) = memory_bench::args(5_900_000, 20_000);
     // Every key and value laid out first, so the fill's time is the puts' alone.
     let mut flat: Vec<u8> = Vec::new();
     let mut at: Vec<(usize, usize, usize)> = Vec::with_capacity(keys as usize);
@@ -80,18 +77,12 @@ fn main() {
     assert_eq!(a.len() + b.len(), r.len());
     drop((a, b, flat, at));
     // Nine in ten looked up are held, as on the peers' input.
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = memory_bench::xorshift();
     let mut batch = || -> Vec<Vec<u8>> {
         (0..BATCH)
             .map(|_| {
                 let n = next();
-                key(if n % 10 == 0 {
+                key(if n.is_multiple_of(10) {
                     keys + n % keys
                 } else {
                     n % keys
