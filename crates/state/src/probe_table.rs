@@ -27,7 +27,7 @@
 /// What a [`ProbeTable`] holds: an entry that carries its key, and one value that is
 /// no entry (the empty slot).
 pub trait Probed: Copy + PartialEq {
-    type Key: Copy + PartialEq + std::fmt::Debug;
+    type Key: Copy + PartialEq;
     /// The empty slot: no entry ever equals it.
     const EMPTY: Self;
     fn key(self) -> Self::Key;
