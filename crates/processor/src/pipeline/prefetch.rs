@@ -127,13 +127,14 @@ impl FraudKeys {
         slot
     }
 
-    /// `slots` in the order of their keys.
-    fn sorted(&self, slots: impl Iterator<Item = usize>) -> Vec<usize> {
-        let mut by_prefix: Vec<(u128, usize)> = slots.map(|i| (self.prefixes[i], i)).collect();
-        by_prefix.sort_unstable_by(|(pa, a), (pb, b)| {
+    /// `slots` (each with what goes with it) in the order of their keys.
+    fn sorted<T>(&self, slots: impl Iterator<Item = (usize, T)>) -> Vec<(usize, T)> {
+        let mut by_prefix: Vec<(u128, (usize, T))> =
+            slots.map(|s| (self.prefixes[s.0], s)).collect();
+        by_prefix.sort_unstable_by(|(pa, (a, _)), (pb, (b, _))| {
             pa.cmp(pb).then_with(|| self.get(*a).cmp(self.get(*b)))
         });
-        by_prefix.into_iter().map(|(_, i)| i).collect()
+        by_prefix.into_iter().map(|(_, s)| s).collect()
     }
 
     fn get(&self, slot: usize) -> &[u8] {
@@ -146,18 +147,28 @@ impl FraudKeys {
 }
 
 /// The states of one kind for a batch, slot by slot as in its [`FraudKeys`]: each as
-/// read, then as the batch changed it, with the bytes it was read from.
+/// read, then as the batch changed it, with the bytes it was read from and the bytes
+/// it encodes to after its last change.
+///
+/// A state is encoded when it changes ([`FraudTable::changed`]), not when the batch's
+/// writes are gathered: then its fields (and the heap memory of its lists) were just
+/// touched, where the gathering visits the slots in key order, long after, each one a
+/// cache miss (encoding there was ~200 ns a state, ~13 % of the loop thread's time at
+/// 10 M payments: docs/benchmarks.md, thirtieth step). What the gathering reads is
+/// then small and dense: `read_at`, `written_at` and the two byte buffers.
 struct FraudValues<S> {
-    slots: Vec<Slot<S>>,
+    states: Vec<S>,
+    /// Where in `read` each slot's stored value is (`None`: no history).
+    read_at: Vec<Option<Range<usize>>>,
     /// The stored values the states were decoded from, one after another.
     read: Vec<u8>,
-}
-
-struct Slot<S> {
-    state: S,
-    /// Where in `read` the stored value is (`None`: no history).
-    read: Option<Range<usize>>,
-    changed: bool,
+    /// Where in `written` each slot's bytes after its last change are, if they differ
+    /// from what it was read from (`None`: unchanged, or changed back to the same
+    /// bytes).
+    written_at: Vec<Option<Range<usize>>>,
+    /// Encoded states, appended at each change (a slot changed twice has two; its
+    /// `written_at` names the last).
+    written: Vec<u8>,
 }
 
 impl<S: FraudState> FraudValues<S> {
@@ -165,7 +176,7 @@ impl<S: FraudState> FraudValues<S> {
     /// store may lend it under a lock its commit thread takes) to be decoded by
     /// [`FraudValues::decode`].
     fn fill(&mut self, slot: usize, value: Option<&[u8]>) {
-        self.slots[slot].read = value.map(|v| {
+        self.read_at[slot] = value.map(|v| {
             let start = self.read.len();
             self.read.extend_from_slice(v);
             start..self.read.len()
@@ -175,9 +186,16 @@ impl<S: FraudState> FraudValues<S> {
     /// Every slot's state from the value it was filled with. A missing (or unreadable)
     /// value is an empty history.
     fn decode(&mut self) {
-        for s in &mut self.slots {
-            s.state = S::decode(s.read.clone().map_or(&[][..], |r| &self.read[r]));
+        for (state, at) in self.states.iter_mut().zip(&self.read_at) {
+            *state = S::decode(at.clone().map_or(&[][..], |r| &self.read[r]));
         }
+    }
+
+    /// The bytes `slot`'s state was read from (empty: no history).
+    fn read_bytes(&self, slot: usize) -> &[u8] {
+        self.read_at[slot]
+            .clone()
+            .map_or(&[][..], |r| &self.read[r])
     }
 }
 
@@ -198,14 +216,11 @@ impl<S: FraudState> FraudTable<S> {
         FraudTable {
             keys,
             values: FraudValues {
-                slots: (0..n)
-                    .map(|_| Slot {
-                        state: S::default(),
-                        read: None,
-                        changed: false,
-                    })
-                    .collect(),
+                states: (0..n).map(|_| S::default()).collect(),
+                read_at: vec![None; n],
                 read: Vec::with_capacity(48 * n),
+                written_at: vec![None; n],
+                written: Vec::with_capacity(48 * n),
             },
         }
     }
@@ -225,34 +240,51 @@ impl<S: FraudState> FraudTable<S> {
         asked
     }
 
-    /// The state in `slot` (one of the batch's [`BatchKeys`]), to be changed.
-    fn change(&mut self, slot: usize) -> &mut S {
-        let slot = &mut self.values.slots[slot];
-        slot.changed = true;
-        &mut slot.state
+    /// The state in `slot` (one of the batch's [`BatchKeys`]), to be changed; the
+    /// caller then calls [`FraudTable::changed`].
+    fn state(&mut self, slot: usize) -> &mut S {
+        &mut self.values.states[slot]
     }
 
-    /// Writes the changed slots whose bytes changed, in key order, and keeps them as
-    /// in flight.
-    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut InFlightValues) {
-        let FraudTable { keys, values } = self;
-        let changed = keys.sorted((0..values.slots.len()).filter(|&i| values.slots[i].changed));
-        in_flight.reserve(changed.len());
-        let mut value = Vec::with_capacity(64);
-        for i in changed {
-            let slot = &values.slots[i];
-            value.clear();
-            slot.state.encode_into(&mut value);
+    /// `slot`'s state was changed: its bytes, if they differ from what it was read
+    /// from, are what the batch writes for it (unless a later change replaces them).
+    fn changed(&mut self, slot: usize) {
+        let values = &mut self.values;
+        let start = values.written.len();
+        values.states[slot].encode_into(&mut values.written);
+        values.written_at[slot] = if values.written[start..] == *values.read_bytes(slot) {
             // Unchanged bytes are not written, and not in flight either: a later batch
             // reads them where this one did, from the store or from the copy of the
             // batch that wrote them, which is kept as long as that batch may be in
             // flight (`InFlight`).
-            if slot.read.as_ref().map(|r| &values.read[r.clone()]) == Some(&value[..]) {
-                continue;
-            }
+            values.written.truncate(start);
+            None
+        } else {
+            Some(start..values.written.len())
+        };
+    }
+
+    /// How many slots the batch writes.
+    fn writes(&self) -> usize {
+        self.values
+            .written_at
+            .iter()
+            .filter(|w| w.is_some())
+            .count()
+    }
+
+    /// Writes the slots whose bytes changed, in key order, and keeps them as in flight.
+    fn into_deltas(self, batch: &mut StateBatch, in_flight: &mut InFlightValues) {
+        let FraudTable { keys, values } = self;
+        let written = keys.sorted(values.written_at.iter().enumerate().filter_map(|(i, w)| {
+            let w = w.as_ref()?;
+            Some((i, w.clone()))
+        }));
+        for (i, at) in written {
             let key = keys.get(i);
-            batch.put_fraud(key, &value);
-            in_flight.insert(key, &value);
+            let value = &values.written[at];
+            batch.put_fraud(key, value);
+            in_flight.insert(key, value);
         }
     }
 }
@@ -709,9 +741,15 @@ impl<'a> BatchState<'a> {
     /// and folds it into both.
     pub fn assess(&mut self, record: usize, cfg: &FraudConfig) -> Assessment {
         let at = self.at(record);
-        let card = self.cards.change(at.card);
-        let customer = self.customers.change(at.customer);
-        assess(at.event, card, customer, cfg)
+        let assessment = assess(
+            at.event,
+            self.cards.state(at.card),
+            self.customers.state(at.customer),
+            cfg,
+        );
+        self.cards.changed(at.card);
+        self.customers.changed(at.customer);
+        assessment
     }
 
     /// Writes what the batch changed: dedup entries, card and customer state, each in
@@ -734,6 +772,9 @@ impl<'a> BatchState<'a> {
                 in_flight.dedup.insert(self.dedup_keys[i], *entry);
             }
         }
+        in_flight
+            .fraud
+            .reserve(self.cards.writes() + self.customers.writes());
         self.cards.into_deltas(batch, &mut in_flight.fraud);
         self.customers.into_deltas(batch, &mut in_flight.fraud);
         in_flight
@@ -929,9 +970,9 @@ mod tests {
             keys.slot(id, CustomerState::key_into);
         }
         let order: Vec<Vec<u8>> = keys
-            .sorted(0..keys.len())
+            .sorted((0..keys.len()).map(|slot| (slot, ())))
             .into_iter()
-            .map(|slot| keys.get(slot).to_vec())
+            .map(|(slot, ())| keys.get(slot).to_vec())
             .collect();
         let mut by_bytes: Vec<Vec<u8>> = (0..keys.len())
             .map(|slot| keys.get(slot).to_vec())
@@ -947,13 +988,13 @@ mod tests {
         let decoded = vec![Ok(event("a", "same", "same"))];
         let mut state = empty_state(&decoded);
         state.assess(0, &FraudConfig::default());
-        assert_eq!(state.cards.values.slots.len(), 1);
-        assert_eq!(state.customers.values.slots.len(), 1);
+        assert_eq!(state.cards.values.states.len(), 1);
+        assert_eq!(state.customers.values.states.len(), 1);
         assert_eq!(state.cards.keys.get(0), CardState::key("same"));
         assert_eq!(state.customers.keys.get(0), CustomerState::key("same"));
         assert_ne!(CardState::key("same"), CustomerState::key("same"));
-        assert_eq!(state.cards.values.slots[0].state.recent.len(), 1);
-        assert_eq!(state.customers.values.slots[0].state.devices, vec!["d-1"]);
+        assert_eq!(state.cards.values.states[0].recent.len(), 1);
+        assert_eq!(state.customers.values.states[0].devices, vec!["d-1"]);
     }
 
     #[test]
@@ -1026,7 +1067,7 @@ mod tests {
                 let key = CardState::key(c);
                 let keys = &state.cards.keys;
                 let slot = (0..keys.len()).find(|&s| keys.get(s) == key).unwrap();
-                state.cards.values.slots[slot].state.recent.len()
+                state.cards.values.states[slot].recent.len()
             })
             .collect();
         assert_eq!(read, vec![2, 3, 5, 6]);
@@ -1041,6 +1082,45 @@ mod tests {
         let puts = batch.fraud_puts();
         let (card_puts, customer_puts) = puts.split_at(4);
         assert!(card_puts.is_sorted() && customer_puts.is_sorted());
+    }
+
+    #[test]
+    fn a_state_changed_twice_in_a_batch_is_written_once_as_after_its_last_change() {
+        // Two payments of one card and customer in one batch: each state is encoded at
+        // both changes, and only the second encoding may be written.
+        let at = |id: &str, secs: i64| PaymentEvent {
+            card_fingerprint: "k-1".into(),
+            customer_id: "c-1".into(),
+            ..payment(id, secs, 100)
+        };
+        let decoded = vec![Ok(at("a", 1)), Ok(at("b", 20 * 60))];
+        let mut state = empty_state(&decoded);
+        let cfg = FraudConfig::default();
+        state.assess(0, &cfg);
+        state.assess(1, &cfg);
+        let card = state.cards.values.states[0].clone();
+        assert_eq!(
+            card.recent.len(),
+            2,
+            "both payments are in the card's history"
+        );
+        let customer = state.customers.values.states[0].clone();
+        let mut batch = StateBatch::new();
+        let in_flight = state.into_deltas(&mut batch);
+        // One put per key (no dedup entries were inserted).
+        assert_eq!(batch.len(), 2);
+        let mut values: Vec<(Vec<u8>, Vec<u8>)> = in_flight
+            .fraud
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        values.sort();
+        let mut expected = vec![
+            (CardState::key("k-1"), card.encode()),
+            (CustomerState::key("c-1"), customer.encode()),
+        ];
+        expected.sort();
+        assert_eq!(values, expected);
     }
 
     #[test]
