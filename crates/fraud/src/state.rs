@@ -81,6 +81,16 @@ fn decode<T: for<'de> Deserialize<'de> + Default>(
     }
 }
 
+/// The last-seen time and the reader after the tag of a value in today's layout
+/// ([`codec::TAG_V2`]); `None` for any other value (an earlier layout, damaged).
+fn v2_body(b: &[u8]) -> Option<(i64, Reader<'_>)> {
+    let (last_seen, rest) = b.split_first_chunk::<8>()?;
+    match rest.split_first() {
+        Some((&codec::TAG_V2, body)) => Some((i64::from_be_bytes(*last_seen), Reader::new(body))),
+        _ => None,
+    }
+}
+
 /// A writer appending a value to `buf`, its header written.
 fn writer(buf: Vec<u8>, last_seen: i64) -> Writer {
     let mut w = Writer::appending_to(buf);
@@ -211,33 +221,46 @@ impl CardState {
         decode(b, Self::decode_v2, Self::decode_v1)
     }
 
-    fn decode_v2(last: i64, r: &mut Reader<'_>) -> Option<CardState> {
-        let recent = (0..r.count()?)
-            .map(|_| r.zigzag().map(|d| last.wrapping_sub(d)))
-            .collect::<Option<_>>()?;
-        let amounts = (0..r.count()?)
-            .map(|_| {
-                Some(AmountStats {
-                    currency: r.vstr()?,
-                    n: r.varint()?,
-                    mean: r.f64()?,
-                    m2: r.f64()?,
-                })
-            })
-            .collect::<Option<_>>()?;
-        let last_ip_country = match r.count()? {
+    /// `self` becomes what [`CardState::decode`] would answer for `b`, in the memory of
+    /// its lists when `b` is in today's layout: the pipeline decodes a card for every
+    /// payment into one state, so this allocates nothing once its lists have grown.
+    pub fn decode_into(&mut self, b: &[u8]) {
+        let read = v2_body(b).and_then(|(last, mut r)| self.read_v2(last, &mut r));
+        if read.is_none() {
+            *self = CardState::decode(b);
+        }
+    }
+
+    /// The v2 fields after the tag into `self` (whose lists are cleared first); `None`
+    /// if they do not parse (`self` is then partly overwritten).
+    fn read_v2(&mut self, last: i64, r: &mut Reader<'_>) -> Option<()> {
+        self.last_seen_micros = last;
+        self.recent.clear();
+        for _ in 0..r.count()? {
+            self.recent.push(last.wrapping_sub(r.zigzag()?));
+        }
+        self.amounts.clear();
+        for _ in 0..r.count()? {
+            self.amounts.push(AmountStats {
+                currency: r.vstr()?,
+                n: r.varint()?,
+                mean: r.f64()?,
+                m2: r.f64()?,
+            });
+        }
+        self.last_ip_country = match r.count()? {
             0 => None,
             1 => Some(r.vstr()?),
             _ => return None,
         };
-        let state = CardState {
-            last_seen_micros: last,
-            recent,
-            amounts,
-            last_ip_country,
-            last_ip_country_micros: last.wrapping_sub(r.zigzag()?),
-        };
-        r.end().then_some(state)
+        self.last_ip_country_micros = last.wrapping_sub(r.zigzag()?);
+        r.end().then_some(())
+    }
+
+    fn decode_v2(last: i64, r: &mut Reader<'_>) -> Option<CardState> {
+        let mut state = CardState::default();
+        state.read_v2(last, r)?;
+        Some(state)
     }
 
     fn decode_v1(last_seen_micros: i64, r: &mut Reader<'_>) -> Option<CardState> {
@@ -300,6 +323,23 @@ impl CustomerState {
             |last_seen, r| Self::read(last_seen, r, |r| r.vstr()),
             |last_seen, r| Self::read(last_seen, r, |r| r.str()),
         )
+    }
+
+    /// `self` becomes what [`CustomerState::decode`] would answer for `b`, in the
+    /// memory of its device list when `b` is in today's layout (see
+    /// [`CardState::decode_into`]).
+    pub fn decode_into(&mut self, b: &[u8]) {
+        let read = v2_body(b).and_then(|(last_seen, mut r)| {
+            self.last_seen_micros = last_seen;
+            self.devices.clear();
+            for _ in 0..r.count()? {
+                self.devices.push(r.vstr()?);
+            }
+            r.end().then_some(())
+        });
+        if read.is_none() {
+            *self = CustomerState::decode(b);
+        }
     }
 
     /// The devices after the tag; v1 and v2 differ only in how a string's length is
@@ -427,6 +467,65 @@ mod tests {
         let mut lying = card().encode();
         lying[9] = 255;
         assert_eq!(CardState::decode(&lying), CardState::default());
+    }
+
+    #[test]
+    fn decoding_into_a_used_state_answers_what_decode_does() {
+        let c = card();
+        let mut json = c.last_seen_micros.to_be_bytes().to_vec();
+        json.extend(serde_json::to_vec(&c).unwrap());
+        let bigger = CardState {
+            recent: (0..40).collect(),
+            amounts: vec![card().amounts[0].clone(); 3],
+            ..card()
+        };
+        let mut values = vec![
+            c.encode(),
+            CardState::default().encode(),
+            CardState {
+                last_ip_country: None,
+                ..card()
+            }
+            .encode(),
+            bigger.encode(),
+            v1_card(&c),
+            json,
+            Vec::new(),
+        ];
+        // Damaged: every truncation of a v2 value, and trailing garbage.
+        let b = c.encode();
+        values.extend((0..b.len()).map(|n| b[..n].to_vec()));
+        values.push([&b[..], &[0]].concat());
+        // Each into a state that held something else (longer lists, a country).
+        let mut into = bigger.clone();
+        for v in &values {
+            into.decode_into(v);
+            assert_eq!(into, CardState::decode(v), "{v:?}");
+            into = bigger.clone();
+            into.decode_into(v);
+            assert_eq!(into, CardState::decode(v), "{v:?}");
+        }
+        let customers = [
+            CustomerState {
+                last_seen_micros: 7,
+                devices: vec!["d-1".into(), "d-2".into()],
+            },
+            CustomerState::default(),
+        ];
+        let mut into = CustomerState {
+            last_seen_micros: 1,
+            devices: vec!["x".into(); 5],
+        };
+        for c in &customers {
+            let b = c.encode();
+            for v in (0..=b.len())
+                .map(|n| &b[..n])
+                .chain([&[&b[..], &[0]].concat()[..]])
+            {
+                into.decode_into(v);
+                assert_eq!(into, CustomerState::decode(v), "{v:?}");
+            }
+        }
     }
 
     /// `c` as an earlier build wrote it: the v1 fixed-width layout.

@@ -50,13 +50,15 @@ pub fn rename_legacy_fraud_keys(store: &StateStore) -> Result<u64, StateError> {
 
 /// A kind of keyed fraud state: how its value is read and written.
 trait FraudState: Default {
-    fn decode(value: &[u8]) -> Self;
+    /// Becomes the state `value` holds (an empty history for an empty or unreadable
+    /// one), reusing its own memory.
+    fn decode_into(&mut self, value: &[u8]);
     fn encode_into(&self, out: &mut Vec<u8>);
 }
 
 impl FraudState for CardState {
-    fn decode(value: &[u8]) -> Self {
-        CardState::decode(value)
+    fn decode_into(&mut self, value: &[u8]) {
+        CardState::decode_into(self, value)
     }
     fn encode_into(&self, out: &mut Vec<u8>) {
         CardState::encode_into(self, out)
@@ -64,8 +66,8 @@ impl FraudState for CardState {
 }
 
 impl FraudState for CustomerState {
-    fn decode(value: &[u8]) -> Self {
-        CustomerState::decode(value)
+    fn decode_into(&mut self, value: &[u8]) {
+        CustomerState::decode_into(self, value)
     }
     fn encode_into(&self, out: &mut Vec<u8>) {
         CustomerState::encode_into(self, out)
@@ -146,21 +148,22 @@ impl FraudKeys {
     }
 }
 
-/// The states of one kind for a batch, slot by slot as in its [`FraudKeys`]: each as
-/// read, then as the batch changed it, with the bytes it was read from and the bytes
-/// it encodes to after its last change.
+/// The values of one kind of state for a batch, slot by slot as in its [`FraudKeys`]:
+/// the bytes each was read from, and the bytes it encodes to after the batch's last
+/// change of it.
 ///
-/// A state is encoded when it changes ([`FraudTable::changed`]), not when the batch's
-/// writes are gathered: then its fields (and the heap memory of its lists) were just
-/// touched, where the gathering visits the slots in key order, long after, each one a
-/// cache miss (encoding there was ~200 ns a state, ~13 % of the loop thread's time at
-/// 10 M payments: docs/benchmarks.md, thirtieth step). What the gathering reads is
-/// then small and dense: `read_at`, `written_at` and the two byte buffers.
+/// No slot keeps a decoded state. A change decodes the slot's current bytes into one
+/// state kept for all slots ([`FraudTable::change`]), lets the caller change it, and
+/// encodes it again at once: the state, its lists' memory and the bytes are all hot
+/// then. Decoding every slot when the batch was read, and encoding the changed ones
+/// when its writes were gathered in key order, touched each state three times far
+/// apart, and a state's fields (and its lists on the heap) had left the cache by the
+/// end: ~200 ns a state to encode, ~13 % of the loop thread's time at 10 M payments,
+/// besides an allocation or two a slot (docs/benchmarks.md, thirtieth step).
 struct FraudValues<S> {
-    states: Vec<S>,
     /// Where in `read` each slot's stored value is (`None`: no history).
     read_at: Vec<Option<Range<usize>>>,
-    /// The stored values the states were decoded from, one after another.
+    /// The stored values of the slots, one after another.
     read: Vec<u8>,
     /// Where in `written` each slot's bytes after its last change are, if they differ
     /// from what it was read from (`None`: unchanged, or changed back to the same
@@ -169,12 +172,13 @@ struct FraudValues<S> {
     /// Encoded states, appended at each change (a slot changed twice has two; its
     /// `written_at` names the last).
     written: Vec<u8>,
+    /// The state being changed.
+    state: S,
 }
 
 impl<S: FraudState> FraudValues<S> {
     /// `value` is the stored value of `slot`'s key, kept (a copy into one buffer: the
-    /// store may lend it under a lock its commit thread takes) to be decoded by
-    /// [`FraudValues::decode`].
+    /// store may lend it under a lock its commit thread takes).
     fn fill(&mut self, slot: usize, value: Option<&[u8]>) {
         self.read_at[slot] = value.map(|v| {
             let start = self.read.len();
@@ -183,19 +187,20 @@ impl<S: FraudState> FraudValues<S> {
         });
     }
 
-    /// Every slot's state from the value it was filled with. A missing (or unreadable)
-    /// value is an empty history.
-    fn decode(&mut self) {
-        for (state, at) in self.states.iter_mut().zip(&self.read_at) {
-            *state = S::decode(at.clone().map_or(&[][..], |r| &self.read[r]));
-        }
-    }
-
     /// The bytes `slot`'s state was read from (empty: no history).
     fn read_bytes(&self, slot: usize) -> &[u8] {
         self.read_at[slot]
             .clone()
             .map_or(&[][..], |r| &self.read[r])
+    }
+
+    /// The bytes of `slot`'s state as the batch has it now: as last changed, else as
+    /// read.
+    fn current(&self, slot: usize) -> &[u8] {
+        match &self.written_at[slot] {
+            Some(w) => &self.written[w.clone()],
+            None => self.read_bytes(slot),
+        }
     }
 }
 
@@ -216,11 +221,11 @@ impl<S: FraudState> FraudTable<S> {
         FraudTable {
             keys,
             values: FraudValues {
-                states: (0..n).map(|_| S::default()).collect(),
                 read_at: vec![None; n],
                 read: Vec::with_capacity(48 * n),
                 written_at: vec![None; n],
                 written: Vec::with_capacity(48 * n),
+                state: S::default(),
             },
         }
     }
@@ -240,18 +245,24 @@ impl<S: FraudState> FraudTable<S> {
         asked
     }
 
-    /// The state in `slot` (one of the batch's [`BatchKeys`]), to be changed; the
-    /// caller then calls [`FraudTable::changed`].
-    fn state(&mut self, slot: usize) -> &mut S {
-        &mut self.values.states[slot]
-    }
-
-    /// `slot`'s state was changed: its bytes, if they differ from what it was read
-    /// from, are what the batch writes for it (unless a later change replaces them).
-    fn changed(&mut self, slot: usize) {
+    /// Changes the state in `slot` (one of the batch's [`BatchKeys`]) by `f`: its
+    /// bytes after, if they differ from what it was read from, are what the batch
+    /// writes for it (unless a later change replaces them). A value that does not
+    /// parse is an empty history (fraud signals are advisory).
+    ///
+    /// Decoding what an earlier change in the batch encoded gives the state that
+    /// change left, but for a customer's last-seen time, stored rounded up to the hour:
+    /// a later change starts from the rounded time, as it would in a later batch, and
+    /// the rounded maximum is the same either way (`CustomerState`), so the bytes
+    /// written are too.
+    fn change<R>(&mut self, slot: usize, f: impl FnOnce(&mut S) -> R) -> R {
         let values = &mut self.values;
+        let mut state = std::mem::take(&mut values.state);
+        state.decode_into(values.current(slot));
+        let out = f(&mut state);
         let start = values.written.len();
-        values.states[slot].encode_into(&mut values.written);
+        state.encode_into(&mut values.written);
+        values.state = state;
         values.written_at[slot] = if values.written[start..] == *values.read_bytes(slot) {
             // Unchanged bytes are not written, and not in flight either: a later batch
             // reads them where this one did, from the store or from the copy of the
@@ -262,6 +273,15 @@ impl<S: FraudState> FraudTable<S> {
         } else {
             Some(start..values.written.len())
         };
+        out
+    }
+
+    /// The state in `slot` as the batch has it now.
+    #[cfg(test)]
+    fn state(&self, slot: usize) -> S {
+        let mut state = S::default();
+        state.decode_into(self.values.current(slot));
+        state
     }
 
     /// How many slots the batch writes.
@@ -704,8 +724,6 @@ impl<'a> BatchState<'a> {
                 None => customer_values.fill(customer_asked[i - card_asked.len()], value),
             }
         })?;
-        cards.values.decode();
-        customers.values.decode();
         Ok(BatchState {
             dedup_keys,
             dedup_values,
@@ -741,15 +759,12 @@ impl<'a> BatchState<'a> {
     /// and folds it into both.
     pub fn assess(&mut self, record: usize, cfg: &FraudConfig) -> Assessment {
         let at = self.at(record);
-        let assessment = assess(
-            at.event,
-            self.cards.state(at.card),
-            self.customers.state(at.customer),
-            cfg,
-        );
-        self.cards.changed(at.card);
-        self.customers.changed(at.customer);
-        assessment
+        let customers = &mut self.customers;
+        self.cards.change(at.card, |card| {
+            customers.change(at.customer, |customer| {
+                assess(at.event, card, customer, cfg)
+            })
+        })
     }
 
     /// Writes what the batch changed: dedup entries, card and customer state, each in
@@ -988,13 +1003,13 @@ mod tests {
         let decoded = vec![Ok(event("a", "same", "same"))];
         let mut state = empty_state(&decoded);
         state.assess(0, &FraudConfig::default());
-        assert_eq!(state.cards.values.states.len(), 1);
-        assert_eq!(state.customers.values.states.len(), 1);
+        assert_eq!(state.cards.keys.len(), 1);
+        assert_eq!(state.customers.keys.len(), 1);
         assert_eq!(state.cards.keys.get(0), CardState::key("same"));
         assert_eq!(state.customers.keys.get(0), CustomerState::key("same"));
         assert_ne!(CardState::key("same"), CustomerState::key("same"));
-        assert_eq!(state.cards.values.states[0].recent.len(), 1);
-        assert_eq!(state.customers.values.states[0].devices, vec!["d-1"]);
+        assert_eq!(state.cards.state(0).recent.len(), 1);
+        assert_eq!(state.customers.state(0).devices, vec!["d-1"]);
     }
 
     #[test]
@@ -1067,7 +1082,7 @@ mod tests {
                 let key = CardState::key(c);
                 let keys = &state.cards.keys;
                 let slot = (0..keys.len()).find(|&s| keys.get(s) == key).unwrap();
-                state.cards.values.states[slot].recent.len()
+                state.cards.state(slot).recent.len()
             })
             .collect();
         assert_eq!(read, vec![2, 3, 5, 6]);
@@ -1098,13 +1113,13 @@ mod tests {
         let cfg = FraudConfig::default();
         state.assess(0, &cfg);
         state.assess(1, &cfg);
-        let card = state.cards.values.states[0].clone();
+        let card = state.cards.state(0);
         assert_eq!(
             card.recent.len(),
             2,
             "both payments are in the card's history"
         );
-        let customer = state.customers.values.states[0].clone();
+        let customer = state.customers.state(0);
         let mut batch = StateBatch::new();
         let in_flight = state.into_deltas(&mut batch);
         // One put per key (no dedup entries were inserted).
