@@ -319,12 +319,16 @@ pub fn to_json(row: Vec<u8>) -> Result<Vec<u8>, CompactRowError> {
 /// Upper-case hex stays as text, since rendering writes lower case.
 fn put_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    // One table load a byte, no branch but the loop's: every row has a handful of
+    // strings, most ending in a long hex run (ids, fingerprints).
     let hex_run = bytes
         .iter()
         .rev()
-        .take_while(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        .take_while(|&&b| HEX_VALUE[usize::from(b)] != NOT_HEX)
         .count();
     let digits = hex_run & !1;
+    // At most: the marker, two varints of up to 10 bytes each, and the bytes.
+    buf.reserve(21 + bytes.len());
     if digits < MIN_HEX_DIGITS {
         buf.push(0);
         put_varint(buf, bytes.len() as u128);
@@ -336,20 +340,31 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     put_varint(buf, prefix.len() as u128);
     buf.extend_from_slice(prefix);
     put_varint(buf, (digits / 2) as u128);
-    for pair in hex.chunks_exact(2) {
-        buf.push(nibble(pair[0]) << 4 | nibble(pair[1]));
-    }
+    let value = |b: u8| HEX_VALUE[usize::from(b)];
+    buf.extend(
+        hex.chunks_exact(2)
+            .map(|pair| value(pair[0]) << 4 | value(pair[1])),
+    );
 }
 
 /// Shorter runs of hex digits are not worth the extra length byte.
 const MIN_HEX_DIGITS: usize = 8;
 
-fn nibble(hex_digit: u8) -> u8 {
-    match hex_digit {
-        b'0'..=b'9' => hex_digit - b'0',
-        _ => hex_digit - b'a' + 10,
+/// A byte's value as a lowercase hex digit, or [`NOT_HEX`].
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            d @ b'0'..=b'9' => d - b'0',
+            d @ b'a'..=b'f' => d - b'a' + 10,
+            _ => NOT_HEX,
+        };
+        b += 1;
     }
-}
+    t
+};
+const NOT_HEX: u8 = 0xff;
 
 fn zigzag(v: i128) -> u128 {
     ((v << 1) ^ (v >> 127)) as u128
