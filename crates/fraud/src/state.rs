@@ -512,7 +512,7 @@ mod tests {
             },
             CustomerState::default(),
         ];
-        let mut into = CustomerState {
+        let used = CustomerState {
             last_seen_micros: 1,
             devices: vec!["x".into(); 5],
         };
@@ -522,6 +522,7 @@ mod tests {
                 .map(|n| &b[..n])
                 .chain([&[&b[..], &[0]].concat()[..]])
             {
+                let mut into = used.clone();
                 into.decode_into(v);
                 assert_eq!(into, CustomerState::decode(v), "{v:?}");
             }

@@ -515,6 +515,15 @@ mod tests {
         let mut buf = Vec::new();
         put_str(&mut buf, "603432320813988518e9a6fd5882a6d3");
         assert_eq!(buf.len(), 1 + 1 + 1 + 16);
+        // The layout, byte for byte (stored rows are read back with it): marker, the
+        // text before the run (length, bytes), the number of digit pairs, the pairs.
+        let mut buf = Vec::new();
+        put_str(&mut buf, "tx-1f8ee2b870262c12");
+        let packed = [0x1f, 0x8e, 0xe2, 0xb8, 0x70, 0x26, 0x2c, 0x12];
+        assert_eq!(buf, [&[1, 3][..], b"tx-", &[8], &packed].concat());
+        let mut buf = Vec::new();
+        put_str(&mut buf, "m-017870");
+        assert_eq!(buf, [&[0, 8][..], b"m-017870"].concat());
     }
 
     #[test]

@@ -169,8 +169,8 @@ struct FraudValues<S> {
     /// from what it was read from (`None`: unchanged, or changed back to the same
     /// bytes).
     written_at: Vec<Option<Range<usize>>>,
-    /// Encoded states, appended at each change (a slot changed twice has two; its
-    /// `written_at` names the last).
+    /// Encoded states, appended at each change whose bytes differ from the slot's
+    /// read ones (a slot changed twice may have two; its `written_at` names the last).
     written: Vec<u8>,
     /// The state being changed.
     state: S,
@@ -252,9 +252,10 @@ impl<S: FraudState> FraudTable<S> {
     ///
     /// Decoding what an earlier change in the batch encoded gives the state that
     /// change left, but for a customer's last-seen time, stored rounded up to the hour:
-    /// a later change starts from the rounded time, as it would in a later batch, and
-    /// the rounded maximum is the same either way (`CustomerState`), so the bytes
-    /// written are too.
+    /// a later change starts from the rounded time, as it would in a later batch. The
+    /// rounded maximum is the same either way (see
+    /// `paydedup_fraud::state::CUSTOMER_LAST_SEEN_QUANTUM_MICROS`), so the bytes written
+    /// are too, and no fraud rule reads that time (only expiry does), so the scores are.
     fn change<R>(&mut self, slot: usize, f: impl FnOnce(&mut S) -> R) -> R {
         let values = &mut self.values;
         let mut state = std::mem::take(&mut values.state);
@@ -1100,26 +1101,47 @@ mod tests {
     }
 
     #[test]
-    fn a_state_changed_twice_in_a_batch_is_written_once_as_after_its_last_change() {
-        // Two payments of one card and customer in one batch: each state is encoded at
-        // both changes, and only the second encoding may be written.
-        let at = |id: &str, secs: i64| PaymentEvent {
+    fn a_state_changed_several_times_in_a_batch_is_written_once_as_after_its_last_change() {
+        // Stored: a card's and a customer's history after a payment at 10:00:01 on
+        // device d-1 (the customer's time stored as 11:00). Then one batch: 10:20 on d-1
+        // (the customer's bytes are the stored ones: no write on its own), 10:40 on a
+        // new device d-2 (a write), 10:50 on d-2. Each state is decoded and encoded at
+        // every change; the batch must score each payment and write each key as a
+        // plain fold of `assess` over the payments does.
+        let at = |id: &str, secs: i64, device: &str| PaymentEvent {
             card_fingerprint: "k-1".into(),
             customer_id: "c-1".into(),
-            ..payment(id, secs, 100)
+            device_id: device.into(),
+            ..payment(id, secs, 100 + secs)
         };
-        let decoded = vec![Ok(at("a", 1)), Ok(at("b", 20 * 60))];
-        let mut state = empty_state(&decoded);
         let cfg = FraudConfig::default();
-        state.assess(0, &cfg);
-        state.assess(1, &cfg);
-        let card = state.cards.state(0);
-        assert_eq!(
-            card.recent.len(),
-            2,
-            "both payments are in the card's history"
-        );
-        let customer = state.customers.state(0);
+        let (mut card, mut customer) = (CardState::default(), CustomerState::default());
+        assess(&at("a", 1, "d-1"), &mut card, &mut customer, &cfg);
+        let (card_key, customer_key) = (CardState::key("k-1"), CustomerState::key("c-1"));
+        let stored: BatchMap<Vec<u8>, Vec<u8>> = [
+            (card_key.clone(), card.encode()),
+            (customer_key.clone(), customer.encode()),
+        ]
+        .into_iter()
+        .collect();
+        let decoded = vec![
+            Ok(at("b", 20 * 60, "d-1")),
+            Ok(at("c", 40 * 60, "d-2")),
+            Ok(at("d", 50 * 60, "d-2")),
+        ];
+        let (mut state, _) = state_from(&decoded, &InFlight::default(), &stored);
+        for (i, d) in decoded.iter().enumerate() {
+            let Ok(event) = d else { unreachable!() };
+            let expected = assess(event, &mut card, &mut customer, &cfg);
+            assert_eq!(state.assess(i, &cfg), expected, "payment {i}");
+            if i == 0 {
+                assert!(
+                    state.customers.values.written_at[0].is_none(),
+                    "the customer's bytes are the stored ones"
+                );
+            }
+        }
+        assert_eq!(customer.devices, vec!["d-1", "d-2"]);
         let mut batch = StateBatch::new();
         let in_flight = state.into_deltas(&mut batch);
         // One put per key (no dedup entries were inserted).
@@ -1130,10 +1152,7 @@ mod tests {
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         values.sort();
-        let mut expected = vec![
-            (CardState::key("k-1"), card.encode()),
-            (CustomerState::key("c-1"), customer.encode()),
-        ];
+        let mut expected = vec![(card_key, card.encode()), (customer_key, customer.encode())];
         expected.sort();
         assert_eq!(values, expected);
     }
