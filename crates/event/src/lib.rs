@@ -15,6 +15,7 @@ pub mod card;
 pub mod currency;
 pub mod decode;
 pub mod error;
+pub mod hex;
 pub mod payment;
 
 pub use canonical::{content_hash, encode_json, ContentHash};

@@ -13,6 +13,7 @@
 //! a card fingerprint's hex digits are stored packed, two to a byte. Earlier builds
 //! used `card/…` and `customer/…`; [`current_key`] maps those to today's keys for
 //! the one-time rewrite of an older state directory.
+use paydedup_event::hex::{LOWER_HEX_VALUE, NOT_HEX};
 use paydedup_event::SmolStr;
 use serde::{Deserialize, Serialize};
 
@@ -109,23 +110,6 @@ const CARD_RAW: u8 = 0x02;
 /// First byte of a customer key: the id's bytes follow.
 const CUSTOMER: u8 = 0x03;
 
-/// A byte's value as a lowercase hex digit, or [`NOT_HEX`]: one table load per digit
-/// (a card key is built for every card of every batch).
-const HEX_DIGIT: [u8; 256] = {
-    let mut t = [NOT_HEX; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = match b as u8 {
-            d @ b'0'..=b'9' => d - b'0',
-            d @ b'a'..=b'f' => d - b'a' + 10,
-            _ => NOT_HEX,
-        };
-        b += 1;
-    }
-    t
-};
-const NOT_HEX: u8 = 0xff;
-
 /// Today's key for a key written by an earlier build (`card/…`, `customer/…`), or
 /// `None` for a key that is not one.
 pub fn current_key(legacy: &[u8]) -> Option<Vec<u8>> {
@@ -162,9 +146,10 @@ impl CardState {
     /// buffer).
     pub fn key_into(fingerprint: &str, out: &mut Vec<u8>) {
         let hex = fingerprint.as_bytes();
-        let packable = u8::try_from(hex.len())
-            .ok()
-            .filter(|_| hex.iter().all(|b| HEX_DIGIT[usize::from(*b)] != NOT_HEX));
+        let packable = u8::try_from(hex.len()).ok().filter(|_| {
+            hex.iter()
+                .all(|b| LOWER_HEX_VALUE[usize::from(*b)] != NOT_HEX)
+        });
         let Some(len) = packable else {
             out.reserve(1 + hex.len());
             out.push(CARD_RAW);
@@ -174,7 +159,7 @@ impl CardState {
         out.reserve(2 + hex.len().div_ceil(2));
         out.push(CARD_HEX);
         out.push(len);
-        let digit = |b: &u8| HEX_DIGIT[usize::from(*b)];
+        let digit = |b: &u8| LOWER_HEX_VALUE[usize::from(*b)];
         let mut pairs = hex.chunks_exact(2);
         out.extend(pairs.by_ref().map(|p| digit(&p[0]) << 4 | digit(&p[1])));
         if let [last] = pairs.remainder() {

@@ -25,6 +25,7 @@
 
 use std::borrow::Cow;
 
+use paydedup_event::hex::{LOWER_HEX_VALUE, NOT_HEX};
 use thiserror::Error;
 
 use super::json_row::JsonRow;
@@ -324,7 +325,7 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     let hex_run = bytes
         .iter()
         .rev()
-        .take_while(|&&b| HEX_VALUE[usize::from(b)] != NOT_HEX)
+        .take_while(|&&b| LOWER_HEX_VALUE[usize::from(b)] != NOT_HEX)
         .count();
     let digits = hex_run & !1;
     // At most: the marker, two varints of up to 10 bytes each, and the bytes.
@@ -340,7 +341,7 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     put_varint(buf, prefix.len() as u128);
     buf.extend_from_slice(prefix);
     put_varint(buf, (digits / 2) as u128);
-    let value = |b: u8| HEX_VALUE[usize::from(b)];
+    let value = |b: u8| LOWER_HEX_VALUE[usize::from(b)];
     buf.extend(
         hex.chunks_exact(2)
             .map(|pair| value(pair[0]) << 4 | value(pair[1])),
@@ -349,22 +350,6 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
 
 /// Shorter runs of hex digits are not worth the extra length byte.
 const MIN_HEX_DIGITS: usize = 8;
-
-/// A byte's value as a lowercase hex digit, or [`NOT_HEX`].
-const HEX_VALUE: [u8; 256] = {
-    let mut t = [NOT_HEX; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = match b as u8 {
-            d @ b'0'..=b'9' => d - b'0',
-            d @ b'a'..=b'f' => d - b'a' + 10,
-            _ => NOT_HEX,
-        };
-        b += 1;
-    }
-    t
-};
-const NOT_HEX: u8 = 0xff;
 
 fn zigzag(v: i128) -> u128 {
     ((v << 1) ^ (v >> 127)) as u128
