@@ -408,11 +408,7 @@ fn card_fingerprint(s: &str) -> Result<CardFingerprint, ValidationError> {
             field: "card_fingerprint",
         });
     }
-    if !(16..=128).contains(&s.len())
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !(16..=128).contains(&s.len()) || !s.bytes().all(crate::hex::is_lower_hex) {
         return Err(ValidationError::InvalidCardFingerprint);
     }
     Ok(CardFingerprint::new(s))

@@ -21,6 +21,11 @@ pub const LOWER_HEX_VALUE: [u8; 256] = {
 /// What [`LOWER_HEX_VALUE`] holds for a byte that is not a lowercase hex digit.
 pub const NOT_HEX: u8 = 0xff;
 
+/// Whether `b` is a lowercase hex digit (`0`–`9`, `a`–`f`).
+pub fn is_lower_hex(b: u8) -> bool {
+    LOWER_HEX_VALUE[usize::from(b)] != NOT_HEX
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,6 +38,7 @@ mod tests {
                 .filter(|_| !b.is_ascii_uppercase())
                 .map_or(NOT_HEX, |d| d as u8);
             assert_eq!(LOWER_HEX_VALUE[usize::from(b)], expected, "{b:#x}");
+            assert_eq!(is_lower_hex(b), expected != NOT_HEX, "{b:#x}");
         }
     }
 }

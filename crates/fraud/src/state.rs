@@ -13,7 +13,7 @@
 //! a card fingerprint's hex digits are stored packed, two to a byte. Earlier builds
 //! used `card/…` and `customer/…`; [`current_key`] maps those to today's keys for
 //! the one-time rewrite of an older state directory.
-use paydedup_event::hex::{LOWER_HEX_VALUE, NOT_HEX};
+use paydedup_event::hex::{is_lower_hex, LOWER_HEX_VALUE};
 use paydedup_event::SmolStr;
 use serde::{Deserialize, Serialize};
 
@@ -146,10 +146,9 @@ impl CardState {
     /// buffer).
     pub fn key_into(fingerprint: &str, out: &mut Vec<u8>) {
         let hex = fingerprint.as_bytes();
-        let packable = u8::try_from(hex.len()).ok().filter(|_| {
-            hex.iter()
-                .all(|b| LOWER_HEX_VALUE[usize::from(*b)] != NOT_HEX)
-        });
+        let packable = u8::try_from(hex.len())
+            .ok()
+            .filter(|_| hex.iter().copied().all(is_lower_hex));
         let Some(len) = packable else {
             out.reserve(1 + hex.len());
             out.push(CARD_RAW);

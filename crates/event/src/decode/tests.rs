@@ -248,6 +248,17 @@ fn card_rules_never_echo_the_number() {
         code_with("card_fingerprint", json!("not-hex!")),
         "invalid_card_fingerprint"
     );
+    // Lowercase hex only: the same digits in upper case are not a fingerprint.
+    assert_eq!(
+        code_with("card_fingerprint", json!("AB".repeat(16))),
+        "invalid_card_fingerprint"
+    );
+    assert!(decode_value(&{
+        let mut v = valid();
+        v["card_fingerprint"] = json!("ab09".repeat(8));
+        v
+    })
+    .is_ok());
     // A PAN in a wrongly typed field is also not echoed by the JSON error.
     let raw = format!("{{\"card_fingerprint\": {pan}x}}");
     let err = decode(raw.as_bytes(), reference(), &DecodeLimits::default()).unwrap_err();

@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 
-use paydedup_event::hex::{LOWER_HEX_VALUE, NOT_HEX};
+use paydedup_event::hex::{is_lower_hex, LOWER_HEX_VALUE};
 use thiserror::Error;
 
 use super::json_row::JsonRow;
@@ -322,11 +322,7 @@ fn put_str(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     // One table load a byte, no branch but the loop's: every row has a handful of
     // strings, most ending in a long hex run (ids, fingerprints).
-    let hex_run = bytes
-        .iter()
-        .rev()
-        .take_while(|&&b| LOWER_HEX_VALUE[usize::from(b)] != NOT_HEX)
-        .count();
+    let hex_run = bytes.iter().rev().take_while(|&&b| is_lower_hex(b)).count();
     let digits = hex_run & !1;
     // At most: the marker, two varints of up to 10 bytes each, and the bytes.
     buf.reserve(21 + bytes.len());
