@@ -5,7 +5,9 @@
 //!
 //! It also times the fill itself (every key put once, from one buffer holding them all,
 //! as a restart would fill memory from pages of values): what a design that must
-//! load every fraud value before the first batch would pay.
+//! load every fraud value before the first batch would pay. And it times puts of
+//! values grown by a few bytes, in random order, which is what makes the arenas be
+//! rewritten (`compact_if_due`) on the commit thread.
 //!
 //! cargo bench -p paydedup-processor --bench resident_values -- --bench [KEYS]
 //! Under `cargo test` (no `--bench`) it checks both answer alike on a few keys.
@@ -129,6 +131,31 @@ fn main() {
         single += a;
         batched += c;
     }
+    // Values put again a few bytes longer (a card's grows with most payments: a new
+    // currency, a recent time), in random order, as the commits put them: each leaves
+    // its old entry behind as garbage, and a shard whose garbage passes an eighth of
+    // its arena is rewritten, so the puts' time includes those rewrites.
+    let mut grown = vec![0u8; keys as usize];
+    let mut rewriting = Duration::ZERO;
+    let rewrites = (keys as usize / BATCH).max(1) * BATCH;
+    for _ in 0..rewrites / BATCH {
+        let puts: Vec<(Vec<u8>, Vec<u8>)> = (0..BATCH)
+            .map(|_| {
+                let i = next() % keys;
+                let g = &mut grown[i as usize];
+                // Six growths, then back to the first length (a shrink moves it too).
+                *g = (*g + 1) % 7;
+                let mut v = value(i);
+                v.extend(std::iter::repeat_n(b'g', 5 * usize::from(*g)));
+                (key(i), v)
+            })
+            .collect();
+        let t = Instant::now();
+        for (k, v) in &puts {
+            r.put(k, v);
+        }
+        rewriting += t.elapsed();
+    }
     let per = |d: Duration| d.as_nanos() as f64 / (rounds * BATCH) as f64;
     println!("| keys held | lookups | one at a time | batched (get_many) | ratio |");
     println!("|---|---|---|---|---|");
@@ -146,5 +173,10 @@ fn main() {
         fill.as_secs_f64(),
         fill.as_nanos() as f64 / keys as f64,
         fill_two.as_secs_f64()
+    );
+    println!(
+        "{rewrites} values put again a few bytes longer, random keys: {:.0} ns a put \
+         (the arena rewrites they cause included)",
+        rewriting.as_nanos() as f64 / rewrites as f64
     );
 }
