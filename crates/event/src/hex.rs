@@ -1,7 +1,7 @@
 //! Lowercase hex digits, the text of every id this pipeline packs: card fingerprints,
 //! transaction and device ids. Packing two digits to a byte is on the hot path (a
 //! card's state key per payment, an outbox row's strings), so a digit's value is one
-//! table load, not a pair of range checks.
+//! table load, not a pair of range checks and a subtraction.
 
 /// A byte's value as a lowercase hex digit (`0`–`9`, `a`–`f`), or [`NOT_HEX`].
 pub const LOWER_HEX_VALUE: [u8; 256] = {
@@ -21,9 +21,11 @@ pub const LOWER_HEX_VALUE: [u8; 256] = {
 /// What [`LOWER_HEX_VALUE`] holds for a byte that is not a lowercase hex digit.
 pub const NOT_HEX: u8 = 0xff;
 
-/// Whether `b` is a lowercase hex digit (`0`–`9`, `a`–`f`).
+/// Whether `b` is a lowercase hex digit (`0`–`9`, `a`–`f`): two range checks without a
+/// branch, so that a loop checking a whole id vectorises (a table load per byte does
+/// not).
 pub fn is_lower_hex(b: u8) -> bool {
-    LOWER_HEX_VALUE[usize::from(b)] != NOT_HEX
+    (b.wrapping_sub(b'0') < 10) | (b.wrapping_sub(b'a') < 6)
 }
 
 #[cfg(test)]

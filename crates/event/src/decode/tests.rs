@@ -165,8 +165,18 @@ fn timestamp_rules() {
         code_with("event_time", json!("2026-11-23T12:10:01Z")),
         "event_time_in_future"
     );
-    // Exactly at the tolerance is accepted.
+    assert_eq!(
+        code_with("event_time", json!("1999-12-31T23:59:59.999999Z")),
+        "event_time_too_old"
+    );
+    // The floor itself is accepted (a fraction below a microsecond is truncated).
     let mut v = valid();
+    v["event_time"] = json!("2000-01-01T00:00:00.0000009Z");
+    assert_eq!(
+        decode_value(&v).unwrap().event_time,
+        Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap()
+    );
+    // Exactly at the tolerance is accepted.
     v["event_time"] = json!("2026-11-23T12:10:00Z");
     assert!(decode_value(&v).is_ok());
     // An offset is converted to UTC.
@@ -471,4 +481,13 @@ fn an_event_time_past_year_9999_utc_is_invalid() {
     )
     .unwrap_err();
     assert_eq!(e.code(), "invalid_timestamp");
+}
+
+/// The branch-free id byte check accepts exactly the bytes the rule names.
+#[test]
+fn an_id_byte_is_a_letter_a_digit_or_one_of_four_marks() {
+    for b in 0..=u8::MAX {
+        let rule = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':');
+        assert_eq!(super::is_id_byte(b), rule, "byte {b:#04x}");
+    }
 }
