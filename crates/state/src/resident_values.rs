@@ -56,8 +56,6 @@ const HEADER: usize = 3;
 /// A shard's arena is rewritten once its garbage is at least this many bytes and an
 /// eighth of the arena (small in tests, so they reach it).
 const MIN_COMPACT_GARBAGE: usize = if cfg!(test) { 512 } else { 64 * 1024 };
-/// Entries a rewrite of the arena reads ahead at once (see `Shard::compact_if_due`).
-const COMPACT_GROUP: usize = 64;
 
 /// What memory knows of one key.
 #[derive(Debug, PartialEq, Eq)]
@@ -251,53 +249,19 @@ impl Shard {
     }
 
     /// Rewrites the arena without its garbage once that is an eighth of it.
-    ///
-    /// The live entries are copied in the table's order, which is random in the old
-    /// arena (megabytes): a cache miss each. One after another, those misses were most
-    /// of a rewrite's time (~1.8 s of a 10 M run's commit thread, 11 % of it). Here the
-    /// entries are copied in groups, each group's first bytes read first: loads that do
-    /// not depend on each other, so their misses overlap (as in
-    /// [`ResidentValues::get_many`]).
     fn compact_if_due(&mut self) {
         if self.garbage < MIN_COMPACT_GARBAGE || self.garbage * 8 < self.arena.len {
             return;
         }
-        let old = &self.arena;
-        let live: Vec<u32> = self
-            .table
-            .iter()
-            .map(Slot::offset)
-            .filter(|o| *o != ASK)
-            .collect();
         let mut arena = Arena::default();
-        let mut moved = Vec::with_capacity(live.len());
-        for group in live.chunks(COMPACT_GROUP) {
-            let mut seen = 0u8;
-            for offset in group {
-                seen ^= old.first_byte(*offset);
-            }
-            std::hint::black_box(seen);
-            for offset in group {
-                let (k, v) = old.entry(*offset);
-                // The live entries fitted the old arena's offsets, so they fit the new one.
-                moved.push(arena.append(k, v).unwrap_or(ASK));
-            }
-        }
-        // `update` visits the live slots in `iter`'s order; a slot that is not the one
-        // expected (never, by that order) is copied on its own.
-        let mut moved = live.iter().zip(moved);
+        let old = &self.arena;
         self.table.update(|slot| {
             if slot.offset() == ASK {
                 return slot;
             }
-            let offset = match moved.next() {
-                Some((was, now)) if *was == slot.offset() => now,
-                _ => {
-                    let (k, v) = old.entry(slot.offset());
-                    arena.append(k, v).unwrap_or(ASK)
-                }
-            };
-            Slot::new(slot.key(), offset)
+            let (k, v) = old.entry(slot.offset());
+            // The live entries fitted the old arena's offsets, so they fit the new one.
+            Slot::new(slot.key(), arena.append(k, v).unwrap_or(ASK))
         });
         self.arena = arena;
         self.garbage = 0;
