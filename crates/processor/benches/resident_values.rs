@@ -56,6 +56,7 @@ fn main() {
         r.put(&flat[start..key_end], &flat[key_end..end]);
     }
     let fill = filling.elapsed();
+    let filled_bytes = r.memory_bytes();
     // The same keys filled by two threads, each into a set of its own with every other
     // key: whether a fill splits over both cores (fresh memory's page faults share one
     // address space), before a design counts on it.
@@ -169,14 +170,15 @@ fn main() {
     println!(
         "filled with {keys} keys ({} MB of memory) in {:.2} s on one thread: {:.0} ns a key; \
          {:.2} s on two threads, each filling a set of its own with half the keys",
-        r.memory_bytes() / 1_000_000,
+        filled_bytes / 1_000_000,
         fill.as_secs_f64(),
         fill.as_nanos() as f64 / keys as f64,
         fill_two.as_secs_f64()
     );
     println!(
         "{rewrites} values put again a few bytes longer, random keys: {:.0} ns a put \
-         (the arena rewrites they cause included)",
-        rewriting.as_nanos() as f64 / rewrites as f64
+         (the arena rewrites they cause included); {} MB of memory after them",
+        rewriting.as_nanos() as f64 / rewrites as f64,
+        r.memory_bytes() / 1_000_000
     );
 }

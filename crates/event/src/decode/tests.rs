@@ -169,6 +169,11 @@ fn timestamp_rules() {
         code_with("event_time", json!("1999-12-31T23:59:59.999999Z")),
         "event_time_too_old"
     );
+    // Through chrono (an offset): the floor is an instant, not a local date.
+    assert_eq!(
+        code_with("event_time", json!("2000-01-01T00:59:59+01:00")),
+        "event_time_too_old"
+    );
     // The floor itself is accepted (a fraction below a microsecond is truncated).
     let mut v = valid();
     v["event_time"] = json!("2000-01-01T00:00:00.0000009Z");
