@@ -321,12 +321,6 @@ impl<S: FraudState> FraudTable<S> {
 /// A second slot lets the pipeline run one batch ahead through a slow commit.
 pub const COMMITS_IN_FLIGHT: usize = 2;
 
-/// Sorts dedup keys in byte order, compared as numbers (a byte array's comparison calls
-/// `memcmp`).
-fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
-    keys.sort_unstable_by_key(|k| u128::from_be_bytes(*k));
-}
-
 /// The fraud values a batch wrote, by key: keys and values in one buffer, found through
 /// a table of where each lies (a few allocations a batch, where a map of `Vec`s took
 /// two a value, each freed a batch later).
@@ -580,9 +574,9 @@ impl BatchKeysBuilder {
         } = self;
         // Each valid record's key with the record's index, sorted once: a record's
         // key lands beside its equals, so one pass gives the batch's distinct keys in
-        // order ([`sort_dedup_keys`]'s) and each record its position among them. (A
-        // binary search per record after sorting the keys took as long as the sort,
-        // on the decode thread.)
+        // byte order (compared as numbers: a byte array's comparison calls `memcmp`)
+        // and each record its position among them. (A binary search per record after
+        // sorting the keys took as long as the sort, on the decode thread.)
         let mut by_key: Vec<(u128, usize)> = found
             .iter()
             .enumerate()
@@ -851,6 +845,11 @@ mod tests {
         );
         let Ok(state) = state;
         (state, asked)
+    }
+
+    /// Dedup keys in byte order.
+    fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
+        keys.sort_unstable();
     }
 
     /// The state of `decoded` as if the store were empty.
