@@ -847,11 +847,6 @@ mod tests {
         (state, asked)
     }
 
-    /// Dedup keys in byte order.
-    fn sort_dedup_keys(keys: &mut [[u8; 16]]) {
-        keys.sort_unstable();
-    }
-
     /// The state of `decoded` as if the store were empty.
     fn empty_state(decoded: &[Result<PaymentEvent, ValidationError>]) -> BatchState<'_> {
         state_from(decoded, &InFlight::default(), &BatchMap::default()).0
@@ -880,7 +875,7 @@ mod tests {
             .filter(|(d, _)| d.is_ok())
             .map(|(_, id)| dedup_key(id))
             .collect();
-        sort_dedup_keys(&mut expected);
+        expected.sort_unstable();
         expected.dedup();
         assert_eq!(keys.dedup_keys, expected);
         for ((d, id), r) in decoded.iter().zip(&ids).zip(&keys.records) {
@@ -911,7 +906,7 @@ mod tests {
         expected.sort();
         assert_eq!(asked, expected);
         let mut dedup = vec![dedup_key("a"), dedup_key("b")];
-        sort_dedup_keys(&mut dedup);
+        dedup.sort_unstable();
         assert_eq!(state.dedup_keys, dedup);
         // Each record reaches its own id's, card's and customer's state: the two
         // records of "b" one dedup entry, the two payments of card "k-1" one card.
