@@ -46,7 +46,10 @@ use paydedup_processor::pipeline::{
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
-use peers_input::{data_dir, lines, opt, peak_rss_mib, rss_now_mib, thread_sched, Manifest};
+use peers_input::{
+    anon_huge_mib, data_dir, lines, opt, peak_rss_mib, rss_now_mib, thread_sched, Manifest,
+    MemoryWaits,
+};
 
 /// Where the committing threads' time went, summed over the run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -257,6 +260,7 @@ fn main() {
     let mut commit_time = CommitTime::default();
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
+    let waits_before = MemoryWaits::now();
     let started = Instant::now();
     // Decoded ahead, as the processor's loop decodes a full batch while the one before
     // it is processed (`pipeline::decode_ahead`).
@@ -400,6 +404,13 @@ fn main() {
         mb(fraud_values as u64),
         mb(block_cache),
         mb(memtables)
+    );
+    let waits = MemoryWaits::now().since(waits_before);
+    eprintln!(
+        "kernel during the run (machine-wide): {} direct compactions, {} pages reclaimed directly; this process's memory in transparent huge pages at the end: {} MiB",
+        waits.compaction_stalls,
+        waits.pages_reclaimed_directly,
+        anon_huge_mib()
     );
     // Per column family: the background CPU, what flushes and compactions wrote, write
     // stalls by cause (only the non-zero ones); then the WAL and the stalls in all.
@@ -569,6 +580,8 @@ fn main() {
                 .round(),
             "bytes_by_column_family": stats.bytes,
             "fraud_keys": stats.fraud_keys,
+            "kernel_compaction_stalls": waits.compaction_stalls,
+            "kernel_pages_reclaimed_directly": waits.pages_reclaimed_directly,
         });
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

@@ -135,15 +135,60 @@ pub fn rss_now_mib() -> u64 {
     status_mib("VmRSS:")
 }
 
+/// This process's anonymous memory in transparent huge pages now, MiB (mimalloc asks
+/// for them on its arenas; the kernel gives them when it has 2 MiB free in one piece).
+pub fn anon_huge_mib() -> u64 {
+    proc_field("/proc/self/smaps_rollup", "AnonHugePages:") / 1024
+}
+
 /// A `/proc/self/status` field given in kB, in MiB (0 if unreadable).
 fn status_mib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_field("/proc/self/status", field) / 1024
+}
+
+/// The number after `field` in a `/proc` file of "name value [unit]" lines (0 if
+/// unreadable).
+fn proc_field(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
-        / 1024
+}
+
+/// The machine's page faults that waited for the kernel to find memory
+/// (`/proc/vmstat`, machine-wide): direct compactions (a huge page made by moving
+/// pages) and pages reclaimed directly (taken from the page cache by the faulting
+/// thread). Both appear once files fill memory (a build, another engine's run, a big
+/// file written), and the first run after that pays them: docs/benchmarks.md,
+/// thirty-second step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryWaits {
+    pub compaction_stalls: u64,
+    pub pages_reclaimed_directly: u64,
+}
+
+impl MemoryWaits {
+    pub fn now() -> MemoryWaits {
+        let field = |name| proc_field("/proc/vmstat", name);
+        MemoryWaits {
+            compaction_stalls: field("compact_stall "),
+            pages_reclaimed_directly: field("pgsteal_direct "),
+        }
+    }
+
+    /// The waits since `before`.
+    pub fn since(self, before: MemoryWaits) -> MemoryWaits {
+        MemoryWaits {
+            compaction_stalls: self
+                .compaction_stalls
+                .saturating_sub(before.compaction_stalls),
+            pages_reclaimed_directly: self
+                .pages_reclaimed_directly
+                .saturating_sub(before.pages_reclaimed_directly),
+        }
+    }
 }
 
 /// Checks the line patching on one line of the peers' format (what the benches do
