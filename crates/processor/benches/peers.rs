@@ -47,8 +47,8 @@ use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
 use peers_input::{
-    anon_huge_mib, data_dir, lines, opt, peak_rss_mib, rss_now_mib, thread_sched, Manifest,
-    MemoryWaits,
+    anon_huge_mib, data_dir, lines, opt, peak_rss_mib, rss_now_mib, thread_sched, KernelMemoryWork,
+    Manifest,
 };
 
 /// Where the committing threads' time went, summed over the run.
@@ -260,7 +260,7 @@ fn main() {
     let mut commit_time = CommitTime::default();
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
-    let waits_before = MemoryWaits::now();
+    let kernel_before = KernelMemoryWork::now();
     let started = Instant::now();
     // Decoded ahead, as the processor's loop decodes a full batch while the one before
     // it is processed (`pipeline::decode_ahead`).
@@ -405,11 +405,11 @@ fn main() {
         mb(block_cache),
         mb(memtables)
     );
-    let waits = MemoryWaits::now().since(waits_before);
+    let kernel = KernelMemoryWork::now().since(kernel_before);
     eprintln!(
         "kernel during the run (machine-wide): {} direct compactions, {} pages reclaimed directly; this process's memory in transparent huge pages at the end: {} MiB",
-        waits.compaction_stalls,
-        waits.pages_reclaimed_directly,
+        kernel.compaction_stalls,
+        kernel.pages_reclaimed_directly,
         anon_huge_mib()
     );
     // Per column family: the background CPU, what flushes and compactions wrote, write
@@ -580,8 +580,8 @@ fn main() {
                 .round(),
             "bytes_by_column_family": stats.bytes,
             "fraud_keys": stats.fraud_keys,
-            "kernel_compaction_stalls": waits.compaction_stalls,
-            "kernel_pages_reclaimed_directly": waits.pages_reclaimed_directly,
+            "kernel_compaction_stalls": kernel.compaction_stalls,
+            "kernel_pages_reclaimed_directly": kernel.pages_reclaimed_directly,
         });
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

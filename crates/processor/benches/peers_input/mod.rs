@@ -146,8 +146,9 @@ fn status_mib(field: &str) -> u64 {
     proc_field("/proc/self/status", field) / 1024
 }
 
-/// The number after `field` in a `/proc` file of "name value [unit]" lines (0 if
-/// unreadable).
+/// The number after `field` in a `/proc` file of "name value [unit]" lines (0 if the
+/// file is unreadable or has no such line). `field` ends with its separator (a colon,
+/// or the space of `/proc/vmstat`), so that it cannot match a longer name.
 fn proc_field(path: &str, field: &str) -> u64 {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -157,30 +158,31 @@ fn proc_field(path: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The machine's page faults that waited for the kernel to find memory
-/// (`/proc/vmstat`, machine-wide): direct compactions (a huge page made by moving
-/// pages) and pages reclaimed directly (taken from the page cache by the faulting
-/// thread). Both appear once files fill memory (a build, another engine's run, a big
-/// file written), and the first run after that pays them: docs/benchmarks.md,
+/// What the kernel did to find memory for allocations, from `/proc/vmstat`
+/// (machine-wide, any process): direct compactions (`compact_stall`: allocations of
+/// more than a page, here mostly huge pages, that waited while the kernel moved pages)
+/// and pages taken by direct reclaim (`pgsteal_direct`: by whichever thread was
+/// allocating). Both appear once files fill memory (a build, another engine's run, a
+/// big file written), and the first run after that pays them: docs/benchmarks.md,
 /// thirty-second step.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct MemoryWaits {
+pub struct KernelMemoryWork {
     pub compaction_stalls: u64,
     pub pages_reclaimed_directly: u64,
 }
 
-impl MemoryWaits {
-    pub fn now() -> MemoryWaits {
+impl KernelMemoryWork {
+    pub fn now() -> KernelMemoryWork {
         let field = |name| proc_field("/proc/vmstat", name);
-        MemoryWaits {
+        KernelMemoryWork {
             compaction_stalls: field("compact_stall "),
             pages_reclaimed_directly: field("pgsteal_direct "),
         }
     }
 
-    /// The waits since `before`.
-    pub fn since(self, before: MemoryWaits) -> MemoryWaits {
-        MemoryWaits {
+    /// The work done since `before`.
+    pub fn since(self, before: KernelMemoryWork) -> KernelMemoryWork {
+        KernelMemoryWork {
             compaction_stalls: self
                 .compaction_stalls
                 .saturating_sub(before.compaction_stalls),
