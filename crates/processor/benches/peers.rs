@@ -47,8 +47,8 @@ use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
 use peers_input::{
-    anon_huge_mib, data_dir, lines, opt, peak_rss_mib, rss_now_mib, thread_sched, KernelMemoryWork,
-    Manifest,
+    anon_huge_mib, data_dir, lines, opt, peak_rss_mib, process_cpu, rss_now_mib, thread_sched,
+    KernelMemoryWork, Manifest,
 };
 
 /// Where the committing threads' time went, summed over the run.
@@ -261,6 +261,7 @@ fn main() {
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
     let kernel_before = KernelMemoryWork::now();
+    let cpu_before = process_cpu();
     let started = Instant::now();
     // Decoded ahead, as the processor's loop decodes a full batch while the one before
     // it is processed (`pipeline::decode_ahead`).
@@ -366,6 +367,7 @@ fn main() {
         latencies.push(latency);
     }
     let (pipeline_cpu, pipeline_queued) = thread_sched();
+    let run_cpu = process_cpu().saturating_sub(cpu_before);
     if let Some(c) = checkpoint.as_mut() {
         latencies.extend(c.settle().unwrap());
     }
@@ -488,6 +490,12 @@ fn main() {
         pipeline_cpu.as_secs_f64(),
         pipeline_queued.as_secs_f64()
     );
+    eprintln!(
+        "the process until the last commit: {:.1} s on a CPU ({:.2} cores busy on average), {:.2} µs of CPU an event",
+        run_cpu.as_secs_f64(),
+        run_cpu.as_secs_f64() / committed.as_secs_f64(),
+        run_cpu.as_secs_f64() * 1e6 / events.max(1) as f64
+    );
     if !relay {
         let CommitTime {
             wall,
@@ -580,6 +588,7 @@ fn main() {
                 .round(),
             "bytes_by_column_family": stats.bytes,
             "fraud_keys": stats.fraud_keys,
+            "process_cpu_s": (run_cpu.as_secs_f64() * 100.0).round() / 100.0,
             "kernel_compaction_stalls": kernel.compaction_stalls,
             "kernel_pages_reclaimed_directly": kernel.pages_reclaimed_directly,
         });

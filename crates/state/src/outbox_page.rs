@@ -29,22 +29,46 @@ const MAX_DECOMPRESSED: usize = 1 << 30;
 
 /// Encodes rows (in sequence order, no gap) as one page value.
 pub fn encode<R: AsRef<[u8]>>(rows: &[R]) -> Vec<u8> {
-    let plain_len: usize = rows.iter().map(|r| 4 + r.as_ref().len()).sum();
-    let mut plain = Vec::with_capacity(plain_len);
+    let mut buffers = PageBuffers::default();
+    encode_into(rows, &mut buffers).to_vec()
+}
+
+/// The memory one page is built in, kept from one commit to the next.
+///
+/// Why: a commit builds a page or more of several hundred KB; allocated afresh each
+/// time (and the output zeroed first), they were new memory at every commit, which
+/// the allocator returned to the kernel between commits and took back with a page
+/// fault a page: a few per cent of the commit thread's samples on the peers' input.
+#[derive(Debug, Default)]
+pub struct PageBuffers {
+    /// The rows, length-prefixed, before compression.
+    plain: Vec<u8>,
+    /// The value: header and LZ4 block. Never shrunk, so growing it zeroes only what
+    /// it never had.
+    value: Vec<u8>,
+}
+
+/// [`encode`] into `buffers`: the page value, borrowed from them.
+pub fn encode_into<'b, R: AsRef<[u8]>>(rows: &[R], buffers: &'b mut PageBuffers) -> &'b [u8] {
+    let PageBuffers { plain, value } = buffers;
+    plain.clear();
+    plain.reserve(rows.iter().map(|r| 4 + r.as_ref().len()).sum());
     for r in rows {
         let r = r.as_ref();
         plain.extend_from_slice(&(r.len() as u32).to_be_bytes());
         plain.extend_from_slice(r);
     }
     // Compressed straight into the value, after its header and the size LZ4 prepends.
-    let mut value = vec![0u8; 9 + lz4_flex::block::get_maximum_output_size(plain.len())];
+    let room = 9 + lz4_flex::block::get_maximum_output_size(plain.len());
+    if value.len() < room {
+        value.resize(room, 0);
+    }
     value[0] = TAG;
     value[1..5].copy_from_slice(&(rows.len() as u32).to_be_bytes());
     value[5..9].copy_from_slice(&(plain.len() as u32).to_le_bytes());
-    let n = lz4_flex::block::compress_into(&plain, &mut value[9..])
+    let n = lz4_flex::block::compress_into(plain, &mut value[9..room])
         .expect("the buffer has LZ4's maximum output size");
-    value.truncate(9 + n);
-    value
+    &value[..9 + n]
 }
 
 /// How many rows a stored value holds, from its header alone.
@@ -151,6 +175,27 @@ mod tests {
             decode(0, &page, 0).unwrap(),
             vec![(0, vec![]), (1, b"x".to_vec())]
         );
+    }
+
+    #[test]
+    fn reused_buffers_give_the_bytes_of_a_fresh_page() {
+        // A large page first, then smaller ones: what the larger left in the buffers
+        // must not reach a later page.
+        let big: Vec<Vec<u8>> = (0..400)
+            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
+            .collect();
+        let small = [b"abc".to_vec(), b"".to_vec(), b"z".to_vec()];
+        let mut buffers = PageBuffers::default();
+        for rows in [&big[..], &small[..], &big[..10], &small[..1]] {
+            let page = encode_into(rows, &mut buffers).to_vec();
+            assert_eq!(page, encode(rows));
+            let back: Vec<Vec<u8>> = decode(0, &page, 0)
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            assert_eq!(back, rows);
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::keys::{self, meta, DedupEntry};
 use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
 use fraud_log::{FraudLog, FraudWrites};
-use resident::{DedupAnswer, Resident, ResidentLoader};
+use resident::{lock, DedupAnswer, Resident, ResidentLoader};
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -159,11 +159,22 @@ pub struct StateStore {
     unfolded_fraud: OnceLock<UnfoldedFraud>,
     /// When commits last wrote the dedup index's size estimate (`index_warmup`).
     size_estimate_written: Mutex<std::time::Instant>,
+    /// The memory commits build their fraud log page and outbox pages in, kept from
+    /// one commit to the next (see `outbox_page::PageBuffers`).
+    commit_buffers: Mutex<CommitBuffers>,
     /// How many more commits may land before the next one fails: a test double for a
     /// disk that fails one write, which the real one cannot do on demand (set only
     /// through `fail_commit_after`; only builds with fail points have it).
     #[cfg(feature = "fail-points")]
     commits_before_failure: AtomicU64,
+}
+
+/// What a commit builds its page values in (RocksDB copies each value into its write
+/// batch, so the buffers are free again once the batch is built).
+#[derive(Debug, Default)]
+struct CommitBuffers {
+    fraud_page: Vec<u8>,
+    outbox: outbox_page::PageBuffers,
 }
 
 /// How old (wall clock) a fraud SST file may get before a compaction rewrites it, and
@@ -412,6 +423,7 @@ impl StateStore {
             fraud_log: Mutex::default(),
             unfolded_fraud: OnceLock::new(),
             size_estimate_written: Mutex::new(std::time::Instant::now()),
+            commit_buffers: Mutex::default(),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -524,6 +536,7 @@ impl StateStore {
             fraud_log: Mutex::default(),
             unfolded_fraud: OnceLock::new(),
             size_estimate_written: Mutex::new(std::time::Instant::now()),
+            commit_buffers: Mutex::default(),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -612,14 +625,19 @@ impl StateStore {
         self.prepare_fraud_log(fraud_writes)?;
         let paged = fraud_writes == FraudWrites::Paged;
         let mut dedup = CommitPages::default();
-        let mut fraud_page = Vec::new();
+        let mut buffers = lock(&self.commit_buffers);
+        let CommitBuffers {
+            fraud_page,
+            outbox: outbox_buffers,
+        } = &mut *buffers;
+        fraud_page.clear();
         for op in ops.iter() {
             match op {
                 // Written as pages, one per partition.
                 Op::Put { cf, key, value } if cf == CF_DEDUP => dedup.push(key, value)?,
                 // One page for the commit (`store::fraud_log`).
                 Op::Put { cf, key, value } if paged && cf == CF_FRAUD => {
-                    fraud_log_page::push(&mut fraud_page, key, value)
+                    fraud_log_page::push(fraud_page, key, value)
                 }
                 Op::Put { cf, key, value } => wb.put_cf(handle(cf), key, value),
                 Op::Delete { cf, key } => wb.delete_cf(handle(cf), key),
@@ -630,7 +648,11 @@ impl StateStore {
         // the log, and its number must not be written again.
         let fraud_page_number = paged.then(|| self.reserve_fraud_page());
         if let Some(n) = fraud_page_number {
-            wb.put_cf(handle(CF_FRAUD_LOG), fraud_log::page_key(n), fraud_page);
+            wb.put_cf(
+                handle(CF_FRAUD_LOG),
+                fraud_log::page_key(n),
+                &fraud_page[..],
+            );
         }
         // Each stream's rows as pages, compressed here, on the committing thread.
         for stream in &mut outbox {
@@ -639,10 +661,11 @@ impl StateStore {
                 wb.put_cf(
                     handle(CF_OUTBOX),
                     keys::outbox_key(table, partition, first),
-                    outbox_page::encode(&rows),
+                    outbox_page::encode_into(&rows, outbox_buffers),
                 );
             }
         }
+        drop(buffers);
         fail_point::hit(fail_point::COMMIT_BEFORE_WRITE);
         if fail_point::is_armed(fail_point::COMMIT_INSIDE) {
             // The same durability in two steps, so the test can die between them: the

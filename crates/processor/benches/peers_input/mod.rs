@@ -208,6 +208,26 @@ pub fn check_patching() -> String {
     buf
 }
 
+/// This process's time on a CPU so far, every thread's (those that have exited too),
+/// user and system: `utime` + `stime` of `/proc/self/stat`, in the kernel's `USER_HZ`
+/// ticks (100 a second on Linux, whatever the kernel's own tick). Zero if unreadable.
+///
+/// Why a bench wants it: on two cores that are both busy, the events/s of a run move
+/// with the machine's hour by more than most changes do, while the CPU an event costs
+/// is what a change changes.
+#[allow(dead_code)] // not every bench reads it
+pub fn process_cpu() -> Duration {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces: count fields after its `)`.
+    let after_name = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let mut fields = after_name.split_whitespace();
+    // Fields 3.. follow the name: utime and stime are fields 14 and 15.
+    let ticks = |f: Option<&str>| f.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let utime = ticks(fields.nth(11));
+    let stime = ticks(fields.next());
+    Duration::from_millis((utime + stime) * 10)
+}
+
 /// The calling thread's time on a CPU and waiting in the run queue for one, from the
 /// kernel's scheduler statistics (`/proc/thread-self/schedstat`, nanoseconds). A
 /// thread's wall time minus both is the time it was blocked (I/O, fsync, locks).

@@ -38,6 +38,17 @@ use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
 /// maps live for one batch.
 pub(super) type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The one hasher of fraud keys for the process's life. A key's hash is worked out
+/// once, where its batch is decoded ([`FraudKeys::slot`], beside the loop thread), and
+/// every table that holds fraud keys afterwards is searched with it: the batch's own,
+/// and the in-flight writes of the batches before it ([`InFlightValues`]), which with
+/// a hasher each hashed every key of the batch again, once per batch in flight, on
+/// the loop thread.
+fn fraud_key_hasher() -> &'static foldhash::fast::RandomState {
+    static HASHER: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    HASHER.get_or_init(Default::default)
+}
+
 /// Renames the fraud state an earlier build wrote under `card/…` and `customer/…` to
 /// today's keys (once: a later start finds none), so it is read again. Returns how
 /// many keys were renamed.
@@ -79,11 +90,12 @@ impl FraudState for CustomerState {
 /// allocation each cost more than building them.
 #[derive(Default)]
 struct FraudKeys {
-    /// Each slot, found by its key's bytes (hashed with foldhash, as `BatchMap`).
+    /// Each slot, found by its key's bytes (hashed by [`fraud_key_hasher`]).
     index: hashbrown::HashTable<usize>,
-    hasher: foldhash::fast::RandomState,
     bytes: Vec<u8>,
     ranges: Vec<Range<usize>>,
+    /// Each key's hash.
+    hashes: Vec<u64>,
     /// Each key's first 16 bytes as a big-endian number (zero-padded): keys sort as
     /// these do, but for ties, and a number compares in one instruction where a slice
     /// comparison calls `memcmp` (which showed in the loop thread's profile when the
@@ -95,9 +107,9 @@ impl FraudKeys {
     fn with_capacity(n: usize) -> FraudKeys {
         FraudKeys {
             index: hashbrown::HashTable::with_capacity(n),
-            hasher: Default::default(),
             bytes: Vec::with_capacity(24 * n),
             ranges: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
             prefixes: Vec::with_capacity(n),
         }
     }
@@ -106,16 +118,18 @@ impl FraudKeys {
     fn slot(&mut self, id: &str, key_into: fn(&str, &mut Vec<u8>)) -> usize {
         let FraudKeys {
             index,
-            hasher,
             bytes,
             ranges,
+            hashes,
             prefixes,
         } = self;
         let start = bytes.len();
         key_into(id, bytes);
         let key = &bytes[start..];
-        let hash = hasher.hash_one(key);
-        if let Some(&slot) = index.find(hash, |&s| &bytes[ranges[s].clone()] == key) {
+        let hash = fraud_key_hasher().hash_one(key);
+        if let Some(&slot) = index.find(hash, |&s| {
+            hashes[s] == hash && &bytes[ranges[s].clone()] == key
+        }) {
             bytes.truncate(start);
             return slot;
         }
@@ -124,8 +138,9 @@ impl FraudKeys {
         prefix[..n].copy_from_slice(&key[..n]);
         prefixes.push(u128::from_be_bytes(prefix));
         ranges.push(start..bytes.len());
+        hashes.push(hash);
         let slot = ranges.len() - 1;
-        index.insert_unique(hash, slot, |&s| hasher.hash_one(&bytes[ranges[s].clone()]));
+        index.insert_unique(hash, slot, |&s| hashes[s]);
         slot
     }
 
@@ -141,6 +156,11 @@ impl FraudKeys {
 
     fn get(&self, slot: usize) -> &[u8] {
         &self.bytes[self.ranges[slot].clone()]
+    }
+
+    /// The hash of `slot`'s key ([`fraud_key_hasher`]).
+    fn hash(&self, slot: usize) -> u64 {
+        self.hashes[slot]
     }
 
     fn len(&self) -> usize {
@@ -237,7 +257,7 @@ impl<S: FraudState> FraudTable<S> {
     fn fill_in_flight(&mut self, in_flight: &InFlight, expiry: FraudExpiry) -> Vec<usize> {
         let mut asked = Vec::with_capacity(self.keys.len());
         for slot in 0..self.keys.len() {
-            match in_flight.fraud(self.keys.get(slot)) {
+            match in_flight.fraud_hashed(self.keys.get(slot), self.keys.hash(slot)) {
                 Some(v) => self.values.fill(slot, expiry.live(v)),
                 None => asked.push(slot),
             }
@@ -305,7 +325,7 @@ impl<S: FraudState> FraudTable<S> {
             let key = keys.get(i);
             let value = &values.written[at];
             batch.put_fraud(key, value);
-            in_flight.insert(key, value);
+            in_flight.insert_hashed(key, value, keys.hash(i));
         }
     }
 }
@@ -323,53 +343,84 @@ pub const COMMITS_IN_FLIGHT: usize = 2;
 
 /// The fraud values a batch wrote, by key: keys and values in one buffer, found through
 /// a table of where each lies (a few allocations a batch, where a map of `Vec`s took
-/// two a value, each freed a batch later).
+/// two a value, each freed a batch later). Keys are hashed by [`fraud_key_hasher`], so
+/// a batch searches these with the hashes its decode worked out.
 #[derive(Default)]
 struct InFlightValues {
     bytes: Vec<u8>,
-    /// (start, key length, value length) of each entry in `bytes`.
-    table: hashbrown::HashTable<(usize, usize, usize)>,
-    hasher: foldhash::fast::RandomState,
+    table: hashbrown::HashTable<InFlightEntry>,
+}
+
+/// Where one value of [`InFlightValues`] is, and its key's hash.
+///
+/// Why the hash: nearly every lookup misses (a batch's cards and customers are rarely
+/// among the few thousand the two batches before it wrote), and a miss still compared
+/// the key's bytes wherever the table's 7-bit tag matched, a cache miss into `bytes`
+/// each time; the whole hash rules those out first.
+#[derive(Clone, Copy)]
+struct InFlightEntry {
+    start: usize,
+    key_len: usize,
+    value_len: usize,
+    hash: u64,
 }
 
 impl InFlightValues {
-    fn entry(&self, (start, klen, vlen): (usize, usize, usize)) -> (&[u8], &[u8]) {
-        let key = &self.bytes[start..start + klen];
-        (key, &self.bytes[start + klen..start + klen + vlen])
+    fn entry(&self, e: InFlightEntry) -> (&[u8], &[u8]) {
+        let key_end = e.start + e.key_len;
+        (
+            &self.bytes[e.start..key_end],
+            &self.bytes[key_end..key_end + e.value_len],
+        )
     }
 
-    fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        let hash = self.hasher.hash_one(key);
-        let found = self.table.find(hash, |&e| self.entry(e).0 == key)?;
+    /// The value of `key`, whose hash is `hash`.
+    fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
+        let found = self
+            .table
+            .find(hash, |&e| e.hash == hash && self.entry(e).0 == key)?;
         Some(self.entry(*found).1)
+    }
+
+    #[cfg(test)]
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.get_hashed(key, fraud_key_hasher().hash_one(key))
     }
 
     /// Room for `n` more values (keys and values of ~64 bytes together).
     fn reserve(&mut self, n: usize) {
         self.bytes.reserve(64 * n);
-        let (bytes, hasher) = (&self.bytes, &self.hasher);
-        self.table
-            .reserve(n, |&(s, k, _)| hasher.hash_one(&bytes[s..s + k]));
+        self.table.reserve(n, |e| e.hash);
     }
 
-    /// Sets `key` to `value` (a later value of the same key replaces the earlier one).
-    fn insert(&mut self, key: &[u8], value: &[u8]) {
+    /// Sets `key`, whose hash is `hash`, to `value` (a later value of the same key
+    /// replaces the earlier one).
+    fn insert_hashed(&mut self, key: &[u8], value: &[u8], hash: u64) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value);
-        let at = (start, key.len(), value.len());
-        let hash = self.hasher.hash_one(key);
-        let (bytes, hasher) = (&self.bytes, &self.hasher);
-        let key_of = |&(s, k, _): &(usize, usize, usize)| &bytes[s..s + k];
+        let at = InFlightEntry {
+            start,
+            key_len: key.len(),
+            value_len: value.len(),
+            hash,
+        };
+        let bytes = &self.bytes;
+        let key_of = |e: &InFlightEntry| &bytes[e.start..e.start + e.key_len];
         match self
             .table
-            .entry(hash, |e| key_of(e) == key, |e| hasher.hash_one(key_of(e)))
+            .entry(hash, |e| e.hash == hash && key_of(e) == key, |e| e.hash)
         {
             hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = at,
             hashbrown::hash_table::Entry::Vacant(e) => {
                 e.insert(at);
             }
         }
+    }
+
+    #[cfg(test)]
+    fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.insert_hashed(key, value, fraud_key_hasher().hash_one(key));
     }
 
     /// Every (key, value).
@@ -416,8 +467,17 @@ impl InFlight {
     }
 
     /// The fraud value the newest in-flight batch that wrote `key` wrote.
+    #[cfg(test)]
     fn fraud(&self, key: &[u8]) -> Option<&[u8]> {
-        self.batches.iter().rev().find_map(|b| b.fraud.get(key))
+        self.fraud_hashed(key, fraud_key_hasher().hash_one(key))
+    }
+
+    /// [`InFlight::fraud`] of `key`, whose hash ([`fraud_key_hasher`]) is `hash`.
+    fn fraud_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
+        self.batches
+            .iter()
+            .rev()
+            .find_map(|b| b.fraud.get_hashed(key, hash))
     }
 
     /// Answers dedup `keys` from the in-flight writes where it can; asks `store` for the

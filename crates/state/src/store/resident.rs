@@ -495,12 +495,11 @@ impl StateStore {
         }
         // Every fraud put and delete, in order.
         let loading = r.loading;
-        let fraud: Vec<Op<'_>> = ops
-            .iter()
-            .filter(|op| match op {
-                Op::Put { cf, .. } | Op::Delete { cf, .. } => Kind::of(cf) == Some(Kind::Fraud),
-            })
-            .collect();
+        // Sized for every op (a filter's collect grows from nothing, by doubling).
+        let mut fraud: Vec<Op<'_>> = Vec::with_capacity(ops.len());
+        fraud.extend(ops.iter().filter(|op| match op {
+            Op::Put { cf, .. } | Op::Delete { cf, .. } => Kind::of(cf) == Some(Kind::Fraud),
+        }));
         // A few hundred at a time: their slots and entries brought into the cache
         // together (the misses overlap), then applied in order while still there.
         for chunk in fraud.chunks(PREFETCH_CHUNK) {
