@@ -184,6 +184,15 @@ impl<S: Probed> ProbeTable<S> {
         }
     }
 
+    /// Replaces every entry by what `f` makes of it, which must keep its key.
+    pub fn update(&mut self, mut f: impl FnMut(S) -> S) {
+        for s in self.slots.iter_mut().filter(|s| **s != S::EMPTY) {
+            let new = f(*s);
+            debug_assert!(new.key() == s.key(), "an update moved a key");
+            *s = new;
+        }
+    }
+
     /// Every entry, in no order.
     pub fn iter(&self) -> impl Iterator<Item = S> + '_ {
         self.slots.iter().copied().filter(|s| *s != S::EMPTY)
@@ -298,15 +307,16 @@ mod tests {
     }
 
     #[test]
-    fn retain_and_reserve_keep_every_key_findable() {
+    fn retain_update_and_reserve_keep_every_key_findable() {
         let mut table = ProbeTable::default();
         for k in 0..1000 {
             table.set(E(k, k * 2));
         }
         table.retain(|e| e.1 % 4 == 0);
         assert_eq!(table.len(), 500);
+        table.update(|e| E(e.0, e.1 + 1));
         for k in 0..1000 {
-            let expected = (k % 2 == 0).then_some(k * 2);
+            let expected = (k % 2 == 0).then_some(k * 2 + 1);
             assert_eq!(value(&table, k), expected);
         }
         // Reserved room is room: no growth until it is used.

@@ -39,9 +39,7 @@
 //! a heap allocation per key and value would take ~130 (estimated from the
 //! allocator's size classes, not measured). A value rewritten at the same length
 //! is overwritten in place; otherwise it is appended and the old entry becomes
-//! garbage. Once a shard's garbage passes an eighth of its arena, the chunks holding
-//! the most of it are emptied (their live entries appended again) and reused
-//! ([`Shard::compact_if_due`]).
+//! garbage, and a shard whose garbage passes an eighth of its arena is rewritten.
 
 use std::collections::BTreeMap;
 
@@ -55,7 +53,7 @@ use crate::probe_table::{ProbeTable, Probed};
 const ASK: u32 = u32::MAX;
 const SHARDS: usize = 64;
 const HEADER: usize = 3;
-/// A shard's arena is compacted once its garbage is at least this many bytes and an
+/// A shard's arena is rewritten once its garbage is at least this many bytes and an
 /// eighth of the arena (small in tests, so they reach it).
 const MIN_COMPACT_GARBAGE: usize = if cfg!(test) { 512 } else { 64 * 1024 };
 
@@ -127,26 +125,13 @@ const CHUNK_BITS: u32 = if cfg!(test) { 12 } else { 18 };
 const CHUNK: usize = 1 << CHUNK_BITS;
 
 /// Entries appended to fixed-size chunks; an offset is the chunk's index and the
-/// position in it. An entry never spans two chunks, and a chunk's entries lie back to
-/// back from its start, so a chunk can be walked entry by entry.
+/// position in it. An entry never spans two chunks.
 #[derive(Default)]
 struct Arena {
     chunks: Vec<Vec<u8>>,
-    /// Bytes of each chunk's entries that no table slot points to.
-    garbage: Vec<usize>,
-    /// Chunks a compaction emptied, for appends to fill again (the first
-    /// [`SPARE_CHUNKS`] keep their memory).
-    free: Vec<usize>,
-    /// The chunk appends go to.
-    current: Option<usize>,
-    /// Bytes of entries in the chunks (the unused tail of a full chunk not counted).
+    /// Bytes of entries appended (the unused tail of a full chunk not counted).
     len: usize,
 }
-
-/// How many emptied chunks a shard keeps the memory of, for its next appends: a
-/// compaction's moved entries fill one or two again at once, and a chunk's memory
-/// given back and taken again costs page faults, each zeroing a page.
-const SPARE_CHUNKS: usize = 2;
 
 impl Arena {
     fn split(offset: u32) -> (usize, usize) {
@@ -191,22 +176,14 @@ impl Arena {
     /// the chunk indexes would pass a `u32` offset.
     fn append(&mut self, key: &[u8], value: &[u8]) -> Option<u32> {
         let need = HEADER + key.len() + value.len();
-        let room = self.current.map_or(0, |c| CHUNK - self.chunks[c].len());
+        let room = self.chunks.last().map_or(0, |c| CHUNK - c.len());
         if room < need {
-            let index = match self.free.pop() {
-                Some(index) => index,
-                None if self.chunks.len() >= 1 << (32 - CHUNK_BITS) => return None,
-                None => {
-                    self.chunks.push(Vec::new());
-                    self.garbage.push(0);
-                    self.chunks.len() - 1
-                }
-            };
-            // A kept chunk has its memory already; one that gave it back takes it again.
-            self.chunks[index].reserve_exact(CHUNK);
-            self.current = Some(index);
+            if self.chunks.len() >= 1 << (32 - CHUNK_BITS) {
+                return None;
+            }
+            self.chunks.push(Vec::with_capacity(CHUNK));
         }
-        let index = self.current.expect("a chunk to append to");
+        let index = self.chunks.len() - 1;
         let chunk = &mut self.chunks[index];
         let offset = ((index as u32) << CHUNK_BITS) | chunk.len() as u32;
         chunk.push(key.len() as u8);
@@ -217,71 +194,9 @@ impl Arena {
         Some(offset)
     }
 
-    /// The entry at `offset` is garbage now (no slot points to it). Returns its size.
-    fn discard(&mut self, offset: u32) -> usize {
-        let len = self.entry_len(offset);
-        self.garbage[Arena::split(offset).0] += len;
-        len
-    }
-
-    /// Which chunks to empty so that at least half of `garbage` (the arena's, the
-    /// sum of its chunks') goes: those holding the most garbage first, never the
-    /// chunk appends go to.
-    fn victims(&self, garbage: usize) -> Vec<usize> {
-        let mut by_garbage: Vec<usize> = (0..self.chunks.len())
-            .filter(|&c| Some(c) != self.current && self.garbage[c] > 0)
-            .collect();
-        by_garbage.sort_unstable_by_key(|&c| std::cmp::Reverse(self.garbage[c]));
-        let mut freed = 0;
-        by_garbage
-            .into_iter()
-            .take_while(|&c| {
-                let take = freed < garbage.div_ceil(2);
-                freed += self.garbage[c];
-                take
-            })
-            .collect()
-    }
-
-    /// Empties chunk `index`, whose live entries were all appended elsewhere: it
-    /// joins the free chunks, keeping its memory while fewer than [`SPARE_CHUNKS`] do.
-    fn release(&mut self, index: usize) {
-        self.len -= self.chunks[index].len();
-        self.garbage[index] = 0;
-        let kept = self
-            .free
-            .iter()
-            .filter(|&&c| self.chunks[c].capacity() > 0)
-            .count();
-        if kept < SPARE_CHUNKS {
-            self.chunks[index].clear();
-        } else {
-            self.chunks[index] = Vec::new();
-        }
-        self.free.push(index);
-    }
-
     fn memory_bytes(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum()
+        self.chunks.len() * CHUNK
     }
-}
-
-/// Each entry of `chunk` (its bytes) with its position in it.
-fn chunk_entries(chunk: &[u8]) -> impl Iterator<Item = (usize, &[u8], &[u8])> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let header = chunk.get(at..at + HEADER)?;
-        let klen = header[0] as usize;
-        let vlen = u16::from_le_bytes([header[1], header[2]]) as usize;
-        let key_at = at + HEADER;
-        let entry = (
-            at,
-            &chunk[key_at..key_at + klen],
-            &chunk[key_at + klen..key_at + klen + vlen],
-        );
-        at = key_at + klen + vlen;
-        Some(entry)
-    })
 }
 
 /// Whether `key` and `value` fit an entry's header and a chunk: memory can hold them.
@@ -314,7 +229,7 @@ impl Shard {
         match self.offset(tag) {
             Some(ASK) => {}
             Some(offset) => {
-                self.garbage += self.arena.discard(offset);
+                self.garbage += self.arena.entry_len(offset);
                 self.set(tag, ASK);
             }
             None => self.set(tag, ASK),
@@ -329,41 +244,27 @@ impl Shard {
             .map(Slot::offset)
             .filter(|o| *o != ASK)
         {
-            self.garbage += self.arena.discard(offset);
+            self.garbage += self.arena.entry_len(offset);
         }
     }
 
-    /// Once the garbage is an eighth of the arena, empties the chunks holding the
-    /// most of it until at least half of it is gone: each of their live entries (the
-    /// one its key's slot points to) is appended again, the slot moved to it, and the
-    /// emptied chunk is reused. `fingerprint` gives a key's tag, as for a lookup.
-    ///
-    /// Why chunks, not the whole arena: rewriting the arena copied every live entry
-    /// to free an eighth, about seven bytes copied a byte of garbage, all into new
-    /// memory (page faults); the commit thread spent ~11 % of its time there on the
-    /// peers' 10 M input. The chunks written longest ago hold the most garbage (their
-    /// cards have paid again since), so emptying those moves far fewer live bytes, and
-    /// into chunks whose memory is kept.
-    fn compact_if_due(&mut self, fingerprint: fn(&[u8]) -> u64) {
+    /// Rewrites the arena without its garbage once that is an eighth of it.
+    fn compact_if_due(&mut self) {
         if self.garbage < MIN_COMPACT_GARBAGE || self.garbage * 8 < self.arena.len {
             return;
         }
-        for victim in self.arena.victims(self.garbage) {
-            let chunk = std::mem::take(&mut self.arena.chunks[victim]);
-            for (at, key, value) in chunk_entries(&chunk) {
-                let offset = ((victim as u32) << CHUNK_BITS) | at as u32;
-                let tag = tag(fingerprint(key) as u32);
-                if self.table.get(tag).map(Slot::offset) == Some(offset) {
-                    // The entries fitted the arena's offsets before it gave back this
-                    // chunk, so they fit now.
-                    let moved = self.arena.append(key, value).unwrap_or(ASK);
-                    self.set(tag, moved);
-                }
+        let mut arena = Arena::default();
+        let old = &self.arena;
+        self.table.update(|slot| {
+            if slot.offset() == ASK {
+                return slot;
             }
-            self.garbage -= self.arena.garbage[victim];
-            self.arena.chunks[victim] = chunk;
-            self.arena.release(victim);
-        }
+            let (k, v) = old.entry(slot.offset());
+            // The live entries fitted the old arena's offsets, so they fit the new one.
+            Slot::new(slot.key(), arena.append(k, v).unwrap_or(ASK))
+        });
+        self.arena = arena;
+        self.garbage = 0;
         self.compactions += 1;
     }
 }
@@ -570,7 +471,6 @@ impl ResidentValues {
     }
 
     fn put_with(&mut self, key: &[u8], value: &[u8], held: bool) {
-        let fingerprint = self.fingerprint;
         let (tag, shard, mut new) = self.locate_new(key);
         if held {
             new.full = false;
@@ -595,9 +495,9 @@ impl ResidentValues {
                 } else if v.len() == value.len() {
                     shard.arena.value_mut(offset).copy_from_slice(value);
                 } else {
-                    shard.garbage += shard.arena.discard(offset);
+                    shard.garbage += HEADER + k.len() + v.len();
                     shard.add(tag, key, value);
-                    shard.compact_if_due(fingerprint);
+                    shard.compact_if_due();
                 }
             }
             None => new.add(shard, tag, key, value),
@@ -608,7 +508,6 @@ impl ResidentValues {
     /// (`loading`), its snapshot may hold the old value: the key is then left to RocksDB
     /// (see [`ResidentValues::load`]).
     pub fn delete(&mut self, key: &[u8], loading: bool) {
-        let fingerprint = self.fingerprint;
         let (tag, shard) = self.locate(key);
         let was_collided = shard.collided.remove(key).is_some();
         if loading {
@@ -623,7 +522,7 @@ impl ResidentValues {
             Some(offset) => {
                 if shard.arena.entry(offset).0 == key {
                     shard.remove(tag);
-                    shard.compact_if_due(fingerprint);
+                    shard.compact_if_due();
                 }
                 // Another key with this tag is held: it stays.
             }
@@ -672,11 +571,9 @@ impl ResidentValues {
     /// reads it) is expired by `ttl` under `horizon`. Returns how many were let go.
     pub fn sweep(&mut self, ttl_micros: i64, horizon: i64) -> usize {
         let mut gone = 0;
-        let fingerprint = self.fingerprint;
         for shard in &mut self.shards {
             let arena = &shard.arena;
-            // Each chunk's freed bytes (the arena is borrowed while the table is walked).
-            let mut freed = vec![0; arena.chunks.len()];
+            let mut freed = 0;
             shard.table.retain(|slot| {
                 let offset = slot.offset();
                 if offset == ASK {
@@ -686,16 +583,13 @@ impl ResidentValues {
                 let time = value_time(v).unwrap_or(i64::MAX);
                 let keep = !is_expired(time, ttl_micros, horizon);
                 if !keep {
-                    freed[Arena::split(offset).0] += HEADER + k.len() + v.len();
+                    freed += HEADER + k.len() + v.len();
                     gone += 1;
                 }
                 keep
             });
-            for (chunk, bytes) in freed.into_iter().enumerate() {
-                shard.arena.garbage[chunk] += bytes;
-                shard.garbage += bytes;
-            }
-            shard.compact_if_due(fingerprint);
+            shard.garbage += freed;
+            shard.compact_if_due();
             shard.collided.retain(|_, v| {
                 let keep = !is_expired(value_time(v).unwrap_or(i64::MAX), ttl_micros, horizon);
                 gone += usize::from(!keep);
@@ -741,94 +635,6 @@ impl ResidentValues {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-
-    impl ResidentValues {
-        /// Checks every shard's byte counts against its chunks, walked entry by entry:
-        /// an entry is live when its key's slot points to it, and every other byte of
-        /// a chunk's entries is that chunk's garbage.
-        fn assert_accounting(&self) {
-            for (i, shard) in self.shards.iter().enumerate() {
-                let arena = &shard.arena;
-                let mut live_entries = 0;
-                for (c, chunk) in arena.chunks.iter().enumerate() {
-                    let mut garbage = 0;
-                    for (at, key, value) in chunk_entries(chunk) {
-                        let offset = ((c as u32) << CHUNK_BITS) | at as u32;
-                        let tag = tag((self.fingerprint)(key) as u32);
-                        if shard.table.get(tag).map(Slot::offset) == Some(offset) {
-                            live_entries += 1;
-                        } else {
-                            garbage += HEADER + key.len() + value.len();
-                        }
-                    }
-                    assert_eq!(arena.garbage[c], garbage, "shard {i}, chunk {c}");
-                }
-                let slots = shard.table.iter().filter(|s| s.offset() != ASK).count();
-                assert_eq!(live_entries, slots, "shard {i}: every slot finds its entry");
-                let len: usize = arena.chunks.iter().map(Vec::len).sum();
-                assert_eq!(arena.len, len, "shard {i}");
-                assert_eq!(
-                    shard.garbage,
-                    arena.garbage.iter().sum::<usize>(),
-                    "shard {i}"
-                );
-                for &c in &arena.free {
-                    assert!(arena.chunks[c].is_empty(), "shard {i}: free chunk {c}");
-                }
-            }
-        }
-    }
-
-    /// One card paying again and again (its value growing and shrinking), among
-    /// others that stay: the chunks holding its old values are emptied and reused, the
-    /// others' entries move with them, every value is still answered, and the arena
-    /// stays within a bound of what is live.
-    #[test]
-    fn compaction_empties_the_chunks_with_most_garbage_and_reuses_them() {
-        // One shard for every key (the fingerprint's high half is 0).
-        fn one_shard(key: &[u8]) -> u64 {
-            xxh3_64(key) & 0xFFFF_FFFF
-        }
-        let mut r = ResidentValues::with_fingerprint(one_shard);
-        let steady: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_be_bytes().to_vec()).collect();
-        for k in &steady {
-            r.put(k, &value(1, &[b's'; 20]));
-        }
-        for step in 0..20_000i64 {
-            let tail = vec![b'h'; (step % 97) as usize];
-            r.put(b"hot", &value(step, &tail));
-            if step % 500 == 0 {
-                r.assert_accounting();
-            }
-        }
-        r.assert_accounting();
-        let shard = &r.shards[0];
-        assert!(shard.compactions > 0);
-        assert_eq!(
-            r.get(b"hot"),
-            Lookup::Held(&value(19_999, &[b'h'; 19_999 % 97]))
-        );
-        for k in &steady {
-            assert_eq!(r.get(k), Lookup::Held(&value(1, &[b's'; 20])));
-        }
-        // ~20 × 1.2 MB of values went through one 4 KB-chunk arena: what is live
-        // (~6 KB) with an eighth of garbage fits a few chunks, and spares are bounded.
-        let live: usize = 200 * (HEADER + 4 + 28) + HEADER + 3 + 8 + 96;
-        assert!(
-            shard.arena.memory_bytes() <= 2 * live + (SPARE_CHUNKS + 2) * CHUNK,
-            "{} bytes of chunks for {live} live",
-            shard.arena.memory_bytes()
-        );
-        assert!(
-            shard
-                .arena
-                .free
-                .iter()
-                .filter(|&&c| shard.arena.chunks[c].capacity() > 0)
-                .count()
-                <= SPARE_CHUNKS
-        );
-    }
 
     /// A fingerprint whose low half is all ones (the empty slot's tag half) is an
     /// ordinary key: its tag is the one below, for every path alike.
@@ -1096,9 +902,6 @@ mod tests {
                 }
                 _ => {}
             }
-            if step % 10_000 == 0 {
-                r.assert_accounting();
-            }
             if !loading {
                 match r.get(&key) {
                     Lookup::Held(v) => assert_eq!(Some(v), store.get(&key).map(|v| &v[..])),
@@ -1122,8 +925,7 @@ mod tests {
         assert_eq!(r.get_many(&keys), one_by_one);
         // Collisions and deletions while loading are few: most keys are answered.
         assert!(r.asks() < 200, "{} asks", r.asks());
-        // The arenas were compacted along the way (offsets moved under the table).
+        // The arenas were rewritten along the way (offsets moved under the table).
         assert!(r.shards.iter().all(|s| s.compactions > 0));
-        r.assert_accounting();
     }
 }
