@@ -146,8 +146,10 @@ impl FraudKeys {
 
     /// `slots` (each with what goes with it) in the order of their keys.
     fn sorted<T>(&self, slots: impl Iterator<Item = (usize, T)>) -> Vec<(usize, T)> {
-        let mut by_prefix: Vec<(u128, (usize, T))> =
-            slots.map(|s| (self.prefixes[s.0], s)).collect();
+        // Sized for every key (a filtered iterator's collect grows from nothing, by
+        // doubling: new memory, page faults, a few times a batch).
+        let mut by_prefix: Vec<(u128, (usize, T))> = Vec::with_capacity(self.len());
+        by_prefix.extend(slots.map(|s| (self.prefixes[s.0], s)));
         by_prefix.sort_unstable_by(|(pa, (a, _)), (pb, (b, _))| {
             pa.cmp(pb).then_with(|| self.get(*a).cmp(self.get(*b)))
         });
