@@ -367,10 +367,11 @@ fn main() {
         latencies.push(latency);
     }
     let (pipeline_cpu, pipeline_queued) = thread_sched();
-    let run_cpu = process_cpu().saturating_sub(cpu_before);
     if let Some(c) = checkpoint.as_mut() {
         latencies.extend(c.settle().unwrap());
     }
+    // Over the same span as `committed` (with the relay, the last commits settle above).
+    let run_cpu = process_cpu().saturating_sub(cpu_before);
     let committed = started.elapsed();
     if crash {
         // Everything is durable; nothing is closed cleanly (no memtable flush): the

@@ -27,7 +27,9 @@ pub const TAG: u8 = 0xB2;
 /// of one stream are a few MB): refuse it instead of allocating what it claims.
 const MAX_DECOMPRESSED: usize = 1 << 30;
 
-/// Encodes rows (in sequence order, no gap) as one page value.
+/// Encodes rows (in sequence order, no gap) as one page value, in buffers of its own
+/// (what a commit's reused buffers must give the same bytes as; commits use
+/// [`encode_into`]).
 pub fn encode<R: AsRef<[u8]>>(rows: &[R]) -> Vec<u8> {
     let mut buffers = PageBuffers::default();
     encode_into(rows, &mut buffers).to_vec()
@@ -43,9 +45,22 @@ pub fn encode<R: AsRef<[u8]>>(rows: &[R]) -> Vec<u8> {
 pub struct PageBuffers {
     /// The rows, length-prefixed, before compression.
     plain: Vec<u8>,
-    /// The value: header and LZ4 block. Never shrunk, so growing it zeroes only what
-    /// it never had.
+    /// The value: header and LZ4 block. Never shrunk (but by [`PageBuffers::trim`]),
+    /// so growing it zeroes only what it never had; past the page just built it holds
+    /// an earlier, larger page's bytes, which never leave it.
     value: Vec<u8>,
+}
+
+impl PageBuffers {
+    /// Lets go of buffers grown past `max_bytes` (a restore commits a whole state in
+    /// one batch: its pages' memory should not stay for the process's life).
+    pub fn trim(&mut self, max_bytes: usize) {
+        for b in [&mut self.plain, &mut self.value] {
+            if b.capacity() > max_bytes {
+                *b = Vec::new();
+            }
+        }
+    }
 }
 
 /// [`encode`] into `buffers`: the page value, borrowed from them.
@@ -68,6 +83,7 @@ pub fn encode_into<'b, R: AsRef<[u8]>>(rows: &[R], buffers: &'b mut PageBuffers)
     value[5..9].copy_from_slice(&(plain.len() as u32).to_le_bytes());
     let n = lz4_flex::block::compress_into(plain, &mut value[9..room])
         .expect("the buffer has LZ4's maximum output size");
+    // The page only: what lies past it is an earlier page's.
     &value[..9 + n]
 }
 
@@ -196,6 +212,10 @@ mod tests {
                 .collect();
             assert_eq!(back, rows);
         }
+        // Trimmed, the buffers let go of what they grew to, and build the same pages.
+        buffers.trim(0);
+        assert_eq!(buffers.plain.capacity() + buffers.value.capacity(), 0);
+        assert_eq!(encode_into(&big, &mut buffers), &encode(&big)[..]);
     }
 
     #[test]

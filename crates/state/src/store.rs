@@ -170,11 +170,26 @@ pub struct StateStore {
 }
 
 /// What a commit builds its page values in (RocksDB copies each value into its write
-/// batch, so the buffers are free again once the batch is built).
+/// batch, so the buffers are free again once the batch is built). Every commit clears
+/// or overwrites what it uses before it builds, so nothing of a commit that failed
+/// halfway (or panicked, poisoning the lock) reaches the next one.
 #[derive(Debug, Default)]
 struct CommitBuffers {
     fraud_page: Vec<u8>,
     outbox: outbox_page::PageBuffers,
+}
+
+impl CommitBuffers {
+    /// The most a buffer keeps between commits: a batch's pages are a few hundred KB,
+    /// a restore's single commit of a whole state may be far more.
+    const MAX_KEPT_BYTES: usize = 16 << 20;
+
+    fn trim(&mut self) {
+        if self.fraud_page.capacity() > Self::MAX_KEPT_BYTES {
+            self.fraud_page = Vec::new();
+        }
+        self.outbox.trim(Self::MAX_KEPT_BYTES);
+    }
 }
 
 /// How old (wall clock) a fraud SST file may get before a compaction rewrites it, and
@@ -665,6 +680,7 @@ impl StateStore {
                 );
             }
         }
+        buffers.trim();
         drop(buffers);
         fail_point::hit(fail_point::COMMIT_BEFORE_WRITE);
         if fail_point::is_armed(fail_point::COMMIT_INSIDE) {

@@ -38,15 +38,27 @@ use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore};
 /// maps live for one batch.
 pub(super) type BatchMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The one hasher of fraud keys for the process's life. A key's hash is worked out
-/// once, where its batch is decoded ([`FraudKeys::slot`], beside the loop thread), and
-/// every table that holds fraud keys afterwards is searched with it: the batch's own,
-/// and the in-flight writes of the batches before it ([`InFlightValues`]), which with
-/// a hasher each hashed every key of the batch again, once per batch in flight, on
-/// the loop thread.
-fn fraud_key_hasher() -> &'static foldhash::fast::RandomState {
-    static HASHER: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
-    HASHER.get_or_init(Default::default)
+/// A fraud key's hash, by the one hasher of fraud keys for the process's life (the
+/// only way to make one is [`FraudKeyHash::of`], so a table of fraud keys is never
+/// searched with another hasher's hash, which would miss silently).
+///
+/// Why one hasher: a key's hash is worked out once, where its batch is decoded
+/// ([`FraudKeys::slot`], beside the loop thread), and every table that holds fraud
+/// keys afterwards is searched with it: the batch's own, and the in-flight writes of
+/// the batches before it ([`InFlightValues`]), which with a hasher each hashed every
+/// key of the batch again, once per batch in flight, on the loop thread. The seed is
+/// random per process, as the batch maps' are ([`BatchMap`]); it is not renewed per
+/// batch, so keys a producer found to collide would keep colliding for the process's
+/// life (foldhash's fast hasher resists that little either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FraudKeyHash(u64);
+
+impl FraudKeyHash {
+    fn of(key: &[u8]) -> FraudKeyHash {
+        static HASHER: std::sync::OnceLock<foldhash::fast::RandomState> =
+            std::sync::OnceLock::new();
+        FraudKeyHash(HASHER.get_or_init(Default::default).hash_one(key))
+    }
 }
 
 /// Renames the fraud state an earlier build wrote under `card/…` and `customer/…` to
@@ -90,12 +102,13 @@ impl FraudState for CustomerState {
 /// allocation each cost more than building them.
 #[derive(Default)]
 struct FraudKeys {
-    /// Each slot, found by its key's bytes (hashed by [`fraud_key_hasher`]).
+    /// Each slot, found by its key's hash and bytes.
     index: hashbrown::HashTable<usize>,
     bytes: Vec<u8>,
     ranges: Vec<Range<usize>>,
-    /// Each key's hash.
-    hashes: Vec<u64>,
+    /// Each key's hash, kept so that neither a lookup nor the table's growth, nor a
+    /// later batch searching its in-flight writes, hashes the key again.
+    hashes: Vec<FraudKeyHash>,
     /// Each key's first 16 bytes as a big-endian number (zero-padded): keys sort as
     /// these do, but for ties, and a number compares in one instruction where a slice
     /// comparison calls `memcmp` (which showed in the loop thread's profile when the
@@ -126,8 +139,8 @@ impl FraudKeys {
         let start = bytes.len();
         key_into(id, bytes);
         let key = &bytes[start..];
-        let hash = fraud_key_hasher().hash_one(key);
-        if let Some(&slot) = index.find(hash, |&s| {
+        let hash = FraudKeyHash::of(key);
+        if let Some(&slot) = index.find(hash.0, |&s| {
             hashes[s] == hash && &bytes[ranges[s].clone()] == key
         }) {
             bytes.truncate(start);
@@ -140,14 +153,14 @@ impl FraudKeys {
         ranges.push(start..bytes.len());
         hashes.push(hash);
         let slot = ranges.len() - 1;
-        index.insert_unique(hash, slot, |&s| hashes[s]);
+        index.insert_unique(hash.0, slot, |&s| hashes[s].0);
         slot
     }
 
     /// `slots` (each with what goes with it) in the order of their keys.
     fn sorted<T>(&self, slots: impl Iterator<Item = (usize, T)>) -> Vec<(usize, T)> {
-        // Sized for every key (a filtered iterator's collect grows from nothing, by
-        // doubling: new memory, page faults, a few times a batch).
+        // Sized for every key, an upper bound (a filtered iterator's collect grows from
+        // nothing, by doubling: new memory, page faults, a few times a batch).
         let mut by_prefix: Vec<(u128, (usize, T))> = Vec::with_capacity(self.len());
         by_prefix.extend(slots.map(|s| (self.prefixes[s.0], s)));
         by_prefix.sort_unstable_by(|(pa, (a, _)), (pb, (b, _))| {
@@ -160,8 +173,8 @@ impl FraudKeys {
         &self.bytes[self.ranges[slot].clone()]
     }
 
-    /// The hash of `slot`'s key ([`fraud_key_hasher`]).
-    fn hash(&self, slot: usize) -> u64 {
+    /// The hash of `slot`'s key.
+    fn hash(&self, slot: usize) -> FraudKeyHash {
         self.hashes[slot]
     }
 
@@ -345,8 +358,8 @@ pub const COMMITS_IN_FLIGHT: usize = 2;
 
 /// The fraud values a batch wrote, by key: keys and values in one buffer, found through
 /// a table of where each lies (a few allocations a batch, where a map of `Vec`s took
-/// two a value, each freed a batch later). Keys are hashed by [`fraud_key_hasher`], so
-/// a batch searches these with the hashes its decode worked out.
+/// two a value, each freed a batch later). Each entry keeps its key's [`FraudKeyHash`],
+/// so a batch searches these with the hashes its decode worked out.
 #[derive(Default)]
 struct InFlightValues {
     bytes: Vec<u8>,
@@ -364,7 +377,7 @@ struct InFlightEntry {
     start: usize,
     key_len: usize,
     value_len: usize,
-    hash: u64,
+    hash: FraudKeyHash,
 }
 
 impl InFlightValues {
@@ -377,27 +390,27 @@ impl InFlightValues {
     }
 
     /// The value of `key`, whose hash is `hash`.
-    fn get_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
+    fn get_hashed(&self, key: &[u8], hash: FraudKeyHash) -> Option<&[u8]> {
         let found = self
             .table
-            .find(hash, |&e| e.hash == hash && self.entry(e).0 == key)?;
+            .find(hash.0, |&e| e.hash == hash && self.entry(e).0 == key)?;
         Some(self.entry(*found).1)
     }
 
     #[cfg(test)]
     fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.get_hashed(key, fraud_key_hasher().hash_one(key))
+        self.get_hashed(key, FraudKeyHash::of(key))
     }
 
     /// Room for `n` more values (keys and values of ~64 bytes together).
     fn reserve(&mut self, n: usize) {
         self.bytes.reserve(64 * n);
-        self.table.reserve(n, |e| e.hash);
+        self.table.reserve(n, |e| e.hash.0);
     }
 
     /// Sets `key`, whose hash is `hash`, to `value` (a later value of the same key
     /// replaces the earlier one).
-    fn insert_hashed(&mut self, key: &[u8], value: &[u8], hash: u64) {
+    fn insert_hashed(&mut self, key: &[u8], value: &[u8], hash: FraudKeyHash) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(key);
         self.bytes.extend_from_slice(value);
@@ -411,7 +424,7 @@ impl InFlightValues {
         let key_of = |e: &InFlightEntry| &bytes[e.start..e.start + e.key_len];
         match self
             .table
-            .entry(hash, |e| e.hash == hash && key_of(e) == key, |e| e.hash)
+            .entry(hash.0, |e| e.hash == hash && key_of(e) == key, |e| e.hash.0)
         {
             hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = at,
             hashbrown::hash_table::Entry::Vacant(e) => {
@@ -422,7 +435,7 @@ impl InFlightValues {
 
     #[cfg(test)]
     fn insert(&mut self, key: &[u8], value: &[u8]) {
-        self.insert_hashed(key, value, fraud_key_hasher().hash_one(key));
+        self.insert_hashed(key, value, FraudKeyHash::of(key));
     }
 
     /// Every (key, value).
@@ -471,11 +484,12 @@ impl InFlight {
     /// The fraud value the newest in-flight batch that wrote `key` wrote.
     #[cfg(test)]
     fn fraud(&self, key: &[u8]) -> Option<&[u8]> {
-        self.fraud_hashed(key, fraud_key_hasher().hash_one(key))
+        self.fraud_hashed(key, FraudKeyHash::of(key))
     }
 
-    /// [`InFlight::fraud`] of `key`, whose hash ([`fraud_key_hasher`]) is `hash`.
-    fn fraud_hashed(&self, key: &[u8], hash: u64) -> Option<&[u8]> {
+    /// The fraud value the newest in-flight batch that wrote `key` wrote; `hash` is
+    /// the key's.
+    fn fraud_hashed(&self, key: &[u8], hash: FraudKeyHash) -> Option<&[u8]> {
         self.batches
             .iter()
             .rev()
@@ -1041,7 +1055,8 @@ mod tests {
         assert_eq!(v.get(b"a"), Some(&b"333"[..]));
         assert_eq!(v.get(b"ab"), Some(&b"22"[..]));
         assert_eq!(v.get(b"b"), None);
-        // Enough keys to grow the table several times (its entries rehashed by key).
+        // Enough keys to grow the table several times (its entries placed again by
+        // their kept hashes).
         for i in 0..2_000u32 {
             v.insert(format!("k{i}").as_bytes(), &i.to_le_bytes());
         }

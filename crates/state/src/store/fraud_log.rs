@@ -658,6 +658,35 @@ mod tests {
         assert_reads(&s, &want, "after compact");
     }
 
+    /// Commits of one store build their pages in one kept buffer (`CommitBuffers`).
+    #[test]
+    fn each_page_holds_its_own_commits_puts_only() {
+        // One store, so the commits share its page buffer: a page must not carry an
+        // earlier commit's entries (a key a per-key commit deleted in between would
+        // come back with the next page).
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        for (k, tag) in [(1, "first"), (2, "second"), (3, "third")] {
+            let mut b = StateBatch::new();
+            b.put_fraud(key(k), value(k as i64, tag));
+            s.commit(b).unwrap();
+        }
+        let mut pages = Vec::new();
+        s.each_fraud_page(None, |_, page| {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = fraud_log_page::entries(page)
+                .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<_, _>>()?;
+            pages.push(entries);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            pages,
+            [(1, "first"), (2, "second"), (3, "third")]
+                .map(|(k, tag)| vec![(key(k), value(k as i64, tag))])
+        );
+    }
+
     /// The hazard of ingesting: a fold's file lands above everything in `fraud`, so
     /// a page folded after a per-key write of the same key would bring back its older
     /// value. A commit that writes per key (here: it deletes a key) folds the log

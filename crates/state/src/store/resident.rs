@@ -495,7 +495,8 @@ impl StateStore {
         }
         // Every fraud put and delete, in order.
         let loading = r.loading;
-        // Sized for every op (a filter's collect grows from nothing, by doubling).
+        // Sized for every op, an upper bound (a filter's collect grows from nothing, by
+        // doubling).
         let mut fraud: Vec<Op<'_>> = Vec::with_capacity(ops.len());
         fraud.extend(ops.iter().filter(|op| match op {
             Op::Put { cf, .. } | Op::Delete { cf, .. } => Kind::of(cf) == Some(Kind::Fraud),
