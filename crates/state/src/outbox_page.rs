@@ -55,11 +55,16 @@ impl PageBuffers {
     /// Lets go of buffers grown past `max_bytes` (a restore commits a whole state in
     /// one batch: its pages' memory should not stay for the process's life).
     pub fn trim(&mut self, max_bytes: usize) {
-        for b in [&mut self.plain, &mut self.value] {
-            if b.capacity() > max_bytes {
-                *b = Vec::new();
-            }
-        }
+        let_go_past(&mut self.plain, max_bytes);
+        let_go_past(&mut self.value, max_bytes);
+    }
+}
+
+/// Replaces `buffer` by an empty one if it grew past `max_bytes` (a kept buffer's
+/// memory bound).
+pub(crate) fn let_go_past(buffer: &mut Vec<u8>, max_bytes: usize) {
+    if buffer.capacity() > max_bytes {
+        *buffer = Vec::new();
     }
 }
 

@@ -185,9 +185,7 @@ impl CommitBuffers {
     const MAX_KEPT_BYTES: usize = 16 << 20;
 
     fn trim(&mut self) {
-        if self.fraud_page.capacity() > Self::MAX_KEPT_BYTES {
-            self.fraud_page = Vec::new();
-        }
+        outbox_page::let_go_past(&mut self.fraud_page, Self::MAX_KEPT_BYTES);
         self.outbox.trim(Self::MAX_KEPT_BYTES);
     }
 }

@@ -150,9 +150,12 @@ fn status_mib(field: &str) -> u64 {
 /// file is unreadable or has no such line). `field` ends with its separator (a colon,
 /// or the space of `/proc/vmstat`), so that it cannot match a longer name.
 fn proc_field(path: &str, field: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
+    field_in(&std::fs::read_to_string(path).unwrap_or_default(), field)
+}
+
+/// [`proc_field`] of a `/proc` file's text already read.
+fn field_in(text: &str, field: &str) -> u64 {
+    text.lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
@@ -173,10 +176,10 @@ pub struct KernelMemoryWork {
 
 impl KernelMemoryWork {
     pub fn now() -> KernelMemoryWork {
-        let field = |name| proc_field("/proc/vmstat", name);
+        let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
         KernelMemoryWork {
-            compaction_stalls: field("compact_stall "),
-            pages_reclaimed_directly: field("pgsteal_direct "),
+            compaction_stalls: field_in(&vmstat, "compact_stall "),
+            pages_reclaimed_directly: field_in(&vmstat, "pgsteal_direct "),
         }
     }
 
@@ -215,7 +218,6 @@ pub fn check_patching() -> String {
 /// Why a bench wants it: on two cores that are both busy, the events/s of a run move
 /// with the machine's hour by more than most changes do, while the CPU an event costs
 /// is what a change changes.
-#[allow(dead_code)] // not every bench reads it
 pub fn process_cpu() -> Duration {
     let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The command name (field 2) may hold spaces: count fields after its `)`.

@@ -1045,6 +1045,31 @@ mod tests {
         assert_eq!(in_flight.fraud(b"c"), Some(&b"3"[..]));
     }
 
+    /// Keys whose hashes are equal (made so here; by chance, or by a producer that
+    /// found them, in production) are told apart by their bytes: the kept hash only
+    /// rules out keys, it never answers for one.
+    #[test]
+    fn in_flight_values_with_equal_hashes_answer_by_key() {
+        let mut v = InFlightValues::default();
+        let same = FraudKeyHash(7);
+        v.insert_hashed(b"card-a", b"1", same);
+        v.insert_hashed(b"card-b", b"2", same);
+        v.insert_hashed(b"card-a", b"3", same);
+        assert_eq!(v.get_hashed(b"card-a", same), Some(&b"3"[..]));
+        assert_eq!(v.get_hashed(b"card-b", same), Some(&b"2"[..]));
+        assert_eq!(v.get_hashed(b"card-c", same), None);
+        // The right key with another hash is not found: every table of fraud keys is
+        // searched with `FraudKeyHash::of`'s hash, which is why it is the only maker.
+        assert_eq!(v.get_hashed(b"card-a", FraudKeyHash(8)), None);
+        let mut in_flight = InFlight::default();
+        in_flight.push(BatchWrites {
+            fraud: v,
+            ..BatchWrites::default()
+        });
+        assert_eq!(in_flight.fraud_hashed(b"card-b", same), Some(&b"2"[..]));
+        assert_eq!(in_flight.fraud_hashed(b"card-c", same), None);
+    }
+
     #[test]
     fn in_flight_values_answer_each_keys_last_value() {
         let mut v = InFlightValues::default();
