@@ -47,8 +47,8 @@ use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
 use peers_input::{
-    anon_huge_mib, data_dir, lines, opt, peak_rss_mib, process_cpu, rss_now_mib, thread_sched,
-    KernelMemoryWork, Manifest,
+    anon_huge_mib, data_dir, opt, peak_rss_mib, process_cpu, rss_now_mib, thread_sched,
+    KernelMemoryWork, LineBatch, LineBatches, Manifest,
 };
 
 /// Where the committing threads' time went, summed over the run.
@@ -77,8 +77,8 @@ const PARTITIONS: [i32; 4] = [0, 1, 2, 3];
 const BATCH: usize = 5_000;
 const SECS: i64 = 1_000_000;
 
-fn partition_of(id: &str) -> i32 {
-    (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % PARTITIONS.len() as u64) as i32
+fn partition_of(id: &[u8]) -> i32 {
+    (xxhash_rust::xxh3::xxh3_64(id) % PARTITIONS.len() as u64) as i32
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -147,34 +147,38 @@ fn settings() -> (StoreOptions, PipelineConfig) {
     (store, pipeline)
 }
 
-/// A batch of the input's lines with the offsets they were given, in arrival order.
+/// A batch of the input's lines, their partitions and the offsets they were given, in
+/// arrival order.
 struct InputLines {
-    lines: Vec<(i32, String, String)>,
+    lines: LineBatch,
+    partitions: Vec<i32>,
     offsets: Vec<i64>,
 }
 
 impl InputLines {
-    fn at_offsets(lines: Vec<(i32, String, String)>, next: &mut [i64]) -> InputLines {
-        let offsets = lines
+    fn at_offsets(lines: LineBatch, partitions: Vec<i32>, next: &mut [i64]) -> InputLines {
+        let offsets = partitions
             .iter()
-            .map(|(p, _, _)| {
+            .map(|p| {
                 let o = &mut next[*p as usize];
                 *o += 1;
                 *o - 1
             })
             .collect();
-        InputLines { lines, offsets }
+        InputLines {
+            lines,
+            partitions,
+            offsets,
+        }
     }
 
     fn records(&self) -> Vec<InputRecord<'_>> {
-        self.lines
-            .iter()
-            .zip(&self.offsets)
-            .map(|((p, id, payload), &offset)| InputRecord {
-                partition: *p,
-                offset,
-                key: Some(id.as_bytes()),
-                payload: payload.as_bytes(),
+        (0..self.lines.len())
+            .map(|i| InputRecord {
+                partition: self.partitions[i],
+                offset: self.offsets[i],
+                key: Some(self.lines.id(i)),
+                payload: self.lines.payload(i),
                 timestamp_ms: None,
             })
             .collect()
@@ -216,8 +220,8 @@ fn main() {
         return;
     }
     let Some(data) = data_dir(&args, &["--result-file", "--tag"]) else {
-        // Under `cargo test`: check the patching on one line of the peers' format.
-        peers_input::check_patching();
+        // Under `cargo test`: check the patching and the batched reading of the input.
+        peers_input::check_line_batches();
         return;
     };
     let manifest = Manifest::read(&data);
@@ -317,34 +321,30 @@ fn main() {
         };
     // The input is read, patched and cut into batches on its own thread, as the
     // processor's records are fetched by librdkafka's threads: the loop below times
-    // the core, not the file reads (before, 6.7 s of a 78 s run at 10 M).
-    let (batches, input) = std::sync::mpsc::sync_channel::<Vec<(i32, String, String)>>(4);
-    let reader = {
-        let data = data.clone();
-        std::thread::Builder::new()
-            .name("input".into())
-            .spawn(move || {
-                let mut batch = Vec::with_capacity(BATCH);
-                for (id, payload) in lines(&data) {
-                    batch.push((partition_of(&id), id, payload));
-                    if batch.len() == BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                        if batches.send(full).is_err() {
-                            return;
-                        }
-                    }
+    // the core, not the file reads (before, 6.7 s of a 78 s run at 10 M). Each batch's
+    // lines are in one buffer, handed back once copied, as a fetch's records are.
+    let (batches, input) = std::sync::mpsc::sync_channel::<(LineBatch, Vec<i32>)>(4);
+    let (line_batches, reuse) = LineBatches::new(&data, BATCH, 4 << 20).reusing();
+    let reader = std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            for lines in line_batches {
+                let partitions = (0..lines.len())
+                    .map(|i| partition_of(lines.id(i)))
+                    .collect();
+                if batches.send((lines, partitions)).is_err() {
+                    return;
                 }
-                let _ = batches.send(batch);
-            })
-            .unwrap()
-    };
+            }
+        })
+        .unwrap();
     let mut ahead: Option<(Arc<InputBatch>, Decoded)> = None;
-    for lines in input {
+    for (lines, partitions) in input {
         events += lines.len() as u64;
         // Copied into one buffer, as the processor copies a polled batch.
-        let next = Arc::new(InputBatch::copy(
-            &InputLines::at_offsets(lines, &mut offsets).records(),
-        ));
+        let polled = InputLines::at_offsets(lines, partitions, &mut offsets);
+        let next = Arc::new(InputBatch::copy(&polled.records()));
+        let _ = reuse.send(polled.lines);
         let decoded = match ahead.take() {
             None => decoder.decode(&next.records()),
             Some((before, decoded)) => {

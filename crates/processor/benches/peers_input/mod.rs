@@ -6,7 +6,8 @@
 //! Shared by the `peers` and `e2e` benches; each uses part of it.
 #![allow(dead_code)]
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -83,13 +84,7 @@ impl Manifest {
 /// Every completed line of the data directory's files, in file order, with its id:
 /// `(transaction_id, payload)`.
 pub fn lines(data: &Path) -> impl Iterator<Item = (String, String)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
-        .expect("the data directory")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
+    let files = data_files(data);
     let extra = missing_fields();
     files.into_iter().flat_map(move |f| {
         let extra = extra.clone();
@@ -101,6 +96,162 @@ pub fn lines(data: &Path) -> impl Iterator<Item = (String, String)> {
             (id.to_owned(), buf)
         })
     })
+}
+
+/// A batch of completed lines in one buffer, as a Kafka fetch hands its records over:
+/// each line's transaction id and payload are ranges of `bytes`.
+#[derive(Default)]
+pub struct LineBatch {
+    pub bytes: Vec<u8>,
+    /// `(id, payload)` of each line, in file order.
+    pub lines: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl LineBatch {
+    /// Completes `line` (see [`patch`]) at the end of the batch.
+    fn push(&mut self, line: &[u8], extra: &[u8]) {
+        let body = line.trim_ascii_end();
+        let body = body
+            .strip_suffix(b"}")
+            .expect("a line of the peers' format");
+        let id_len = body
+            .strip_prefix(ID_PREFIX)
+            .and_then(|rest| memchr::memchr(b'"', rest))
+            .expect("a line of the peers' format");
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(body);
+        self.bytes.extend_from_slice(extra);
+        self.bytes.push(b'}');
+        let id = start + ID_PREFIX.len();
+        self.lines.push((id..id + id_len, start..self.bytes.len()));
+    }
+
+    pub fn id(&self, i: usize) -> &[u8] {
+        &self.bytes[self.lines[i].0.clone()]
+    }
+
+    pub fn payload(&self, i: usize) -> &[u8] {
+        &self.bytes[self.lines[i].1.clone()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// How a line of the peers' format begins; the id is the string it opens.
+const ID_PREFIX: &[u8] = br#"{"transaction_id":""#;
+
+/// The data directory's completed lines, `batch` at a time, in file order: the same
+/// lines as [`lines`], read in large blocks and patched into one buffer per batch, with
+/// no allocation per line (which, at three strings a line, cost the `peers` bench's
+/// input thread more than the reading). A batch handed back through `reuse` is filled
+/// again, so a run's buffers are allocated once.
+pub struct LineBatches {
+    files: std::vec::IntoIter<PathBuf>,
+    file: Option<std::fs::File>,
+    /// Read but not yet cut into lines: `block[at..filled]`.
+    block: Vec<u8>,
+    at: usize,
+    filled: usize,
+    extra: Vec<u8>,
+    batch: usize,
+    reuse: Option<std::sync::mpsc::Receiver<LineBatch>>,
+}
+
+impl LineBatches {
+    /// Reads `data` in blocks of `block` bytes (a line longer than that grows it).
+    pub fn new(data: &Path, batch: usize, block: usize) -> LineBatches {
+        LineBatches {
+            files: data_files(data).into_iter(),
+            file: None,
+            block: vec![0; block.max(1)],
+            at: 0,
+            filled: 0,
+            extra: missing_fields().into_bytes(),
+            batch,
+            reuse: None,
+        }
+    }
+
+    /// Batches sent to the returned sender are emptied and filled again.
+    pub fn reusing(mut self) -> (LineBatches, std::sync::mpsc::Sender<LineBatch>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.reuse = Some(rx);
+        (self, tx)
+    }
+
+    /// The next line, without its newline; `None` after the last file's last line.
+    fn next_line(&mut self) -> Option<Range<usize>> {
+        loop {
+            if let Some(n) = memchr::memchr(b'\n', &self.block[self.at..self.filled]) {
+                let line = self.at..self.at + n;
+                self.at += n + 1;
+                return Some(line);
+            }
+            // No whole line left: keep the part read, read on after it.
+            self.block.copy_within(self.at..self.filled, 0);
+            self.filled -= self.at;
+            self.at = 0;
+            if self.filled == self.block.len() {
+                self.block.resize(self.block.len() * 2, 0);
+            }
+            let read = match self.file.as_mut() {
+                Some(f) => f
+                    .read(&mut self.block[self.filled..])
+                    .expect("reading the data directory"),
+                None => 0,
+            };
+            self.filled += read;
+            if read > 0 {
+                continue;
+            }
+            // The end of a file (or none open yet): its last line may lack a newline.
+            self.file = None;
+            if self.filled > 0 {
+                let line = 0..self.filled;
+                self.at = self.filled;
+                return Some(line);
+            }
+            let next = self.files.next()?;
+            self.file = Some(std::fs::File::open(&next).expect("a data file"));
+        }
+    }
+}
+
+impl Iterator for LineBatches {
+    type Item = LineBatch;
+
+    fn next(&mut self) -> Option<LineBatch> {
+        let mut out = self
+            .reuse
+            .as_ref()
+            .and_then(|r| r.try_recv().ok())
+            .unwrap_or_default();
+        out.bytes.clear();
+        out.lines.clear();
+        while out.len() < self.batch {
+            let Some(line) = self.next_line() else { break };
+            out.push(&self.block[line], &self.extra);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+}
+
+/// The data directory's `.json` files, in name order.
+fn data_files(data: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data)
+        .expect("the data directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    files
 }
 
 /// The data directory: the first argument that is not a flag or the value of one of
@@ -209,6 +360,58 @@ pub fn check_patching() -> String {
     );
     assert!(decoded.is_ok(), "{decoded:?}");
     buf
+}
+
+/// Checks that [`LineBatches`] gives the lines [`lines`] gives, cut into batches, for
+/// files that end with and without a newline and lines that cross its blocks (and
+/// outgrow them): what the `peers` bench does under `cargo test`.
+pub fn check_line_batches() {
+    let line = check_patching();
+    let raw = |id: usize| {
+        let l = r#"{"transaction_id":"tx-ID","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
+        l.replace("tx-ID", &format!("tx-{id}"))
+    };
+    assert!(line.len() > 200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut id = 0;
+    for (name, n, trailing_newline) in [
+        ("a.json", 7, true),
+        ("b.json", 1, false),
+        ("c.json", 5, false),
+    ] {
+        let mut text = String::new();
+        for i in 0..n {
+            if i > 0 {
+                text.push('\n');
+            }
+            text.push_str(&raw(id));
+            id += 1;
+        }
+        if trailing_newline {
+            text.push('\n');
+        }
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    std::fs::write(dir.path().join("manifest.txt"), "not a data file").unwrap();
+    let want: Vec<(String, String)> = lines(dir.path()).collect();
+    assert_eq!(want.len(), 13);
+    for block in [64, 300, 1 << 20] {
+        let (batches, reuse) = LineBatches::new(dir.path(), 4, block).reusing();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        for batch in batches {
+            sizes.push(batch.len());
+            for i in 0..batch.len() {
+                got.push((
+                    String::from_utf8(batch.id(i).to_vec()).unwrap(),
+                    String::from_utf8(batch.payload(i).to_vec()).unwrap(),
+                ));
+            }
+            reuse.send(batch).unwrap();
+        }
+        assert_eq!(got, want, "block of {block} bytes");
+        assert_eq!(sizes, [4, 4, 4, 1], "block of {block} bytes");
+    }
 }
 
 /// This process's time on a CPU so far, every thread's (those that have exited too),
