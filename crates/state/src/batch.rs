@@ -215,6 +215,24 @@ impl StateBatch {
     /// commit stores a stream's rows as pages (see [`crate::outbox_page`]).
     pub fn put_outbox(&mut self, table: Table, partition: i32, seq: u64, row: impl AsRef<[u8]>) {
         self.outbox_rows += 1;
+        let stream = self.stream(table, partition);
+        let start = stream.bytes.len();
+        stream.bytes.extend_from_slice(row.as_ref());
+        stream.rows.push((seq, start, stream.bytes.len()));
+    }
+
+    /// Makes room for `rows` more rows of `bytes` bytes in all in a stream: a pipeline
+    /// batch knows about how many rows each partition's payments stream gets, and the
+    /// stream's buffers grew by doubling from empty (~1 % of a 10 M run's samples, on
+    /// the pipeline thread).
+    pub fn reserve_outbox(&mut self, table: Table, partition: i32, rows: usize, bytes: usize) {
+        let stream = self.stream(table, partition);
+        stream.rows.reserve(rows);
+        stream.bytes.reserve(bytes);
+    }
+
+    /// The rows of one (table, partition), added empty if it has none yet.
+    fn stream(&mut self, table: Table, partition: i32) -> &mut StreamRows {
         let i = match self
             .outbox
             .iter()
@@ -231,10 +249,7 @@ impl StateBatch {
                 self.outbox.len() - 1
             }
         };
-        let stream = &mut self.outbox[i];
-        let start = stream.bytes.len();
-        stream.bytes.extend_from_slice(row.as_ref());
-        stream.rows.push((seq, start, stream.bytes.len()));
+        &mut self.outbox[i]
     }
 
     pub fn set_next_seq(&mut self, table: Table, partition: i32, next: u64) {
@@ -293,17 +308,18 @@ impl StateBatch {
 
     /// Each (table, partition) given outbox rows, with the sequence after its last.
     pub fn outbox_ends(&self) -> Vec<(Table, i32, u64)> {
+        // A stream room was made for may have no rows.
         self.outbox
             .iter()
-            .map(|s| {
-                let end = s.rows.iter().map(|(seq, _, _)| seq + 1).max().unwrap_or(0);
-                (s.table, s.partition, end)
+            .filter_map(|s| {
+                let end = s.rows.iter().map(|(seq, _, _)| seq + 1).max()?;
+                Some((s.table, s.partition, end))
             })
             .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.outbox.is_empty()
+        self.ops.is_empty() && self.outbox_rows == 0
     }
 
     /// The fraud keys the batch puts, in the order the commit writes them.
@@ -380,5 +396,21 @@ mod tests {
         let expected: Vec<(u64, Vec<&[u8]>)> =
             vec![(3, vec![b"c", b"d", b"e"]), (9, vec![b"i", b"j"])];
         assert_eq!(runs, expected);
+    }
+
+    /// Room made for a stream that then gets no rows leaves no trace: the batch is still
+    /// empty, and only the streams with rows have an end.
+    #[test]
+    fn room_for_rows_is_not_rows() {
+        let mut b = StateBatch::new();
+        b.reserve_outbox(Table::Payments, 0, 10, 1_000);
+        b.reserve_outbox(Table::Payments, 1, 10, 1_000);
+        assert!(b.is_empty());
+        assert_eq!(b.outbox_ends(), vec![]);
+        b.put_outbox(Table::Payments, 1, 7, "row");
+        assert!(!b.is_empty());
+        assert_eq!(b.outbox_ends(), vec![(Table::Payments, 1, 8)]);
+        let runs = b.outbox[1].runs();
+        assert_eq!(runs, vec![(7, vec![&b"row"[..]])]);
     }
 }

@@ -177,6 +177,11 @@ pub struct StateStore {
 struct CommitBuffers {
     fraud_page: Vec<u8>,
     outbox: outbox_page::PageBuffers,
+    /// The last commit's write batch size: the next one is reserved a little more
+    /// up front, where it grew by doubling from empty (RocksDB's `std::string`, each
+    /// step a copy of everything so far and fresh memory faulted in: ~3 % of the
+    /// commit thread at 10 M).
+    last_write_bytes: usize,
 }
 
 impl CommitBuffers {
@@ -187,6 +192,13 @@ impl CommitBuffers {
     fn trim(&mut self) {
         outbox_page::let_go_past(&mut self.fraud_page, Self::MAX_KEPT_BYTES);
         self.outbox.trim(Self::MAX_KEPT_BYTES);
+    }
+
+    /// A new write batch, reserved for the last one's size and an eighth (no more than
+    /// the buffers keep: one huge commit does not make every later one reserve as much).
+    fn write_batch(&self) -> WriteBatch {
+        let last = self.last_write_bytes.min(Self::MAX_KEPT_BYTES);
+        WriteBatch::with_capacity_bytes(last + last / 8)
     }
 }
 
@@ -618,7 +630,6 @@ impl StateStore {
         }
         without_perf_counters();
         self.injected_failure()?;
-        let mut wb = WriteBatch::default();
         let handles: Vec<_> = cf::ALL
             .iter()
             .map(|n| self.cf(n))
@@ -639,9 +650,11 @@ impl StateStore {
         let paged = fraud_writes == FraudWrites::Paged;
         let mut dedup = CommitPages::default();
         let mut buffers = lock(&self.commit_buffers);
+        let mut wb = buffers.write_batch();
         let CommitBuffers {
             fraud_page,
             outbox: outbox_buffers,
+            last_write_bytes,
         } = &mut *buffers;
         fraud_page.clear();
         for op in ops.iter() {
@@ -678,6 +691,7 @@ impl StateStore {
                 );
             }
         }
+        *last_write_bytes = wb.size_in_bytes();
         buffers.trim();
         drop(buffers);
         fail_point::hit(fail_point::COMMIT_BEFORE_WRITE);

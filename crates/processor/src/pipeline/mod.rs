@@ -300,6 +300,10 @@ impl Pipeline {
         // Per record, about: a dedup entry (16 + 36 bytes), a card (~18 + 40) and a
         // customer (~11 + 20).
         let mut batch = StateBatch::with_capacity(3 * records.len(), 160 * records.len());
+        // Nearly every record is a payment row of its partition (~150 bytes compact).
+        for (partition, n) in records_per_partition(records) {
+            batch.reserve_outbox(Table::Payments, partition, n, 160 * n);
+        }
 
         // 2. Each record, in order, ends in exactly one table.
         let mut windows_touched = BTreeSet::new();
@@ -453,6 +457,28 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// How many of `records` each partition has, in order of first appearance. A poll
+/// hands over each partition's records in runs, so the last partition is tried first.
+fn records_per_partition(records: &[InputRecord<'_>]) -> Vec<(i32, usize)> {
+    let mut counts: Vec<(i32, usize)> = Vec::new();
+    let mut last = 0;
+    for r in records {
+        if counts.get(last).is_some_and(|(p, _)| *p == r.partition) {
+            counts[last].1 += 1;
+            continue;
+        }
+        last = match counts.iter().position(|(p, _)| *p == r.partition) {
+            Some(i) => i,
+            None => {
+                counts.push((r.partition, 0));
+                counts.len() - 1
+            }
+        };
+        counts[last].1 += 1;
+    }
+    counts
 }
 
 #[cfg(test)]

@@ -848,3 +848,25 @@ proptest::proptest! {
         proptest::prop_assert_eq!(offsets, (0..input.len() as i64).collect::<Vec<_>>());
     }
 }
+
+/// Each partition's records counted once, in order of first appearance, whether its
+/// records come in one run or interleaved with another's.
+#[test]
+fn records_are_counted_per_partition() {
+    let record = |partition| InputRecord {
+        partition,
+        offset: 0,
+        key: None,
+        payload: b"",
+        timestamp_ms: None,
+    };
+    let records: Vec<InputRecord<'_>> = [3, 3, 1, 1, 1, 3, 0, 1, 3]
+        .into_iter()
+        .map(record)
+        .collect();
+    assert_eq!(
+        records_per_partition(&records),
+        vec![(3, 4), (1, 4), (0, 1)]
+    );
+    assert_eq!(records_per_partition(&[]), vec![]);
+}
