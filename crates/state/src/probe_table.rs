@@ -184,12 +184,22 @@ impl<S: Probed> ProbeTable<S> {
         }
     }
 
-    /// Replaces every entry by what `f` makes of it, which must keep its key.
-    pub fn update(&mut self, mut f: impl FnMut(S) -> S) {
-        for s in self.slots.iter_mut().filter(|s| **s != S::EMPTY) {
-            let new = f(*s);
-            debug_assert!(new.key() == s.key(), "an update moved a key");
-            *s = new;
+    /// Replaces every entry by what `f` makes of it, which must keep its key, `chunk`
+    /// slots at a time: `look` sees each chunk's entries before `f` replaces them (to
+    /// bring what they point to into the cache at once, so that its misses overlap).
+    pub fn update_chunked(
+        &mut self,
+        chunk: usize,
+        mut look: impl FnMut(&mut dyn Iterator<Item = S>),
+        mut f: impl FnMut(S) -> S,
+    ) {
+        for slots in self.slots.chunks_mut(chunk.max(1)) {
+            look(&mut slots.iter().copied().filter(|s| *s != S::EMPTY));
+            for s in slots.iter_mut().filter(|s| **s != S::EMPTY) {
+                let new = f(*s);
+                debug_assert!(new.key() == s.key(), "an update moved a key");
+                *s = new;
+            }
         }
     }
 
@@ -314,7 +324,15 @@ mod tests {
         }
         table.retain(|e| e.1 % 4 == 0);
         assert_eq!(table.len(), 500);
-        table.update(|e| E(e.0, e.1 + 1));
+        let mut looked = Vec::new();
+        table.update_chunked(
+            7,
+            |chunk| looked.extend(chunk.map(|e| e.0)),
+            |e| E(e.0, e.1 + 1),
+        );
+        // Each entry seen once before its update, none that is not there.
+        looked.sort_unstable();
+        assert_eq!(looked, (0..1000).step_by(2).collect::<Vec<u32>>());
         for k in 0..1000 {
             let expected = (k % 2 == 0).then_some(k * 2 + 1);
             assert_eq!(value(&table, k), expected);
