@@ -197,8 +197,8 @@ impl CommitBuffers {
     /// A new write batch, reserved for the last one's size and an eighth (no more than
     /// the buffers keep: one huge commit does not make every later one reserve as much).
     fn write_batch(&self) -> WriteBatch {
-        let last = self.last_write_bytes.min(Self::MAX_KEPT_BYTES);
-        WriteBatch::with_capacity_bytes(last + last / 8)
+        let last = self.last_write_bytes;
+        WriteBatch::with_capacity_bytes((last + last / 8).min(Self::MAX_KEPT_BYTES))
     }
 }
 

@@ -166,6 +166,7 @@ pub struct LineBatches {
 impl LineBatches {
     /// Reads `data` in blocks of `block` bytes (a line longer than that grows it).
     pub fn new(data: &Path, batch: usize, block: usize) -> LineBatches {
+        assert!(batch > 0, "a batch holds at least one line");
         LineBatches {
             files: data_files(data).into_iter(),
             file: None,
@@ -201,9 +202,12 @@ impl LineBatches {
                 self.block.resize(self.block.len() * 2, 0);
             }
             let read = match self.file.as_mut() {
-                Some(f) => f
-                    .read(&mut self.block[self.filled..])
-                    .expect("reading the data directory"),
+                Some(f) => loop {
+                    match f.read(&mut self.block[self.filled..]) {
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        read => break read.expect("reading the data directory"),
+                    }
+                },
                 None => 0,
             };
             self.filled += read;
@@ -363,8 +367,8 @@ pub fn check_patching() -> String {
 }
 
 /// Checks that [`LineBatches`] gives the lines [`lines`] gives, cut into batches, for
-/// files that end with and without a newline and lines that cross its blocks (and
-/// outgrow them): what the `peers` bench does under `cargo test`.
+/// an empty file, files that end with and without a newline and lines that cross its
+/// blocks (and outgrow them): what the `peers` bench does under `cargo test`.
 pub fn check_line_batches() {
     let line = check_patching();
     let raw = |id: usize| {
@@ -374,6 +378,7 @@ pub fn check_line_batches() {
     assert!(line.len() > 200);
     let dir = tempfile::tempdir().unwrap();
     let mut id = 0;
+    std::fs::write(dir.path().join("0-empty.json"), "").unwrap();
     for (name, n, trailing_newline) in [
         ("a.json", 7, true),
         ("b.json", 1, false),
