@@ -6,7 +6,7 @@
 //! Shared by the `peers` and `e2e` benches; each uses part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,15 +49,17 @@ pub fn missing_fields() -> String {
     out
 }
 
-/// The line with the missing fields appended, and its transaction id.
-pub fn patch<'a>(line: &'a str, extra: &str, buf: &mut String) -> Option<&'a str> {
-    let body = line.trim_end().strip_suffix('}')?;
-    buf.clear();
-    buf.push_str(body);
-    buf.push_str(extra);
-    buf.push('}');
-    let rest = line.strip_prefix(r#"{"transaction_id":""#)?;
-    Some(&rest[..rest.find('"')?])
+/// Appends `line` to `out` with the missing fields (`extra`) added, and returns where
+/// in `out` its transaction id is; `None`, with `out` as it was, for a line not of the
+/// peers' format.
+pub fn patch(line: &[u8], extra: &[u8], out: &mut Vec<u8>) -> Option<Range<usize>> {
+    let body = line.trim_ascii_end().strip_suffix(b"}")?;
+    let id_len = memchr::memchr(b'"', body.strip_prefix(ID_PREFIX)?)?;
+    let id = out.len() + ID_PREFIX.len();
+    out.extend_from_slice(body);
+    out.extend_from_slice(extra);
+    out.push(b'}');
+    Some(id..id + id_len)
 }
 
 /// What the generator wrote, to check a run's counts against.
@@ -82,19 +84,13 @@ impl Manifest {
 }
 
 /// Every completed line of the data directory's files, in file order, with its id:
-/// `(transaction_id, payload)`.
+/// `(transaction_id, payload)` (the lines of [`LineBatches`], a string each).
 pub fn lines(data: &Path) -> impl Iterator<Item = (String, String)> {
-    let files = data_files(data);
-    let extra = missing_fields();
-    files.into_iter().flat_map(move |f| {
-        let extra = extra.clone();
-        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&f).unwrap());
-        reader.lines().map(move |line| {
-            let line = line.unwrap();
-            let mut buf = String::new();
-            let id = patch(&line, &extra, &mut buf).expect("a line of the peers' format");
-            (id.to_owned(), buf)
-        })
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("a line of UTF-8");
+    LineBatches::new(data, 1_000, 1 << 20).flat_map(move |batch| {
+        (0..batch.len())
+            .map(|i| (text(batch.id(i)), text(batch.payload(i))))
+            .collect::<Vec<_>>()
     })
 }
 
@@ -102,28 +98,17 @@ pub fn lines(data: &Path) -> impl Iterator<Item = (String, String)> {
 /// each line's transaction id and payload are ranges of `bytes`.
 #[derive(Default)]
 pub struct LineBatch {
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
     /// `(id, payload)` of each line, in file order.
-    pub lines: Vec<(Range<usize>, Range<usize>)>,
+    lines: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl LineBatch {
     /// Completes `line` (see [`patch`]) at the end of the batch.
     fn push(&mut self, line: &[u8], extra: &[u8]) {
-        let body = line.trim_ascii_end();
-        let body = body
-            .strip_suffix(b"}")
-            .expect("a line of the peers' format");
-        let id_len = body
-            .strip_prefix(ID_PREFIX)
-            .and_then(|rest| memchr::memchr(b'"', rest))
-            .expect("a line of the peers' format");
         let start = self.bytes.len();
-        self.bytes.extend_from_slice(body);
-        self.bytes.extend_from_slice(extra);
-        self.bytes.push(b'}');
-        let id = start + ID_PREFIX.len();
-        self.lines.push((id..id + id_len, start..self.bytes.len()));
+        let id = patch(line, extra, &mut self.bytes).expect("a line of the peers' format");
+        self.lines.push((id, start..self.bytes.len()));
     }
 
     pub fn id(&self, i: usize) -> &[u8] {
@@ -146,10 +131,10 @@ impl LineBatch {
 /// How a line of the peers' format begins; the id is the string it opens.
 const ID_PREFIX: &[u8] = br#"{"transaction_id":""#;
 
-/// The data directory's completed lines, `batch` at a time, in file order: the same
-/// lines as [`lines`], read in large blocks and patched into one buffer per batch, with
-/// no allocation per line (which, at three strings a line, cost the `peers` bench's
-/// input thread more than the reading). A batch handed back through `reuse` is filled
+/// The data directory's completed lines, `batch` at a time, in file order, read in
+/// large blocks and patched into one buffer per batch, with no allocation per line
+/// (which, at three strings a line, cost the `peers` bench's input thread more than
+/// the reading). A batch handed back through `reuse` is filled
 /// again, so a run's buffers are allocated once.
 pub struct LineBatches {
     files: std::vec::IntoIter<PathBuf>,
@@ -355,20 +340,26 @@ impl KernelMemoryWork {
 /// under `cargo test`); returns the completed line.
 pub fn check_patching() -> String {
     let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
-    let mut buf = String::new();
-    assert_eq!(patch(line, &missing_fields(), &mut buf), Some("tx-00ab"));
+    let mut buf = b"before".to_vec();
+    let id = patch(line.as_bytes(), missing_fields().as_bytes(), &mut buf).unwrap();
+    assert_eq!(&buf[id], b"tx-00ab");
+    let completed = buf.split_off(b"before".len());
     let decoded = paydedup_event::decode(
-        buf.as_bytes(),
+        &completed,
         Utc::now(),
         &paydedup_event::DecodeLimits::default(),
     );
     assert!(decoded.is_ok(), "{decoded:?}");
-    buf
+    // Not the peers' format: nothing appended.
+    assert_eq!(patch(b"{\"id\":\"x\"}", b"", &mut buf), None);
+    assert_eq!(buf, b"before");
+    String::from_utf8(completed).unwrap()
 }
 
-/// Checks that [`LineBatches`] gives the lines [`lines`] gives, cut into batches, for
-/// an empty file, files that end with and without a newline and lines that cross its
-/// blocks (and outgrow them): what the `peers` bench does under `cargo test`.
+/// Checks that [`LineBatches`] (and [`lines`] on top of it) gives each line written,
+/// completed, in order, cut into batches, for an empty file, files that end with and
+/// without a newline and lines that cross its blocks (and outgrow them): what the
+/// `peers` bench does under `cargo test`.
 pub fn check_line_batches() {
     let line = check_patching();
     let raw = |id: usize| {
@@ -398,8 +389,18 @@ pub fn check_line_batches() {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     std::fs::write(dir.path().join("manifest.txt"), "not a data file").unwrap();
-    let want: Vec<(String, String)> = lines(dir.path()).collect();
+    // Each line written, completed on its own.
+    let extra = missing_fields();
+    let want: Vec<(String, String)> = (0..id)
+        .map(|id| {
+            let mut out = Vec::new();
+            let at = patch(raw(id).as_bytes(), extra.as_bytes(), &mut out).unwrap();
+            let id = String::from_utf8(out[at].to_vec()).unwrap();
+            (id, String::from_utf8(out).unwrap())
+        })
+        .collect();
     assert_eq!(want.len(), 13);
+    assert_eq!(lines(dir.path()).collect::<Vec<_>>(), want);
     for block in [64, 300, 1 << 20] {
         let (batches, reuse) = LineBatches::new(dir.path(), 4, block).reusing();
         let mut got = Vec::new();
