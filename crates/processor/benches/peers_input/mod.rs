@@ -336,10 +336,13 @@ impl KernelMemoryWork {
     }
 }
 
+/// One line of the peers' format, as the generator writes it.
+const SAMPLE_LINE: &str = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
+
 /// Checks the line patching on one line of the peers' format (what the benches do
 /// under `cargo test`); returns the completed line.
 pub fn check_patching() -> String {
-    let line = r#"{"transaction_id":"tx-00ab","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
+    let line = SAMPLE_LINE;
     let mut buf = b"before".to_vec();
     let id = patch(line.as_bytes(), missing_fields().as_bytes(), &mut buf).unwrap();
     assert_eq!(&buf[id], b"tx-00ab");
@@ -362,10 +365,7 @@ pub fn check_patching() -> String {
 /// `peers` bench does under `cargo test`.
 pub fn check_line_batches() {
     let line = check_patching();
-    let raw = |id: usize| {
-        let l = r#"{"transaction_id":"tx-ID","event_time":"2024-03-01T00:00:01.234Z","amount_minor":5,"currency":"EUR","merchant_id":"m-1","card_fingerprint":"00000000000000000000000000000000","customer_id":"c-1","ip_country":"DE","card_country":"DE","device_id":"d-1"}"#;
-        l.replace("tx-ID", &format!("tx-{id}"))
-    };
+    let raw = |id: usize| SAMPLE_LINE.replace("tx-00ab", &format!("tx-{id}"));
     assert!(line.len() > 200);
     let dir = tempfile::tempdir().unwrap();
     let mut id = 0;

@@ -302,7 +302,8 @@ impl Pipeline {
         let mut batch = StateBatch::with_capacity(3 * records.len(), 160 * records.len());
         // Nearly every record is a payment row of its partition (a row averaged 143
         // bytes on the peers' 2 M input).
-        for (partition, n) in records_per_partition(records) {
+        let per_partition = records_per_partition(records);
+        for &(partition, n) in &per_partition {
             batch.reserve_outbox(Table::Payments, partition, n, 160 * n);
         }
 
@@ -344,7 +345,7 @@ impl Pipeline {
             }
         }
         self.flush_seqs(&mut batch);
-        self.put_positions(records, &mut batch);
+        self.put_positions(records, &per_partition, &mut batch);
         stats.outbox_rows = batch.outbox_rows();
         Ok((batch, stats))
     }
@@ -440,12 +441,15 @@ impl Pipeline {
         self.windows.entry(key).or_default()
     }
 
-    /// Checkpoints the next offset and max event time of every partition in `records`.
-    fn put_positions(&self, records: &[InputRecord<'_>], batch: &mut StateBatch) {
-        let mut partitions: Vec<i32> = records.iter().map(|r| r.partition).collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        for p in partitions {
+    /// Checkpoints the next offset and max event time of every partition in `records`
+    /// (`per_partition`: [`records_per_partition`] of them, worked out once a batch).
+    fn put_positions(
+        &self,
+        records: &[InputRecord<'_>],
+        per_partition: &[(i32, usize)],
+        batch: &mut StateBatch,
+    ) {
+        for &(p, _) in per_partition {
             let progress = &self.partitions[&p];
             if let Some(o) = progress.next_offset {
                 batch.set_next_offset(p, o);
