@@ -22,17 +22,19 @@
 //!      (`paydedup_batch_duration_seconds`), to tell its share from the broker's;
 //!    - Kafka timestamp → **row in the sink's file**: every row of the sink's files, read
 //!      as they grow (polled every 5 ms); the file sink writes a batch, fsyncs it, then
-//!      acknowledges, so a row is seen just before its acknowledgement.
+//!      acknowledges, so a row is seen just before its acknowledgement;
+//!    - the batches the processor committed (each a synced RocksDB write) and its CPU
+//!      time from start to the last row in the sink: what a lower latency costs.
 //!
 //! Recovery after SIGKILL with 10 M keys is the `peers` bench's `--crash`/`--reopen`.
 //!
 //! cargo bench -p paydedup-processor --bench e2e -- DATA_DIR [--events N] [--rates R1,R2] [--secs S] [--keep]
-//!     [--linger-ms MS] [--fetch-wait-ms MS] [--batch-timeout-ms MS]
+//!     [--linger-ms MS] [--fetch-wait-ms MS] [--batch-timeout-ms MS] [--batch-linger-ms MS]
 //!
 //! `--events 0` skips the throughput part. `--linger-ms` sets the producer's linger
 //! (default 5 ms), `--fetch-wait-ms` the consumers' `fetch.wait.max.ms` (the do-nothing
-//! consumer's and the processor's, through `--kafka`), `--batch-timeout-ms` the
-//! processor's.
+//! consumer's and the processor's, through `--kafka`), `--batch-timeout-ms` and
+//! `--batch-linger-ms` the processor's.
 //!
 //! `--keep` leaves the work directory (processor logs, state, sink files, the metrics
 //! of each latency run).
@@ -61,13 +63,14 @@ use rdkafka::{Offset, TopicPartitionList};
 const PARTITIONS: i32 = 4;
 
 /// Client settings a run may change (`--linger-ms`, `--fetch-wait-ms`,
-/// `--batch-timeout-ms`); unset, the producer lingers 5 ms and the consumers use the
+/// `--batch-timeout-ms`, `--batch-linger-ms`); unset, the producer lingers 5 ms and the consumers use the
 /// processor's own defaults.
 #[derive(Default)]
 struct Knobs {
     linger_ms: Option<String>,
     fetch_wait_ms: Option<String>,
     batch_timeout_ms: Option<String>,
+    batch_linger_ms: Option<String>,
 }
 
 static KNOBS: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
@@ -182,6 +185,9 @@ fn processor(broker: &Broker, topic: &str, work: &Path, metrics_port: u16, bound
     }
     if let Some(ms) = &knobs().batch_timeout_ms {
         cmd.args(["--batch-timeout-ms", ms]);
+    }
+    if let Some(ms) = &knobs().batch_linger_ms {
+        cmd.args(["--batch-linger-ms", ms]);
     }
     cmd.spawn().expect("the processor started")
 }
@@ -402,6 +408,10 @@ struct Latency {
     /// The processor's own time per batch: poll start → durable commit.
     batch: Vec<(f64, u64)>,
     sink_ms: Vec<f64>,
+    /// Batches committed (`paydedup_batches_total`): each a synced commit.
+    batches: u64,
+    /// The processor's CPU (user + system) from its start to the last row in the sink.
+    cpu_secs: f64,
 }
 
 /// Consumes `total` records of `topic` as they are produced; for each, its Kafka
@@ -550,6 +560,7 @@ fn latency(broker: &Broker, data: &Path, rate: u64, secs: u64, work: &Path) -> L
     }
     let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).expect("the metrics");
     std::fs::write(dir.join("metrics.txt"), &metrics).unwrap();
+    let cpu_secs = cpu_secs(child.id());
     let _ = paydedup_testkit::signal(child.id(), "TERM");
     let _ = child.wait();
     let mut sink_ms = tail.finish();
@@ -563,7 +574,28 @@ fn latency(broker: &Broker, data: &Path, rate: u64, secs: u64, work: &Path) -> L
         commit: buckets(&metrics, "paydedup_record_commit_latency_seconds"),
         batch: buckets(&metrics, "paydedup_batch_duration_seconds"),
         sink_ms,
+        batches: counter(&metrics, "paydedup_batches_total"),
+        cpu_secs,
     }
+}
+
+/// A counter's value from the metrics text (0 when absent).
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// User + system CPU seconds of a running process (`/proc/PID/stat`, in the kernel's
+/// clock ticks, 100 a second on Linux).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process's stat");
+    // Fields after the command name (which may hold spaces) closed by ')'.
+    let after = stat.rsplit_once(')').expect("a stat line").1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields[i].parse::<f64>().expect("clock ticks");
+    // utime and stime are the stat line's 14th and 15th fields: 12th and 13th here.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Prints the throughput part's table and the output check.
@@ -608,6 +640,7 @@ fn main() {
         "--linger-ms",
         "--fetch-wait-ms",
         "--batch-timeout-ms",
+        "--batch-linger-ms",
     ];
     let Some(data) = data_dir(&args, &valued) else {
         peers_input::check_patching();
@@ -626,6 +659,7 @@ fn main() {
         linger_ms: knob("--linger-ms"),
         fetch_wait_ms: knob("--fetch-wait-ms"),
         batch_timeout_ms: knob("--batch-timeout-ms"),
+        batch_linger_ms: knob("--batch-linger-ms"),
     });
     assert!(
         knobs_set.is_ok(),
@@ -656,13 +690,13 @@ fn main() {
         .iter()
         .map(|&r| latency(&broker, &data, r, secs, work.path()))
         .collect();
-    println!("\n| rate (records/s) | records | achieved | Kafka ts → raw consumer p50 / p99 / max | Kafka ts → outbox commit p50 / p99 / max | Kafka ts → row in the sink's file p50 / p99 / max | batch, poll start → durable commit, p50 / p99 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| rate (records/s) | records | achieved | Kafka ts → raw consumer p50 / p99 / max | Kafka ts → outbox commit p50 / p99 / max | Kafka ts → row in the sink's file p50 / p99 / max | batch, poll start → durable commit, p50 / p99 | batches (synced commits) | processor CPU |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for l in &runs {
         let sink = |q| quantile(&l.sink_ms, q);
         let raw = |q| quantile(&l.raw_ms, q);
         println!(
-            "| {} | {} | {:.0} | {:.0} / {:.0} / {:.0} ms | {} / {} / {} | {:.0} / {:.0} / {:.0} ms ({} rows) | {} / {} |",
+            "| {} | {} | {:.0} | {:.0} / {:.0} / {:.0} ms | {} / {} / {} | {:.0} / {:.0} / {:.0} ms ({} rows) | {} / {} | {} | {:.1} s |",
             l.rate,
             l.sent,
             l.achieved,
@@ -678,6 +712,8 @@ fn main() {
             l.sink_ms.len(),
             bucket_quantile(&l.batch, 0.5),
             bucket_quantile(&l.batch, 0.99),
+            l.batches,
+            l.cpu_secs,
         );
     }
     for l in &runs {

@@ -187,24 +187,40 @@ impl KafkaSource {
         Ok(true)
     }
 
-    /// Polls up to `max` records, for at most `timeout` (less if a shutdown is requested).
-    /// Records of one partition come in offset order.
+    /// Polls up to `max` records: waits at most `timeout` for the first (less if a
+    /// shutdown is requested), then up to `linger` from the first for more, then takes
+    /// only what the consumer already holds. Records of one partition come in offset
+    /// order.
+    ///
+    /// A batch does not wait to fill: under load the consumer holds more than `max`
+    /// and batches are full at once; at a lower rate a batch is what arrived within
+    /// the linger, committed then. (Waiting for `max` or `timeout` put up to `timeout`
+    /// on every record's latency at a moderate rate: docs/benchmarks.md, thirty-sixth
+    /// step.) The linger only bounds how many synced commits a second a slow stream
+    /// makes (on a broker that answers every fetch at once, a batch per record).
     pub fn poll_batch(
         &self,
         max: usize,
         timeout: Duration,
+        linger: Duration,
         shutdown: &Shutdown,
     ) -> anyhow::Result<Vec<BorrowedMessage<'_>>> {
-        let started = Instant::now();
+        // Until the first record: the poll's timeout; from it: the linger.
+        let mut deadline = Instant::now() + timeout;
+        let mut lingering = false;
         let mut messages = Vec::with_capacity(max);
-        while messages.len() < max {
-            let left = timeout.saturating_sub(started.elapsed());
-            if left.is_zero() || shutdown.requested() {
-                break;
-            }
+        while messages.len() < max && !shutdown.requested() {
+            let left = deadline.saturating_duration_since(Instant::now());
             match self.consumer.poll(left) {
-                None => break,
+                // No record in time; when lingering, one more look (a zero wait) takes
+                // what arrived meanwhile, and the batch ends with the first empty one.
+                None if !lingering || left.is_zero() => break,
+                None => {}
                 Some(Ok(m)) => {
+                    if !lingering {
+                        lingering = true;
+                        deadline = Instant::now() + linger;
+                    }
                     if !self.check_log(&m)? {
                         messages.push(m);
                     }

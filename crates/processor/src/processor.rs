@@ -66,6 +66,7 @@ impl RescaleWatch {
 pub struct LoopSettings {
     pub batch_size: usize,
     pub batch_timeout: Duration,
+    pub batch_linger: Duration,
     pub outbox_bound: u64,
     pub exit_when_caught_up: bool,
     pub drain: bool,
@@ -197,9 +198,12 @@ impl Processor {
     /// Polls and processes one batch, or handles an empty poll.
     fn turn(&mut self) -> anyhow::Result<Option<Exit>> {
         let s = &self.settings;
-        let messages = self
-            .source
-            .poll_batch(s.batch_size, s.batch_timeout, &self.shutdown)?;
+        let messages = self.source.poll_batch(
+            s.batch_size,
+            s.batch_timeout,
+            s.batch_linger,
+            &self.shutdown,
+        )?;
         let full = messages.len() >= s.batch_size;
         // Copied into one buffer, so the consumer's messages are let go
         // and the batch can wait a turn.

@@ -202,6 +202,7 @@ fn build(
         LoopSettings {
             batch_size: config.kafka.batch_size.get(),
             batch_timeout: config.kafka.batch_timeout,
+            batch_linger: config.kafka.batch_linger,
             outbox_bound: config.relay.outbox_bound.get(),
             exit_when_caught_up: config.process.exit_when_caught_up,
             drain: config.process.drain,

@@ -24,6 +24,7 @@ use crate::keys::{self, meta, DedupEntry};
 use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
 use fraud_log::{FraudLog, FraudWrites};
+use outbox_scan::OutboxScanFrom;
 use resident::{lock, DedupAnswer, Resident, ResidentLoader};
 
 #[derive(Debug, Clone)]
@@ -162,6 +163,8 @@ pub struct StateStore {
     /// The memory commits build their fraud log page and outbox pages in, kept from
     /// one commit to the next (see `outbox_page::PageBuffers`).
     commit_buffers: Mutex<CommitBuffers>,
+    /// Per outbox stream, where its undeleted pages start (`OutboxScanFrom`).
+    outbox_scan_from: Mutex<OutboxScanFrom>,
     /// How many more commits may land before the next one fails: a test double for a
     /// disk that fails one write, which the real one cannot do on demand (set only
     /// through `fail_commit_after`; only builds with fail points have it).
@@ -351,6 +354,39 @@ fn cf_options(
     o
 }
 
+/// Range deletions the outbox's memtable holds before RocksDB flushes it.
+///
+/// Why: every delivery deletes its pages with a range deletion, and every new
+/// iterator over the column family (the relay opens one per read of a stream) works
+/// through all the range deletions still in the memtable. The outbox's memtable holds
+/// only keys, so by size alone it flushes rarely: at 5,000 records/s, in batches cut by
+/// the 10 ms linger, the processor's CPU grew from a fifth of a core to nearly a whole
+/// one within 80 s, until a flush (docs/benchmarks.md, thirty-sixth step). A flush
+/// drops the delivered pages' entries and leaves the deletions to compactions, where
+/// each file's are sorted once.
+const OUTBOX_MEMTABLE_RANGE_DELETIONS: &str = "1000";
+
+/// Sets `OUTBOX_MEMTABLE_RANGE_DELETIONS`: a mutable option, which the C API sets
+/// only on an open database, and which a memtable reads when it is made. So the
+/// memtable the open made is then flushed (a key outside every stream is put and
+/// deleted first: an empty memtable is not replaced).
+fn bound_outbox_range_deletions(db: &DB) -> Result<(), rocksdb::Error> {
+    const SWITCH: &[u8] = b"\xffmemtable-switch";
+    let Some(cf) = db.cf_handle(CF_OUTBOX) else {
+        return Ok(());
+    };
+    db.set_options_cf(
+        cf,
+        &[(
+            "memtable_max_range_deletions",
+            OUTBOX_MEMTABLE_RANGE_DELETIONS,
+        )],
+    )?;
+    db.put_cf(cf, SWITCH, b"")?;
+    db.delete_cf(cf, SWITCH)?;
+    db.flush_cf(cf)
+}
+
 /// Turns off RocksDB's per-thread perf counters for the calling thread.
 ///
 /// Why: by default RocksDB counts every key comparison (and more) in a thread-local
@@ -432,6 +468,7 @@ impl StateStore {
         log_check::check_logs(path)?;
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)
             .map_err(|e| StateError::from_rocks(e, path))?;
+        bound_outbox_range_deletions(&db).map_err(|e| StateError::from_rocks(e, path))?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(opts.sync);
         let mut store = StateStore {
@@ -449,6 +486,7 @@ impl StateStore {
             unfolded_fraud: OnceLock::new(),
             size_estimate_written: Mutex::new(std::time::Instant::now()),
             commit_buffers: Mutex::default(),
+            outbox_scan_from: Mutex::default(),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -562,6 +600,7 @@ impl StateStore {
             unfolded_fraud: OnceLock::new(),
             size_estimate_written: Mutex::new(std::time::Instant::now()),
             commit_buffers: Mutex::default(),
+            outbox_scan_from: Mutex::default(),
             #[cfg(feature = "fail-points")]
             commits_before_failure: AtomicU64::new(u64::MAX),
             fraud_ttl_micros: opts.fraud_ttl_micros,
@@ -683,7 +722,14 @@ impl StateStore {
         // Each stream's rows as pages, compressed here, on the committing thread.
         for stream in &mut outbox {
             let (table, partition) = (stream.table, stream.partition);
-            for (first, rows) in stream.runs() {
+            let runs = stream.runs();
+            {
+                let mut scan_from = lock(&self.outbox_scan_from);
+                for (first, _) in &runs {
+                    scan_from.writing(table, partition, *first);
+                }
+            }
+            for (first, rows) in runs {
                 wb.put_cf(
                     handle(CF_OUTBOX),
                     keys::outbox_key(table, partition, first),
@@ -1150,9 +1196,14 @@ impl StateStore {
         upper.extend_from_slice(&[0xff; 8]);
         upper.push(0xff);
         ro.set_iterate_upper_bound(upper);
+        // Past the deleted pages (`outbox_scan`).
+        let from = match lock(&self.outbox_scan_from).get(table, partition) {
+            Some(first_kept) => keys::outbox_key(table, partition, first_kept).to_vec(),
+            None => prefix.to_vec(),
+        };
         for item in self
             .db
-            .iterator_cf_opt(cf, ro, IteratorMode::From(&prefix, Direction::Forward))
+            .iterator_cf_opt(cf, ro, IteratorMode::From(&from, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let Some((_, _, first)) = keys::parse_outbox_key(&k) else {
@@ -1212,7 +1263,9 @@ impl StateStore {
             meta::outbox_floor(table, partition),
             next.to_be_bytes(),
         );
-        self.db.write(wb).map_err(|e| self.rocks(e))
+        self.db.write(wb).map_err(|e| self.rocks(e))?;
+        lock(&self.outbox_scan_from).deleted_below(table, partition, keep_from);
+        Ok(())
     }
 
     /// Number of rows waiting, per (table, partition).
@@ -1381,6 +1434,7 @@ mod index_warmup;
 mod landed;
 mod live_dedup;
 mod log_check;
+mod outbox_scan;
 mod rekey;
 mod resident;
 pub use forget::Forgotten;

@@ -87,10 +87,18 @@ pub struct KafkaSettings {
     /// Max records per batch (one atomic commit).
     #[arg(long, env = "PAYDEDUP_BATCH_SIZE", default_value = "5000")]
     pub batch_size: NonZeroUsize,
-    /// Max time to fill a batch, milliseconds.
+    /// Max time a poll waits for a batch's first record, milliseconds (when idle, how
+    /// often the loop looks up from the consumer).
     #[arg(id = "batch_timeout_ms", long = "batch-timeout-ms", env = "PAYDEDUP_BATCH_TIMEOUT_MS",
           value_name = "MS", default_value = "100", value_parser = parse::millis)]
     pub batch_timeout: Duration,
+    /// How long a batch's first record waits for more before the batch is committed,
+    /// milliseconds (a full batch goes at once; after the linger the batch still takes
+    /// what the consumer already holds). Bounds the synced commits a second at a low
+    /// rate; each millisecond is added to a record's latency at most once.
+    #[arg(id = "batch_linger_ms", long = "batch-linger-ms", env = "PAYDEDUP_BATCH_LINGER_MS",
+          value_name = "MS", default_value = "10", value_parser = parse::millis)]
+    pub batch_linger: Duration,
     /// librdkafka consumer property, KEY=VALUE, repeatable (the file's `[kafka]` table
     /// first, flags override).
     #[arg(id = "kafka", long = "kafka", value_name = "KEY=VALUE", value_parser = parse::key_value)]
@@ -339,6 +347,7 @@ mod tests {
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(c.kafka.batch_size.get(), 5000);
         assert_eq!(c.kafka.batch_timeout, Duration::from_millis(100));
+        assert_eq!(c.kafka.batch_linger, Duration::from_millis(10));
         assert_eq!(c.pipeline.retention, Duration::from_secs(3600));
         assert_eq!(c.pipeline.allowed_lateness, Duration::from_secs(300));
         assert_eq!(c.relay.sink, SinkTarget::File("output".into()));

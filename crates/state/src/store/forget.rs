@@ -108,6 +108,7 @@ impl StateStore {
             .write_opt(wb, &self.write_options)
             .map_err(|e| self.rocks(e))?;
         self.dedup_pages_forgotten(partitions);
+        super::resident::lock(&self.outbox_scan_from).forget(partitions);
         self.forget_resident(partitions);
         Ok(out)
     }

@@ -1371,3 +1371,45 @@ fn an_open_refused_while_warming_returns_its_error_and_the_next_loads() {
         .iter()
         .all(Option::is_some));
 }
+
+/// A read starts past the pages deliveries deleted (`store::outbox_scan`), and finds
+/// every page still there: a partly delivered one, later commits' pages, and, after
+/// its partition is forgotten, a stream's new pages from sequence 0 again.
+#[test]
+fn reads_past_delivered_pages_miss_no_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let commit = |from: u64, to: u64| {
+        let mut b = StateBatch::new();
+        for seq in from..to {
+            b.put_outbox(Table::Payments, 0, seq, format!("row-{seq}").into_bytes());
+        }
+        s.commit(b).unwrap();
+    };
+    let seqs = |limit| -> Vec<u64> {
+        s.outbox_rows(Table::Payments, 0, limit)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect()
+    };
+    // Pages [0, 10), [10, 20), [20, 30); delivered through 14: the first page goes,
+    // the second stays partly delivered.
+    commit(0, 10);
+    commit(10, 20);
+    commit(20, 30);
+    s.outbox_delete_through(Table::Payments, 0, 14).unwrap();
+    assert_eq!(seqs(100), (15..30).collect::<Vec<_>>());
+    // Many deliveries of one page each, a read after each.
+    for page in 3..200_u64 {
+        commit(page * 10, page * 10 + 10);
+        s.outbox_delete_through(Table::Payments, 0, page * 10 - 1)
+            .unwrap();
+        assert_eq!(seqs(100), (page * 10..page * 10 + 10).collect::<Vec<_>>());
+    }
+    // Handed over and back: the stream starts again at 0, below where reads started.
+    s.forget_partitions(&[0]).unwrap();
+    assert!(seqs(100).is_empty());
+    commit(0, 5);
+    assert_eq!(seqs(100), (0..5).collect::<Vec<_>>());
+}
