@@ -75,17 +75,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PARTITIONS: [i32; 4] = [0, 1, 2, 3];
 const BATCH: usize = 5_000;
-
-/// Records a batch: `BATCH`, or the environment's `BENCH_BATCH` (smaller batches make
-/// more commits, pages and folds, as a live stream cut by the batch linger does).
-fn batch_size() -> usize {
-    std::env::var("BENCH_BATCH").map_or(BATCH, |v| {
-        v.parse()
-            .ok()
-            .filter(|&n| n > 0)
-            .expect("BENCH_BATCH: a record count above 0")
-    })
-}
 const SECS: i64 = 1_000_000;
 
 fn partition_of(id: &[u8]) -> i32 {
@@ -335,7 +324,7 @@ fn main() {
     // the core, not the file reads (before, 6.7 s of a 78 s run at 10 M). Each batch's
     // lines are in one buffer, handed back once copied, as a fetch's records are.
     let (batches, input) = std::sync::mpsc::sync_channel::<(LineBatch, Vec<i32>)>(4);
-    let (line_batches, reuse) = LineBatches::new(&data, batch_size(), 4 << 20).reusing();
+    let (line_batches, reuse) = LineBatches::new(&data, BATCH, 4 << 20).reusing();
     let reader = std::thread::Builder::new()
         .name("input".into())
         .spawn(move || {
