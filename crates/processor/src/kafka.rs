@@ -211,7 +211,8 @@ impl KafkaSource {
         let mut messages = Vec::with_capacity(max);
         while messages.len() < max && !shutdown.requested() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.consumer.poll(left) {
+            // A linger longer than the timeout still looks up for a shutdown as often.
+            match self.consumer.poll(left.min(timeout)) {
                 // No record in time; when lingering, one more look (a zero wait) takes
                 // what arrived meanwhile, and the batch ends with the first empty one.
                 None if !lingering || left.is_zero() => break,

@@ -107,8 +107,10 @@ fn records_arriving_within_the_linger_join_the_batch() {
     }
     assert_eq!(offsets, (0..5).collect::<Vec<i64>>());
 
-    // Five more now, five more 0.5 s later: a 5 s linger takes all ten at once.
+    // Five more now, five more 0.5 s later: a 5 s linger takes all ten at once, and
+    // the batch goes when the linger is over, not at the timeout.
     produce(&broker, 5, 10);
+    let started = Instant::now();
     let later = std::thread::scope(|s| {
         s.spawn(|| {
             std::thread::sleep(Duration::from_millis(500));
@@ -117,4 +119,26 @@ fn records_arriving_within_the_linger_join_the_batch() {
         poll(&source, 5_000, timeout, Duration::from_secs(5))
     });
     assert_eq!(later, (5..15).collect::<Vec<i64>>());
+    assert!(started.elapsed() < timeout / 2, "{:?}", started.elapsed());
+
+    // Five more now, five more 2 s later: without a linger the batch goes with the
+    // first five.
+    produce(&broker, 15, 20);
+    let alone = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            produce(&broker, 20, 25);
+        });
+        poll(&source, 5_000, timeout, Duration::ZERO)
+    });
+    // (One fetch may hold the first five or part of them, never the later five.)
+    assert!(
+        alone.first() == Some(&15) && alone.iter().all(|&o| o < 20),
+        "{alone:?}"
+    );
+    let mut offsets = alone;
+    while offsets.len() < 10 {
+        offsets.extend(poll(&source, 5_000, timeout, Duration::ZERO));
+    }
+    assert_eq!(offsets, (15..25).collect::<Vec<i64>>());
 }

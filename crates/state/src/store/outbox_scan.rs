@@ -17,6 +17,13 @@
 //! stream's partition (its sequences start again at 0) and any commit that writes a
 //! page below it. Memory only: after an open a stream has no entry, and its first
 //! read starts at the stream's beginning.
+//!
+//! The commit's check and a delivery's update are not one step: a delivery that
+//! lands between a commit's check and its write could set an entry above that page.
+//! It cannot happen as the processor runs: a stream's sequences restart (the only way
+//! to write below a delivered page) only when its partition is forgotten or restored,
+//! both before the relay starts on the store, and a running stream's new pages start
+//! past everything delivered. (The outbox floor relies on the same.)
 
 use std::collections::HashMap;
 

@@ -1413,3 +1413,42 @@ fn reads_past_delivered_pages_miss_no_page() {
     commit(0, 5);
     assert_eq!(seqs(100), (0..5).collect::<Vec<_>>());
 }
+
+/// Once the outbox's memtable holds 1,000 range deletions (one a delivery), RocksDB
+/// flushes it (`bound_outbox_range_deletions`): every new iterator over the family
+/// works through all of them, so unbounded they made each relay read slower.
+#[test]
+fn the_outbox_memtable_is_flushed_at_its_range_deletion_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = StateStore::open(
+        dir.path(),
+        &StoreOptions {
+            sync: false,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let cf = s.cf(CF_OUTBOX).unwrap();
+    let files = |s: &StateStore| -> u64 {
+        (0..7)
+            .map(|level| {
+                s.db.property_int_value_cf(cf, &format!("rocksdb.num-files-at-level{level}"))
+                    .unwrap()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let at_open = files(&s);
+    for seq in 0..1_100_u64 {
+        let mut b = StateBatch::new();
+        b.put_outbox(Table::Payments, 0, seq, b"row");
+        s.commit(b).unwrap();
+        s.outbox_delete_through(Table::Payments, 0, seq).unwrap();
+    }
+    // The flush runs in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while files(&s) == at_open && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(files(&s) > at_open, "no flush: {} files", files(&s));
+}
