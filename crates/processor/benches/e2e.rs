@@ -53,7 +53,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paydedup_testkit::{binary, free_port, Broker};
-use peers_input::{data_dir, lines, opt, Manifest};
+use peers_input::{data_dir, lines, opt, process_cpu_of, Manifest};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -560,7 +560,7 @@ fn latency(broker: &Broker, data: &Path, rate: u64, secs: u64, work: &Path) -> L
     }
     let metrics = get(&format!("http://127.0.0.1:{port}/metrics")).expect("the metrics");
     std::fs::write(dir.join("metrics.txt"), &metrics).unwrap();
-    let cpu_secs = cpu_secs(child.id());
+    let cpu_secs = process_cpu_of(child.id()).as_secs_f64();
     let _ = paydedup_testkit::signal(child.id(), "TERM");
     let _ = child.wait();
     let mut sink_ms = tail.finish();
@@ -584,18 +584,6 @@ fn counter(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
-}
-
-/// User + system CPU seconds of a running process (`/proc/PID/stat`, in the kernel's
-/// clock ticks, 100 a second on Linux).
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process's stat");
-    // Fields after the command name (which may hold spaces) closed by ')'.
-    let after = stat.rsplit_once(')').expect("a stat line").1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields[i].parse::<f64>().expect("clock ticks");
-    // utime and stime are the stat line's 14th and 15th fields: 12th and 13th here.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Prints the throughput part's table and the output check.

@@ -428,7 +428,16 @@ pub fn check_line_batches() {
 /// with the machine's hour by more than most changes do, while the CPU an event costs
 /// is what a change changes.
 pub fn process_cpu() -> Duration {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_of("/proc/self/stat")
+}
+
+/// [`process_cpu`] of another process (a processor a bench started).
+pub fn process_cpu_of(pid: u32) -> Duration {
+    cpu_of(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_of(stat: &str) -> Duration {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
     // The command name (field 2) may hold spaces: count fields after its `)`.
     let after_name = text.rsplit_once(')').map_or("", |(_, rest)| rest);
     let mut fields = after_name.split_whitespace();
