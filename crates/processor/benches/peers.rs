@@ -122,7 +122,9 @@ fn dir_bytes_by_kind(dir: &Path) -> String {
 /// The bench's store and pipeline settings (the peers' 10-minute watermark). The
 /// environment's `BENCH_RETENTION_SECS` lengthens the dedup retention, e.g. to keep
 /// every id of a run alive and time a restart that loads them all (set it for
-/// `--reopen` too: a store refuses a changed retention).
+/// `--reopen` too: a store refuses a changed retention). `BENCH_FRAUD_MEMORY_MIB` sets
+/// the fraud state's memory budget (`--fraud-memory-mib`), e.g. below what a run's cards
+/// and customers take, to time a processor that has outgrown it.
 fn settings() -> (StoreOptions, PipelineConfig) {
     let retention = std::env::var("BENCH_RETENTION_SECS")
         .ok()
@@ -132,10 +134,20 @@ fn settings() -> (StoreOptions, PipelineConfig) {
         })
         .unwrap_or(600)
         * SECS;
+    let defaults = StoreOptions::default();
+    let fraud_memory_bytes =
+        std::env::var("BENCH_FRAUD_MEMORY_MIB")
+            .ok()
+            .map_or(defaults.fraud_memory_bytes, |v| {
+                v.parse::<usize>()
+                    .expect("BENCH_FRAUD_MEMORY_MIB: whole MiB")
+                    << 20
+            });
     let store = StoreOptions {
         sync: true,
         dedup_retention_micros: Some(retention),
-        ..StoreOptions::default()
+        fraud_memory_bytes,
+        ..defaults
     };
     let pipeline = PipelineConfig {
         allowed_lateness_micros: 600 * SECS,
