@@ -579,11 +579,12 @@ fn latency(broker: &Broker, data: &Path, rate: u64, secs: u64, work: &Path) -> L
     }
 }
 
-/// A counter's value from the metrics text (0 when absent).
+/// A counter's value from the metrics text; absent, the bench stops (a 0 printed for
+/// a renamed metric would read as measured).
 fn counter(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .unwrap_or_else(|| panic!("the processor's metrics have no {name}")) as u64
 }
 
 /// Prints the throughput part's table and the output check.
