@@ -41,7 +41,7 @@ use paydedup_processor::checkpoint::{stamp_watermarks, Checkpoint};
 use paydedup_processor::commit_queue::CommitQueue;
 use paydedup_processor::metrics::Metrics;
 use paydedup_processor::pipeline::{
-    DecodeThread, Decoded, InputBatch, InputRecord, Pipeline, PipelineConfig,
+    Ahead, DecodeAhead, Decoded, InputBatch, InputRecord, Pipeline, PipelineConfig,
 };
 use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
@@ -279,10 +279,9 @@ fn main() {
     let kernel_before = KernelMemoryWork::now();
     let cpu_before = process_cpu();
     let started = Instant::now();
-    // Decoded ahead, as the processor's loop decodes a full batch while the one before
-    // it is processed (`pipeline::decode_ahead`).
-    let decoder = pipeline.decoder();
-    let decode_thread = DecodeThread::spawn(decoder.clone()).unwrap();
+    // Decoded ahead, as the processor's loop decodes full batches while the ones before
+    // them are processed (`pipeline::decode_ahead`).
+    let mut ahead = DecodeAhead::new(pipeline.decoder());
     let mut flush =
         |records: &[InputRecord<'_>], decoded: Decoded, latencies: &mut Vec<Duration>| {
             if records.is_empty() {
@@ -350,28 +349,18 @@ fn main() {
             }
         })
         .unwrap();
-    let mut ahead: Option<(Arc<InputBatch>, Decoded)> = None;
     for (lines, partitions) in input {
         events += lines.len() as u64;
         // Copied into one buffer, as the processor copies a polled batch.
         let polled = InputLines::at_offsets(lines, partitions, &mut offsets);
         let next = Arc::new(InputBatch::copy(&polled.records()));
         let _ = reuse.send(polled.lines);
-        let decoded = match ahead.take() {
-            None => decoder.decode(&next.records()),
-            Some((before, decoded)) => {
-                let ((), decoded) = decode_thread
-                    .decode_while(next.clone(), || {
-                        flush(&before.records(), decoded, &mut latencies)
-                    })
-                    .unwrap();
-                decoded
-            }
-        };
-        ahead = Some((next, decoded));
+        if let Some(Ahead { input, decoded }) = ahead.push(next).unwrap() {
+            flush(&input.records(), decoded, &mut latencies);
+        }
     }
-    if let Some((last, decoded)) = ahead.take() {
-        flush(&last.records(), decoded, &mut latencies);
+    while let Some(Ahead { input, decoded }) = ahead.pop().unwrap() {
+        flush(&input.records(), decoded, &mut latencies);
     }
     reader.join().unwrap();
     for (latency, spent) in in_flight.settle().unwrap() {

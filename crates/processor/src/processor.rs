@@ -3,15 +3,16 @@
 //! One turn of the loop: check for a shutdown or a failed relay, apply backpressure,
 //! poll a batch, run it through the [`Pipeline`], and hand the result to the
 //! [`Checkpoint`] step. Under load (a full batch polled) the batch is decoded on the
-//! decode thread while the one polled before it is processed, and is processed the
-//! next turn (`pipeline::decode_ahead`). A turn with no records checks whether a bounded run is done,
-//! and publishes progress. Nothing here decides anything about a payment: that is the
-//! pipeline's job; this file only moves batches and time along.
+//! decode thread while the ones polled before it are processed, and is processed
+//! [`DECODE_AHEAD`](crate::pipeline::DECODE_AHEAD) turns later
+//! (`pipeline::decode_ahead`). A turn with no records checks whether a bounded run is
+//! done, and publishes progress. Nothing here decides anything about a payment: that
+//! is the pipeline's job; this file only moves batches and time along.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use paydedup_state::StateBatch;
 
 use crate::activity::PartitionActivity;
@@ -23,7 +24,7 @@ use crate::metrics::events::{
     IdlePartitionsAdvanced, PartitionProgressed, WindowsDrained,
 };
 use crate::metrics::Metrics;
-use crate::pipeline::{BatchStats, DecodeThread, Decoded, InputBatch, InputRecord, Pipeline};
+use crate::pipeline::{Ahead, BatchStats, DecodeAhead, Decoded, InputBatch, InputRecord, Pipeline};
 use crate::shutdown::Shutdown;
 use crate::topology::InstanceCount;
 
@@ -95,17 +96,10 @@ pub struct Processor {
     /// Every owned partition had lag 0 at the last measurement, and no records arrived
     /// since.
     caught_up: bool,
-    /// A full batch polled and decoded, processed next turn (`turn`).
-    ahead: Option<DecodedAhead>,
-    /// Decodes the full batches ahead (started at the first).
-    decode_thread: Option<DecodeThread>,
-}
-
-/// A batch decoded ahead of its turn (`pipeline::decode_ahead`): not processed, so not
-/// committed; an exit while it waits leaves its records to the next start.
-struct DecodedAhead {
-    input: Arc<InputBatch>,
-    decoded: Decoded,
+    /// The full batches polled and not processed yet, decoding or decoded on the decode
+    /// thread (`turn`). Not processed, so not committed: an exit while they wait
+    /// leaves their records to the next start.
+    ahead: DecodeAhead,
 }
 
 impl Processor {
@@ -118,6 +112,7 @@ impl Processor {
         metrics: Metrics,
         shutdown: Shutdown,
     ) -> Processor {
+        let ahead = DecodeAhead::new(pipeline.decoder());
         Processor {
             source,
             pipeline,
@@ -132,8 +127,7 @@ impl Processor {
             last_lag_check: Instant::now(),
             last_topology_check: Instant::now(),
             caught_up: false,
-            ahead: None,
-            decode_thread: None,
+            ahead,
         }
     }
 
@@ -216,7 +210,7 @@ impl Processor {
         drop(messages);
         if !full {
             // Nothing more is waiting: no batch is decoded ahead of a partial one (a
-            // quiet stream waits no extra turn). The one decoded ahead goes first.
+            // quiet stream waits no extra turn). The ones decoded ahead go first.
             let had_ahead = self.process_ahead()?;
             if !input.is_empty() {
                 self.process(&input.records(), None)?;
@@ -225,27 +219,12 @@ impl Processor {
             }
             return Ok(None);
         }
-        // A full batch: decoded on the decode thread while the one decoded ahead of it
-        // is processed here (`pipeline::decode_ahead`), then it waits a turn.
-        let input = Arc::new(input);
-        let decoded = match self.ahead.take() {
-            None => self.pipeline.decoder().decode(&input.records()),
-            Some(ahead) => {
-                let thread = match self.decode_thread.take() {
-                    Some(thread) => thread,
-                    None => DecodeThread::spawn(self.pipeline.decoder())
-                        .context("starting the decode-ahead thread")?,
-                };
-                let decoded = thread.decode_while(input.clone(), || {
-                    self.process(&ahead.input.records(), Some(ahead.decoded))
-                });
-                self.decode_thread = Some(thread);
-                let (processed, decoded) = decoded?;
-                processed?;
-                decoded
-            }
-        };
-        self.ahead = Some(DecodedAhead { input, decoded });
+        // A full batch: decoded on the decode thread while the ones polled before it
+        // are processed here (`pipeline::decode_ahead`); its turn comes once
+        // `DECODE_AHEAD` newer ones wait behind it.
+        if let Some(Ahead { input, decoded }) = self.ahead.push(Arc::new(input))? {
+            self.process(&input.records(), Some(decoded))?;
+        }
         Ok(None)
     }
 
@@ -286,7 +265,7 @@ impl Processor {
         let bound = self.settings.outbox_bound;
         match (self.flow, next_flow(self.flow, depth, bound)) {
             (Flow::Reading, Flow::Paused) => {
-                // The batch decoded ahead was polled already: processed before the
+                // The batches decoded ahead were polled already: processed before the
                 // pause shows, so that from then on consumption stands still (a
                 // test's scrape between the pause and the next turn saw it move).
                 self.process_ahead()?;
@@ -309,13 +288,14 @@ impl Processor {
         Ok(())
     }
 
-    /// Processes the batch decoded ahead, if one waits; returns whether one did.
+    /// Processes the batches decoded ahead, oldest first, if any wait; returns whether
+    /// any did.
     fn process_ahead(&mut self) -> anyhow::Result<bool> {
-        let Some(ahead) = self.ahead.take() else {
-            return Ok(false);
-        };
-        self.process(&ahead.input.records(), Some(ahead.decoded))?;
-        Ok(true)
+        let had_ahead = !self.ahead.is_empty();
+        while let Some(Ahead { input, decoded }) = self.ahead.pop()? {
+            self.process(&input.records(), Some(decoded))?;
+        }
+        Ok(had_ahead)
     }
 
     /// Nothing arrived: end a bounded run once every owned partition is caught up and

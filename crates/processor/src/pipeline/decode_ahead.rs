@@ -1,26 +1,28 @@
-//! Decoding the next batch on the decode thread while this one is processed.
+//! Decoding the next batches on the decode thread while this one is processed.
 //!
 //! **Why.** Decoding a batch (JSON to a checked `PaymentEvent`, ~0.8 µs a record) is a
 //! quarter of the loop thread's time at 10 M payments, and the loop thread is what
 //! limits a run once the commit thread's fraud writes are pages (docs/benchmarks.md,
 //! twenty-sixth and twenty-seventh steps). Decoding depends on nothing the pipeline
-//! keeps, only on the record and the decode limits ([`RecordDecoder`]), so batch
-//! `n + 1` can be decoded while batch `n` is classified, scored and rendered.
+//! keeps, only on the record and the decode limits ([`RecordDecoder`]), so batches
+//! `n + 1` and `n + 2` ([`DECODE_AHEAD`]) can be decoded while batch `n` is
+//! classified, scored and rendered.
 //!
 //! **What stays the same.** Records are processed in the order they were polled, each
-//! exactly once: a batch decoded ahead is the next one processed. It is not committed
-//! until it is processed, so a crash or an exit while it waits loses nothing (the
-//! next start resumes from the committed offsets). The caller only decodes ahead when
-//! the poll returned a full batch (more are likely waiting): a partial one is
-//! processed at once, with the one ahead of it first, so a quiet stream waits no extra
-//! turn. (A full batch followed by silence waits one poll, `--batch-timeout-ms`.) A
-//! pause for backpressure processes the batch waiting ahead first, so while the
-//! consumer shows paused, consumption stands still.
+//! exactly once: the batches decoded ahead are the next ones processed, oldest first
+//! ([`DecodeAhead`]). None is committed until it is processed, so a crash or an exit
+//! while they wait loses nothing (the next start resumes from the committed offsets).
+//! The caller only decodes ahead when the poll returned a full batch (more are likely
+//! waiting): a partial one is processed at once, with the ones ahead of it first, so
+//! a quiet stream waits no extra turn. (Full batches followed by silence wait one
+//! poll, `--batch-timeout-ms`.) A pause for backpressure processes the batches
+//! waiting ahead first, so while the consumer shows paused, consumption stands still.
 //!
 //! Not the same as decoding one batch on two threads (a helper for half of each
 //! batch, twenty-fifth step: no gain), which splits one batch's decode; here a whole
 //! batch's decode leaves the loop thread, overlapping the next step's work.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -135,26 +137,113 @@ impl RecordDecoder {
     }
 }
 
-/// The thread that decodes batches ahead: one for the loop's life, not one a batch
+/// How many full batches may wait decoded (or decoding) while the loop processes the
+/// one polled before them.
+///
+/// Why two, not one: with one, the loop handed batch `n + 1` to the decode thread,
+/// processed `n`, then waited for `n + 1`'s decode, and the decode thread, woken once
+/// a batch, was as often as not waiting for a core the commit or RocksDB held: at
+/// 10 M events the loop waited ~0.9 s a run for it. With a second batch queued the
+/// decode thread has work whenever it gets a core, and the loop found its batch
+/// decoded (waits of 0.06–0.08 s): the process kept 1.76–1.79 cores busy against
+/// 1.69–1.77, five alternated pairs (docs/benchmarks.md, thirty-eighth step). A
+/// deeper queue holds more memory (a batch's copy and its decode, a few MB each) for
+/// no wait left to remove.
+pub const DECODE_AHEAD: usize = 2;
+
+/// The full batches handed to the decode thread and not processed yet, oldest first
+/// (see the module docs). The thread answers in the order it was handed batches, so
+/// the oldest waiting batch and the next answer belong together.
+pub struct DecodeAhead {
+    decoder: RecordDecoder,
+    /// Started with the first batch (a processor that never polls a full batch
+    /// never starts it).
+    thread: Option<DecodeThread>,
+    waiting: VecDeque<Arc<InputBatch>>,
+}
+
+/// A batch whose turn has come, with what it decoded to.
+pub struct Ahead {
+    pub input: Arc<InputBatch>,
+    pub decoded: Decoded,
+}
+
+/// The decode thread could not be started, or stopped (it panicked): the loop cannot
+/// go on.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeAheadError {
+    #[error("starting the decode-ahead thread: {0}")]
+    Spawn(#[from] std::io::Error),
+    #[error("the decode-ahead thread stopped")]
+    Stopped,
+}
+
+impl DecodeAhead {
+    pub fn new(decoder: RecordDecoder) -> DecodeAhead {
+        DecodeAhead {
+            decoder,
+            thread: None,
+            waiting: VecDeque::with_capacity(DECODE_AHEAD + 1),
+        }
+    }
+
+    /// Hands `batch` to the decode thread, behind the batches waiting. Once more than
+    /// [`DECODE_AHEAD`] wait, returns the oldest with its decode: its turn to be
+    /// processed (the newer ones decode meanwhile).
+    pub fn push(&mut self, batch: Arc<InputBatch>) -> Result<Option<Ahead>, DecodeAheadError> {
+        let thread = match &self.thread {
+            Some(thread) => thread,
+            None => self
+                .thread
+                .insert(DecodeThread::spawn(self.decoder.clone())?),
+        };
+        thread.start(batch.clone())?;
+        self.waiting.push_back(batch);
+        if self.waiting.len() > DECODE_AHEAD {
+            return self.pop();
+        }
+        Ok(None)
+    }
+
+    /// The oldest waiting batch with its decode (waiting for it if it is still being
+    /// decoded), or `None` if no batch waits.
+    pub fn pop(&mut self) -> Result<Option<Ahead>, DecodeAheadError> {
+        let Some(input) = self.waiting.pop_front() else {
+            return Ok(None);
+        };
+        let thread = self.thread.as_ref().ok_or(DecodeAheadError::Stopped)?;
+        let decoded = thread.finish()?;
+        Ok(Some(Ahead { input, decoded }))
+    }
+
+    /// How many batches wait.
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// The thread that decodes the batches ahead: one for the loop's life, not one a batch
 /// (a thread spawned per batch measured no faster and its peak RSS no lower,
 /// docs/benchmarks.md, twenty-seventh step; this one spawns nothing per batch).
-/// [`DecodeThread::decode_while`] hands it a batch and waits for what it decoded to
-/// once the caller's work is done.
-pub struct DecodeThread {
+///
+/// Its two channels hold one batch more than [`DECODE_AHEAD`], the most ever handed
+/// over and not taken back ([`DecodeAhead::push`] hands over one more, then takes the
+/// oldest back): so neither side ever blocks on a full channel, and a drop, which
+/// closes the thread's input and joins it, cannot wait on an answer nobody reads.
+struct DecodeThread {
     batches: Option<SyncSender<Arc<InputBatch>>>,
     decoded: Receiver<Decoded>,
     handle: Option<JoinHandle<()>>,
 }
 
-/// The decode thread stopped (it panicked): the loop cannot go on.
-#[derive(Debug, thiserror::Error)]
-#[error("the decode-ahead thread stopped")]
-pub struct DecodeThreadStopped;
-
 impl DecodeThread {
-    pub fn spawn(decoder: RecordDecoder) -> std::io::Result<DecodeThread> {
-        let (batches, to_decode) = sync_channel::<Arc<InputBatch>>(1);
-        let (done, decoded) = sync_channel::<Decoded>(1);
+    fn spawn(decoder: RecordDecoder) -> std::io::Result<DecodeThread> {
+        let (batches, to_decode) = sync_channel::<Arc<InputBatch>>(DECODE_AHEAD + 1);
+        let (done, decoded) = sync_channel::<Decoded>(DECODE_AHEAD + 1);
         let handle = std::thread::Builder::new()
             .name("decode-ahead".into())
             .spawn(move || {
@@ -171,30 +260,17 @@ impl DecodeThread {
         })
     }
 
-    /// Starts decoding `batch` (one at a time: `finish` before the next `start`).
-    fn start(&self, batch: Arc<InputBatch>) -> Result<(), DecodeThreadStopped> {
+    /// Starts decoding `batch` after the batches started before it.
+    fn start(&self, batch: Arc<InputBatch>) -> Result<(), DecodeAheadError> {
         match &self.batches {
-            Some(b) => b.send(batch).map_err(|_| DecodeThreadStopped),
-            None => Err(DecodeThreadStopped),
+            Some(b) => b.send(batch).map_err(|_| DecodeAheadError::Stopped),
+            None => Err(DecodeAheadError::Stopped),
         }
     }
 
-    /// What the batch `start` gave it decoded to.
-    fn finish(&self) -> Result<Decoded, DecodeThreadStopped> {
-        self.decoded.recv().map_err(|_| DecodeThreadStopped)
-    }
-
-    /// Decodes `batch` while `work` runs on the caller's thread: `work`'s outcome and
-    /// what the batch decoded to. The decode is taken back whatever `work` returned,
-    /// so the thread is idle again when this returns.
-    pub fn decode_while<R>(
-        &self,
-        batch: Arc<InputBatch>,
-        work: impl FnOnce() -> R,
-    ) -> Result<(R, Decoded), DecodeThreadStopped> {
-        self.start(batch)?;
-        let done = work();
-        Ok((done, self.finish()?))
+    /// What the oldest batch started and not finished decoded to.
+    fn finish(&self) -> Result<Decoded, DecodeAheadError> {
+        self.decoded.recv().map_err(|_| DecodeAheadError::Stopped)
     }
 }
 
@@ -330,18 +406,80 @@ mod tests {
         let decoder = RecordDecoder {
             limits: DecodeLimits::default(),
         };
-        let thread = DecodeThread::spawn(decoder.clone()).unwrap();
+        let mut queue = DecodeAhead::new(decoder.clone());
         let batch = Arc::new(InputBatch::copy(&records));
-        let mut ahead = Decoded::default();
+        let mut ahead = Vec::new();
         for _ in 0..3 {
-            thread.start(batch.clone()).unwrap();
-            ahead = thread.finish().unwrap();
+            ahead.extend(queue.push(batch.clone()).unwrap());
         }
-        drop(thread);
+        while let Some(a) = queue.pop().unwrap() {
+            ahead.push(a);
+        }
+        let ahead = ahead.pop().unwrap().decoded;
         let here = decoder.decode(&records);
         assert_eq!(ahead.len(), 3);
         assert!(ahead.events[0].is_ok());
         assert_eq!(format!("{ahead:?}"), format!("{here:?}"));
+    }
+
+    /// Batches come back in the order they were handed over, each with its own decode:
+    /// the oldest once more than [`DECODE_AHEAD`] wait, the rest when drained.
+    #[test]
+    fn batches_come_back_oldest_first_each_with_its_own_decode() {
+        let payload = b"not json";
+        let mut queue = DecodeAhead::new(RecordDecoder {
+            limits: DecodeLimits::default(),
+        });
+        let mut back = Vec::new();
+        for n in 0..7i64 {
+            // Batch n: n + 1 records from offset 100 n, so its decode's length and its
+            // first offset tell it apart.
+            let records: Vec<InputRecord<'_>> = (0..=n)
+                .map(|i| record(100 * n + i, None, payload))
+                .collect();
+            let returned = queue.push(Arc::new(InputBatch::copy(&records))).unwrap();
+            assert_eq!(returned.is_some(), n as usize >= DECODE_AHEAD, "batch {n}");
+            back.extend(returned);
+            assert!(queue.len() <= DECODE_AHEAD);
+        }
+        while let Some(a) = queue.pop().unwrap() {
+            back.push(a);
+        }
+        assert!(queue.is_empty() && queue.pop().unwrap().is_none());
+        assert_eq!(back.len(), 7);
+        for (n, a) in back.iter().enumerate() {
+            assert_eq!(a.input.records()[0].offset, 100 * n as i64);
+            assert_eq!(a.input.len(), n + 1);
+            assert_eq!(a.decoded.len(), n + 1, "batch {n}'s own decode");
+        }
+    }
+
+    /// Dropped with batches decoded and not taken back, the queue lets its thread end
+    /// (its answers fit in the channel): the drop returns.
+    #[test]
+    fn a_queue_dropped_with_batches_waiting_ends_its_thread() {
+        let mut queue = DecodeAhead::new(RecordDecoder {
+            limits: DecodeLimits::default(),
+        });
+        for n in 0..DECODE_AHEAD as i64 {
+            let records = [record(n, None, b"{}")];
+            assert!(queue
+                .push(Arc::new(InputBatch::copy(&records)))
+                .unwrap()
+                .is_none());
+        }
+        // Let the thread decode them and put its answers in the channel.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (dropped, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(queue);
+            let _ = dropped.send(());
+        });
+        assert!(
+            done.recv_timeout(std::time::Duration::from_secs(30))
+                .is_ok(),
+            "the drop waited on its thread"
+        );
     }
 
     /// The hash is the event's content hash (0 for an invalid record), and a valid

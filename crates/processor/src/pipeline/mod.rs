@@ -40,7 +40,7 @@ use paydedup_fraud::FraudConfig;
 use paydedup_state::keys::{parse_window_key, window_key};
 use paydedup_state::{DedupEntry, StateBatch, StateError, StateStore, Table};
 
-pub use decode_ahead::{DecodeThread, Decoded, InputBatch, RecordDecoder};
+pub use decode_ahead::{Ahead, DecodeAhead, Decoded, InputBatch, RecordDecoder, DECODE_AHEAD};
 use outcome::{classify, Outcome};
 pub use prefetch::COMMITS_IN_FLIGHT;
 use prefetch::{BatchState, FraudExpiry, InFlight};
