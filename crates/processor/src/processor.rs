@@ -3,10 +3,10 @@
 //! One turn of the loop: check for a shutdown or a failed relay, apply backpressure,
 //! poll a batch, run it through the [`Pipeline`], and hand the result to the
 //! [`Checkpoint`] step. Under load (a full batch polled) the batch is decoded on the
-//! decode thread while the ones polled before it are processed, and is processed
-//! [`DECODE_AHEAD`](crate::pipeline::DECODE_AHEAD) turns later
-//! (`pipeline::decode_ahead`). A turn with no records checks whether a bounded run is
-//! done, and publishes progress. Nothing here decides anything about a payment: that
+//! decode thread while the ones polled before it are processed, and is processed at
+//! most [`DECODE_AHEAD`](crate::pipeline::DECODE_AHEAD) turns later (sooner when a
+//! partial or empty poll, or a pause, empties the queue; `pipeline::decode_ahead`). A
+//! turn with no records checks whether a bounded run is done, and publishes progress. Nothing here decides anything about a payment: that
 //! is the pipeline's job; this file only moves batches and time along.
 
 use std::sync::Arc;
@@ -200,10 +200,10 @@ impl Processor {
         )?;
         let full = messages.len() >= s.batch_size;
         // Copied into one buffer, so the consumer's messages are let go
-        // and the batch can wait a turn.
+        // and the batch can wait its turn (up to `DECODE_AHEAD` turns).
         let records = input_records(&messages);
         // Seen when polled, as the idle check (`advance_idle_partitions`, between
-        // turns) must see it, not when processed a turn later.
+        // turns) must see it, not when processed turns later.
         self.activity.saw(&records);
         let input = InputBatch::copy(&records);
         drop(records);

@@ -115,8 +115,8 @@ impl RecordDecoder {
     /// replay-safe: only a batch that was never committed is ever processed again (its
     /// first verdict never left the process), and a later `now` only accepts more,
     /// so a verdict the warehouse holds is never contradicted by a replay.
-    /// (A batch decoded ahead takes `now` a turn before it is processed: judged a
-    /// little earlier, never against a later clock than its own.)
+    /// (A batch decoded ahead takes `now` up to [`DECODE_AHEAD`] turns before it is
+    /// processed: judged a little earlier, never against a later clock than its own.)
     pub(super) fn decode_one(
         &self,
         r: &InputRecord<'_>,
@@ -172,7 +172,7 @@ pub struct Ahead {
 /// go on.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeAheadError {
-    #[error("starting the decode-ahead thread: {0}")]
+    #[error("starting the decode-ahead thread")]
     Spawn(#[from] std::io::Error),
     #[error("the decode-ahead thread stopped")]
     Stopped,
@@ -285,7 +285,7 @@ impl Drop for DecodeThread {
 }
 
 /// A polled batch copied out of the consumer's buffers into one of its own, so that
-/// it can wait a turn (decoded ahead) after the consumer's messages are released.
+/// it can wait its turn (decoded ahead) after the consumer's messages are released.
 #[derive(Debug, Default)]
 pub struct InputBatch {
     bytes: Vec<u8>,

@@ -270,7 +270,7 @@ impl Pipeline {
 
     /// [`Pipeline::process`] of a batch already decoded (`decoded.events[i]` is what
     /// `records[i]` decoded to, by [`Pipeline::decoder`]): decoded ahead, on another
-    /// thread, while the batch before it was processed (`decode_ahead`).
+    /// thread, while the batches before it were processed (`decode_ahead`).
     pub fn process_decoded(
         &mut self,
         records: &[InputRecord<'_>],
