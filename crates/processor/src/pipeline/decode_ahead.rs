@@ -142,13 +142,14 @@ impl RecordDecoder {
 ///
 /// Why two, not one: with one, the loop handed batch `n + 1` to the decode thread,
 /// processed `n`, then waited for `n + 1`'s decode, and the decode thread, woken once
-/// a batch, was as often as not waiting for a core the commit or RocksDB held: at
-/// 10 M events the loop waited ~0.9 s a run for it. With a second batch queued the
-/// decode thread has work whenever it gets a core, and the loop found its batch
-/// decoded (waits of 0.06–0.08 s): the process kept 1.76–1.79 cores busy against
-/// 1.69–1.77, five alternated pairs (docs/benchmarks.md, thirty-eighth step). A
-/// deeper queue holds more memory (a batch's copy and its decode, a few MB each) for
-/// no wait left to remove.
+/// a batch, was often waiting for a core the commit or RocksDB held: at 10 M events
+/// the loop waited ~0.9 s a run for it. With a second batch queued the decode thread
+/// has work whenever it gets a core, and the loop finds its batch decoded (waits of
+/// 0.06–0.08 s): 5.5–9.8 % more events/s at 10 M in four pairs against one batch
+/// ahead, more cores kept busy in every pair. With the relay delivering, whose thread
+/// already takes the cores the loop leaves, no change (docs/benchmarks.md,
+/// thirty-eighth step). A deeper queue holds more memory (a batch's copy and its
+/// decode, a few MB each) for no wait left to remove.
 pub const DECODE_AHEAD: usize = 2;
 
 /// The full batches handed to the decode thread and not processed yet, oldest first
