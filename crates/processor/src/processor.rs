@@ -6,8 +6,9 @@
 //! decode thread while the ones polled before it are processed, and is processed at
 //! most [`DECODE_AHEAD`](crate::pipeline::DECODE_AHEAD) turns later (sooner when a
 //! partial or empty poll, or a pause, empties the queue; `pipeline::decode_ahead`). A
-//! turn with no records checks whether a bounded run is done, and publishes progress. Nothing here decides anything about a payment: that
-//! is the pipeline's job; this file only moves batches and time along.
+//! turn with no records checks whether a bounded run is done, and publishes progress.
+//! Nothing here decides anything about a payment: that is the pipeline's job; this
+//! file only moves batches and time along.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
