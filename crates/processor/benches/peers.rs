@@ -47,8 +47,8 @@ use paydedup_processor::relay::{OutboxRelay, RelayConfig};
 use paydedup_sink::FileSink;
 use paydedup_state::{StateStore, StoreOptions};
 use peers_input::{
-    anon_huge_mib, data_dir, opt, peak_rss_mib, process_cpu, rss_now_mib, thread_sched,
-    KernelMemoryWork, LineBatch, LineBatches, Manifest,
+    anon_huge_mib, data_dir, named_thread_cpu, opt, peak_rss_mib, process_cpu, rss_now_mib,
+    thread_sched, KernelMemoryWork, LineBatch, LineBatches, Manifest,
 };
 
 /// Where the committing threads' time went, summed over the run.
@@ -393,6 +393,17 @@ fn main() {
         let (relay, settled) = c.into_relay();
         settled.unwrap();
         relay.flush(Duration::from_secs(3600)).unwrap();
+        if let Some((user, system)) = named_thread_cpu("outbox-relay") {
+            let per_event = |d: Duration| d.as_secs_f64() * 1e6 / events.max(1) as f64;
+            eprintln!(
+                "the relay's thread: {:.1} s on a CPU (user {:.1} s, {:.2} µs an event; system {:.1} s, {:.2} µs an event)",
+                (user + system).as_secs_f64(),
+                user.as_secs_f64(),
+                per_event(user),
+                system.as_secs_f64(),
+                per_event(system)
+            );
+        }
         relay.stop();
     }
     let delivered = started.elapsed();

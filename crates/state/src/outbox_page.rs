@@ -62,7 +62,7 @@ impl PageBuffers {
 
 /// Replaces `buffer` by an empty one if it grew past `max_bytes` (a kept buffer's
 /// memory bound).
-pub(crate) fn let_go_past(buffer: &mut Vec<u8>, max_bytes: usize) {
+pub fn let_go_past(buffer: &mut Vec<u8>, max_bytes: usize) {
     if buffer.capacity() > max_bytes {
         *buffer = Vec::new();
     }
@@ -111,12 +111,29 @@ pub fn decode(
     value: &[u8],
     from_seq: u64,
 ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+    let mut rows = Vec::with_capacity(row_count(value)?.min(1 << 16) as usize);
+    visit(first_seq, value, from_seq, &mut Vec::new(), |seq, row| {
+        rows.push((seq, row.to_vec()));
+        true
+    })?;
+    Ok(rows)
+}
+
+/// [`decode`] without a copy of each row: calls `each(seq, row)` for the rows from
+/// `from_seq` on, in order, while it returns `true`, with each row borrowed from
+/// `scratch`, which holds the decompressed page (a reader of many pages passes the same
+/// one, so their bytes land in memory it already has). The whole page is checked
+/// either way: a damaged page is an error even if `each` stopped before the damage.
+/// Returns whether `each` asked for more.
+pub fn visit(
+    first_seq: u64,
+    value: &[u8],
+    from_seq: u64,
+    scratch: &mut Vec<u8>,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> Result<bool, StateError> {
     if value.first() != Some(&TAG) {
-        return Ok(if first_seq >= from_seq {
-            vec![(first_seq, value.to_vec())]
-        } else {
-            Vec::new()
-        });
+        return Ok(first_seq < from_seq || each(first_seq, value));
     }
     let count = row_count(value)?;
     let body = &value[5..];
@@ -133,12 +150,21 @@ pub fn decode(
             len: claimed,
         });
     }
-    let plain =
-        lz4_flex::block::decompress_size_prepended(body).map_err(|_| StateError::BadValue {
+    // Zeroed only where the scratch never reached. Rows are read from the bytes the
+    // block wrote, never from what an earlier page left past them.
+    if scratch.len() < claimed {
+        // Exact: a kept scratch is let go of past a bound, which doubling overshoots.
+        scratch.reserve_exact(claimed - scratch.len());
+        scratch.resize(claimed, 0);
+    }
+    let plain = &mut scratch[..claimed];
+    let n =
+        lz4_flex::block::decompress_into(&body[4..], plain).map_err(|_| StateError::BadValue {
             what: "outbox page (LZ4 block)",
             len: value.len(),
         })?;
-    let mut rows = Vec::with_capacity(count as usize);
+    let plain = &plain[..n];
+    let mut more = true;
     let mut at = 0;
     for i in 0..count {
         let len = plain
@@ -156,8 +182,8 @@ pub fn decode(
             })?;
         at += 4 + len;
         let seq = first_seq + i;
-        if seq >= from_seq {
-            rows.push((seq, row.to_vec()));
+        if more && seq >= from_seq {
+            more = each(seq, row);
         }
     }
     if at != plain.len() {
@@ -166,7 +192,7 @@ pub fn decode(
             len: plain.len() - at,
         });
     }
-    Ok(rows)
+    Ok(more)
 }
 
 #[cfg(test)]
@@ -221,6 +247,121 @@ mod tests {
         buffers.trim(0);
         assert_eq!(buffers.plain.capacity() + buffers.value.capacity(), 0);
         assert_eq!(encode_into(&big, &mut buffers), &encode(&big)[..]);
+    }
+
+    /// What `visit` hands out, as owned rows.
+    fn visited(
+        page: &[u8],
+        from: u64,
+        scratch: &mut Vec<u8>,
+        stop_after: usize,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut seen = Vec::new();
+        visit(100, page, from, scratch, |seq, row| {
+            seen.push((seq, row.to_vec()));
+            seen.len() < stop_after
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn a_scratch_reused_after_a_larger_page_gives_only_this_pages_rows() {
+        // A large page first: what it left in the scratch must not reach a later page.
+        let big: Vec<Vec<u8>> = (0..400)
+            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
+            .collect();
+        let small = [b"abc".to_vec(), b"".to_vec(), b"z".to_vec()];
+        let mut scratch = Vec::new();
+        for rows in [&big[..], &small[..], &big[..10], &small[..1]] {
+            let page = encode(rows);
+            assert_eq!(
+                visited(&page, 0, &mut scratch, usize::MAX),
+                decode(100, &page, 0).unwrap()
+            );
+            let back: Vec<Vec<u8>> = visited(&page, 0, &mut scratch, usize::MAX)
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            assert_eq!(back, rows);
+        }
+        // The floor hides delivered rows here too.
+        let page = encode(&big);
+        let rest = visited(&page, 490, &mut scratch, usize::MAX);
+        assert_eq!(rest.first().map(|r| r.0), Some(490));
+        assert_eq!(rest.len(), 10);
+    }
+
+    #[test]
+    fn a_page_shorter_than_it_claims_never_reads_what_an_earlier_page_left() {
+        // The scratch holds a larger page's rows; a damaged page then claims one row
+        // (and its bytes) more than its block holds. Past the bytes the block wrote lie
+        // the earlier page's next row, well formed: it must not be read as this page's.
+        let big: Vec<Vec<u8>> = (0..400)
+            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
+            .collect();
+        let mut scratch = Vec::new();
+        assert_eq!(
+            visited(&encode(&big), 0, &mut scratch, usize::MAX).len(),
+            400
+        );
+        let k = 10;
+        let prefixed = |rows: &[Vec<u8>]| {
+            let mut plain = Vec::new();
+            for r in rows {
+                plain.extend_from_slice(&(r.len() as u32).to_be_bytes());
+                plain.extend_from_slice(r);
+            }
+            plain
+        };
+        let claimed = prefixed(&big[..k + 1]).len() as u32;
+        let mut damaged = vec![TAG];
+        damaged.extend_from_slice(&(k as u32 + 1).to_be_bytes());
+        damaged.extend_from_slice(&claimed.to_le_bytes());
+        damaged.extend_from_slice(&lz4_flex::block::compress(&prefixed(&big[..k])));
+        assert!(visit(0, &damaged, 0, &mut scratch, |_, _| true).is_err());
+        // Every damaged page of the fresh-scratch test fails through a used one too.
+        let page = encode(&[b"abc".to_vec(), b"defgh".to_vec()]);
+        for cut in 1..page.len() {
+            visited(&encode(&big), 0, &mut scratch, usize::MAX);
+            assert!(
+                visit(0, &page[..cut], 0, &mut scratch, |_, _| true).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn visiting_stops_where_asked_but_checks_the_whole_page() {
+        let rows = [b"abc".to_vec(), b"defgh".to_vec(), b"ij".to_vec()];
+        let page = encode(&rows);
+        let mut scratch = Vec::new();
+        let mut seen = 0;
+        let more = visit(0, &page, 0, &mut scratch, |_, _| {
+            seen += 1;
+            seen < 2
+        })
+        .unwrap();
+        assert!(!more, "the visit was asked to stop");
+        assert_eq!(seen, 2, "no row after the stop");
+        assert!(visit(0, &page, 0, &mut scratch, |_, _| true).unwrap());
+        // Damage after the rows a visit stops at is an error all the same.
+        let mut wrong_count = page.clone();
+        wrong_count[4] = 4;
+        let mut seen = 0;
+        let damaged = visit(0, &wrong_count, 0, &mut scratch, |_, _| {
+            seen += 1;
+            false
+        });
+        assert!(damaged.is_err());
+        assert_eq!(seen, 1);
+        // A legacy row is visited once, or not at all below the floor.
+        let legacy = br#"{"transaction_id":"tx-1"}"#;
+        assert_eq!(
+            visited(legacy, 0, &mut scratch, usize::MAX),
+            vec![(100, legacy.to_vec())]
+        );
+        assert!(visited(legacy, 101, &mut scratch, usize::MAX).is_empty());
     }
 
     #[test]

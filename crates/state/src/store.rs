@@ -1156,18 +1156,41 @@ impl StateStore {
         partition: i32,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
-        let floor = self.outbox_floor(table, partition)?;
         let mut out = Vec::new();
-        self.scan_pages(table, partition, |first, page| {
-            for row in outbox_page::decode(first, page, floor)? {
-                if out.len() >= limit {
-                    return Ok(false);
-                }
-                out.push(row);
-            }
-            Ok(out.len() < limit)
+        self.visit_outbox_rows(table, partition, limit, &mut Vec::new(), |seq, row| {
+            out.push((seq, row.to_vec()))
         })?;
         Ok(out)
+    }
+
+    /// [`StateStore::outbox_rows`] without a copy of each row: calls `each(seq, row)`
+    /// for up to `limit` undelivered rows of a stream, from its first, each borrowed
+    /// from `scratch` (a decompressed page; the relay keeps one, so that its pages are
+    /// decompressed into memory it already has). Returns how many rows it visited.
+    pub fn visit_outbox_rows(
+        &self,
+        table: Table,
+        partition: i32,
+        limit: usize,
+        scratch: &mut Vec<u8>,
+        mut each: impl FnMut(u64, &[u8]),
+    ) -> Result<usize, StateError> {
+        let floor = self.outbox_floor(table, partition)?;
+        let mut n = 0;
+        self.scan_pages(table, partition, |first, page| {
+            // A page is read whole (and checked) even when the limit stops within it;
+            // the next page is read only while the limit is not reached.
+            let more = outbox_page::visit(first, page, floor, scratch, |seq, row| {
+                if n >= limit {
+                    return false;
+                }
+                each(seq, row);
+                n += 1;
+                n < limit
+            })?;
+            Ok(more && n < limit)
+        })?;
+        Ok(n)
     }
 
     /// The first undelivered sequence of a stream (0 when nothing was delivered).

@@ -166,6 +166,16 @@ fn escaped(buf: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     buf.push(b'"');
     let bytes = s.as_bytes();
+    // Nearly every string of a row needs no escape: checked without a branch a byte,
+    // then copied whole.
+    let plain = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        buf.extend_from_slice(bytes);
+        buf.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         // A named escape, `None` for a control byte without one, or no escape at all.
@@ -208,6 +218,13 @@ mod tests {
             "quote \" backslash \\ slash /",
             "\u{0}\u{1}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f}",
             "é 漢字 🎉",
+            // One byte to escape alone, and the bytes either side of the plain range:
+            // the fast path must send each of these to the escaping loop, or not.
+            "\\",
+            "a\"b",
+            "\u{1f}",
+            " ",
+            "\u{7f}",
         ] {
             let mut buf = Vec::new();
             escaped(&mut buf, s);

@@ -516,7 +516,7 @@ mod tests {
                 assert_eq!(
                     // Written into an earlier, longer row's buffer: none of its bytes remain.
                     String::from_utf8(
-                        to_json(payment(vec![0xab; 4096], &r, &e, hash, &fraud, 99)).unwrap()
+                        to_json(&payment(vec![0xab; 4096], &r, &e, hash, &fraud, 99)).unwrap()
                     )
                     .unwrap(),
                     String::from_utf8(expected).unwrap()
@@ -539,7 +539,7 @@ mod tests {
                 });
                 let row = dedup_audit(&r, AuditKind::Conflict, &e, hash, &first, 98);
                 assert_eq!(
-                    String::from_utf8(to_json(row).unwrap()).unwrap(),
+                    String::from_utf8(to_json(&row).unwrap()).unwrap(),
                     String::from_utf8(expected).unwrap()
                 );
             }

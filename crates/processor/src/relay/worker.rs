@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paydedup_sink::{Sink, SinkError};
+use paydedup_state::outbox_page::let_go_past;
 use paydedup_state::{fail_point, StateStore, Table};
 use rand::Rng;
 
-use super::{dead_letter, deliverable_rows, resend_check, RelayConfig, RelayError, Shared};
+use super::{dead_letter, deliverable_rows_with, resend_check, RelayConfig, RelayError, Shared};
 use crate::metrics::events::{RowsDeadLettered, RowsDelivered, SinkWriteFailed};
 use crate::metrics::Metrics;
 
@@ -23,7 +24,15 @@ pub(super) struct Worker {
     pub(super) cfg: RelayConfig,
     pub(super) metrics: Metrics,
     pub(super) shared: Arc<Shared>,
+    /// A decompressed outbox page's memory, kept from one read to the next
+    /// (`deliverable_rows_with`), let go of past [`SCRATCH_KEPT_BYTES`].
+    pub(super) scratch: Vec<u8>,
 }
+
+/// The most page memory the relay keeps between reads: a batch's page of one stream is
+/// a few hundred KB to a few MB; a restore's single commit may hold a far larger one,
+/// read once.
+const SCRATCH_KEPT_BYTES: usize = 16 << 20;
 
 /// Where a run of rows starts.
 #[derive(Clone, Copy)]
@@ -58,8 +67,14 @@ impl Worker {
                     if self.stopping() {
                         return Ok(());
                     }
-                    let rows =
-                        deliverable_rows(&self.store, table, partition, self.cfg.batch_rows)?;
+                    let rows = deliverable_rows_with(
+                        &self.store,
+                        table,
+                        partition,
+                        self.cfg.batch_rows,
+                        &mut self.scratch,
+                    )?;
+                    let_go_past(&mut self.scratch, SCRATCH_KEPT_BYTES);
                     if rows.is_empty() {
                         break;
                     }
