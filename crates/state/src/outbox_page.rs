@@ -224,13 +224,18 @@ mod tests {
         );
     }
 
+    /// 400 rows of different lengths: a page larger than the small ones after it.
+    fn big_rows() -> Vec<Vec<u8>> {
+        (0..400)
+            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
+            .collect()
+    }
+
     #[test]
     fn reused_buffers_give_the_bytes_of_a_fresh_page() {
         // A large page first, then smaller ones: what the larger left in the buffers
         // must not reach a later page.
-        let big: Vec<Vec<u8>> = (0..400)
-            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
-            .collect();
+        let big = big_rows();
         let small = [b"abc".to_vec(), b"".to_vec(), b"z".to_vec()];
         let mut buffers = PageBuffers::default();
         for rows in [&big[..], &small[..], &big[..10], &small[..1]] {
@@ -268,9 +273,7 @@ mod tests {
     #[test]
     fn a_scratch_reused_after_a_larger_page_gives_only_this_pages_rows() {
         // A large page first: what it left in the scratch must not reach a later page.
-        let big: Vec<Vec<u8>> = (0..400)
-            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
-            .collect();
+        let big = big_rows();
         let small = [b"abc".to_vec(), b"".to_vec(), b"z".to_vec()];
         let mut scratch = Vec::new();
         for rows in [&big[..], &small[..], &big[..10], &small[..1]] {
@@ -297,9 +300,7 @@ mod tests {
         // The scratch holds a larger page's rows; a damaged page then claims one row
         // (and its bytes) more than its block holds. Past the bytes the block wrote lie
         // the earlier page's next row, well formed: it must not be read as this page's.
-        let big: Vec<Vec<u8>> = (0..400)
-            .map(|i| format!("row {i} {}", i * 7919).into_bytes())
-            .collect();
+        let big = big_rows();
         let mut scratch = Vec::new();
         assert_eq!(
             visited(&encode(&big), 0, &mut scratch, usize::MAX).len(),
