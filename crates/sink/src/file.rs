@@ -35,7 +35,7 @@ pub struct FileSink {
 }
 
 /// The most line memory a file sink keeps between appends (a relay's append of 5,000
-/// payment rows is about 3 MB).
+/// payment rows is a few MB).
 const LINES_KEPT_BYTES: usize = 16 << 20;
 
 #[derive(Deserialize)]
