@@ -1166,7 +1166,7 @@ impl StateStore {
     /// [`StateStore::outbox_rows`] without a copy of each row: calls `each(seq, row)`
     /// for up to `limit` undelivered rows of a stream, from its first, each borrowed
     /// from `scratch` (a decompressed page; the relay keeps one, so that its pages are
-    /// decompressed into memory it already has). Returns how many rows it visited.
+    /// decompressed into memory it already has).
     pub fn visit_outbox_rows(
         &self,
         table: Table,
@@ -1174,7 +1174,7 @@ impl StateStore {
         limit: usize,
         scratch: &mut Vec<u8>,
         mut each: impl FnMut(u64, &[u8]),
-    ) -> Result<usize, StateError> {
+    ) -> Result<(), StateError> {
         let floor = self.outbox_floor(table, partition)?;
         let mut n = 0;
         self.scan_pages(table, partition, |first, page| {
@@ -1189,8 +1189,7 @@ impl StateStore {
                 n < limit
             })?;
             Ok(more && n < limit)
-        })?;
-        Ok(n)
+        })
     }
 
     /// The first undelivered sequence of a stream (0 when nothing was delivered).
