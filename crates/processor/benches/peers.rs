@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use paydedup_event::DecodeLimits;
 use paydedup_fraud::FraudConfig;
 use paydedup_processor::checkpoint::{stamp_watermarks, Checkpoint};
-use paydedup_processor::commit_queue::CommitQueue;
+use paydedup_processor::commit_queue::{CommitQueue, DurableStep};
 use paydedup_processor::metrics::Metrics;
 use paydedup_processor::pipeline::{
     Ahead, DecodeAhead, Decoded, InputBatch, InputRecord, Pipeline, PipelineConfig,
@@ -61,6 +61,22 @@ struct CommitTime {
 }
 
 impl CommitTime {
+    /// Times `f` on this thread.
+    fn of<R>(f: impl FnOnce() -> R) -> (R, CommitTime) {
+        let (cpu0, queued0) = thread_sched();
+        let began = Instant::now();
+        let r = f();
+        let wall = began.elapsed();
+        let (cpu1, queued1) = thread_sched();
+        let spent = CommitTime {
+            wall,
+            max_wall: wall,
+            on_cpu: cpu1 - cpu0,
+            queued: queued1 - queued0,
+        };
+        (r, spent)
+    }
+
     fn add(&mut self, other: CommitTime) {
         self.wall += other.wall;
         self.max_wall = self.max_wall.max(other.max_wall);
@@ -272,8 +288,16 @@ fn main() {
     let (mut in_pipeline, mut in_commit) = (Duration::ZERO, Duration::ZERO);
     // Without the relay: the commits on a thread of their own, as `Checkpoint` runs
     // them (named, so a profile tells the commits' time from the pipeline's).
-    let mut in_flight: CommitQueue<(Duration, CommitTime)> = CommitQueue::new("commit");
-    let mut commit_time = CommitTime::default();
+    // Bench switches for the fortieth step's comparison (docs/benchmarks.md).
+    let one_step = std::env::var("PAYDEDUP_BENCH_ONE_STEP_COMMIT").is_ok_and(|v| v == "1");
+    let slower_sync = Duration::from_millis(
+        std::env::var("PAYDEDUP_BENCH_SLOWER_SYNC_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let mut in_flight: CommitQueue<(Duration, CommitTime, CommitTime)> = CommitQueue::new("commit");
+    let (mut commit_time, mut sync_time) = (CommitTime::default(), CommitTime::default());
     let (mut unique, mut duplicate, mut conflict, mut late, mut invalid) = (0u64, 0, 0, 0, 0);
     let mut events = 0u64;
     let kernel_before = KernelMemoryWork::now();
@@ -297,26 +321,37 @@ fn main() {
                     // The checkpoint step without the relay: the same watermarks.
                     stamp_watermarks(&pipeline, &PARTITIONS, &mut batch);
                     let store = store.clone();
+                    // Written on one thread, made durable on another, as `Checkpoint`
+                    // commits (`one_step`: both on one thread, as before the fortieth
+                    // step; `slower_sync`: a disk whose fsync takes that much longer).
                     let landed = in_flight
-                        .start(move || {
-                            let (cpu0, queued0) = thread_sched();
-                            let began = Instant::now();
-                            store.commit(batch)?;
-                            let wall = began.elapsed();
-                            let (cpu1, queued1) = thread_sched();
-                            let spent = CommitTime {
-                                wall,
-                                max_wall: wall,
-                                on_cpu: cpu1 - cpu0,
-                                queued: queued1 - queued0,
-                            };
-                            Ok((t.elapsed(), spent))
+                        .start_split(move || {
+                            let (written, wrote) = CommitTime::of(|| {
+                                let written = store.write_commit(batch)?;
+                                if !one_step {
+                                    return Ok(written);
+                                }
+                                std::thread::sleep(slower_sync);
+                                store.make_durable(written).map(|()| Default::default())
+                            });
+                            let written = written?;
+                            Ok(Box::new(move || {
+                                let (durable, synced) = CommitTime::of(|| {
+                                    if !one_step {
+                                        std::thread::sleep(slower_sync);
+                                    }
+                                    store.make_durable(written)
+                                });
+                                durable?;
+                                Ok((t.elapsed(), wrote, synced))
+                            }) as DurableStep<_>)
                         })
                         .unwrap();
                     landed
                         .into_iter()
-                        .map(|(latency, spent)| {
-                            commit_time.add(spent);
+                        .map(|(latency, wrote, synced)| {
+                            commit_time.add(wrote);
+                            sync_time.add(synced);
                             latency
                         })
                         .collect()
@@ -363,8 +398,9 @@ fn main() {
         flush(&input.records(), decoded, &mut latencies);
     }
     reader.join().unwrap();
-    for (latency, spent) in in_flight.settle().unwrap() {
-        commit_time.add(spent);
+    for (latency, wrote, synced) in in_flight.settle().unwrap() {
+        commit_time.add(wrote);
+        sync_time.add(synced);
         latencies.push(latency);
     }
     let (pipeline_cpu, pipeline_queued) = thread_sched();
@@ -510,20 +546,25 @@ fn main() {
         run_cpu.as_secs_f64() * 1e6 / events.max(1) as f64
     );
     if !relay {
-        let CommitTime {
-            wall,
-            max_wall,
-            on_cpu,
-            queued,
-        } = commit_time;
-        eprintln!(
-            "commits: {:.1} s in all (longest {:.0} ms): {:.1} s on a CPU, {:.1} s waiting for one, {:.1} s blocked (fsync, stalls)",
-            wall.as_secs_f64(),
-            max_wall.as_secs_f64() * 1e3,
-            on_cpu.as_secs_f64(),
-            queued.as_secs_f64(),
-            wall.saturating_sub(on_cpu + queued).as_secs_f64()
-        );
+        for (what, time) in [
+            ("commits' writes", commit_time),
+            ("commits' durable steps", sync_time),
+        ] {
+            let CommitTime {
+                wall,
+                max_wall,
+                on_cpu,
+                queued,
+            } = time;
+            eprintln!(
+                "{what}: {:.1} s in all (longest {:.0} ms): {:.1} s on a CPU, {:.1} s waiting for one, {:.1} s blocked (fsync, stalls)",
+                wall.as_secs_f64(),
+                max_wall.as_secs_f64() * 1e3,
+                on_cpu.as_secs_f64(),
+                queued.as_secs_f64(),
+                wall.saturating_sub(on_cpu + queued).as_secs_f64()
+            );
+        }
     }
     eprintln!(
         "state: {:.0} MB in the directory ({}); {}; {} dedup keys stored ({live} live), {} fraud keys",

@@ -11,14 +11,16 @@
 //! 2. **commits** the batch through the relay ([`RelayCommitter::commit`]): its rows are
 //!    counted in the outbox depth (the backpressure signal), then state deltas, outbox
 //!    rows, next offsets and watermarks go to disk in one atomic RocksDB write (synced
-//!    when `--sync`); only then does the store advance the in-memory horizons the
-//!    compaction filters and memory sweeps read (`StateStore::commit`), and the relay
-//!    thread wakes;
+//!    when `--sync`: the fsync is a step of its own, `StateStore::make_durable`, and
+//!    until it the store hides the batch's rows from the relay); only then does the
+//!    store advance the in-memory horizons the compaction filters and memory sweeps
+//!    read, and the relay thread wakes;
 //! 3. reports the **`BatchCommitted`** event (metrics and logs).
 //!
-//! Steps 2–3 of a polled batch run on a commit thread of their own while the processor
-//! polls and processes the next batches: the RocksDB write (WAL, fsync, memtable
-//! inserts) and the pipeline then use the two cores at once. At most
+//! Steps 2–3 of a polled batch run on commit threads of their own while the processor
+//! polls and processes the next batches: the RocksDB write (WAL, memtable inserts) on
+//! one, its fsync and what follows it on another, so that the next batch's write runs
+//! during the fsync, and the pipeline uses the other core meanwhile. At most
 //! `COMMITS_IN_FLIGHT` commits are in flight, and they land in batch order, each after
 //! the one before ([`CommitQueue`]); the pipeline reads the in-flight batches' dedup and
 //! fraud writes from its own copies (`pipeline::prefetch::InFlight`). Nothing outside
@@ -37,11 +39,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use paydedup_state::{StateBatch, StateError, StateStore};
 
-use crate::commit_queue::CommitQueue;
+use crate::commit_queue::{CommitQueue, DurableStep};
 use crate::metrics::events::BatchCommitted;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchStats, Pipeline};
-use crate::relay::{OutboxRelay, RelayCommitter};
+use crate::relay::{OutboxRelay, RelayCommitter, RelayWritten};
 
 pub struct Checkpoint {
     store: Arc<StateStore>,
@@ -68,12 +70,42 @@ struct CommitStep {
 impl CommitStep {
     /// Returns the batch's time from its start to its durable commit.
     fn run(self, batch: StateBatch) -> Result<Duration, StateError> {
+        self.write(batch)?.make_durable()
+    }
+
+    /// The commit's write (see `StateStore::write_commit`); the step returned makes it
+    /// durable, and visible.
+    fn write(self, batch: StateBatch) -> Result<WrittenStep, StateError> {
         let commit_started = Instant::now();
-        self.committer.commit(&self.store, batch)?;
+        let written = self.committer.write(&self.store, batch)?;
+        Ok(WrittenStep {
+            step: self,
+            written,
+            commit_started,
+        })
+    }
+}
+
+/// A [`CommitStep`] written, not yet durable.
+struct WrittenStep {
+    step: CommitStep,
+    written: RelayWritten,
+    commit_started: Instant,
+}
+
+impl WrittenStep {
+    /// Returns the batch's time from its start to its durable commit.
+    fn make_durable(self) -> Result<Duration, StateError> {
+        let WrittenStep {
+            step,
+            written,
+            commit_started,
+        } = self;
+        written.make_durable(&step.store)?;
         let commit: Duration = commit_started.elapsed();
-        let batch = self.started.elapsed();
-        self.metrics.emit(BatchCommitted {
-            stats: &self.stats,
+        let batch = step.started.elapsed();
+        step.metrics.emit(BatchCommitted {
+            stats: &step.stats,
             batch,
             commit,
         });
@@ -173,11 +205,18 @@ impl Checkpoint {
     ) -> anyhow::Result<Vec<Duration>> {
         let step = self.step(pipeline, &mut batch, stats, started);
         let offsets = self.offsets(pipeline);
-        let landed = self.in_flight.start(move || {
-            let took = step
-                .run(batch)
-                .context("committing the batch to the state store")?;
-            Ok((took, offsets))
+        // Written on one thread, made durable on another: the next batch's write runs
+        // while this one's fsync does (`commit_queue`).
+        let landed = self.in_flight.start_split(move || {
+            let written = step
+                .write(batch)
+                .context("writing the batch to the state store")?;
+            Ok(Box::new(move || {
+                let took = written
+                    .make_durable()
+                    .context("committing the batch to the state store")?;
+                Ok((took, offsets))
+            }) as DurableStep<_>)
         })?;
         Ok(self.landed(landed))
     }
@@ -202,7 +241,7 @@ impl Checkpoint {
 }
 
 /// Records the owned partitions' watermarks in `batch` as its expiry horizons: each
-/// partition's, and their minimum (the fallback). `StateStore::commit` publishes them
+/// partition's, and their minimum (the fallback). `StateStore::make_durable` publishes them
 /// to the TTL filters only once the batch is durable (a filter must never see a
 /// watermark a crash could roll back).
 pub fn stamp_watermarks(pipeline: &Pipeline, owned: &[i32], batch: &mut StateBatch) {

@@ -1,13 +1,23 @@
-//! [`CommitQueue`]: commits on a thread of their own, at most [`COMMITS_IN_FLIGHT`] at
+//! [`CommitQueue`]: commits on threads of their own, at most [`COMMITS_IN_FLIGHT`] at
 //! once, landing in the order they were started.
 //!
-//! **The invariant: a commit reaches the store only after every commit started before
-//! it has landed, and not at all if one of those failed.** One long-lived thread runs
-//! the commits it is handed, one after another, in order; after a failure (or a panic)
-//! it runs none of the rest, answering each with an error instead. A batch is built on
-//! the state its predecessors wrote, so after a failure it must not land: the caller
-//! exits, and a restart replays from the last durable commit. The failure sticks: the
-//! queue accepts nothing more, and settling it is an error every time.
+//! **The invariant: a commit lands (is durable, and answered) only after every commit
+//! started before it has landed, and not at all if one of those failed.** A commit is
+//! two steps: its write, then making the write durable (`StateStore::write_commit`,
+//! `StateStore::make_durable`). One long-lived thread runs the writes, one after
+//! another, in order; a second runs the durable steps, in the same order. So batch
+//! `N + 1`'s write overlaps batch `N`'s fsync, the disk's time, which before held the
+//! next write back (docs/benchmarks.md, fortieth step). After a failure (or a panic)
+//! neither thread runs any more steps, answering each commit with an error instead. A
+//! batch is built on the state its predecessors wrote, so after a failure it must not
+//! land: the caller exits, and a restart replays from the last durable commit. The
+//! failure sticks: the queue accepts nothing more, and settling it is an error every
+//! time.
+//!
+//! A later commit may be *written* before an earlier one's durable step fails (the
+//! two run side by side). That is safe as the store writes: the WAL is sequential, so
+//! a crash recovers a prefix of the writes, and nothing outside the process acts on a
+//! write before its durable step (`store::durable` in the state crate).
 //!
 //! Why a queue at all: the pipeline processes the next batch while the last one is
 //! committed. With one commit in flight, it waited for each before handing over the
@@ -16,33 +26,35 @@
 //! its own copies (`pipeline::prefetch::InFlight`), which is what makes more than one
 //! safe; this queue keeps the count the pipeline relies on.
 //!
-//! Why one thread, not one per commit: the order is then plain (one thread, one commit
-//! after another), and no two commit threads are alive at once (one writing, the next
-//! waiting for it), each taking a glibc malloc arena for RocksDB's allocations. With a
-//! thread per commit, a 10 M run peaked at 935 MiB twice against 910 and 913 with
-//! `MALLOC_ARENA_MAX=1`; later pairs were within their ±20 MiB spread (the eighteenth
-//! step in docs/benchmarks.md).
+//! Why two long-lived threads, not one per commit: the order is then plain (one
+//! thread a step, one commit after another), and threads are not started per batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Context};
 
 use crate::pipeline::COMMITS_IN_FLIGHT;
 
-/// A commit handed to the queue's thread.
-type Job<T> = Box<dyn FnOnce() -> anyhow::Result<T> + Send>;
+/// A commit's second step: makes its write durable, and returns what the commit returns.
+pub type DurableStep<T> = Box<dyn FnOnce() -> anyhow::Result<T> + Send>;
+
+/// A commit handed to the queue: its write, which returns its durable step.
+type Job<T> = Box<dyn FnOnce() -> anyhow::Result<DurableStep<T>> + Send>;
 
 /// See the module docs. `T` is what a commit returns once durable.
 pub struct CommitQueue<T> {
-    /// The thread's name (a profile tells the commits' time by it).
+    /// The writing thread's name (a profile tells the commits' time by it); the
+    /// durable steps' thread is named after it, `-sync` added.
     name: String,
-    /// The thread and its two channels, started with the first commit.
+    /// The threads and their channels, started with the first commit.
     worker: Option<Worker<T>>,
     /// Commits handed over and not answered yet.
     in_flight: usize,
-    /// Set once a commit failed (or the thread could not be started): for good, since
+    /// Set once a commit failed (or a thread could not be started): for good, since
     /// every later batch was built on state the store does not have.
     failed: bool,
 }
@@ -50,22 +62,56 @@ pub struct CommitQueue<T> {
 struct Worker<T> {
     jobs: SyncSender<Job<T>>,
     answers: Receiver<anyhow::Result<T>>,
-    thread: JoinHandle<()>,
+    threads: [JoinHandle<()>; 2],
 }
 
-/// The commit thread: runs each job in order; after a failed one, refuses the rest.
-fn run<T>(jobs: Receiver<Job<T>>, answers: SyncSender<anyhow::Result<T>>) {
+fn refused<T>() -> anyhow::Result<T> {
+    Err(anyhow!(
+        "not committed: an earlier batch's commit failed, and this batch was built on its state"
+    ))
+}
+
+/// The writing thread: runs each write in order; after a failed one (here or in a
+/// durable step, `stopped`), refuses the rest.
+fn write_in_order<T>(
+    jobs: Receiver<Job<T>>,
+    written: SyncSender<anyhow::Result<DurableStep<T>>>,
+    stopped: Arc<AtomicBool>,
+) {
     let mut failed = false;
     for job in jobs {
-        let answer = if failed {
-            Err(anyhow!(
-                "not committed: an earlier batch's commit failed, and this batch was built on its state"
-            ))
+        let step = if failed || stopped.load(Ordering::Acquire) {
+            refused()
         } else {
             catch_unwind(AssertUnwindSafe(job))
                 .unwrap_or_else(|_| Err(anyhow!("a commit panicked")))
         };
-        failed |= answer.is_err();
+        failed |= step.is_err();
+        if written.send(step).is_err() {
+            return;
+        }
+    }
+}
+
+/// The durable steps' thread: runs each in order, answering for its commit; after a
+/// failed one (or a failed write), refuses the rest.
+fn make_durable_in_order<T>(
+    written: Receiver<anyhow::Result<DurableStep<T>>>,
+    answers: SyncSender<anyhow::Result<T>>,
+    stopped: Arc<AtomicBool>,
+) {
+    let mut failed = false;
+    for step in written {
+        let answer = match step {
+            _ if failed => refused(),
+            Ok(durable) => catch_unwind(AssertUnwindSafe(durable))
+                .unwrap_or_else(|_| Err(anyhow!("a commit panicked"))),
+            Err(e) => Err(e),
+        };
+        if answer.is_err() {
+            failed = true;
+            stopped.store(true, Ordering::Release);
+        }
         if answers.send(answer).is_err() {
             return;
         }
@@ -92,13 +138,26 @@ impl<T: Send + 'static> CommitQueue<T> {
         self.in_flight == 0
     }
 
-    /// Hands `commit` to the thread, to run once the commits in flight have landed.
-    /// First waits for the oldest ones until fewer than [`COMMITS_IN_FLIGHT`] are in
-    /// flight, and returns what they returned, oldest first (or the first error:
-    /// nothing is started then, nor ever after).
+    /// Hands a one-step `commit` (durable when it returns) to the queue: see
+    /// [`CommitQueue::start_split`].
     pub fn start(
         &mut self,
         commit: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<Vec<T>> {
+        self.start_split(move || {
+            let t = commit()?;
+            Ok(Box::new(move || Ok(t)) as DurableStep<T>)
+        })
+    }
+
+    /// Hands a commit to the queue: `write` runs once the writes of the commits in
+    /// flight have run, and the durable step it returns once theirs have. First waits
+    /// for the oldest commits until fewer than [`COMMITS_IN_FLIGHT`] are in flight, and
+    /// returns what they returned, oldest first (or the first error: nothing is started
+    /// then, nor ever after).
+    pub fn start_split(
+        &mut self,
+        write: impl FnOnce() -> anyhow::Result<DurableStep<T>> + Send + 'static,
     ) -> anyhow::Result<Vec<T>> {
         self.check()?;
         let mut landed = Vec::new();
@@ -106,29 +165,40 @@ impl<T: Send + 'static> CommitQueue<T> {
             landed.push(self.answer()?);
         }
         if self.worker.is_none() {
-            let (jobs, job_rx) = sync_channel(COMMITS_IN_FLIGHT);
-            let (answer_tx, answers) = sync_channel(COMMITS_IN_FLIGHT);
-            let thread = std::thread::Builder::new()
-                .name(self.name.clone())
-                .spawn(move || run(job_rx, answer_tx))
-                .context("starting the commit thread")
-                .inspect_err(|_| self.failed = true)?;
-            self.worker = Some(Worker {
-                jobs,
-                answers,
-                thread,
-            });
+            self.worker = Some(self.spawn().inspect_err(|_| self.failed = true)?);
         }
         let sent = self
             .worker
             .as_ref()
-            .map(|w| w.jobs.send(Box::new(commit)).is_ok());
+            .map(|w| w.jobs.send(Box::new(write)).is_ok());
         if sent != Some(true) {
             self.failed = true;
             return Err(anyhow!("the commit thread is gone"));
         }
         self.in_flight += 1;
         Ok(landed)
+    }
+
+    fn spawn(&self) -> anyhow::Result<Worker<T>> {
+        let (jobs, job_rx) = sync_channel(COMMITS_IN_FLIGHT);
+        let (written_tx, written_rx) = sync_channel(COMMITS_IN_FLIGHT);
+        let (answer_tx, answers) = sync_channel(COMMITS_IN_FLIGHT);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let s = stopped.clone();
+        let durable = std::thread::Builder::new()
+            .name(format!("{}-sync", self.name))
+            .spawn(move || make_durable_in_order(written_rx, answer_tx, s))
+            .context("starting the commits' durable thread")?;
+        // Without the writing thread, the durable one ends: its channel closes.
+        let writer = std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || write_in_order(job_rx, written_tx, stopped))
+            .context("starting the commit thread")?;
+        Ok(Worker {
+            jobs,
+            answers,
+            threads: [writer, durable],
+        })
     }
 
     /// Waits for every commit in flight; returns what they returned, oldest first, or
@@ -177,12 +247,12 @@ impl<T> Drop for CommitQueue<T> {
         let Some(Worker {
             jobs,
             answers,
-            thread,
+            threads,
         }) = self.worker.take()
         else {
             return;
         };
-        // No more jobs: the thread ends after the ones it has.
+        // No more jobs: the threads end after the ones they have.
         drop(jobs);
         for answer in answers.iter().take(self.in_flight) {
             if let Err(e) = answer {
@@ -190,8 +260,10 @@ impl<T> Drop for CommitQueue<T> {
             }
         }
         drop(answers);
-        if thread.join().is_err() {
-            tracing::error!("The commit thread panicked.");
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("A commit thread panicked.");
+            }
         }
     }
 }
@@ -264,6 +336,97 @@ mod tests {
         assert!(refused.is_err());
         drop(q);
         assert_eq!(*ran.lock().unwrap(), vec![1]);
+    }
+
+    /// A commit's write runs while the commit before it is still in its durable step,
+    /// and the commits still land in order.
+    #[test]
+    fn the_next_write_runs_during_the_durable_step_before_it_and_order_holds() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut q: CommitQueue<u32> = CommitQueue::new("commit");
+        let mut landed = Vec::new();
+        for i in 0..4u32 {
+            let log = log.clone();
+            landed.extend(
+                q.start_split(move || {
+                    log.lock().unwrap().push(format!("write {i}"));
+                    Ok(Box::new(move || {
+                        log.lock().unwrap().push(format!("durable {i} begins"));
+                        // The disk's time: until the next commit's write has run (it
+                        // never would if writes waited for durable steps; 5 s then).
+                        let next = format!("write {}", i + 1);
+                        let waited = std::time::Instant::now();
+                        while i < 3
+                            && !log.lock().unwrap().contains(&next)
+                            && waited.elapsed() < Duration::from_secs(5)
+                        {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        log.lock().unwrap().push(format!("durable {i} ends"));
+                        Ok(i)
+                    }) as DurableStep<u32>)
+                })
+                .unwrap(),
+            );
+        }
+        landed.extend(q.settle().unwrap());
+        assert_eq!(landed, [0, 1, 2, 3]);
+        let log = log.lock().unwrap();
+        let at = |what: &str| log.iter().position(|l| l == what).unwrap();
+        for i in 0..3 {
+            assert!(
+                at(&format!("write {}", i + 1)) < at(&format!("durable {i} ends")),
+                "{log:?}"
+            );
+            assert!(
+                at(&format!("durable {i} ends")) < at(&format!("durable {} begins", i + 1)),
+                "{log:?}"
+            );
+        }
+    }
+
+    /// A failed durable step: the commits after it are never made durable, and a write
+    /// handed over once the failure is known does not run either.
+    #[test]
+    fn after_a_failed_durable_step_nothing_after_it_lands() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let mut q: CommitQueue<u32> = CommitQueue::new("commit");
+        let r = ran.clone();
+        q.start_split(move || {
+            Ok(Box::new(move || {
+                r.lock().unwrap().push("durable 1");
+                Err(anyhow!("fsync failed"))
+            }) as DurableStep<u32>)
+        })
+        .unwrap();
+        // The threads know of the failure; the queue does not yet (it reads answers
+        // only when it must), so it hands the next commit over.
+        while !ran.lock().unwrap().contains(&"durable 1") {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let r = ran.clone();
+        q.start_split(move || {
+            let r2 = r.clone();
+            r.lock().unwrap().push("write 2");
+            Ok(Box::new(move || {
+                r2.lock().unwrap().push("durable 2");
+                Ok(2u32)
+            }) as DurableStep<u32>)
+        })
+        .unwrap();
+        let err = q.settle().unwrap_err();
+        assert!(format!("{err:#}").contains("fsync failed"), "{err:#}");
+        let second = q.settle().unwrap_err();
+        assert!(
+            format!("{second:#}").contains("earlier batch"),
+            "{second:#}"
+        );
+        assert!(q
+            .start_split(|| Ok(Box::new(|| Ok(3u32)) as DurableStep<u32>))
+            .is_err());
+        drop(q);
+        assert_eq!(*ran.lock().unwrap(), vec!["durable 1"]);
     }
 
     #[test]

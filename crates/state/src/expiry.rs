@@ -16,7 +16,7 @@
 //! with no published watermark fall back to the [`ExpiryHorizon`]: the highest of the
 //! minimums the checkpoint stamped (over the owned partitions with a watermark). That
 //! is only conservative for the partitions it was stamped over, so a commit publishes
-//! every horizon it carries as soon as it is durable (`StateStore::commit`). A
+//! every horizon it carries as soon as it is durable (`StateStore::make_durable`). A
 //! partition restored into a store holding others (a takeover) brings its own horizon
 //! in the batch with its entries, and is never judged by the others', which may be
 //! hours ahead of it. Fraud state belongs to no partition (a card pays on

@@ -11,7 +11,8 @@
 //!
 //! The places, in the order one batch passes them:
 //! - [`COMMIT_BEFORE_WRITE`]: the batch is built and counted, nothing is on disk;
-//! - [`COMMIT_INSIDE`]: the batch is in RocksDB's log but not yet synced or returned;
+//! - [`COMMIT_INSIDE`]: the batch is written to RocksDB's log, not yet synced (hit on
+//!   the thread that makes it durable, which may be after the next batch's write);
 //! - [`COMMIT_AFTER`]: the commit is durable, the relay has not been told;
 //! - [`RELAY_AFTER_ACK`]: the sink acknowledged rows that are still in the outbox;
 //! - [`RELAY_AFTER_DELETE`]: the delivered rows left the outbox.

@@ -8,7 +8,8 @@
 //! - [`batch`]: [`StateBatch`], everything one processed batch changes.
 //! - [`store`]: [`StateStore`], whose single [`StateStore::commit`] makes a batch durable
 //!   atomically: the effects of offsets `[a, b)` and `next_offset = b` are on disk
-//!   together or not at all.
+//!   together or not at all (in two steps, [`StateStore::write_commit`] and
+//!   [`StateStore::make_durable`], for a caller that overlaps them).
 //! - [`dedup_index`]: [`dedup_index::DedupIndex`], where each dedup entry is (a
 //!   fingerprint and its page's slot), in memory, so dedup lookups of new ids never
 //!   reach RocksDB; [`resident_pages`], the pages and the newest ones' bytes, which
@@ -42,5 +43,6 @@ pub use expiry::ExpiryHorizon;
 pub use keys::DedupEntry;
 pub use store::{
     entry_digest, Forgotten, LandedAhead, LiveDedup, StateStats, StateStore, StoreOptions,
+    WrittenCommit,
 };
 pub use table::Table;

@@ -23,6 +23,7 @@ use crate::fraud_log_page;
 use crate::keys::{self, meta, DedupEntry};
 use crate::outbox_page;
 use crate::{StateBatch, StateError, Table};
+pub use durable::WrittenCommit;
 use fraud_log::{FraudLog, FraudWrites};
 use outbox_scan::OutboxScanFrom;
 use resident::{lock, DedupAnswer, Resident, ResidentLoader};
@@ -114,6 +115,16 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 /// The fraud log's unfolded changes, the newest of each key: key → value.
 type UnfoldedFraud = HashMap<Box<[u8]>, Box<[u8]>>;
 
+/// The horizons of every commit written, durable or not: what a commit's write judges
+/// the dedup pages by (`write_dedup_pages`). A write lands only after every write
+/// before it, so judging by them is safe there (`store::durable`); the compaction
+/// filters and memory sweeps read only the published [`Horizons`].
+#[derive(Debug, Default)]
+struct WrittenHorizons {
+    global: ExpiryHorizon,
+    partitions: PartitionHorizons,
+}
+
 /// What the TTL compaction filters read (see `expiry`).
 #[derive(Debug, Clone, Default)]
 struct Horizons {
@@ -133,6 +144,14 @@ pub struct StateStore {
     /// The dedup retention the compaction filter applies (µs).
     retention: Arc<AtomicI64>,
     write_options: WriteOptions,
+    /// Whether a commit is synced (`StoreOptions::sync`): `make_durable` fsyncs the WAL.
+    sync: bool,
+    /// A commit's write: synced apart, by `make_durable` (`store::durable`).
+    unsynced_writes: WriteOptions,
+    /// The outbox pages of commits not yet durable, hidden from readers.
+    unsynced_outbox: Mutex<durable::UnsyncedOutbox>,
+    /// The horizons of the commits written (at least the published ones).
+    written_horizons: WrittenHorizons,
     /// The dedup index and the fraud values, in memory. Set at open; a read-only
     /// inspection sets it (the dedup index alone) only when it is first asked for a
     /// dedup entry, so that a `state` run beside a live processor does not hold a
@@ -477,6 +496,10 @@ impl StateStore {
             horizons,
             retention,
             write_options,
+            sync: opts.sync,
+            unsynced_writes: WriteOptions::default(),
+            unsynced_outbox: Mutex::default(),
+            written_horizons: WrittenHorizons::default(),
             resident: OnceLock::new(),
             read_only: false,
             resident_loader: None,
@@ -591,6 +614,10 @@ impl StateStore {
             horizons,
             retention,
             write_options: WriteOptions::default(),
+            sync: false,
+            unsynced_writes: WriteOptions::default(),
+            unsynced_outbox: Mutex::default(),
+            written_horizons: WrittenHorizons::default(),
             resident: OnceLock::new(),
             read_only: true,
             resident_loader: None,
@@ -632,8 +659,17 @@ impl StateStore {
         &self.path
     }
 
+    /// A commit carrying `h` is written (see [`WrittenHorizons`]).
+    fn horizon_written(&self, h: Horizon) {
+        match h {
+            Horizon::Global(t) => self.written_horizons.global.advance(t),
+            Horizon::Partition(p, t) => self.written_horizons.partitions.advance(p, t),
+        }
+    }
+
     /// Publishes a horizon a commit made durable.
     fn publish_horizon(&self, h: Horizon) {
+        self.horizon_written(h);
         match h {
             Horizon::Global(t) => {
                 self.horizons.global.advance(t);
@@ -649,6 +685,7 @@ impl StateStore {
     /// pages are deleted by the published horizons, and one published before its commit
     /// is durable could delete live entries.
     fn advance_partition_horizon(&self, partition: i32, watermark_micros: i64) {
+        self.horizon_written(Horizon::Partition(partition, watermark_micros));
         self.horizons
             .partitions
             .advance(partition, watermark_micros);
@@ -663,9 +700,21 @@ impl StateStore {
     /// offsets `[a, b)` — dedup keys, fraud and window state, outbox rows — and
     /// `next_offset = b` into one batch, so the source position can never disagree with
     /// the state. With `sync`, the commit has reached the disk when this returns.
+    ///
+    /// [`StateStore::write_commit`] then [`StateStore::make_durable`]; a caller that
+    /// overlaps one commit's fsync with the next one's write calls the two itself.
     pub fn commit(&self, batch: StateBatch) -> Result<(), StateError> {
+        let written = self.write_commit(batch)?;
+        self.make_durable(written)
+    }
+
+    /// The first step of [`StateStore::commit`]: writes the batch to RocksDB without
+    /// waiting for the disk. Until [`StateStore::make_durable`] returns for it, the
+    /// commit may not survive a power loss, and nothing outside the process may act on
+    /// it: its outbox pages are hidden from readers (see `store::durable`).
+    pub fn write_commit(&self, batch: StateBatch) -> Result<WrittenCommit, StateError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(WrittenCommit::default());
         }
         without_perf_counters();
         self.injected_failure()?;
@@ -720,9 +769,13 @@ impl StateStore {
             );
         }
         // Each stream's rows as pages, compressed here, on the committing thread.
+        let mut firsts = Vec::with_capacity(outbox.len());
         for stream in &mut outbox {
             let (table, partition) = (stream.table, stream.partition);
             let runs = stream.runs();
+            if let Some((first, _)) = runs.first() {
+                firsts.push((table, partition, *first));
+            }
             {
                 let mut scan_from = lock(&self.outbox_scan_from);
                 for (first, _) in &runs {
@@ -741,32 +794,25 @@ impl StateStore {
         buffers.trim();
         drop(buffers);
         fail_point::hit(fail_point::COMMIT_BEFORE_WRITE);
-        if fail_point::is_armed(fail_point::COMMIT_INSIDE) {
-            // The same durability in two steps, so the test can die between them: the
-            // batch is in the log (the OS has it) but the call has not returned.
-            self.db.write(wb).map_err(|e| self.rocks(e))?;
-            fail_point::hit(fail_point::COMMIT_INSIDE);
-            self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
-        } else {
-            self.db
-                .write_opt(wb, &self.write_options)
-                .map_err(|e| self.rocks(e))?;
-        }
-        fail_point::hit(fail_point::COMMIT_AFTER);
-        // The horizons the batch carries are committed now: published before anything
-        // judges an entry by them, as a reopen publishes the stored ones. Without this,
-        // a restore's partition (its entries and its horizon in one batch) was judged
-        // by the global horizon until the pipeline's first batch published its own,
-        // and on a store holding partitions further on, that expired live entries.
-        for h in horizons {
-            self.publish_horizon(h);
-        }
+        // Hidden before the write, so that no reader sees the pages before they are
+        // durable.
+        let outbox_ticket = lock(&self.unsynced_outbox).writing(firsts);
+        self.db
+            .write_opt(wb, &self.unsynced_writes)
+            .map_err(|e| self.rocks(e))?;
+        // The next commit's write builds on this one's pages, and judges them by its
+        // horizons (`store::durable`).
         self.dedup_pages_written(&pages);
-        // Only now, with the batch durable, may its keys be answered from memory.
-        self.record_commit(&ops, pages, paged)?;
-        self.fold_fraud_log_if_due()?;
-        self.refresh_size_estimate();
-        Ok(())
+        for h in &horizons {
+            self.horizon_written(*h);
+        }
+        Ok(WrittenCommit::new(durable::Written {
+            ops,
+            horizons,
+            pages,
+            fraud_page: fraud_page_number,
+            outbox_ticket,
+        }))
     }
 
     /// **Test double** (builds with fail points only): the next `n` non-empty commits land, the
@@ -1223,15 +1269,20 @@ impl StateStore {
             Some(first_kept) => keys::outbox_key(table, partition, first_kept).to_vec(),
             None => prefix.to_vec(),
         };
-        for item in self
+        let pages = self
             .db
-            .iterator_cf_opt(cf, ro, IteratorMode::From(&from, Direction::Forward))
-        {
+            .iterator_cf_opt(cf, ro, IteratorMode::From(&from, Direction::Forward));
+        // Not past the pages of commits that are not durable yet (`store::durable`).
+        // Read after the iterator is made, which fixes what it sees: a commit is
+        // registered before its write, so every page the iterator can see that is not
+        // durable is hidden here (read first, a commit written in between would not be).
+        let hidden_from = lock(&self.unsynced_outbox).hidden_from(table, partition);
+        for item in pages {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             let Some((_, _, first)) = keys::parse_outbox_key(&k) else {
                 break;
             };
-            if !f(first, &v)? {
+            if hidden_from.is_some_and(|h| first >= h) || !f(first, &v)? {
                 break;
             }
         }
@@ -1450,6 +1501,7 @@ impl StateStore {
 }
 
 mod dedup_pages;
+mod durable;
 mod forget;
 mod fraud_log;
 mod index_warmup;

@@ -26,7 +26,8 @@ pub struct BatchCommitted<'a> {
     pub stats: &'a BatchStats,
     /// From the first poll of the batch to the end of its commit.
     pub batch: Duration,
-    /// The RocksDB commit alone (fsync included).
+    /// The RocksDB commit alone: its write, then its fsync (after the previous batch's,
+    /// which it may wait for).
     pub commit: Duration,
 }
 

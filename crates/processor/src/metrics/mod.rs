@@ -157,7 +157,7 @@ impl Metrics {
             windows_closed: counter(&r, "paydedup_windows_closed_total", "Event-time windows closed and emitted to payment_metrics."),
             batches: counter(&r, "paydedup_batches_total", "Batches processed and committed."),
             batch_seconds: histogram(&r, "paydedup_batch_duration_seconds", "Time to process one batch, commit included."),
-            commit_seconds: histogram(&r, "paydedup_commit_duration_seconds", "Time of the atomic RocksDB commit (fsync included)."),
+            commit_seconds: histogram(&r, "paydedup_commit_duration_seconds", "Time of the atomic RocksDB commit: its write, then its fsync (after the previous batch's)."),
             // Fine around the 250 ms a live pipeline should stay under; coarse for catch-up.
             record_commit_latency: histogram_with(&r, "paydedup_record_commit_latency_seconds", "Kafka timestamp of each record to the durable commit of its batch (freshness of the outbox).", vec![
                 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,

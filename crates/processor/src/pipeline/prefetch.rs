@@ -346,7 +346,8 @@ impl<S: FraudState> FraudTable<S> {
 }
 
 /// How many processed batches may be on their way to disk at once: the checkpoint
-/// keeps at most this many commits in flight (one writing, the next queued behind it),
+/// keeps at most this many commits in flight (one being made durable, the next written
+/// beside it),
 /// and the pipeline keeps the writes of its last this many batches ([`InFlight`]).
 ///
 /// Why two: with one, the pipeline waited for every commit before it handed over the

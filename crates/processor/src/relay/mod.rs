@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use paydedup_sink::Sink;
-use paydedup_state::{StateBatch, StateError, StateStore, Table};
+use paydedup_state::{StateBatch, StateError, StateStore, Table, WrittenCommit};
 
 pub use error::RelayError;
 
@@ -87,15 +87,24 @@ impl RelayCommitter {
     /// would never exit, backpressure would eventually pause for good). If the commit
     /// fails the count stays too high, but the processor then exits.
     pub fn commit(&self, store: &StateStore, batch: StateBatch) -> Result<(), StateError> {
+        self.write(store, batch)?.make_durable(store)
+    }
+
+    /// [`RelayCommitter::commit`] in two steps (`StateStore::write_commit`): the rows
+    /// are counted and written; the relay is woken once [`RelayWritten::make_durable`]
+    /// made them durable (until then the store hides them from it).
+    pub fn write(&self, store: &StateStore, batch: StateBatch) -> Result<RelayWritten, StateError> {
         let rows = batch.outbox_rows();
         self.shared.depth.fetch_add(rows, Ordering::AcqRel);
         self.shared
             .ages
             .committed(batch.outbox_ends().iter().copied(), Instant::now());
-        store.commit(batch)?;
-        // The exported gauge is read from the counter at each scrape (see `spawn`).
-        self.wake();
-        Ok(())
+        Ok(RelayWritten {
+            written: store.write_commit(batch)?,
+            committer: RelayCommitter {
+                shared: self.shared.clone(),
+            },
+        })
     }
 
     /// Wakes the relay thread: there are new rows.
@@ -105,6 +114,23 @@ impl RelayCommitter {
             *w = true;
             cv.notify_one();
         }
+    }
+}
+
+/// A batch [`RelayCommitter::write`] wrote, not yet durable.
+#[must_use = "a written batch is durable only after make_durable"]
+pub struct RelayWritten {
+    written: WrittenCommit,
+    committer: RelayCommitter,
+}
+
+impl RelayWritten {
+    /// Makes the batch durable (`StateStore::make_durable`), then wakes the relay.
+    pub fn make_durable(self, store: &StateStore) -> Result<(), StateError> {
+        store.make_durable(self.written)?;
+        // The exported gauge is read from the counter at each scrape (see `spawn`).
+        self.committer.wake();
+        Ok(())
     }
 }
 

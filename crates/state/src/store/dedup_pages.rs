@@ -32,8 +32,8 @@ pub(super) struct DedupPages {
     held: BTreeMap<i32, VecDeque<(u64, i64, usize)>>,
 }
 
-/// What a commit's pages change once the commit is durable: the pages added, with
-/// their bytes (kept in memory for repeats, `ResidentPages`), and those deleted.
+/// What a commit's pages change: the pages added, with their bytes (kept in memory for
+/// repeats, `ResidentPages`, once the commit is durable), and those deleted.
 #[derive(Debug, Default)]
 pub(super) struct PagesWritten {
     pub(super) added: Vec<AddedPage>,
@@ -394,8 +394,11 @@ impl StateStore {
             seq += 1;
         }
         let retention = self.retention.load(std::sync::atomic::Ordering::Acquire);
-        let global = self.horizons.global.get();
-        let horizons = self.horizons.partitions.snapshot();
+        // The written commits' horizons: a partition's first one may be in a commit
+        // written and not yet durable, and judged by the global one its pages would go
+        // (`store::durable`).
+        let global = self.written_horizons.global.get();
+        let horizons = self.written_horizons.partitions.snapshot();
         for (&partition, held) in &pages.held {
             let horizon = horizons.get(&partition).copied().unwrap_or(global);
             for &(seq, newest, _) in held {
@@ -410,7 +413,9 @@ impl StateStore {
         Ok(written)
     }
 
-    /// The commit carrying `written` is durable.
+    /// The commit carrying `written` is written (not yet durable: the next commit's
+    /// write builds on its pages, `store::durable`; if it never becomes durable the
+    /// process stops, and this memory with it).
     pub(super) fn dedup_pages_written(&self, written: &PagesWritten) {
         let mut pages = super::resident::lock(&self.dedup_pages);
         for &(partition, seq) in &written.deleted {

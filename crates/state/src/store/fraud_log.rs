@@ -63,6 +63,10 @@ const FOLD_DIR: &str = "fraud-fold";
 pub(super) struct FraudLog {
     /// The number of the next page a commit writes.
     next: u64,
+    /// Past the last page of a durable commit: a background fold folds only below it
+    /// (`store::durable`). A page between it and `next` may still be being written,
+    /// and a fold would take its number for a gap.
+    durable_next: u64,
     /// The first page not yet folded: pages below it are in `fraud` (and deleted, or
     /// being deleted by the fold that ingested them).
     first_unfolded: u64,
@@ -204,8 +208,18 @@ impl StateStore {
     /// Before a commit: a finished fold's error, if it failed; for a commit writing per
     /// key, every unfolded page folded first and their deletion made durable.
     pub(super) fn prepare_fraud_log(&self, writes: FraudWrites) -> Result<(), StateError> {
-        lock(&self.fraud_log).reap(false)?;
+        let not_durable = {
+            let mut log = lock(&self.fraud_log);
+            log.reap(false)?;
+            log.durable_next < log.next
+        };
         if writes == FraudWrites::PerKey {
+            // The fold ingests its pages' changes as a file, which is durable at once:
+            // the pages' commits must be durable first, or a power loss could keep the
+            // changes and lose the commits that made them (`store::durable`).
+            if not_durable && self.sync {
+                self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
+            }
             self.settle_fraud_log()?;
         }
         Ok(())
@@ -223,11 +237,12 @@ impl StateStore {
     /// `FOLD_PAGES` wait and none runs.
     pub(super) fn fold_fraud_log_if_due(&self) -> Result<(), StateError> {
         let mut log = lock(&self.fraud_log);
-        if log.running.is_some() || log.next - log.first_unfolded < FOLD_PAGES {
+        let to = log.durable_next.min(log.next);
+        if log.running.is_some() || to.saturating_sub(log.first_unfolded) < FOLD_PAGES {
             return Ok(());
         }
         let (db, path) = (self.db.clone(), self.path.clone());
-        let (from, to) = (log.first_unfolded, log.next);
+        let from = log.first_unfolded;
         let delete = log.deletes_folded_pages();
         let mut buffers = std::mem::take(&mut log.buffers);
         let handle = std::thread::Builder::new()
@@ -239,6 +254,12 @@ impl StateStore {
             .map_err(|e| StateError::Rocks(format!("starting the fraud log's fold: {e}")))?;
         log.running = Some(RunningFold { to, handle });
         Ok(())
+    }
+
+    /// The commit that wrote page `page` is durable.
+    pub(super) fn fraud_page_durable(&self, page: u64) {
+        let mut log = lock(&self.fraud_log);
+        log.durable_next = log.durable_next.max(page + 1);
     }
 
     /// How many pages of the fraud log are not folded yet (a fold running included):
@@ -296,6 +317,7 @@ impl StateStore {
         if let Some((first, last)) = pages {
             log.first_unfolded = first;
             log.next = last + 1;
+            log.durable_next = log.next;
         }
         Ok(changes)
     }

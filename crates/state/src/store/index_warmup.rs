@@ -35,7 +35,7 @@ use crate::dedup_page::ENTRY_LEN;
 pub(super) const SIZE_ESTIMATE_FILE: &str = "dedup-index-size";
 
 /// How often commits rewrite [`SIZE_ESTIMATE_FILE`] (a write and a rename on the
-/// committing thread, beside the commit's own fsync; an estimate a few seconds old
+/// thread that makes commits durable, after a commit's fsync; an estimate a few seconds old
 /// differs from the ids at a kill by a few seconds of payments).
 pub(super) const SIZE_ESTIMATE_EVERY: Duration = Duration::from_secs(5);
 

@@ -727,6 +727,42 @@ fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
     );
 }
 
+/// The same restore with its commit written but not yet durable when the next commit
+/// is written (`store::durable`): the next write judges the pages by the horizons of
+/// the commits written, not only of the durable ones. (A review found this: judged by
+/// the published ones, partition 2 fell back to the global 100 s and its page went.)
+#[test]
+fn the_next_write_judges_pages_by_the_horizons_of_commits_not_yet_durable() {
+    const S: i64 = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let on = |p: i32, t: i64| DedupEntry {
+        partition: p,
+        ..entry(t)
+    };
+    let s = open_loaded_with_retention(dir.path(), 10 * S);
+    let mut b = StateBatch::new();
+    b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
+    b.set_horizon(100 * S);
+    b.set_partition_horizon(0, 100 * S);
+    s.commit(b).unwrap();
+    let restored = [keys::dedup_key("restored")];
+    let mut b = StateBatch::new();
+    b.put_dedup(restored[0], &on(2, 75 * S));
+    b.set_partition_horizon(2, 80 * S);
+    let written = s.write_commit(b).unwrap();
+    let mut b = StateBatch::new();
+    b.set_partition_horizon(0, 100 * S);
+    let next = s.write_commit(b).unwrap();
+    s.make_durable(written).unwrap();
+    s.make_durable(next).unwrap();
+    assert_eq!(s.count_paged_dedup_entries().unwrap(), 2);
+    s.reset_resident_to_loading().unwrap();
+    assert_eq!(
+        s.get_dedup_many(&restored).unwrap(),
+        vec![Some(on(2, 75 * S))]
+    );
+}
+
 /// A directory an earlier build wrote holds one `dedup` key per id. The build with
 /// pages opens it as it is: those entries are found while the loader scans them and
 /// after, beside the pages new commits write, and across a reopen; a retry of an id
