@@ -54,19 +54,6 @@ pub fn hit(name: &str) {
 #[inline(always)]
 pub fn hit(_name: &str) {}
 
-/// Whether `name` is the armed fail point (for a step that must be split in two so
-/// that the point can sit between the halves).
-#[cfg(feature = "fail-points")]
-pub fn is_armed(name: &str) -> bool {
-    armed::is_armed(name)
-}
-
-#[cfg(not(feature = "fail-points"))]
-#[inline(always)]
-pub fn is_armed(_name: &str) -> bool {
-    false
-}
-
 /// Whether this build has fail points (the campaign refuses to run without them).
 pub const COMPILED_IN: bool = cfg!(feature = "fail-points");
 
@@ -85,10 +72,6 @@ mod armed {
                 Some((name.to_owned(), n.parse().ok().filter(|n| *n > 0)?))
             })
             .as_ref()
-    }
-
-    pub(super) fn is_armed(name: &str) -> bool {
-        armed().is_some_and(|(armed, _)| armed == name)
     }
 
     pub(super) fn hit(name: &str) {
