@@ -683,33 +683,44 @@ fn an_expired_fraud_value_reads_as_absent_before_any_sweep_or_compaction() {
 /// of the partitions held before, which would expire entries still alive in the
 /// restored partition: the commit's own sweep let go of them in memory (a retry of such
 /// a payment would then pass as a new one), and a compaction dropped them from disk.
+const S: i64 = 1_000_000;
+
+fn on(partition: i32, t: i64) -> DedupEntry {
+    DedupEntry {
+        partition,
+        ..entry(t)
+    }
+}
+
+/// Commits partition 0 at 100 s (its horizon and the global one, as the checkpoint
+/// stamps them), with one live entry.
+fn commit_partition_0_at_100_s(s: &StateStore) {
+    let mut b = StateBatch::new();
+    b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
+    b.set_horizon(100 * S);
+    b.set_partition_horizon(0, 100 * S);
+    s.commit(b).unwrap();
+}
+
+/// Partition 2 restored at its own watermark, 80 s: 75 s + 10 s is alive there,
+/// expired by the global 100 s.
+fn partition_2_restored_at_80_s() -> StateBatch {
+    let mut b = StateBatch::new();
+    b.put_dedup(keys::dedup_key("restored"), &on(2, 75 * S));
+    b.set_partition_horizon(2, 80 * S);
+    b
+}
+
 #[test]
 fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
-    const S: i64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let on = |p: i32, t: i64| DedupEntry {
-        partition: p,
-        ..entry(t)
-    };
-    // The store holds partition 0, committed at 100 s (its horizon and the global one,
-    // as the checkpoint stamps them).
-    {
-        let s = open_loaded_with_retention(dir.path(), 10 * S);
-        let mut b = StateBatch::new();
-        b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
-        b.set_horizon(100 * S);
-        b.set_partition_horizon(0, 100 * S);
-        s.commit(b).unwrap();
-    }
+    // The store holds partition 0.
+    commit_partition_0_at_100_s(&open_loaded_with_retention(dir.path(), 10 * S));
     // Reopened for the takeover (so the next commit's sweep is due, as a restore's
-    // is), then partition 2 restored at its own watermark, 80 s: 75 s + 10 s is alive
-    // there, expired by the global 100 s.
+    // is), then partition 2 restored.
     let s = open_loaded_with_retention(dir.path(), 10 * S);
     let restored = [keys::dedup_key("restored")];
-    let mut b = StateBatch::new();
-    b.put_dedup(restored[0], &on(2, 75 * S));
-    b.set_partition_horizon(2, 80 * S);
-    s.commit(b).unwrap();
+    s.commit(partition_2_restored_at_80_s()).unwrap();
     assert_eq!(
         s.get_dedup_many(&restored).unwrap(),
         vec![Some(on(2, 75 * S))]
@@ -733,23 +744,11 @@ fn a_restored_partition_behind_the_store_keeps_its_live_entries() {
 /// the published ones, partition 2 fell back to the global 100 s and its page went.)
 #[test]
 fn the_next_write_judges_pages_by_the_horizons_of_commits_not_yet_durable() {
-    const S: i64 = 1_000_000;
     let dir = tempfile::tempdir().unwrap();
-    let on = |p: i32, t: i64| DedupEntry {
-        partition: p,
-        ..entry(t)
-    };
     let s = open_loaded_with_retention(dir.path(), 10 * S);
-    let mut b = StateBatch::new();
-    b.put_dedup(keys::dedup_key("held"), &on(0, 95 * S));
-    b.set_horizon(100 * S);
-    b.set_partition_horizon(0, 100 * S);
-    s.commit(b).unwrap();
+    commit_partition_0_at_100_s(&s);
     let restored = [keys::dedup_key("restored")];
-    let mut b = StateBatch::new();
-    b.put_dedup(restored[0], &on(2, 75 * S));
-    b.set_partition_horizon(2, 80 * S);
-    let written = s.write_commit(b).unwrap();
+    let written = s.write_commit(partition_2_restored_at_80_s()).unwrap();
     let mut b = StateBatch::new();
     b.set_partition_horizon(0, 100 * S);
     let next = s.write_commit(b).unwrap();
