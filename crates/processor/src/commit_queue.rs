@@ -139,7 +139,9 @@ impl<T: Send + 'static> CommitQueue<T> {
     }
 
     /// Hands a one-step `commit` (durable when it returns) to the queue: see
-    /// [`CommitQueue::start_split`].
+    /// [`CommitQueue::start_split`]. Tests only: its whole commit runs on the writing
+    /// thread, so beside split commits its durable part could run before theirs.
+    #[cfg(test)]
     pub fn start(
         &mut self,
         commit: impl FnOnce() -> anyhow::Result<T> + Send + 'static,

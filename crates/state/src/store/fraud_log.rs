@@ -208,18 +208,8 @@ impl StateStore {
     /// Before a commit: a finished fold's error, if it failed; for a commit writing per
     /// key, every unfolded page folded first and their deletion made durable.
     pub(super) fn prepare_fraud_log(&self, writes: FraudWrites) -> Result<(), StateError> {
-        let not_durable = {
-            let mut log = lock(&self.fraud_log);
-            log.reap(false)?;
-            log.durable_next < log.next
-        };
+        lock(&self.fraud_log).reap(false)?;
         if writes == FraudWrites::PerKey {
-            // The fold ingests its pages' changes as a file, which is durable at once:
-            // the pages' commits must be durable first, or a power loss could keep the
-            // changes and lose the commits that made them (`store::durable`).
-            if not_durable && self.sync {
-                self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
-            }
             self.settle_fraud_log()?;
         }
         Ok(())
@@ -285,6 +275,14 @@ impl StateStore {
         let mut log = lock(&self.fraud_log);
         log.reap(true)?;
         if log.first_unfolded < log.next {
+            // The fold ingests its pages' changes as a file, which is durable at once:
+            // the pages' commits must be durable first, or a power loss could keep the
+            // changes and lose the commits that made them (`store::durable`). Every
+            // page below `next` is written, so one sync makes them all durable.
+            if self.sync && log.durable_next < log.next {
+                self.db.flush_wal(true).map_err(|e| self.rocks(e))?;
+            }
+            log.durable_next = log.next;
             let delete = log.deletes_folded_pages();
             let pages = (log.first_unfolded, log.next);
             let mut buffers = std::mem::take(&mut log.buffers);
