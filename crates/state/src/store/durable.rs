@@ -22,14 +22,17 @@
 //!   (point-in-time recovery), and a memtable flush syncs the closed WAL files before
 //!   its sorted files count. So a commit is never back without every commit written
 //!   before it. (The one write that skips the WAL, the fraud log fold's file ingest,
-//!   folds only pages of durable commits: `prepare_fraud_log` syncs first.) A later commit written before an earlier one's fsync failed
-//!   is therefore harmless: the process stops on that failure (the queue of commits
-//!   refuses everything after it), and a restart replays from whatever prefix is on
-//!   disk, each commit carrying its own Kafka offsets.
+//!   folds only pages of durable commits: a background fold stops at the last durable
+//!   page, and `settle_fraud_log` syncs the WAL first.) A later commit written before
+//!   an earlier one's fsync failed is therefore harmless: the process stops on that
+//!   failure (the queue of commits refuses everything after it), and a restart
+//!   replays from whatever prefix is on disk, each commit carrying its own Kafka
+//!   offsets.
 //! - `write_commit` calls come from one thread at a time, in batch order, and
 //!   `make_durable` calls in the same order, each after its own write (the
-//!   processor's `CommitQueue`). The bookkeeping of a commit's dedup pages is done at
-//!   its write, so the next write builds on it.
+//!   processor's `CommitQueue`). The bookkeeping of a commit's dedup pages, and the
+//!   horizons they are judged by (`WrittenHorizons`), are updated at its write, so the
+//!   next write builds on them: it lands only if this one does.
 
 use std::collections::VecDeque;
 
