@@ -669,9 +669,9 @@ impl StateStore {
 
     /// Publishes a horizon a commit made durable.
     fn publish_horizon(&self, h: Horizon) {
-        self.horizon_written(h);
         match h {
             Horizon::Global(t) => {
+                self.horizon_written(h);
                 self.horizons.global.advance(t);
                 self.horizons.fraud.advance(t);
             }
@@ -682,8 +682,9 @@ impl StateStore {
     /// Publishes a partition's committed watermark to the dedup filter (its entries
     /// expire by it) and the fraud filter (the most advanced one). Only after the
     /// commit that carries it (`StateBatch::set_partition_horizon`): private, since
-    /// pages are deleted by the published horizons, and one published before its commit
-    /// is durable could delete live entries.
+    /// the compaction filters expire entries by the published horizons, and one
+    /// published before its commit is durable could delete live entries. (What is
+    /// published counts as written too, `WrittenHorizons`.)
     fn advance_partition_horizon(&self, partition: i32, watermark_micros: i64) {
         self.horizon_written(Horizon::Partition(partition, watermark_micros));
         self.horizons
